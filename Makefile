@@ -1,0 +1,45 @@
+# Set-up and the two jobs of the README: `make demo` and `make test`.
+# Everything installs into .venv/ in the repository root; torch comes from the local wheel cache.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup data demo test lint typecheck clean
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[test]' $(TORCH_PINS)
+	touch $@
+
+data: $(FASHION_MNIST)
+
+$(FASHION_MNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+# The main job on the embedded default (Fashion-MNIST, CPU-sized).
+demo: setup
+	$(BIN)/selmatch evaluate --ipc 10 --width 32 --epochs 300 --seeds 2
+
+lint: setup
+	$(BIN)/ruff check selmatch tests
+	$(BIN)/ruff format --check selmatch tests
+
+typecheck: setup
+	$(BIN)/mypy
+
+# pytest exits 5 when it collects no test: that is a failure of the suite, not a pass.
+test: lint typecheck
+	$(BIN)/pytest -q tests; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

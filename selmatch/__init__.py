@@ -1,0 +1,47 @@
+"""selmatch: dataset distillation by difficulty-aware selection and partial trajectory matching.
+
+The library is PyTorch only; the distributed search lives in ``tune/``.
+"""
+
+__version__ = "0.1.0"
+
+from selmatch.augment import DSAConfig, apply_dsa, combined, crop_flip, dsa, sample_dsa
+from selmatch.config import ConfigError, SelmatchError
+from selmatch.data import (
+    DatasetNotFoundError,
+    ImageDataset,
+    balanced_subset,
+    holdout_split,
+    load_dataset,
+)
+from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set, paper_epochs
+from selmatch.models import ModelConfig, build_model
+from selmatch.synthetic import SyntheticSet
+from selmatch.train import TrainConfig, accuracy, train_network
+
+__all__ = [
+    "ConfigError",
+    "DSAConfig",
+    "DatasetNotFoundError",
+    "EvalConfig",
+    "EvalResult",
+    "ImageDataset",
+    "ModelConfig",
+    "SelmatchError",
+    "SyntheticSet",
+    "TrainConfig",
+    "__version__",
+    "accuracy",
+    "apply_dsa",
+    "balanced_subset",
+    "build_model",
+    "combined",
+    "crop_flip",
+    "dsa",
+    "evaluate_set",
+    "holdout_split",
+    "load_dataset",
+    "paper_epochs",
+    "sample_dsa",
+    "train_network",
+]

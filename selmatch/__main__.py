@@ -1,0 +1,3 @@
+from selmatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""Option groups shared by the subcommands, and their translation into configs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from selmatch.augment import AUGMENTATIONS, DEFAULT_DSA_STRATEGY, DSAConfig
+from selmatch.config import ConfigError
+from selmatch.data import ImageDataset, dataset_help, holdout_split, load_dataset
+from selmatch.data.balance import HoldoutSplit
+from selmatch.evaluate import EvalConfig
+from selmatch.models import MODELS, NORMS, ModelConfig
+from selmatch.train import SCHEDULES, TrainConfig
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--dataset", default="fashion-mnist", metavar="NAME",
+        help=f"dataset to use (default: fashion-mnist). Known: {dataset_help()}",
+    )  # fmt: skip
+    group.add_argument(
+        "--data-root", type=Path, default=None, metavar="DIR",
+        help="folder holding the dataset files (default: $SELMATCH_DATA_ROOT; Fashion-MNIST "
+        "falls back to /usr/share/datasets/fashion-mnist)",
+    )  # fmt: skip
+    group.add_argument(
+        "--download", action="store_true",
+        help="let torchvision download CIFAR / Tiny ImageNet into --data-root (needs a network)",
+    )  # fmt: skip
+    group.add_argument(
+        "--image-size", type=int, default=None, metavar="PX",
+        help="resize imagefolder images to PX x PX (needed when their sizes differ)",
+    )  # fmt: skip
+    group.add_argument(
+        "--val-fraction", type=float, default=0.02, metavar="F",
+        help="fraction of each class of the training set held out as the validation slice that "
+        "every model-selection decision uses; the test set only reports (default: 0.02)",
+    )  # fmt: skip
+    group.add_argument(
+        "--split-seed", type=int, default=0, metavar="S",
+        help="seed of the validation hold-out (default: 0; keep it fixed across a study)",
+    )  # fmt: skip
+
+
+def load_data(args: argparse.Namespace) -> tuple[ImageDataset, HoldoutSplit]:
+    dataset = load_dataset(
+        args.dataset, data_root=args.data_root, download=args.download, image_size=args.image_size
+    )
+    split = holdout_split(
+        dataset.train_labels, dataset.num_classes, val_fraction=args.val_fraction,
+        seed=args.split_seed,
+    )  # fmt: skip
+    return dataset, split
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, default_width: int = 128) -> None:
+    group = parser.add_argument_group("network")
+    group.add_argument(
+        "--model", default="convnet", choices=sorted(MODELS),
+        help="network: convnet (the distillation standard), resnet18 (CIFAR stem; the paper's "
+        "evaluation network) or vgg11 (default: convnet)",
+    )  # fmt: skip
+    group.add_argument(
+        "--width", type=int, default=default_width,
+        help=f"ConvNet channels per layer (default: {default_width})",
+    )  # fmt: skip
+    group.add_argument("--depth", type=int, default=3, help="ConvNet layers (default: 3)")
+    group.add_argument(
+        "--norm", default="batch", choices=NORMS,
+        help="normalisation layer: batch, instance (GroupNorm per channel) or none "
+        "(default: batch)",
+    )  # fmt: skip
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(name=args.model, width=args.width, depth=args.depth, norm=args.norm)
+
+
+def add_train_options(
+    parser: argparse.ArgumentParser, *, epochs_help: str, default_augment: str = "dsa"
+) -> None:
+    group = parser.add_argument_group("training (SelMatch evaluation protocol by default)")
+    group.add_argument("--epochs", default="300", metavar="E|paper", help=epochs_help)
+    group.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default: 0.1)")
+    group.add_argument("--batch-size", type=int, default=128, help="mini-batch size (default: 128)")
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    group.add_argument(
+        "--weight-decay", type=float, default=5e-4, help="SGD weight decay (default: 5e-4)"
+    )
+    group.add_argument(
+        "--schedule", default="cosine", choices=SCHEDULES,
+        help="learning-rate schedule over all steps (default: cosine)",
+    )  # fmt: skip
+    group.add_argument(
+        "--augment", default=default_augment, choices=("auto", *AUGMENTATIONS),
+        help="augmentation: none; crop_flip (pad 4 + horizontal flip); dsa (differentiable "
+        "siamese augmentation); combined (DSA on the distilled part, crop_flip on the selected "
+        "part, by the set's mask); auto = combined for a saved set with a mask, else dsa "
+        f"(default: {default_augment})",
+    )  # fmt: skip
+    group.add_argument(
+        "--dsa-strategy", default=DEFAULT_DSA_STRATEGY, metavar="OPS",
+        help=f"'_'-joined DSA operations (default: {DEFAULT_DSA_STRATEGY})",
+    )  # fmt: skip
+
+
+def parse_epochs(text: str, paper_value: int) -> int:
+    """``--epochs`` takes a number or ``paper`` (the rule of :func:`paper_epochs`)."""
+    if text == "paper":
+        return paper_value
+    if not re.fullmatch(r"\d+", text) or int(text) < 1:
+        raise ConfigError(f"--epochs must be a positive integer or 'paper', got {text!r}")
+    return int(text)
+
+
+def train_config(args: argparse.Namespace, *, epochs: int, augment: str) -> TrainConfig:
+    return TrainConfig(
+        epochs=epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        augment=augment,
+        dsa=DSAConfig(strategy=args.dsa_strategy),
+    )
+
+
+def add_seed_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("seeds and device")
+    group.add_argument(
+        "--seeds", type=int, default=3, metavar="N",
+        help="networks to train, with seeds S, S+1, ..., S+N-1 (default: 3)",
+    )  # fmt: skip
+    group.add_argument("--seed", type=int, default=0, metavar="S", help="first seed (default: 0)")
+    group.add_argument(
+        "--device", default="auto",
+        help="cpu, cuda, cuda:1, ... (default: auto = CUDA when present, else CPU)",
+    )  # fmt: skip
+    group.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def eval_config(args: argparse.Namespace, train: TrainConfig) -> EvalConfig:
+    return EvalConfig(
+        model=model_config(args), train=train, num_seeds=args.seeds, seed=args.seed,
+        device=args.device,
+    )  # fmt: skip
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    return path
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")

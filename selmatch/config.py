@@ -1,0 +1,113 @@
+"""Configuration primitives shared by every stage.
+
+Each stage has a frozen dataclass config (``ModelConfig``, ``TrainConfig``, ``EvalConfig``, ...)
+that mixes in :class:`Config`. Its ``to_dict`` feeds manifests (and later Tune's param space and
+MLflow params); ``from_dict`` rebuilds it and rejects unknown keys, so a typo in a saved manifest
+or a search space is an error rather than a silently ignored setting.
+
+Validation happens at the edge, in ``__post_init__``, with the ``check_*`` helpers below: the
+message names the argument the way the CLI spells it (``--ipc``) and states the allowed range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+C = TypeVar("C", bound="Config")
+
+
+class SelmatchError(Exception):
+    """Base class of the errors this package raises on purpose (shown as one line by the CLI)."""
+
+
+class ConfigError(SelmatchError, ValueError):
+    """A setting is outside its allowed range or of the wrong kind."""
+
+
+def flag(name: str) -> str:
+    """The CLI spelling of a config field: ``val_fraction`` -> ``--val-fraction``."""
+    return "--" + name.replace("_", "-")
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """Return ``value`` if it is an integer in ``[low, high]``, else raise a one-line error."""
+    upper = "∞" if high is None else str(high)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{flag(name)} must be an integer in [{low}, {upper}], got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ConfigError(f"{flag(name)} must be an integer in [{low}, {upper}], got {value}")
+    return value
+
+
+def check_float(
+    name: str,
+    value: object,
+    low: float,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as a float if it lies in the interval, else raise a one-line error."""
+    left = "(" if low_open else "["
+    right = ")" if high_open or high is None else "]"
+    upper = "∞" if high is None else f"{high:g}"
+    interval = f"{left}{low:g}, {upper}{right}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{flag(name)} must be a number in {interval}, got {value!r}")
+    number = float(value)
+    too_low = number <= low if low_open else number < low
+    too_high = high is not None and (number >= high if high_open else number > high)
+    if too_low or too_high or number != number:  # the last test rejects NaN
+        raise ConfigError(f"{flag(name)} must be a number in {interval}, got {value:g}")
+    return number
+
+
+def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise a one-line error."""
+    options = tuple(choices)
+    if value not in options:
+        raise ConfigError(f"{flag(name)} must be one of {', '.join(options)}; got {value!r}")
+    return str(value)
+
+
+class Config:
+    """Mixin for frozen dataclass configs: ``to_dict`` / ``from_dict`` with strict keys."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            if isinstance(value, Config):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[field.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) for {cls.__name__}: {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(names))}"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for name, value in data.items():
+            hint = hints.get(name)
+            if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, Mapping):
+                value = hint.from_dict(value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]

@@ -1,0 +1,160 @@
+"""The labelled image set every stage works on, and the registry of datasets.
+
+A dataset is held in memory as uint8 ``(N, C, H, W)`` tensors; :meth:`ImageDataset.normalize`
+turns any batch of them into the float tensors the networks see. Keeping uint8 until a batch is
+drawn keeps a 100,000-image Tiny ImageNet at 1.2 GB instead of 4.9 GB.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from selmatch.config import ConfigError, SelmatchError
+
+
+class DatasetNotFoundError(SelmatchError, FileNotFoundError):
+    """The files of a dataset are not where we looked; the message says how to get them."""
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A labelled image classification set with a fixed train/test split.
+
+    Images are uint8 ``(N, C, H, W)``; labels are int64 ``(N,)``. ``mean``/``std`` are the
+    per-channel statistics (in [0, 1] units) used by :meth:`normalize`.
+    """
+
+    name: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+
+    def __post_init__(self) -> None:
+        for part in ("train", "test"):
+            images = getattr(self, f"{part}_images")
+            labels = getattr(self, f"{part}_labels")
+            if images.dtype != torch.uint8 or images.dim() != 4:
+                raise ValueError(f"{part} images must be uint8 (N, C, H, W), got {images.shape}")
+            if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
+                raise ValueError(f"{part} labels must be int64 of length {images.shape[0]}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError("mean and std need one value per channel")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_images.shape[1])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train_images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> float32, scaled to [0, 1] and standardised per channel."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`normalize`, to [0, 1] floats (clamped), for pictures."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images * std + mean).clamp(0.0, 1.0)
+
+    def describe(self) -> str:
+        c, h, w = self.image_shape
+        return (
+            f"{self.name}: {len(self.train_labels):,} train / {len(self.test_labels):,} test, "
+            f"{self.num_classes} classes, {c}x{h}x{w}, from {self.source}"
+        )
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where and how to look for a dataset's files."""
+
+    data_root: Path | None = None
+    download: bool = False
+    image_size: int | None = None
+
+
+Loader = Callable[[DataOptions], ImageDataset]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset: its loader and a one-line description for ``--help``."""
+
+    name: str
+    description: str
+    loader: Loader
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+IMAGEFOLDER_PREFIX = "imagefolder:"
+
+
+def register_dataset(name: str, description: str) -> Callable[[Loader], Loader]:
+    """Decorator registering ``loader`` under ``name`` (one registry, one base protocol)."""
+
+    def wrap(loader: Loader) -> Loader:
+        if name in _REGISTRY:
+            raise ValueError(f"dataset {name!r} is registered twice")
+        _REGISTRY[name] = DatasetSpec(name, description, loader)
+        return loader
+
+    return wrap
+
+
+def dataset_names() -> list[str]:
+    """Registered dataset names, plus the ``imagefolder:<path>`` form."""
+    return [*_REGISTRY, IMAGEFOLDER_PREFIX + "<path>"]
+
+
+def dataset_help() -> str:
+    lines = [f"{spec.name}: {spec.description}" for spec in _REGISTRY.values()]
+    lines.append(f"{IMAGEFOLDER_PREFIX}<path>: your own train/ and val/ (or test/) class folders")
+    return "; ".join(lines)
+
+
+def default_data_root() -> Path | None:
+    root = os.environ.get("SELMATCH_DATA_ROOT")
+    return Path(root) if root else None
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_root: str | Path | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+) -> ImageDataset:
+    """Load a registered dataset (or ``imagefolder:<path>``) into memory.
+
+    ``data_root`` defaults to ``$SELMATCH_DATA_ROOT``. ``download`` lets torchvision fetch the
+    files when a network exists; nothing is downloaded unless asked.
+    """
+    from selmatch.data.readers import load_image_folder  # avoids a circular import
+
+    root = Path(data_root) if data_root is not None else default_data_root()
+    options = DataOptions(data_root=root, download=download, image_size=image_size)
+    if name.startswith(IMAGEFOLDER_PREFIX):
+        path = Path(name[len(IMAGEFOLDER_PREFIX) :]).expanduser()
+        return load_image_folder(path, options)
+    if name not in _REGISTRY:
+        raise ConfigError(f"--dataset must be one of {', '.join(dataset_names())}; got {name!r}")
+    return _REGISTRY[name].loader(options)

@@ -1,0 +1,150 @@
+"""Evaluation: train fresh networks on a small labelled set, report accuracy over seeds.
+
+The protocol is the SelMatch paper's (Table 1): SGD momentum 0.9, weight decay 5e-4, lr 0.1,
+batch 128, cosine schedule, a number of epochs that :func:`paper_epochs` derives from the
+subset ratio. Each seed trains one network (initialisation, batch order and augmentation all
+follow from it) and is scored on
+
+- the *validation* slice held out from the training set (``HoldoutSplit.val``): the number
+  every later choice (best window, best trial, best checkpoint) is made on;
+- the *test* set: reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from selmatch.config import Config, check_int
+from selmatch.data import HoldoutSplit, ImageDataset
+from selmatch.models import ModelConfig, build_model
+from selmatch.train import TrainConfig, accuracy, resolve_device, train_network
+
+#: SelMatch's rule: evaluation trains for 25% of the steps of 200 epochs on the full set.
+FULL_DATA_EPOCHS = 200
+STEP_FRACTION = 0.25
+
+
+def paper_epochs(n_synthetic: int, n_full: int) -> int:
+    """Epochs that give 25% of the steps of 200 full-data epochs (at equal batch size):
+    1000 / 500 / 250 / 167 epochs at subset ratios of 5 / 10 / 20 / 30%."""
+    check_int("set_size", n_synthetic, 1)
+    return max(1, round(STEP_FRACTION * FULL_DATA_EPOCHS * n_full / n_synthetic))
+
+
+@dataclass(frozen=True)
+class EvalConfig(Config):
+    """Which network to train, how, and over how many seeds (``seed``, ``seed + 1``, ...)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    num_seeds: int = 3
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_int("seeds", self.num_seeds, 1, 1000)
+        check_int("seed", self.seed, 0, 2**31 - 1)
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.seed, self.seed + self.num_seeds))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.pstdev(finite)
+
+
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Per-seed accuracies (fractions in [0, 1]) and their mean ± std (population std)."""
+
+    seeds: tuple[int, ...]
+    test_accuracy: tuple[float, ...]
+    val_accuracy: tuple[float, ...]
+    train_seconds: tuple[float, ...]
+    epochs: int
+    set_size: int
+
+    @property
+    def test_mean_std(self) -> tuple[float, float]:
+        return _mean_std(list(self.test_accuracy))
+
+    @property
+    def val_mean_std(self) -> tuple[float, float]:
+        return _mean_std(list(self.val_accuracy))
+
+    def summary(self) -> str:
+        test_mean, test_std = self.test_mean_std
+        val_mean, val_std = self.val_mean_std
+        text = f"test {100 * test_mean:.2f} ± {100 * test_std:.2f}%"
+        if not math.isnan(val_mean):
+            text += f", val {100 * val_mean:.2f} ± {100 * val_std:.2f}%"
+        return (
+            f"{text} over {len(self.seeds)} seed(s), {self.epochs} epochs on {self.set_size} images"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (no NaN): a missing validation score is ``None``."""
+        test_mean, test_std = self.test_mean_std
+        val_mean, val_std = self.val_mean_std
+        return {
+            "seeds": list(self.seeds),
+            "test_accuracy": [_json_number(v) for v in self.test_accuracy],
+            "val_accuracy": [_json_number(v) for v in self.val_accuracy],
+            "test_mean": _json_number(test_mean),
+            "test_std": _json_number(test_std),
+            "val_mean": _json_number(val_mean),
+            "val_std": _json_number(val_std),
+            "train_seconds": list(self.train_seconds),
+            "epochs": self.epochs,
+            "set_size": self.set_size,
+        }
+
+
+def evaluate_set(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    dataset: ImageDataset,
+    config: EvalConfig,
+    *,
+    split: HoldoutSplit | None = None,
+    dsa_mask: torch.Tensor | None = None,
+    progress: bool = False,
+) -> EvalResult:
+    """Train one network per seed on ``(images, labels)`` and score it on the validation
+    slice of ``split`` (if given) and on the test set.
+
+    ``images`` may be uint8 real images (normalised per batch) or normalised floats.
+    """
+    device = resolve_device(config.device)
+    val_images = dataset.train_images[split.val] if split is not None else dataset.train_images[:0]
+    val_labels = dataset.train_labels[split.val] if split is not None else dataset.train_labels[:0]
+    tests, vals, seconds = [], [], []
+    for index, seed in enumerate(config.seeds):
+        model = build_model(config.model, dataset.image_shape, dataset.num_classes, seed=seed)
+        stats = train_network(
+            model, images, labels, config.train, seed=seed, device=device,
+            normalize=dataset.normalize, dsa_mask=dsa_mask, progress=progress,
+            desc=f"seed {seed} ({index + 1}/{config.num_seeds})",
+        )  # fmt: skip
+        norm = dataset.normalize
+        tests.append(
+            accuracy(model, dataset.test_images, dataset.test_labels, device=device, normalize=norm)
+        )
+        vals.append(accuracy(model, val_images, val_labels, device=device, normalize=norm))
+        seconds.append(stats.seconds)
+    return EvalResult(
+        config.seeds, tuple(tests), tuple(vals), tuple(seconds), config.train.epochs, len(labels)
+    )

@@ -1,0 +1,131 @@
+"""The saved form of a small training set (distilled, selected or random): one loader, no pickle.
+
+A set is a folder holding
+
+- ``set.safetensors``: ``images`` (float32, normalised with the dataset's mean/std),
+  ``labels`` (int64), ``distill_mask`` (uint8: 1 = ``D_distill``, learned and augmented with
+  DSA at evaluation; 0 = ``D_select``, real and augmented with crop+flip), optionally
+  ``source_indices`` (int64 training-set indices the images started from) and ``learned_lr``;
+- ``manifest.json``: the dataset and its normalisation, IPC, method, every setting that made
+  the set, the package and torch versions.
+
+Writes go to a temporary name first and are renamed into place, so an interrupted save never
+leaves a half-written set that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from selmatch.config import SelmatchError
+
+FORMAT_VERSION = 1
+TENSOR_FILE = "set.safetensors"
+MANIFEST_FILE = "manifest.json"
+REQUIRED_KEYS = ("dataset", "mean", "std", "num_classes", "ipc", "method")
+
+
+class SyntheticSetError(SelmatchError):
+    """A saved set is missing, incomplete or inconsistent."""
+
+
+def versions() -> dict[str, str]:
+    from selmatch import __version__
+
+    return {"selmatch": __version__, "torch": torch.__version__}
+
+
+@dataclass
+class SyntheticSet:
+    images: torch.Tensor
+    labels: torch.Tensor
+    distill_mask: torch.Tensor
+    manifest: dict[str, Any]
+    learned_lr: float | None = None
+    source_indices: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.images.shape[0]
+        if self.labels.shape != (n,) or self.distill_mask.shape != (n,):
+            raise SyntheticSetError("images, labels and distill_mask disagree in length")
+        missing = [k for k in REQUIRED_KEYS if k not in self.manifest]
+        if missing:
+            raise SyntheticSetError(f"manifest lacks {', '.join(missing)}")
+
+    @property
+    def num_distill(self) -> int:
+        return int(self.distill_mask.sum())
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the set to ``directory`` (created); returns the folder."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "images": self.images.detach().float().cpu().contiguous(),
+            "labels": self.labels.cpu().to(torch.int64).contiguous(),
+            "distill_mask": self.distill_mask.cpu().to(torch.uint8).contiguous(),
+        }
+        if self.source_indices is not None:
+            tensors["source_indices"] = self.source_indices.cpu().to(torch.int64).contiguous()
+        if self.learned_lr is not None:
+            tensors["learned_lr"] = torch.tensor([float(self.learned_lr)])
+        manifest = {
+            "kind": "selmatch-set",
+            "format_version": FORMAT_VERSION,
+            **self.manifest,
+            "size": int(self.images.shape[0]),
+            "num_distill": self.num_distill,
+            "image_shape": list(self.images.shape[1:]),
+            "versions": versions(),
+        }
+        _atomic_write(directory / TENSOR_FILE, lambda p: save_file(tensors, str(p)))
+        text = json.dumps(manifest, indent=2, sort_keys=True)
+        _atomic_write(directory / MANIFEST_FILE, lambda p: Path(p).write_text(text))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SyntheticSet:
+        directory = Path(directory)
+        tensor_path, manifest_path = directory / TENSOR_FILE, directory / MANIFEST_FILE
+        if not tensor_path.is_file() or not manifest_path.is_file():
+            raise SyntheticSetError(
+                f"--set {directory} is not a saved set (needs {TENSOR_FILE} and {MANIFEST_FILE})"
+            )
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("kind") != "selmatch-set":
+            raise SyntheticSetError(f"{manifest_path} is not a selmatch set manifest")
+        if manifest.get("format_version", 0) > FORMAT_VERSION:
+            raise SyntheticSetError(
+                f"{directory} was written by a newer selmatch (format "
+                f"{manifest['format_version']}); upgrade to read it"
+            )
+        tensors = load_file(str(tensor_path))
+        lr = tensors.get("learned_lr")
+        return cls(
+            images=tensors["images"],
+            labels=tensors["labels"],
+            distill_mask=tensors["distill_mask"].to(torch.bool),
+            manifest=manifest,
+            learned_lr=None if lr is None else float(lr[0]),
+            source_indices=tensors.get("source_indices"),
+        )
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)

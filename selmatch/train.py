@@ -1,0 +1,178 @@
+"""The one training loop: experts, evaluations and window trials all train networks with it.
+
+The whole training set sits on the device as one tensor (uint8 real images are normalised a
+batch at a time); batches are drawn from a seeded ``torch.Generator``, so a seed is the whole
+story of a run. Hooks see every batch's logits (for difficulty scores) and the model after
+every epoch (for expert trajectories) at no extra pass over the data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selmatch.augment import AUGMENTATIONS, DSAConfig, make_augmenter
+from selmatch.config import Config, SelmatchError, check_choice, check_float, check_int
+from selmatch.progress import progress_bar
+
+SCHEDULES = ("cosine", "constant")
+
+
+class TrainingDivergedError(SelmatchError, ArithmeticError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    """How to train one network. Defaults are the SelMatch evaluation protocol (Table 1):
+    SGD momentum 0.9, weight decay 5e-4, lr 0.1, batch 128, cosine schedule."""
+
+    epochs: int = 300
+    lr: float = 0.1
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    augment: str = "dsa"
+    dsa: DSAConfig = field(default_factory=DSAConfig)
+
+    def __post_init__(self) -> None:
+        check_int("epochs", self.epochs, 1, 1_000_000)
+        check_float("lr", self.lr, 0.0, 100.0, low_open=True)
+        check_int("batch_size", self.batch_size, 1, 1_000_000)
+        check_float("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        check_float("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("augment", self.augment, AUGMENTATIONS)
+
+
+class TrainHooks(Protocol):
+    """Observers of a training run (both methods optional in spirit: implement no-ops)."""
+
+    def on_batch(self, indices: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """After each forward pass: training indices of the batch and its (detached) logits."""
+
+    def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
+        """After each epoch (``epoch`` counts from 1)."""
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    final_loss: float
+    seconds: float
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SelmatchError(f"--device {device} asked for, but CUDA is not available here")
+    return torch.device(device)
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A random permutation of ``range(n)`` cut into batches. A trailing batch of one sample
+    is dropped (BatchNorm cannot train on it) unless it is the only one."""
+    batches = list(torch.randperm(n, generator=generator).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches.pop()
+    return batches
+
+
+def train_network(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dsa_mask: torch.Tensor | None = None,
+    hooks: TrainHooks | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> TrainStats:
+    """Train ``model`` in place on ``(images, labels)``.
+
+    ``images`` are uint8 (then ``normalize`` is applied per batch) or already-normalised
+    floats. ``dsa_mask`` marks the samples that get DSA under ``augment="combined"``.
+    """
+    if images.dtype == torch.uint8 and normalize is None:
+        raise ValueError("uint8 images need a normalize function")
+    model.to(device).train()
+    images, labels = images.to(device), labels.to(device)
+    mask = dsa_mask.to(torch.bool) if dsa_mask is not None else None
+    generator = torch.Generator().manual_seed(seed)
+    augment = make_augmenter(config.augment, config.dsa)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = len(epoch_batches(len(labels), config.batch_size, torch.Generator()))
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        if config.schedule == "cosine"
+        else None
+    )
+    start, step, loss_value = time.perf_counter(), 0, math.nan
+    bar = progress_bar(range(1, config.epochs + 1), desc=desc, enabled=progress)
+    for epoch in bar:
+        for batch in epoch_batches(len(labels), config.batch_size, generator):
+            x = images[batch.to(device)]
+            x = normalize(x) if x.dtype == torch.uint8 and normalize is not None else x
+            x = augment(x, None if mask is None else mask[batch], generator)
+            y = labels[batch.to(device)]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            if hooks is not None:
+                hooks.on_batch(batch, logits.detach(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            step += 1
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingDivergedError(
+                f"training diverged: loss is {loss_value} at epoch {epoch}; lower --lr"
+            )
+        bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+        if hooks is not None:
+            hooks.on_epoch_end(epoch, model)
+    return TrainStats(step, loss_value, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    device: torch.device,
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 1024,
+) -> float:
+    """Top-1 accuracy in eval mode, in batches of ``batch_size``."""
+    if len(labels) == 0:
+        return math.nan
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        x = images[start : start + batch_size].to(device)
+        x = normalize(x) if x.dtype == torch.uint8 and normalize is not None else x
+        prediction = model(x).argmax(dim=1)
+        correct += int((prediction == labels[start : start + batch_size].to(device)).sum())
+    model.train(was_training)
+    return correct / len(labels)

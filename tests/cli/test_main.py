@@ -1,0 +1,82 @@
+"""The ``selmatch`` command as a user types it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from selmatch.cli import build_parser, main
+from selmatch.synthetic import SyntheticSet
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "selmatch", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_top_level_help_lists_every_subcommand_with_a_line() -> None:
+    out = run_cli("--help")
+    assert out.returncode == 0
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, choice in subparsers.choices.items():
+        assert name in out.stdout
+        assert choice.description
+
+
+def test_every_option_of_every_subcommand_has_help() -> None:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            assert action.help, f"selmatch {name} {action.option_strings} has no help"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ipc", "0"], "--ipc must be an integer in [1, 5880], got 0"),
+        (["--ipc", "6000"], "--ipc must be an integer in [1, 5880], got 6000"),
+        (["--ipc", "5", "--epochs", "-3"], "--epochs must be a positive integer or 'paper'"),
+        (["--ipc", "5", "--val-fraction", "0.9"], "--val-fraction must be a number in [0, 0.5]"),
+        (["--ipc", "5", "--dataset", "cifar10"], "cifar10 needs --data-root"),
+        (["--ipc", "5", "--width", "0"], "--width must be an integer in [1, 4096], got 0"),
+        (["--ipc", "5", "--dsa-strategy", "blur"], "--dsa-strategy must be one of color"),
+        (["--set", "/nonexistent"], "--set /nonexistent is not a saved set"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_argument(args, message) -> None:
+    out = run_cli("evaluate", *args, "--no-progress")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("selmatch: error: ") and message in lines[0]
+
+
+def test_evaluate_random_subset_writes_a_result(tmp_path, capsys) -> None:
+    out_file = tmp_path / "r.json"
+    args = ["evaluate", "--ipc", "3", "--width", "8", "--epochs", "5", "--seeds", "1"]
+    assert main([*args, "--no-progress", "--out", str(out_file)]) == 0
+    printed = capsys.readouterr().out
+    assert "random-ipc3-s0: test" in printed and str(out_file) in printed
+    payload = json.loads(out_file.read_text())
+    assert payload["result"]["set_size"] == 30
+    assert payload["config"]["model"]["width"] == 8
+    assert payload["config"]["train"]["augment"] == "dsa"
+
+
+def test_evaluate_saved_set_uses_combined_augmentation(tmp_path, fashion, capsys) -> None:
+    images = fashion.normalize(fashion.train_images[:20])
+    SyntheticSet(
+        images, fashion.train_labels[:20], torch.arange(20) < 10,
+        {"dataset": "fashion-mnist", "mean": list(fashion.mean), "std": list(fashion.std),
+         "num_classes": 10, "ipc": 2, "method": "test"},
+    ).save(tmp_path / "set")  # fmt: skip
+    out_file = tmp_path / "r.json"
+    args = ["evaluate", "--set", str(tmp_path / "set"), "--width", "8", "--epochs", "2"]
+    assert main([*args, "--seeds", "1", "--no-progress", "--out", str(out_file)]) == 0
+    assert "10 distilled" in capsys.readouterr().out
+    assert json.loads(out_file.read_text())["config"]["train"]["augment"] == "combined"

@@ -1,0 +1,47 @@
+import dataclasses
+
+import pytest
+
+from selmatch.config import ConfigError, check_choice, check_float, check_int
+from selmatch.evaluate import EvalConfig
+from selmatch.models import ModelConfig
+from selmatch.train import TrainConfig
+
+
+def test_round_trip_of_nested_config() -> None:
+    config = EvalConfig(model=ModelConfig(width=16), train=TrainConfig(epochs=7), num_seeds=2)
+    assert EvalConfig.from_dict(config.to_dict()) == config
+
+
+def test_unknown_key_is_rejected_with_the_known_ones_listed() -> None:
+    data = ModelConfig().to_dict() | {"widht": 3}
+    with pytest.raises(ConfigError, match="unknown setting.*widht.*known: depth, name, norm"):
+        ModelConfig.from_dict(data)
+
+
+def test_configs_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ModelConfig().width = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: check_int("ipc", 0, 1, 50), r"--ipc must be an integer in \[1, 50\], got 0"),
+        (lambda: check_int("ipc", 2.5, 1), r"--ipc must be an integer in \[1, ∞\], got 2.5"),
+        (lambda: check_int("ipc", True, 1), r"--ipc must be an integer"),
+        (
+            lambda: check_float("alpha", 0.0, 0.0, 1.0, low_open=True),
+            r"--alpha must be a number in \(0, 1\], got 0",
+        ),
+        (lambda: check_float("lr", float("nan"), 0.0), r"--lr must be a number in \[0, ∞\)"),
+        (lambda: check_choice("norm", "layer", ("batch", "none")), r"--norm must be one of batch"),
+        (lambda: TrainConfig(epochs=0), r"--epochs must be an integer in \[1, "),
+        (lambda: TrainConfig(momentum=1.0), r"--momentum must be a number in \[0, 1\)"),
+        (lambda: ModelConfig(name="resnet50"), r"--model must be one of convnet, resnet18, vgg11"),
+    ],
+)
+def test_bad_values_give_one_line_errors_naming_the_argument(call, message) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        call()
+    assert "\n" not in str(info.value)

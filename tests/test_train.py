@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from selmatch.models import ModelConfig, build_model
+from selmatch.train import (
+    TrainConfig,
+    TrainingDivergedError,
+    accuracy,
+    epoch_batches,
+    train_network,
+)
+
+CPU = torch.device("cpu")
+
+
+def test_epoch_batches_cover_every_sample_once() -> None:
+    batches = epoch_batches(10, 4, torch.Generator().manual_seed(0))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert sorted(torch.cat(batches).tolist()) == list(range(10))
+
+
+def test_a_trailing_batch_of_one_is_dropped_for_batchnorm() -> None:
+    assert [len(b) for b in epoch_batches(9, 4, torch.Generator())] == [4, 4]
+    assert [len(b) for b in epoch_batches(1, 4, torch.Generator())] == [1]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self.epochs: list[int] = []
+
+    def on_batch(self, indices, logits, labels) -> None:
+        assert logits.shape == (len(indices), 10) and not logits.requires_grad
+        self.seen += indices.tolist()
+
+    def on_epoch_end(self, epoch, model) -> None:
+        self.epochs.append(epoch)
+
+
+def test_hooks_see_every_sample_every_epoch(fashion) -> None:
+    images, labels = fashion.train_images[:50], fashion.train_labels[:50]
+    model = build_model(ModelConfig(width=4), fashion.image_shape, 10, seed=0)
+    recorder = Recorder()
+    config = TrainConfig(epochs=3, batch_size=16, augment="none")
+    train_network(
+        model, images, labels, config, seed=0, device=CPU, normalize=fashion.normalize,
+        hooks=recorder,
+    )  # fmt: skip
+    assert recorder.epochs == [1, 2, 3]
+    assert sorted(recorder.seen) == sorted(list(range(50)) * 3)
+
+
+def test_divergence_is_an_error_not_a_silent_nan(fashion) -> None:
+    images = fashion.normalize(fashion.train_images[:32]) * float("inf")
+    model = build_model(ModelConfig(width=4), fashion.image_shape, 10, seed=0)
+    with pytest.raises(TrainingDivergedError, match="diverged.*lower --lr"):
+        train_network(
+            model, images, fashion.train_labels[:32], TrainConfig(epochs=2), seed=0, device=CPU
+        )
+
+
+def test_uint8_images_need_a_normaliser(fashion) -> None:
+    model = build_model(ModelConfig(width=4), fashion.image_shape, 10)
+    with pytest.raises(ValueError, match="normalize"):
+        train_network(
+            model, fashion.train_images[:8], fashion.train_labels[:8], TrainConfig(epochs=1),
+            seed=0, device=CPU,
+        )  # fmt: skip
+
+
+def test_accuracy_in_batches_matches_one_pass(fashion) -> None:
+    model = build_model(ModelConfig(width=4), fashion.image_shape, 10, seed=1).eval()
+    images, labels = fashion.test_images[:300], fashion.test_labels[:300]
+    small = accuracy(model, images, labels, device=CPU, normalize=fashion.normalize, batch_size=7)
+    with torch.no_grad():
+        whole = (model(fashion.normalize(images)).argmax(1) == labels).float().mean().item()
+    assert small == pytest.approx(whole)
