@@ -16,8 +16,6 @@ leaves a half-written set that looks complete.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from selmatch.config import SelmatchError
+from selmatch.io import atomic_write, versions, write_json
 
 FORMAT_VERSION = 1
 TENSOR_FILE = "set.safetensors"
@@ -35,12 +34,6 @@ REQUIRED_KEYS = ("dataset", "mean", "std", "num_classes", "ipc", "method")
 
 class SyntheticSetError(SelmatchError):
     """A saved set is missing, incomplete or inconsistent."""
-
-
-def versions() -> dict[str, str]:
-    from selmatch import __version__
-
-    return {"selmatch": __version__, "torch": torch.__version__}
 
 
 @dataclass
@@ -87,9 +80,8 @@ class SyntheticSet:
             "image_shape": list(self.images.shape[1:]),
             "versions": versions(),
         }
-        _atomic_write(directory / TENSOR_FILE, lambda p: save_file(tensors, str(p)))
-        text = json.dumps(manifest, indent=2, sort_keys=True)
-        _atomic_write(directory / MANIFEST_FILE, lambda p: Path(p).write_text(text))
+        atomic_write(directory / TENSOR_FILE, lambda p: save_file(tensors, p))
+        write_json(directory / MANIFEST_FILE, manifest)
         return directory
 
     @classmethod
@@ -118,14 +110,3 @@ class SyntheticSet:
             learned_lr=None if lr is None else float(lr[0]),
             source_indices=tensors.get("source_indices"),
         )
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)

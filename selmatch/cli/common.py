@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,9 @@ from selmatch.data import ImageDataset, dataset_help, holdout_split, load_datase
 from selmatch.data.balance import HoldoutSplit
 from selmatch.evaluate import EvalConfig
 from selmatch.models import MODELS, NORMS, ModelConfig
+from selmatch.scores import ScoreTable
 from selmatch.train import SCHEDULES, TrainConfig
+from selmatch.window import BETA_CONVENTIONS
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -152,11 +153,42 @@ def eval_config(args: argparse.Namespace, train: TrainConfig) -> EvalConfig:
     )  # fmt: skip
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    return path
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+def add_score_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("difficulty")
+    group.add_argument(
+        "--scores", type=Path, default=None, metavar="DIR",
+        help="folder with scores.safetensors (default: runs/experts/<dataset>, where "
+        "`selmatch experts` writes them)",
+    )  # fmt: skip
+    group.add_argument(
+        "--score", default="forgetting",
+        help="which score orders the samples: forgetting, el2n, or an imported one such as "
+        "cscore (default: forgetting)",
+    )  # fmt: skip
+    group.add_argument(
+        "--beta-convention", default="ipc-units", choices=BETA_CONVENTIONS,
+        help="ipc-units: β skips int(IPC·β) hardest per class (authors' code, reproduces "
+        "Table 5); data-fraction: β skips that fraction of each class (paper text) "
+        "(default: ipc-units)",
+    )  # fmt: skip
+
+
+def load_hardness(args: argparse.Namespace, dataset: ImageDataset, split: HoldoutSplit) -> Any:
+    """The chosen score as "higher is harder", after checking it belongs to this data split."""
+    directory = args.scores or Path("runs") / "experts" / slug(dataset.name)
+    table = ScoreTable.load(directory)
+    if table.info.get("dataset") not in (None, dataset.name):
+        raise ConfigError(
+            f"--scores {directory} is for {table.info['dataset']}, not {dataset.name}"
+        )
+    made_with = (table.info.get("val_fraction"), table.info.get("split_seed"))
+    if made_with[0] is not None and made_with != (split.val_fraction, split.seed):
+        raise ConfigError(
+            f"--scores {directory} come from experts trained with --val-fraction {made_with[0]} "
+            f"--split-seed {made_with[1]}; use the same values so validation stays unseen"
+        )
+    return table.hardness(args.score)

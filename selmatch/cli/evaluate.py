@@ -12,6 +12,7 @@ from selmatch.cli import common
 from selmatch.config import ConfigError, check_float
 from selmatch.data import balanced_subset, smallest_class_size
 from selmatch.evaluate import evaluate_set, paper_epochs
+from selmatch.io import write_json
 from selmatch.synthetic import SyntheticSet
 
 SUMMARY = "train networks on a random class-balanced subset or a saved set; report accuracy"
@@ -124,5 +125,5 @@ def run(args: argparse.Namespace) -> int:
         "wall_seconds": time.perf_counter() - started,
         "torch": torch.__version__,
     }
-    print(f"result written to {common.write_json(out, payload).resolve()}")
+    print(f"result written to {write_json(out, payload).resolve()}")
     return 0

@@ -1,0 +1,306 @@
+"""Expert trajectories, with the difficulty scores gathered during the same training.
+
+``train_experts`` trains K networks on the real training pool (the training set minus the
+validation slice) and keeps every expert's parameters after every epoch (epoch 0 is the
+initialisation). While they train it counts forgetting events from each mini-batch's own
+predictions (no extra pass), and after epoch ``el2n_epoch`` it makes the one inference pass
+over the pool that EL2N needs.
+
+On disk (``directory/``), all pickle-free:
+
+- ``manifest.json``: ``kind = "selmatch-experts"``, the :class:`ExpertConfig`, the parameter
+  layout (names and shapes, to map a flat vector back onto the model), seconds per epoch,
+  versions;
+- ``indices.safetensors``: ``train_indices`` (what the experts trained on), ``val_indices``;
+- ``expert_000.safetensors``, ...: ``epoch_0000`` ... ``epoch_EEEE`` (flat float32 parameter
+  vectors) and the expert's ``forgetting`` and ``el2n`` scores (float64, one per training
+  sample, NaN where not scored);
+- ``scores.safetensors`` + ``scores.json``: the scores averaged over experts.
+
+An expert file is written (atomically) when that expert finishes, so an interrupted run keeps
+the finished experts, and running the same command again trains only the missing ones.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from selmatch.augment import AUGMENTATIONS
+from selmatch.config import Config, ConfigError, SelmatchError, check_choice, check_float, check_int
+from selmatch.data import ImageDataset, balanced_subset, holdout_split, smallest_class_size
+from selmatch.io import atomic_write, versions, write_json
+from selmatch.models import ModelConfig, build_model
+from selmatch.params import ParamLayout
+from selmatch.progress import progress_bar
+from selmatch.scores import ForgettingTracker, ScoreTable, combine_expert_scores, el2n_scores
+from selmatch.train import TrainConfig, resolve_device, train_network
+
+MANIFEST = "manifest.json"
+INDICES = "indices.safetensors"
+
+
+@dataclass(frozen=True)
+class ExpertConfig(Config):
+    """How the experts are trained. Defaults follow the authors' code (METHOD.md): plain SGD,
+    lr 0.01, no momentum or weight decay, constant lr, batch 256, DSA; except the number of
+    experts and epochs, which are CPU-sized here (the paper: 100 experts of 100 epochs)."""
+
+    dataset: str = "fashion-mnist"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    num_experts: int = 2
+    epochs: int = 20
+    lr: float = 0.01
+    batch_size: int = 256
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    augment: str = "dsa"
+    el2n_epoch: int = 1
+    per_class: int | None = None
+    seed: int = 0
+    val_fraction: float = 0.02
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("experts", self.num_experts, 1, 10_000)
+        check_int("epochs", self.epochs, 1, 10_000)
+        check_float("lr", self.lr, 0.0, 100.0, low_open=True)
+        check_int("batch_size", self.batch_size, 2, 1_000_000)
+        check_float("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        check_float("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_choice("augment", self.augment, AUGMENTATIONS)
+        check_int("el2n_epoch", self.el2n_epoch, 1, self.epochs)
+        if self.per_class is not None:
+            check_int("per_class", self.per_class, 1)
+        check_int("seed", self.seed, 0, 2**31 - 1)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, momentum=self.momentum,
+            weight_decay=self.weight_decay, schedule="constant", augment=self.augment,
+        )  # fmt: skip
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that makes one expert what it is (more experts may be added later)."""
+        return {k: v for k, v in self.to_dict().items() if k != "num_experts"}
+
+
+def expert_file(directory: Path, index: int) -> Path:
+    return directory / f"expert_{index:03d}.safetensors"
+
+
+class _ExpertRecorder:
+    """Training hooks: the trajectory, forgetting events and the EL2N pass."""
+
+    def __init__(self, dataset: ImageDataset, train_indices: torch.Tensor, config: ExpertConfig,
+                 layout: ParamLayout, device: torch.device) -> None:  # fmt: skip
+        self.dataset, self.train_indices, self.config = dataset, train_indices, config
+        self.layout, self.device = layout, device
+        self.trajectory: list[torch.Tensor] = []
+        self.forgetting = ForgettingTracker(len(train_indices))
+        self.el2n: torch.Tensor | None = None
+        self.epoch_seconds: list[float] = []
+        self._last = time.perf_counter()
+
+    def on_batch(self, indices: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.forgetting.update(indices, logits.argmax(dim=1) == labels)
+
+    def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
+        self.trajectory.append(self.layout.flatten(model).cpu())
+        if epoch == self.config.el2n_epoch:
+            idx = self.train_indices
+            self.el2n = el2n_scores(
+                model, self.dataset.train_images[idx], self.dataset.train_labels[idx],
+                num_classes=self.dataset.num_classes, device=self.device,
+                normalize=self.dataset.normalize,
+            )  # fmt: skip
+        now = time.perf_counter()
+        self.epoch_seconds.append(now - self._last)
+        self._last = now
+
+    def full_length(self, values: torch.Tensor) -> torch.Tensor:
+        out = torch.full((len(self.dataset.train_labels),), float("nan"), dtype=torch.float64)
+        out[self.train_indices] = values
+        return out
+
+
+def expert_training_indices(
+    dataset: ImageDataset, config: ExpertConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices, validation indices) of the experts: the pool, or a class-balanced
+    ``per_class`` part of it (a CPU budget knob)."""
+    split = holdout_split(
+        dataset.train_labels, dataset.num_classes, val_fraction=config.val_fraction,
+        seed=config.split_seed,
+    )  # fmt: skip
+    if config.per_class is None:
+        return split.pool, split.val
+    available = smallest_class_size(dataset.train_labels, dataset.num_classes, split.pool)
+    if config.per_class > available:
+        raise ConfigError(
+            f"--per-class must be an integer in [1, {available}], got {config.per_class}"
+        )
+    chosen = balanced_subset(
+        dataset.train_labels, dataset.num_classes, config.per_class, seed=config.seed,
+        among=split.pool,
+    )  # fmt: skip
+    return chosen.sort().values, split.val
+
+
+def _check_directory(directory: Path, config: ExpertConfig) -> None:
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        return
+    saved = json.loads(manifest_path.read_text())
+    previous = ExpertConfig.from_dict(saved["config"]).identity()
+    if previous != config.identity():
+        changed = sorted(k for k in previous if previous[k] != config.identity().get(k))
+        raise ConfigError(
+            f"--out {directory} holds experts made with other settings ({', '.join(changed)}); "
+            "use another --out or the same settings to resume"
+        )
+
+
+def train_one_expert(
+    dataset: ImageDataset,
+    config: ExpertConfig,
+    index: int,
+    train_indices: torch.Tensor,
+    *,
+    device: torch.device,
+    progress: bool = False,
+) -> tuple[dict[str, torch.Tensor], list[float], ParamLayout]:
+    """Train expert ``index`` (seed ``config.seed + index``); returns its tensors (trajectory
+    and scores), the seconds each epoch took, and the parameter layout."""
+    seed = config.seed + index
+    model = build_model(config.model, dataset.image_shape, dataset.num_classes, seed=seed)
+    layout = ParamLayout.of(model)
+    recorder = _ExpertRecorder(dataset, train_indices, config, layout, device)
+    recorder.trajectory.append(layout.flatten(model).cpu())
+    train_network(
+        model, dataset.train_images[train_indices], dataset.train_labels[train_indices],
+        config.train_config(), seed=seed, device=device, normalize=dataset.normalize,
+        hooks=recorder, progress=progress, desc=f"expert {index}",
+    )  # fmt: skip
+    assert recorder.el2n is not None  # el2n_epoch <= epochs is checked by the config
+    tensors = {f"epoch_{e:04d}": flat for e, flat in enumerate(recorder.trajectory)}
+    tensors["forgetting"] = recorder.full_length(recorder.forgetting.scores())
+    tensors["el2n"] = recorder.full_length(recorder.el2n)
+    return tensors, recorder.epoch_seconds, layout
+
+
+def train_experts(
+    dataset: ImageDataset,
+    config: ExpertConfig,
+    directory: str | Path,
+    *,
+    device: str = "auto",
+    progress: bool = True,
+) -> Path:
+    """Train the missing experts of ``directory`` and (re)write the averaged scores."""
+    if dataset.name != config.dataset:
+        raise ConfigError(f"config is for {config.dataset}, dataset is {dataset.name}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _check_directory(directory, config)
+    torch_device = resolve_device(device)
+    train_indices, val_indices = expert_training_indices(dataset, config)
+    save_file(
+        {"train_indices": train_indices, "val_indices": val_indices}, str(directory / INDICES)
+    )
+    layout = ParamLayout.of(build_model(config.model, dataset.image_shape, dataset.num_classes))
+    timing = _read_manifest_timing(directory)
+    _write_manifest(directory, config, layout, timing)
+    todo = [i for i in range(config.num_experts) if not expert_file(directory, i).is_file()]
+    for index in progress_bar(todo, desc="experts", enabled=progress):
+        tensors, seconds, _ = train_one_expert(
+            dataset, config, index, train_indices, device=torch_device, progress=progress
+        )
+        atomic_write(expert_file(directory, index), partial(save_file, tensors))
+        timing[str(index)] = seconds
+        _write_manifest(directory, config, layout, timing)
+    write_expert_scores(directory, config)
+    return directory
+
+
+def _read_manifest_timing(directory: Path) -> dict[str, list[float]]:
+    path = directory / MANIFEST
+    return json.loads(path.read_text()).get("epoch_seconds", {}) if path.is_file() else {}
+
+
+def _write_manifest(
+    directory: Path, config: ExpertConfig, layout: ParamLayout, timing: dict[str, list[float]]
+) -> None:
+    all_seconds = [s for values in timing.values() for s in values]
+    manifest = {
+        "kind": "selmatch-experts",
+        "format_version": 1,
+        "config": config.to_dict(),
+        "layout": layout.to_dict(),
+        "num_params": layout.numel,
+        "epoch_seconds": timing,
+        "mean_epoch_seconds": sum(all_seconds) / len(all_seconds) if all_seconds else None,
+        "versions": versions(),
+    }
+    write_json(directory / MANIFEST, manifest)
+
+
+def write_expert_scores(directory: Path, config: ExpertConfig) -> ScoreTable:
+    files = sorted(directory.glob("expert_*.safetensors"))
+    per_expert = [
+        {k: v for k, v in load_file(str(f)).items() if k in ("forgetting", "el2n")} for f in files
+    ]
+    table = ScoreTable(
+        combine_expert_scores(per_expert),
+        {"forgetting": True, "el2n": True},
+        {"dataset": config.dataset, "source": f"{len(files)} expert(s) in {directory}",
+         "el2n_epoch": config.el2n_epoch, "expert_epochs": config.epochs,
+         "val_fraction": config.val_fraction, "split_seed": config.split_seed},
+    )  # fmt: skip
+    table.save(directory)
+    return table
+
+
+@dataclass
+class ExpertSet:
+    """Saved experts: manifest, layout and lazily loaded trajectories."""
+
+    directory: Path
+    config: ExpertConfig
+    layout: ParamLayout
+    manifest: dict[str, Any]
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ExpertSet:
+        directory = Path(directory)
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise SelmatchError(f"--experts {directory} holds no experts (no {MANIFEST})")
+        manifest = json.loads(path.read_text())
+        if manifest.get("kind") != "selmatch-experts":
+            raise SelmatchError(f"{path} is not a selmatch experts manifest")
+        config = ExpertConfig.from_dict(manifest["config"])
+        return cls(directory, config, ParamLayout.from_dict(manifest["layout"]), manifest)
+
+    @property
+    def finished(self) -> list[int]:
+        return sorted(
+            int(f.stem.split("_")[1]) for f in self.directory.glob("expert_*.safetensors")
+        )
+
+    def trajectory(self, index: int) -> torch.Tensor:
+        """Expert ``index``'s parameters, one row per epoch: ``(epochs + 1, num_params)``."""
+        tensors = load_file(str(expert_file(self.directory, index)))
+        epochs = sorted(k for k in tensors if k.startswith("epoch_"))
+        return torch.stack([tensors[k] for k in epochs])
+
+    def trajectories(self) -> list[torch.Tensor]:
+        return [self.trajectory(i) for i in self.finished]

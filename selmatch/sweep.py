@@ -1,0 +1,187 @@
+"""The window sweep: accuracy of the window subset at each β of a grid (the paper's Fig. 3).
+
+:func:`evaluate_window` is one β trial — select the window, train on it, score — and is the
+trial body the β search calls. :func:`window_sweep` runs it over a grid, next to a random
+class-balanced subset of the same size, picks the best β on *validation* accuracy, and writes
+``sweep.csv``, ``sweep.json`` and ``sweep.png``. Finished β values are kept in ``sweep.json``;
+running the same sweep again skips them (resume).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selmatch.config import Config, ConfigError, check_choice, check_int
+from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset
+from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set
+from selmatch.io import write_json
+from selmatch.plots import save_curve
+from selmatch.progress import progress_bar
+from selmatch.window import BETA_CONVENTIONS, WindowSpec, select_window
+
+DEFAULT_BETAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the authors' sweep
+
+
+@dataclass(frozen=True)
+class SweepConfig(Config):
+    ipc: int
+    betas: tuple[float, ...] = DEFAULT_BETAS
+    beta_convention: str = "ipc-units"
+    score: str = "forgetting"
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    random_subset_seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("ipc", self.ipc, 1)
+        check_choice("beta_convention", self.beta_convention, BETA_CONVENTIONS)
+        if not self.betas:
+            raise ConfigError("--betas needs at least one value")
+        for beta in self.betas:
+            WindowSpec(self.ipc, beta, 0.0, self.beta_convention)  # validates each β
+
+
+def evaluate_window(
+    dataset: ImageDataset,
+    split: HoldoutSplit,
+    hardness: torch.Tensor,
+    spec: WindowSpec,
+    config: EvalConfig,
+    *,
+    progress: bool = False,
+) -> EvalResult:
+    """One β trial: train ``config.num_seeds`` networks on the window subset and score them."""
+    window = select_window(
+        hardness, dataset.train_labels, dataset.num_classes, spec, among=split.pool
+    )
+    return evaluate_set(
+        dataset.train_images[window.indices], window.labels, dataset, config, split=split,
+        progress=progress,
+    )  # fmt: skip
+
+
+def evaluate_random(
+    dataset: ImageDataset, split: HoldoutSplit, ipc: int, config: EvalConfig, *, seed: int
+) -> EvalResult:
+    indices = balanced_subset(
+        dataset.train_labels, dataset.num_classes, ipc, seed=seed, among=split.pool
+    )
+    return evaluate_set(
+        dataset.train_images[indices], dataset.train_labels[indices], dataset, config, split=split
+    )
+
+
+@dataclass
+class SweepResult:
+    config: SweepConfig
+    rows: dict[float, dict[str, Any]]
+    random: dict[str, Any]
+
+    @property
+    def best_beta(self) -> float:
+        """The β with the highest *validation* accuracy (test accuracy if there is no
+        validation slice); ties go to the smaller β."""
+        key = (
+            "val_mean"
+            if all(r["val_mean"] is not None for r in self.rows.values())
+            else "test_mean"
+        )
+        return max(sorted(self.rows), key=lambda b: self.rows[b][key])
+
+    def table(self) -> str:
+        lines = [f"{'beta':>6} {'val %':>14} {'test %':>14}"]
+        for beta in sorted(self.rows):
+            lines.append(
+                f"{beta:>6g} {_pct(self.rows[beta], 'val')} {_pct(self.rows[beta], 'test')}"
+            )
+        lines.append(f"{'random':>6} {_pct(self.random, 'val')} {_pct(self.random, 'test')}")
+        return "\n".join(lines)
+
+
+def _pct(row: dict[str, Any], kind: str) -> str:
+    mean, std = row[f"{kind}_mean"], row[f"{kind}_std"]
+    return f"{'n/a':>14}" if mean is None else f"{100 * mean:>7.2f} ± {100 * std:<4.2f}"
+
+
+def _load_previous(
+    path: Path, config: SweepConfig
+) -> tuple[dict[float, Any], dict[str, Any] | None]:
+    if not path.is_file():
+        return {}, None
+    saved = json.loads(path.read_text())
+    previous = SweepConfig.from_dict(saved["config"])
+    if previous.replace(betas=config.betas) != config:
+        raise ConfigError(
+            f"--out {path.parent} holds a sweep with other settings; use another --out or the "
+            "same settings to resume"
+        )
+    return {float(b): row for b, row in saved["rows"].items()}, saved.get("random")
+
+
+def window_sweep(
+    dataset: ImageDataset,
+    split: HoldoutSplit,
+    hardness: torch.Tensor,
+    config: SweepConfig,
+    directory: str | Path,
+    *,
+    progress: bool = True,
+) -> SweepResult:
+    """Evaluate the window at every β of ``config.betas`` and a random subset; write results."""
+    directory = Path(directory)
+    rows, random_row = _load_previous(directory / "sweep.json", config)
+    evaluation = config.evaluation
+    if random_row is None:
+        random_row = evaluate_random(
+            dataset, split, config.ipc, evaluation, seed=config.random_subset_seed
+        ).to_dict()
+    result = SweepResult(config, rows, random_row)
+    todo = [b for b in config.betas if b not in rows]
+    for beta in progress_bar(todo, desc=f"β sweep, IPC {config.ipc}", enabled=progress):
+        spec = WindowSpec(config.ipc, beta, 0.0, config.beta_convention)
+        rows[beta] = evaluate_window(dataset, split, hardness, spec, evaluation).to_dict()
+        _write(directory, result)  # after every β: an interruption loses at most one trial
+    result.rows = {b: rows[b] for b in config.betas}
+    _write(directory, result)
+    return result
+
+
+def _write(directory: Path, result: SweepResult) -> None:
+    config = result.config
+    betas = sorted(result.rows)
+    write_json(directory / "sweep.json", {
+        "config": config.to_dict(),
+        "rows": {str(b): result.rows[b] for b in betas},
+        "random": result.random,
+        "best_beta_by_val": result.best_beta if betas else None,
+    })  # fmt: skip
+    with open(directory / "sweep.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["beta", "val_mean", "val_std", "test_mean", "test_std"])
+        for beta in betas:
+            row = result.rows[beta]
+            writer.writerow(
+                [beta, row["val_mean"], row["val_std"], row["test_mean"], row["test_std"]]
+            )
+        r = result.random
+        writer.writerow(["random", r["val_mean"], r["val_std"], r["test_mean"], r["test_std"]])
+    if not betas:
+        return
+    curves = [("window, test", [result.rows[b]["test_mean"] for b in betas])]
+    baselines = [("random, test", result.random["test_mean"])]
+    if result.random["val_mean"] is not None:
+        curves.insert(0, ("window, val", [result.rows[b]["val_mean"] for b in betas]))
+        baselines.insert(0, ("random, val", result.random["val_mean"]))
+    ev = config.evaluation
+    save_curve(
+        betas, curves, directory / "sweep.png",
+        xlabel=f"β ({config.beta_convention})",
+        title=f"{config.score} window, IPC {config.ipc}\n{ev.model.describe()}, "
+        f"{ev.train.epochs} epochs, {ev.num_seeds} seed(s)",
+        baselines=baselines, best_x=result.best_beta,
+    )  # fmt: skip

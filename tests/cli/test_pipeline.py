@@ -1,0 +1,76 @@
+"""experts → scores → window → window-sweep → evaluate, from the command line, tiny."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def selmatch(*args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        [sys.executable, "-m", "selmatch", *args], capture_output=True, text=True, check=False
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def experts_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cli") / "experts"
+    out = selmatch("experts", "--width", "4", "--experts", "2", "--epochs", "2",
+                   "--per-class", "30", "--batch-size", "64", "--out", str(directory),
+                   "--no-progress")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "2 expert(s) in" in out.stdout and "s per epoch" in out.stdout
+    return directory
+
+
+def test_window_from_the_cli(experts_dir, tmp_path) -> None:
+    out = selmatch("window", "--scores", str(experts_dir), "--ipc", "10", "--beta", "0.5",
+                   "--alpha", "0.3", "--out", str(tmp_path / "w"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "ipc-units" in out.stdout and "70 D_select + 30 D_distill" in out.stdout
+    manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    assert manifest["window"]["beta_convention"] == "ipc-units"
+    assert manifest["skipped_per_class"] == [5] * 10
+    assert (tmp_path / "w" / "grid.png").is_file()
+    lines = (tmp_path / "w" / "indices.csv").read_text().splitlines()
+    assert len(lines) == 101 and lines[0] == "train_index,label,part"
+    evaluated = selmatch("evaluate", "--set", str(tmp_path / "w"), "--width", "4", "--epochs",
+                         "2", "--seeds", "1", "--no-progress",
+                         "--out", str(tmp_path / "r.json"))  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "30 distilled" in evaluated.stdout
+
+
+def test_window_errors_are_one_line(experts_dir) -> None:
+    out = selmatch("window", "--scores", str(experts_dir), "--ipc", "10", "--beta", "2.5")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "selmatch: error: --beta must be in [0, 2] for IPC 10 with 30 scored samples per class "
+        "(ipc-units), got 2.5"
+    )
+    out = selmatch("window", "--scores", str(experts_dir), "--ipc", "5", "--score", "cscore")
+    assert "--score must be one of el2n, forgetting" in out.stderr
+
+
+def test_window_sweep_from_the_cli(experts_dir, tmp_path) -> None:
+    out = selmatch("window-sweep", "--scores", str(experts_dir), "--score", "el2n", "--ipc", "3",
+                   "--betas", "0,1", "--width", "4", "--epochs", "2", "--seeds", "1",
+                   "--out", str(tmp_path / "s"), "--no-progress")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "random" in out.stdout and "best β by validation accuracy" in out.stdout
+    assert {p.name for p in (tmp_path / "s").iterdir()} == {"sweep.csv", "sweep.json", "sweep.png"}
+
+
+def test_import_external_scores(experts_dir, tmp_path) -> None:
+    good = tmp_path / "c.npy"
+    np.save(good, np.random.default_rng(0).random(60_000))
+    out = selmatch("scores", "--scores", str(experts_dir), "--import", str(good))
+    assert out.returncode == 0, out.stderr
+    assert "cscore" in out.stdout and "lower = harder" in out.stdout
+    short = tmp_path / "short.npy"
+    np.save(short, np.zeros(10))
+    out = selmatch("scores", "--scores", str(experts_dir), "--import", str(short))
+    assert out.returncode == 2 and "expected one score per training sample: (60000,)" in out.stderr
