@@ -59,19 +59,22 @@ def save_curve(
     title: str,
     baselines: Sequence[tuple[str, float]] = (),
     best_x: float | None = None,
+    ylabel: str = "accuracy (%)",
+    scale: float = 100.0,
+    marker: str = "o",
 ) -> Path:
-    """Accuracy (%) against a hyperparameter, with horizontal dashed baselines (the i-th
-    baseline takes the colour of the i-th curve)."""
+    """Curves (by default accuracy in %) against a hyperparameter, with horizontal dashed
+    baselines (the i-th baseline takes the colour of the i-th curve)."""
     figure = Figure(figsize=(5.5, 3.6))
     axis = figure.subplots()
     for name, ys in curves:
-        axis.plot(list(xs), [100 * y for y in ys], marker="o", label=name)
+        axis.plot(list(xs), [scale * y for y in ys], marker=marker or None, label=name)
     for index, (name, value) in enumerate(baselines):
-        axis.axhline(100 * value, linestyle="--", color=f"C{index}", alpha=0.7, label=name)
+        axis.axhline(scale * value, linestyle="--", color=f"C{index}", alpha=0.7, label=name)
     if best_x is not None:
         axis.axvline(best_x, linestyle=":", color="black", label=f"best = {best_x:g}")
     axis.set_xlabel(xlabel)
-    axis.set_ylabel("accuracy (%)")
+    axis.set_ylabel(ylabel)
     axis.set_title(title, fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)

@@ -1,0 +1,132 @@
+"""``selmatch distill``: SelMatch, MTT or SeqMatch distillation from saved experts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from selmatch.augment import DEFAULT_DSA_STRATEGY
+from selmatch.cli import common
+from selmatch.distill import METHODS, DistillConfig, distill
+from selmatch.experts import ExpertSet
+from selmatch.matching import MODES
+
+SUMMARY = "distil a synthetic set by trajectory matching (selmatch, mtt or seqmatch)"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "distill",
+        help=SUMMARY,
+        description=(
+            "Trajectory matching against saved experts. selmatch: start from the difficulty "
+            "window at β, update only the easier α share (D_distill), keep D_select frozen, "
+            "train the student on the whole set. mtt: random real start, everything updated. "
+            "seqmatch: K subsets learned one after another against successive segments of the "
+            "expert trajectories. Writes the set (loadable by `selmatch evaluate --set`, which "
+            "then uses combined augmentation), manifest.json with every setting, loss.csv, "
+            "loss.png and grid.png; checkpoints every --checkpoint-every iterations "
+            "(--resume continues, bit-for-bit)."
+        ),
+    )
+    parser.add_argument("--method", default="selmatch", choices=METHODS, help="(default: selmatch)")
+    parser.add_argument("--ipc", type=int, required=True, help="images per class")
+    parser.add_argument(
+        "--experts", type=Path, default=None, metavar="DIR",
+        help="expert folder from `selmatch experts` (default: runs/experts/<dataset>)",
+    )  # fmt: skip
+    sel = parser.add_argument_group("SelMatch")
+    sel.add_argument("--beta", type=float, default=0.0, help="window start β (default: 0)")
+    sel.add_argument(
+        "--alpha", type=float, default=0.5,
+        help="share of the window that is learned (D_distill), in (0, 1] (default: 0.5)",
+    )  # fmt: skip
+    sel.add_argument(
+        "--merge", action="store_true",
+        help="ablation: compute the loss on D_distill alone and merge D_select afterwards",
+    )  # fmt: skip
+    common.add_score_options(parser)
+    seq = parser.add_argument_group("SeqMatch")
+    seq.add_argument("--subsets", type=int, default=2, help="K subsets (default: 2)")
+    match = parser.add_argument_group("trajectory matching")
+    match.add_argument("--student-steps", type=int, default=20, help="N (default: 20; paper 55)")
+    match.add_argument("--expert-epochs", type=int, default=2, help="M (default: 2)")
+    match.add_argument("--max-start-epoch", type=int, default=10, help="T+ (default: 10; paper 80)")
+    match.add_argument(
+        "--syn-batch", type=int, default=100, help="b, student mini-batch (default: 100; paper 125)"
+    )
+    match.add_argument("--iterations", type=int, default=200, help="iterations (paper: 10,000)")
+    match.add_argument(
+        "--lr-images", type=float, default=1000.0, help="pixel lr, SGD (default: 1000)"
+    )
+    match.add_argument(
+        "--momentum-images", type=float, default=0.5, help="pixel momentum (default: 0.5)"
+    )
+    match.add_argument(
+        "--lr-init", type=float, default=0.01, help="initial learnable lr η (default: 0.01)"
+    )
+    match.add_argument("--lr-lr", type=float, default=1e-5, help="lr of η (default: 1e-5)")
+    match.add_argument(
+        "--momentum-lr", type=float, default=0.5, help="momentum of η (default: 0.5)"
+    )
+    match.add_argument(
+        "--dsa-strategy",
+        default=DEFAULT_DSA_STRATEGY,
+        help=f"DSA on every student batch, or none (default: {DEFAULT_DSA_STRATEGY})",
+    )
+    match.add_argument(
+        "--memory", default="unrolled", choices=sorted(MODES),
+        help="unrolled: keep the graph of all N steps (fast); checkpointed: recompute one step "
+        "at a time, peak memory independent of N (default: unrolled)",
+    )  # fmt: skip
+    run = parser.add_argument_group("run")
+    run.add_argument("--checkpoint-every", type=int, default=50, help="iterations (default: 50)")
+    run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    run.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    run.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    common.add_data_options(parser)
+    parser.add_argument(
+        "--out", type=Path, default=None, metavar="DIR",
+        help="output folder (default: runs/distill/<dataset>-<method>-ipc<K>)",
+    )  # fmt: skip
+    parser.set_defaults(run=run_distill)
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    config = DistillConfig(
+        method=args.method, ipc=args.ipc, beta=args.beta,
+        alpha=1.0 if args.method != "selmatch" else args.alpha,
+        beta_convention=args.beta_convention, score=args.score, subsets=args.subsets,
+        merge=args.merge, n_student_steps=args.student_steps, expert_epochs=args.expert_epochs,
+        max_start_epoch=args.max_start_epoch, syn_batch=args.syn_batch,
+        iterations=args.iterations, lr_images=args.lr_images,
+        momentum_images=args.momentum_images, lr_init=args.lr_init, lr_lr=args.lr_lr,
+        momentum_lr=args.momentum_lr, dsa_strategy=args.dsa_strategy, mode=args.memory,
+        checkpoint_every=args.checkpoint_every, seed=args.seed,
+    )  # fmt: skip
+    dataset, split = common.load_data(args)
+    experts = ExpertSet.load(args.experts or Path("runs") / "experts" / common.slug(dataset.name))
+    hardness = common.load_hardness(args, dataset, split) if config.method == "selmatch" else None
+    out = args.out or Path("runs") / "distill" / (
+        f"{common.slug(dataset.name)}-{config.method}-ipc{config.ipc}"
+    )
+    print(dataset.describe())
+    print(
+        f"{config.method}: IPC {config.ipc}, N {config.n_student_steps}, M "
+        f"{config.expert_epochs}, T+ {config.max_start_epoch}, b {config.syn_batch}, "
+        f"{config.iterations} iterations, {config.mode} mode, {len(experts.finished)} expert(s) "
+        f"({experts.config.model.describe()})"
+    )
+    result = distill(
+        config, dataset, split, experts, hardness, out, device=args.device, resume=args.resume,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(
+        f"{len(result.labels)} images ({result.num_distill} distilled), final loss "
+        f"{result.manifest['final_loss']:.4f}, learned lr {result.learned_lr:.4g}, "
+        f"{result.manifest['seconds']:.0f} s"
+    )
+    print(f"set, manifest.json, loss.csv, loss.png and grid.png written to {out.resolve()}")
+    print(f"evaluate it with: selmatch evaluate --set {out}")
+    return 0

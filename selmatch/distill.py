@@ -1,0 +1,450 @@
+"""Distillation by trajectory matching: SelMatch, MTT and SeqMatch from one loop.
+
+One iteration reads ``sample_expert_segment → match (unroll the student) → update_synthetic →
+maybe_checkpoint``. The three methods differ only in how the set is initialised and which
+part of it is learnable at each stage:
+
+- ``selmatch``: the window at β (:mod:`selmatch.window`); ``D_distill`` (α) is learnable,
+  ``D_select`` frozen, the student trains on both. ``merge=True`` is the ablation of Table 4:
+  the student trains on ``D_distill`` alone and ``D_select`` is merged back afterwards.
+- ``mtt``: a random class-balanced real subset, all of it learnable (α = 1).
+- ``seqmatch``: K subsets (near-equal per class) learned one after another; at stage k the
+  student trains on S_1..S_k with S_1..S_{k-1} frozen. Stage k matches the k-th segment of
+  the expert trajectories (start epochs in [k·T+/K, (k+1)·T+/K)): the *segment*
+  approximation of the SeqMatch paper's description. The authors' code instead retrains
+  experts on the earlier subsets first (``METHOD.md``); that variant is not implemented.
+
+Frozen images receive no gradient and no optimiser state. Checkpoints (every
+``checkpoint_every`` iterations) hold everything needed to continue bit-for-bit: the
+learnable images, the learned lr, both optimisers' momentum, the random generator, the loss
+history. A non-finite loss, gradient or lr stops the run with an error *before* anything is
+written, so the last checkpoint and the output folder always hold a good state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from selmatch.augment import DEFAULT_DSA_STRATEGY, DSAConfig
+from selmatch.config import Config, ConfigError, SelmatchError, check_choice, check_float, check_int
+from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset
+from selmatch.experts import ExpertSet
+from selmatch.io import atomic_write, write_json
+from selmatch.matching import MODES, SyntheticTensors, plan_student_steps, student_template
+from selmatch.models import build_model
+from selmatch.params import ParamLayout
+from selmatch.plots import save_curve, save_set_grid
+from selmatch.progress import progress_bar
+from selmatch.synthetic import SyntheticSet
+from selmatch.train import resolve_device
+from selmatch.window import BETA_CONVENTION_TEXT, BETA_CONVENTIONS, WindowSpec, select_window
+
+METHODS = ("selmatch", "mtt", "seqmatch")
+CHECKPOINT_DIR = "checkpoint"
+
+
+class DistillationDivergedError(SelmatchError, ArithmeticError):
+    """The matching loss, a gradient or the learned lr stopped being finite (or positive)."""
+
+
+@dataclass(frozen=True)
+class DistillConfig(Config):
+    """Every knob of a distillation. Symbols of the papers: N = ``n_student_steps``,
+    M = ``expert_epochs``, T+ = ``max_start_epoch``, b = ``syn_batch``, α, β."""
+
+    method: str = "selmatch"
+    ipc: int = 10
+    beta: float = 0.0
+    alpha: float = 0.5
+    beta_convention: str = "ipc-units"
+    score: str = "forgetting"
+    subsets: int = 2
+    merge: bool = False
+    n_student_steps: int = 20
+    expert_epochs: int = 2
+    max_start_epoch: int = 10
+    syn_batch: int = 100
+    iterations: int = 200
+    lr_images: float = 1000.0
+    momentum_images: float = 0.5
+    lr_init: float = 0.01
+    lr_lr: float = 1e-5
+    momentum_lr: float = 0.5
+    dsa_strategy: str = DEFAULT_DSA_STRATEGY
+    mode: str = "unrolled"
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, METHODS)
+        check_int("ipc", self.ipc, 1)
+        check_float("beta", self.beta, 0.0)
+        check_float("alpha", self.alpha, 0.0, 1.0, low_open=self.method == "selmatch")
+        check_choice("beta_convention", self.beta_convention, BETA_CONVENTIONS)
+        check_int("subsets", self.subsets, 1, self.ipc)
+        check_int("n_student_steps", self.n_student_steps, 1, 10_000)
+        check_int("expert_epochs", self.expert_epochs, 1, 10_000)
+        check_int("max_start_epoch", self.max_start_epoch, 1, 10_000)
+        check_int("syn_batch", self.syn_batch, 2, 1_000_000)
+        check_int("iterations", self.iterations, 0, 10_000_000)
+        check_float("lr_images", self.lr_images, 0.0, low_open=True)
+        check_float("momentum_images", self.momentum_images, 0.0, 1.0, high_open=True)
+        check_float("lr_init", self.lr_init, 0.0, low_open=True)
+        check_float("lr_lr", self.lr_lr, 0.0)
+        check_float("momentum_lr", self.momentum_lr, 0.0, 1.0, high_open=True)
+        check_choice("mode", self.mode, MODES)
+        check_int("checkpoint_every", self.checkpoint_every, 1)
+        if self.dsa_strategy != "none":
+            DSAConfig(strategy=self.dsa_strategy)
+        if self.merge and self.method != "selmatch":
+            raise ConfigError("--merge is an ablation of --method selmatch only")
+
+    @property
+    def stages(self) -> int:
+        return self.subsets if self.method == "seqmatch" else 1
+
+
+@dataclass
+class Stage:
+    """Which rows of the set are learnable, which are frozen but trained on, and which
+    expert start epochs this stage draws from."""
+
+    learnable: torch.Tensor
+    frozen: torch.Tensor
+    start_epochs: tuple[int, int]
+
+
+@dataclass
+class DistillState:
+    """Everything that changes during a run (and goes into a checkpoint)."""
+
+    images: torch.Tensor
+    syn_lr: torch.Tensor
+    stage: int = 0
+    iteration: int = 0
+    losses: list[float] = field(default_factory=list)
+    image_momentum: torch.Tensor | None = None
+    lr_momentum: torch.Tensor | None = None
+    generator_state: torch.Tensor | None = None
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- initialisation
+@dataclass
+class Initial:
+    indices: torch.Tensor
+    labels: torch.Tensor
+    distill_mask: torch.Tensor
+    subset_ids: torch.Tensor
+    info: dict[str, Any]
+
+
+def initial_set(
+    config: DistillConfig, dataset: ImageDataset, split: HoldoutSplit, hardness: torch.Tensor | None
+) -> Initial:
+    """The real images the set starts from, its distill mask and (SeqMatch) subset ids."""
+    labels_all, classes = dataset.train_labels, dataset.num_classes
+    if config.method == "selmatch":
+        if hardness is None:
+            raise ConfigError("--method selmatch needs difficulty scores (--scores)")
+        spec = WindowSpec(config.ipc, config.beta, config.alpha, config.beta_convention)
+        window = select_window(hardness, labels_all, classes, spec, among=split.pool)
+        info = {
+            "window": spec.to_dict(),
+            "skipped_per_class": list(window.skipped),
+            "beta_convention_meaning": BETA_CONVENTION_TEXT[config.beta_convention],
+        }
+        subset_ids = torch.zeros(len(window.indices), dtype=torch.int64)
+        return Initial(window.indices, window.labels, window.distill_mask, subset_ids, info)
+    indices = balanced_subset(labels_all, classes, config.ipc, seed=config.seed, among=split.pool)
+    labels = labels_all[indices]
+    subset_ids = torch.zeros(len(indices), dtype=torch.int64)
+    if config.method == "seqmatch":
+        # Per class, cut IPC into K near-equal parts, larger parts first (50 → 17/17/16).
+        position = torch.arange(len(indices)) % config.ipc
+        bounds = torch.tensor(
+            [len(p) for p in torch.arange(config.ipc).tensor_split(config.subsets)]
+        )
+        subset_ids = torch.bucketize(position, bounds.cumsum(0), right=True)
+    mask = torch.ones(len(indices), dtype=torch.bool)
+    return Initial(indices, labels, mask, subset_ids, {"init": "random class-balanced real"})
+
+
+def stages_of(config: DistillConfig, initial: Initial) -> list[Stage]:
+    everything = torch.arange(len(initial.labels))
+    if config.method != "seqmatch":
+        learnable = everything[initial.distill_mask]
+        frozen = (
+            torch.empty(0, dtype=torch.int64) if config.merge else everything[~initial.distill_mask]
+        )
+        return [Stage(learnable, frozen, (0, config.max_start_epoch))]
+    edges = torch.linspace(0, config.max_start_epoch, config.subsets + 1).round().long().tolist()
+    return [
+        Stage(
+            everything[initial.subset_ids == k],
+            everything[initial.subset_ids < k],
+            (edges[k], max(edges[k] + 1, edges[k + 1])),
+        )
+        for k in range(config.subsets)
+    ]
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _save_checkpoint(directory: Path, config: DistillConfig, state: DistillState) -> None:
+    tensors = {"images": state.images, "syn_lr": state.syn_lr.detach().reshape(1)}
+    for name in ("image_momentum", "lr_momentum", "generator_state"):
+        value = getattr(state, name)
+        if value is not None:
+            tensors[name] = value.detach().cpu().contiguous()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    folder = directory / CHECKPOINT_DIR
+    atomic_write(folder / "state.safetensors", lambda p: save_file(tensors, p))
+    write_json(folder / "state.json", {
+        "config": config.to_dict(), "stage": state.stage, "iteration": state.iteration,
+        "losses": state.losses, "seconds": state.seconds,
+    })  # fmt: skip
+
+
+def _load_checkpoint(directory: Path, config: DistillConfig) -> DistillState | None:
+    folder = directory / CHECKPOINT_DIR
+    if not (folder / "state.json").is_file():
+        return None
+    saved = json.loads((folder / "state.json").read_text())
+    previous = DistillConfig.from_dict(saved["config"])
+    if previous.replace(iterations=config.iterations) != config:
+        changed = sorted(k for k, v in previous.to_dict().items() if config.to_dict()[k] != v)
+        raise ConfigError(
+            f"--resume: {directory} was distilled with other settings ({', '.join(changed)}); "
+            "only --iterations may change on resume"
+        )
+    tensors = load_file(str(folder / "state.safetensors"))
+    return DistillState(
+        images=tensors["images"], syn_lr=tensors["syn_lr"][0], stage=saved["stage"],
+        iteration=saved["iteration"], losses=saved["losses"],
+        image_momentum=tensors.get("image_momentum"), lr_momentum=tensors.get("lr_momentum"),
+        generator_state=tensors.get("generator_state"), seconds=saved["seconds"],
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the loop
+def check_experts(config: DistillConfig, experts: ExpertSet, split: HoldoutSplit) -> None:
+    available = experts.config.epochs
+    if config.max_start_epoch + config.expert_epochs > available:
+        raise ConfigError(
+            f"--max-start-epoch + --expert-epochs must be ≤ {available} (the experts' epochs), "
+            f"got {config.max_start_epoch} + {config.expert_epochs}"
+        )
+    if not experts.finished:
+        raise ConfigError(f"--experts {experts.directory} holds no finished expert")
+    if (experts.config.val_fraction, experts.config.split_seed) != (split.val_fraction, split.seed):
+        raise ConfigError(
+            f"--experts were trained with --val-fraction {experts.config.val_fraction} "
+            f"--split-seed {experts.config.split_seed}; use the same values"
+        )
+
+
+def _momentum(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    parameter = optimizer.param_groups[0]["params"][0]
+    return optimizer.state.get(parameter, {}).get("momentum_buffer")
+
+
+def _restore_momentum(optimizer: torch.optim.Optimizer, buffer: torch.Tensor | None) -> None:
+    if buffer is not None:
+        parameter = optimizer.param_groups[0]["params"][0]
+        optimizer.state[parameter]["momentum_buffer"] = buffer.to(parameter.device).clone()
+
+
+def _check_finite(
+    iteration: int, loss: float, grads: list[torch.Tensor], lr: float, where: Path
+) -> None:
+    bad = [
+        name
+        for name, ok in (
+            ("matching loss", math.isfinite(loss)),
+            ("image gradient", all(bool(torch.isfinite(g).all()) for g in grads[:1])),
+            ("lr gradient", all(bool(torch.isfinite(g).all()) for g in grads[1:])),
+            ("learned lr", math.isfinite(lr) and lr > 0),
+        )
+        if not ok
+    ]
+    if bad:
+        raise DistillationDivergedError(
+            f"distillation diverged at iteration {iteration}: {', '.join(bad)} not finite "
+            f"(or lr ≤ 0; lr = {lr:.3g}); lower --lr-images or --lr-lr and --resume from the "
+            f"last good checkpoint in {where / CHECKPOINT_DIR}"
+        )
+
+
+@dataclass
+class _Run:
+    """What stays fixed during one distillation run."""
+
+    config: DistillConfig
+    directory: Path
+    template: torch.nn.Module
+    layout: ParamLayout
+    trajectories: list[torch.Tensor]
+    labels: torch.Tensor
+    image_size: tuple[int, int]
+    dsa: DSAConfig | None
+    device: torch.device
+    progress: bool
+
+
+def sample_expert_segment(
+    run: _Run, start_epochs: tuple[int, int], generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """θ*_t and θ*_{t+M} of a random expert and a random start epoch t in the stage's range."""
+    expert = int(torch.randint(len(run.trajectories), (1,), generator=generator))
+    low, high = start_epochs
+    epoch = int(torch.randint(low, high, (1,), generator=generator))
+    trajectory = run.trajectories[expert]
+    return trajectory[epoch], trajectory[epoch + run.config.expert_epochs]
+
+
+def _run_stage(run: _Run, stage: Stage, state: DistillState, generator: torch.Generator) -> None:
+    config = run.config
+    learnable = state.images[stage.learnable].to(run.device).clone().requires_grad_(True)
+    frozen = state.images[stage.frozen].to(run.device)
+    labels = torch.cat([run.labels[stage.frozen], run.labels[stage.learnable]]).to(run.device)
+    synthetic = SyntheticTensors(frozen, learnable, labels)
+    syn_lr = state.syn_lr.to(run.device).clone().requires_grad_(True)
+    image_opt = torch.optim.SGD([learnable], lr=config.lr_images, momentum=config.momentum_images)
+    lr_opt = torch.optim.SGD([syn_lr], lr=config.lr_lr, momentum=config.momentum_lr)
+    _restore_momentum(image_opt, state.image_momentum)
+    _restore_momentum(lr_opt, state.lr_momentum)
+    match = MODES[config.mode]
+    desc = f"stage {state.stage + 1}/{config.stages}" if config.stages > 1 else "distill"
+    todo = range(state.iteration, config.iterations)
+    bar = progress_bar(todo, desc=desc, enabled=run.progress, initial=state.iteration,
+                       total=config.iterations)  # fmt: skip
+    for iteration in bar:
+        started = time.perf_counter()
+        start, target = sample_expert_segment(run, stage.start_epochs, generator)
+        plan = plan_student_steps(
+            len(labels), config.n_student_steps, config.syn_batch, run.image_size, run.dsa,
+            generator, run.device,
+        )  # fmt: skip
+        result = match(run.template, run.layout, start, target, synthetic, syn_lr, plan)
+        _check_finite(iteration, result.loss, [result.grad_learnable, result.grad_lr],
+                      float(syn_lr.detach()), run.directory)  # fmt: skip
+        learnable.grad, syn_lr.grad = result.grad_learnable, result.grad_lr.reshape(syn_lr.shape)
+        image_opt.step()
+        lr_opt.step()
+        _check_finite(iteration, result.loss, [], float(syn_lr.detach()), run.directory)
+        state.losses.append(result.loss)
+        state.iteration = iteration + 1
+        state.seconds += time.perf_counter() - started
+        bar.set_postfix(
+            loss=f"{result.loss:.4f}", lr=f"{float(syn_lr.detach()):.4g}", refresh=False
+        )
+        if state.iteration % config.checkpoint_every == 0 or state.iteration == config.iterations:
+            state.images[stage.learnable] = learnable.detach().cpu()
+            state.syn_lr = syn_lr.detach().cpu()
+            state.image_momentum, state.lr_momentum = _momentum(image_opt), _momentum(lr_opt)
+            state.generator_state = generator.get_state()
+            _save_checkpoint(run.directory, config, state)
+    state.images[stage.learnable] = learnable.detach().cpu()
+    state.syn_lr = syn_lr.detach().cpu()
+
+
+def distill(
+    config: DistillConfig,
+    dataset: ImageDataset,
+    split: HoldoutSplit,
+    experts: ExpertSet,
+    hardness: torch.Tensor | None,
+    directory: str | Path,
+    *,
+    device: str = "auto",
+    resume: bool = False,
+    progress: bool = True,
+) -> SyntheticSet:
+    """Distil a set as ``config`` says, writing checkpoints and the result to ``directory``."""
+    directory = Path(directory)
+    check_experts(config, experts, split)
+    torch_device = resolve_device(device)
+    initial = initial_set(config, dataset, split, hardness)
+    stages = stages_of(config, initial)
+    existing = _load_checkpoint(directory, config)
+    if existing is not None and not resume:
+        raise ConfigError(
+            f"--out {directory} holds a distillation already; add --resume or pick another --out"
+        )
+    template = student_template(
+        build_model(experts.config.model, dataset.image_shape, dataset.num_classes)
+    ).to(torch_device)
+    if ParamLayout.of(template) != experts.layout:
+        raise ConfigError("the experts' parameter layout does not match their model config")
+    run = _Run(
+        config, directory, template, experts.layout,
+        [t.to(torch_device) for t in experts.trajectories()], initial.labels,
+        (dataset.image_shape[1], dataset.image_shape[2]),
+        None if config.dsa_strategy == "none" else DSAConfig(strategy=config.dsa_strategy),
+        torch_device, progress,
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(config.seed)
+    state = existing or DistillState(
+        images=dataset.normalize(dataset.train_images[initial.indices]),
+        syn_lr=torch.tensor(config.lr_init),
+    )
+    if state.generator_state is not None:
+        generator.set_state(state.generator_state)
+    while state.stage < len(stages):
+        _run_stage(run, stages[state.stage], state, generator)
+        if state.stage + 1 < len(stages):
+            state.stage, state.iteration = state.stage + 1, 0
+            state.image_momentum = state.lr_momentum = None
+            state.generator_state = generator.get_state()
+            _save_checkpoint(directory, config, state)
+        else:
+            break
+    return _write_result(run, dataset, experts, initial, state)
+
+
+def _write_result(
+    run: _Run, dataset: ImageDataset, experts: ExpertSet, initial: Initial, state: DistillState
+) -> SyntheticSet:
+    config, directory = run.config, run.directory
+    result = SyntheticSet(
+        images=state.images,
+        labels=initial.labels,
+        distill_mask=initial.distill_mask,
+        learned_lr=float(state.syn_lr),
+        source_indices=initial.indices,
+        manifest={
+            "dataset": dataset.name, "mean": list(dataset.mean), "std": list(dataset.std),
+            "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
+            "ipc": config.ipc, "method": config.method, "distill": config.to_dict(),
+            "experts": {"directory": str(experts.directory.resolve()),
+                        "config": experts.config.to_dict(), "used": experts.finished},
+            "subset_ids": initial.subset_ids.tolist() if config.method == "seqmatch" else None,
+            "seqmatch_experts": "segment" if config.method == "seqmatch" else None,
+            "final_loss": state.losses[-1] if state.losses else None,
+            "seconds": state.seconds, **initial.info,
+        },
+    )  # fmt: skip
+    result.save(directory)
+    with open(directory / "loss.csv", "w") as handle:
+        handle.write("iteration,loss\n")
+        handle.writelines(f"{i + 1},{loss}\n" for i, loss in enumerate(state.losses))
+    if state.losses:
+        save_curve(
+            range(1, len(state.losses) + 1), [("matching loss", state.losses)],
+            directory / "loss.png", xlabel="iteration", ylabel="loss", scale=1.0, marker="",
+            title=f"{config.method}, IPC {config.ipc}",
+        )  # fmt: skip
+    save_set_grid(
+        dataset.denormalize(result.images), result.labels,
+        [("D_select", ~result.distill_mask), ("D_distill", result.distill_mask)],
+        dataset.class_names, directory / "grid.png",
+    )  # fmt: skip
+    return result

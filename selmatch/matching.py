@@ -1,0 +1,231 @@
+"""The trajectory-matching gradient: one MTT iteration's loss and its gradient with respect to
+the learnable synthetic images and the learnable synthetic learning rate.
+
+A student starts from an expert's parameters at epoch ``t`` (θ*_t) and takes N SGD steps
+(``n_student_steps``) on mini-batches of the synthetic set, with differentiable augmentation,
+step size η (the learnable lr). The loss is
+
+    L = ‖θ̂_{t+N} − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²
+
+(MTT's normalisation: the division by the parameter count cancels). Two exact ways to get
+``∂L/∂images`` and ``∂L/∂η``:
+
+- :func:`unrolled_match` (default): keep the graph of all N steps (``create_graph=True``),
+  back-propagate once. Memory grows with N × batch.
+- :func:`checkpointed_match` (memory-saving): run the N steps without a graph, keeping only the
+  N+1 parameter vectors (a few MB), then walk back one step at a time, rebuilding that step's
+  graph and carrying the adjoint λ_n = ∂L/∂θ̂_n:
+
+      λ_N = 2 (θ̂_N − θ*_{t+M}) / ‖θ*_t − θ*_{t+M}‖²
+      ∂L/∂x_n = −η (∂g_n/∂x_n)ᵀ λ_{n+1},   ∂L/∂η −= g_n · λ_{n+1},   λ_n = λ_{n+1} − η H_n λ_{n+1}
+
+  where g_n is the step's gradient and H_n λ a Hessian-vector product. Peak memory is one
+  step's graph whatever N is; the price is one extra first-order pass per step.
+
+Both only track gradients for the *learnable* images (``D_distill``): frozen images
+(``D_select``) take part in every student step but get no gradient, so no input-gradient work
+is spent on them. Every random choice of an iteration (batches, augmentation draws) is made
+up front in a :class:`StudentPlan`, so both modes (and the benchmark's plain reference) see
+exactly the same steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from selmatch.augment import DSAConfig, DSADraw, apply_dsa, sample_dsa
+from selmatch.params import ParamLayout
+
+
+@dataclass
+class StudentPlan:
+    """The mini-batches (indices into the synthetic set) and augmentation draws of N steps."""
+
+    batches: list[torch.Tensor]
+    draws: list[DSADraw | None]
+
+
+def plan_student_steps(
+    set_size: int,
+    n_steps: int,
+    batch_size: int,
+    image_size: tuple[int, int],
+    dsa: DSAConfig | None,
+    generator: torch.Generator,
+    device: torch.device | None = None,
+) -> StudentPlan:
+    """Batches walk through random permutations of the whole set without replacement (a new
+    permutation when one is used up), as the MTT/SelMatch code does; one DSA draw per step."""
+    batches: list[torch.Tensor] = []
+    chunks: list[torch.Tensor] = []
+    for _ in range(n_steps):
+        if not chunks:
+            chunks = list(torch.randperm(set_size, generator=generator).split(batch_size))
+        batches.append(chunks.pop(0))
+    draws = [
+        None if dsa is None else sample_dsa(dsa, len(b), image_size, generator) for b in batches
+    ]
+    return StudentPlan([b.to(device) for b in batches], draws)
+
+
+def student_template(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm layers always use batch statistics and keep no
+    running statistics (students train in train mode, as in MTT; nothing to copy or update)."""
+    import copy
+
+    template = copy.deepcopy(model).train()
+    for module in template.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.track_running_stats = False
+            module.running_mean = None
+            module.running_var = None
+            module.num_batches_tracked = None
+    for parameter in template.parameters():
+        parameter.requires_grad_(False)
+    return template
+
+
+@dataclass
+class SyntheticTensors:
+    """The synthetic set as the matching sees it: frozen images (no gradient), learnable
+    images (a leaf with ``requires_grad``), and labels in the order [frozen; learnable]."""
+
+    frozen: torch.Tensor
+    learnable: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """Images of ``indices`` (positions in [frozen; learnable]) in that order; only the
+        learnable rows carry a graph, and the whole set is never copied."""
+        n_frozen = len(self.frozen)
+        is_learnable = indices >= n_frozen
+        if bool(is_learnable.all()):
+            return self.learnable[indices - n_frozen]
+        if not bool(is_learnable.any()):
+            return self.frozen[indices]
+        parts = torch.cat(
+            [self.frozen[indices[~is_learnable]], self.learnable[indices[is_learnable] - n_frozen]]
+        )
+        source = torch.cat([torch.nonzero(~is_learnable), torch.nonzero(is_learnable)]).flatten()
+        inverse = torch.empty_like(source)
+        inverse[source] = torch.arange(len(source), device=source.device)
+        return parts[inverse]
+
+
+@dataclass
+class MatchResult:
+    loss: float
+    grad_learnable: torch.Tensor
+    grad_lr: torch.Tensor
+
+
+StepLoss = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def _step_loss_fn(
+    template: nn.Module,
+    layout: ParamLayout,
+    synthetic: SyntheticTensors,
+    plan: StudentPlan,
+) -> StepLoss:
+    """``loss(params, n)``: the student's cross-entropy on step n's augmented batch."""
+
+    def loss(params: torch.Tensor, n: int) -> torch.Tensor:
+        x = synthetic.batch(plan.batches[n])
+        draw = plan.draws[n]
+        if draw is not None:
+            x = apply_dsa(x, draw)
+        logits = functional_call(template, layout.unflatten(params), (x,))
+        return F.cross_entropy(logits, synthetic.labels[plan.batches[n]])
+
+    return loss
+
+
+def _distance(start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (start - target).square().sum()
+
+
+def unrolled_match(
+    template: nn.Module,
+    layout: ParamLayout,
+    start: torch.Tensor,
+    target: torch.Tensor,
+    synthetic: SyntheticTensors,
+    syn_lr: torch.Tensor,
+    plan: StudentPlan,
+) -> MatchResult:
+    """Default mode: unroll N student steps with their graph, back-propagate once."""
+    step_loss = _step_loss_fn(template, layout, synthetic, plan)
+    params = start.detach().clone().requires_grad_(True)
+    for n in range(len(plan.batches)):
+        (grad,) = torch.autograd.grad(step_loss(params, n), params, create_graph=True)
+        params = params - syn_lr * grad
+    loss = (params - target).square().sum() / _distance(start, target)
+    inputs = [t for t in (synthetic.learnable, syn_lr) if t.requires_grad]
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True) if inputs else ()
+    by_input = dict(zip((id(t) for t in inputs), grads, strict=True))
+    return MatchResult(
+        float(loss.detach()),
+        _or_zeros(by_input.get(id(synthetic.learnable)), synthetic.learnable),
+        _or_zeros(by_input.get(id(syn_lr)), syn_lr),
+    )
+
+
+def checkpointed_match(
+    template: nn.Module,
+    layout: ParamLayout,
+    start: torch.Tensor,
+    target: torch.Tensor,
+    synthetic: SyntheticTensors,
+    syn_lr: torch.Tensor,
+    plan: StudentPlan,
+) -> MatchResult:
+    """Memory-saving mode: the same gradient by reverse recomputation; peak memory is one
+    step's graph plus N+1 parameter vectors, whatever N is."""
+    step_loss = _step_loss_fn(template, layout, synthetic, plan)
+    lr = syn_lr.detach()
+    trajectory = [start.detach()]
+    with torch.no_grad():
+        frozen_view = SyntheticTensors(
+            synthetic.frozen, synthetic.learnable.detach(), synthetic.labels
+        )
+        forward_loss = _step_loss_fn(template, layout, frozen_view, plan)
+        for n in range(len(plan.batches)):
+            params = trajectory[-1].clone().requires_grad_(True)
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(forward_loss(params, n), params)
+            trajectory.append(trajectory[-1] - lr * grad)
+    distance = _distance(start, target)
+    final = trajectory[-1]
+    loss = (final - target).square().sum() / distance
+    adjoint = 2.0 * (final - target) / distance
+    grad_images = torch.zeros_like(synthetic.learnable)
+    grad_lr = torch.zeros_like(lr)
+    wants_images = synthetic.learnable.requires_grad and len(synthetic.learnable) > 0
+    for n in reversed(range(len(plan.batches))):
+        params = trajectory[n].clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(step_loss(params, n), params, create_graph=True)
+        inner = (grad * adjoint).sum()
+        targets = (params, synthetic.learnable) if wants_images else (params,)
+        pieces = torch.autograd.grad(inner, targets, allow_unused=True)
+        grad_lr -= inner.detach()
+        if wants_images and pieces[1] is not None:
+            grad_images -= lr * pieces[1]
+        adjoint = adjoint - lr * pieces[0]
+    return MatchResult(float(loss), grad_images, grad_lr)
+
+
+def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+MODES = {"unrolled": unrolled_match, "checkpointed": checkpointed_match}

@@ -1,0 +1,178 @@
+import itertools
+import json
+import shutil
+
+import pytest
+import torch
+
+from selmatch import distill as distill_module
+from selmatch.config import ConfigError
+from selmatch.distill import DistillationDivergedError, DistillConfig, distill
+from selmatch.experts import ExpertConfig, ExpertSet, train_experts
+from selmatch.models import ModelConfig
+from selmatch.scores import ScoreTable
+from selmatch.synthetic import SyntheticSet
+
+EXPERTS = ExpertConfig(model=ModelConfig(width=4), num_experts=2, epochs=4, per_class=40,
+                       batch_size=64)  # fmt: skip
+TINY = DistillConfig(ipc=4, beta=0.5, alpha=0.5, n_student_steps=3, expert_epochs=1,
+                     max_start_epoch=2, syn_batch=16, iterations=4, checkpoint_every=2,
+                     lr_images=100.0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory, fashion):
+    directory = tmp_path_factory.mktemp("experts")
+    train_experts(fashion, EXPERTS, directory, device="cpu", progress=False)
+    return ExpertSet.load(directory)
+
+
+@pytest.fixture(scope="module")
+def hardness(experts):
+    return ScoreTable.load(experts.directory).hardness("forgetting")
+
+
+def run(config, fashion, fashion_split, experts, hardness, directory, **kwargs):
+    return distill(config, fashion, fashion_split, experts, hardness, directory, device="cpu",
+                   progress=False, **kwargs)  # fmt: skip
+
+
+def test_selmatch_changes_only_the_alpha_share(tmp_path, fashion, fashion_split, experts,
+                                               hardness) -> None:  # fmt: skip
+    result = run(TINY, fashion, fashion_split, experts, hardness, tmp_path)
+    initial = fashion.normalize(fashion.train_images[result.source_indices])
+    frozen, learned = ~result.distill_mask, result.distill_mask
+    assert int(learned.sum()) == 2 * 10  # int(IPC·α) = 2 per class
+    assert torch.equal(result.images[frozen], initial[frozen])  # bit-identical
+    changed = (result.images[learned] != initial[learned]).flatten(1).any(dim=1)
+    assert bool(changed.all())
+    saved = SyntheticSet.load(tmp_path)
+    assert saved.manifest["distill"] == TINY.to_dict()
+    assert saved.manifest["window"]["beta_convention"] == "ipc-units"
+    assert saved.learned_lr == pytest.approx(result.learned_lr) and saved.learned_lr > 0
+    for name in ("loss.csv", "loss.png", "grid.png", "checkpoint/state.json"):
+        assert (tmp_path / name).is_file(), name
+
+
+def test_mtt_updates_everything(tmp_path, fashion, fashion_split, experts) -> None:
+    config = TINY.replace(method="mtt", alpha=1.0)
+    result = run(config, fashion, fashion_split, experts, None, tmp_path)
+    initial = fashion.normalize(fashion.train_images[result.source_indices])
+    assert bool(result.distill_mask.all())
+    assert bool((result.images != initial).flatten(1).any(dim=1).all())
+
+
+def test_matching_loss_decreases_on_a_tiny_problem(tmp_path, fashion, fashion_split, experts,
+                                                   hardness) -> None:  # fmt: skip
+    # One start epoch, no augmentation, the whole set in every batch: a fixed objective.
+    config = TINY.replace(method="mtt", alpha=1.0, max_start_epoch=1, dsa_strategy="none",
+                          syn_batch=40, iterations=25, lr_images=1000.0, lr_lr=0.0)  # fmt: skip
+    solo_dir = tmp_path / "one-expert"  # one expert: a fixed target
+    solo_dir.mkdir()
+    for name in ("manifest.json", "indices.safetensors", "expert_000.safetensors"):
+        shutil.copy(experts.directory / name, solo_dir / name)
+    run(config, fashion, fashion_split, ExpertSet.load(solo_dir), None, tmp_path / "out")
+    lines = (tmp_path / "out" / "loss.csv").read_text().split()[1:]
+    losses = [float(line.split(",")[1]) for line in lines]
+    assert len(losses) == 25
+    assert losses[-1] < 0.95 * losses[0]
+    assert sum(b < a for a, b in itertools.pairwise(losses)) >= 20
+
+
+def test_seqmatch_learns_subsets_in_order(tmp_path, fashion, fashion_split, experts,
+                                          monkeypatch) -> None:  # fmt: skip
+    snapshots = []
+    real_stage = distill_module._run_stage
+
+    def spy(run_, stage, state, generator):
+        snapshots.append(("before", stage, state.images.clone()))
+        real_stage(run_, stage, state, generator)
+        snapshots.append(("after", stage, state.images.clone()))
+
+    monkeypatch.setattr(distill_module, "_run_stage", spy)
+    config = TINY.replace(method="seqmatch", alpha=1.0, subsets=2, max_start_epoch=3)
+    result = run(config, fashion, fashion_split, experts, None, tmp_path)
+    subset = torch.tensor(result.manifest["subset_ids"])
+    assert torch.bincount(subset).tolist() == [20, 20]  # IPC 4 → 2 + 2 per class
+    (_, s1, before1), (_, _, after1), (_, s2, before2), (_, _, after2) = snapshots
+    assert set(s1.learnable.tolist()) == set(torch.nonzero(subset == 0).flatten().tolist())
+    assert len(s1.frozen) == 0 and s1.start_epochs == (0, 2)
+    assert set(s2.frozen.tolist()) == set(s1.learnable.tolist()) and s2.start_epochs == (2, 3)
+    second = subset == 1
+    assert torch.equal(after1[second], before1[second])  # stage 1 leaves S2 alone
+    assert torch.equal(after2[~second], before2[~second])  # stage 2 keeps S1 frozen
+    assert not torch.equal(after2[second], before2[second])
+
+
+def test_merge_ablation_trains_the_student_on_d_distill_alone(fashion, fashion_split, hardness):
+    config = TINY.replace(merge=True)
+    initial = distill_module.initial_set(config, fashion, fashion_split, hardness)
+    (stage,) = distill_module.stages_of(config, initial)
+    assert len(stage.frozen) == 0 and len(stage.learnable) == int(initial.distill_mask.sum())
+
+
+def test_resume_gives_the_uninterrupted_result(tmp_path, fashion, fashion_split, experts,
+                                               hardness, monkeypatch) -> None:  # fmt: skip
+    straight = run(TINY, fashion, fashion_split, experts, hardness, tmp_path / "a")
+    real = distill_module.MODES["unrolled"]
+    calls = []
+
+    def crash_on_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # an interruption after the checkpoint at iteration 2
+        return real(*args)
+
+    monkeypatch.setitem(distill_module.MODES, "unrolled", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run(TINY, fashion, fashion_split, experts, hardness, tmp_path / "b")
+    assert json.loads((tmp_path / "b/checkpoint/state.json").read_text())["iteration"] == 2
+    monkeypatch.setitem(distill_module.MODES, "unrolled", real)
+    with pytest.raises(ConfigError, match="add --resume"):
+        run(TINY, fashion, fashion_split, experts, hardness, tmp_path / "b")
+    resumed = run(TINY, fashion, fashion_split, experts, hardness, tmp_path / "b", resume=True)
+    assert torch.equal(resumed.images, straight.images)
+    assert resumed.learned_lr == straight.learned_lr
+
+
+def test_divergence_stops_without_writing_a_result(tmp_path, fashion, fashion_split, experts,
+                                                   hardness) -> None:  # fmt: skip
+    config = TINY.replace(lr_images=1e38, checkpoint_every=1)
+    with pytest.raises(DistillationDivergedError, match="diverged at iteration"):
+        run(config, fashion, fashion_split, experts, hardness, tmp_path)
+    assert not (tmp_path / "set.safetensors").exists()
+    if (tmp_path / "checkpoint" / "state.safetensors").exists():  # only good states are saved
+        from safetensors.torch import load_file
+
+        images = load_file(str(tmp_path / "checkpoint" / "state.safetensors"))["images"]
+        assert bool(torch.isfinite(images).all())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            dict(max_start_epoch=4, expert_epochs=1),
+            r"--max-start-epoch \+ --expert-epochs must be ≤ 4",
+        ),
+    ],
+)
+def test_settings_checked_against_the_experts(tmp_path, fashion, fashion_split, experts, hardness,
+                                              kwargs, message) -> None:  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        run(TINY.replace(**kwargs), fashion, fashion_split, experts, hardness, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(alpha=0.0), r"--alpha must be a number in \(0, 1\]"),
+        (dict(method="mtt", merge=True), "--merge is an ablation of --method selmatch only"),
+        (dict(mode="fast"), "--mode must be one of"),
+        (dict(subsets=5, ipc=4), r"--subsets must be an integer in \[1, 4\]"),
+        (dict(dsa_strategy="blur"), "--dsa-strategy must be one of"),
+    ],
+)
+def test_bad_distill_settings(kwargs, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TINY.replace(**kwargs)
