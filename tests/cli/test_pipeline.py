@@ -74,3 +74,34 @@ def test_import_external_scores(experts_dir, tmp_path) -> None:
     np.save(short, np.zeros(10))
     out = selmatch("scores", "--scores", str(experts_dir), "--import", str(short))
     assert out.returncode == 2 and "expected one score per training sample: (60000,)" in out.stderr
+
+
+def test_distill_evaluate_and_coverage_from_the_cli(experts_dir, tmp_path) -> None:
+    out_dir = tmp_path / "d"
+    args = ["distill", "--method", "selmatch", "--ipc", "4", "--beta", "1", "--alpha", "0.5",
+            "--experts", str(experts_dir), "--scores", str(experts_dir), "--student-steps", "2",
+            "--expert-epochs", "1", "--max-start-epoch", "1", "--syn-batch", "20",
+            "--iterations", "2", "--out", str(out_dir), "--no-progress"]  # fmt: skip
+    out = selmatch(*args)
+    assert out.returncode == 0, out.stderr
+    assert "40 images (20 distilled)" in out.stdout and "selmatch evaluate --set" in out.stdout
+    again = selmatch(*args)
+    assert again.returncode == 2 and "add --resume" in again.stderr
+    evaluated = selmatch("evaluate", "--set", str(out_dir), "--width", "4", "--epochs", "2",
+                         "--seeds", "1", "--no-progress",
+                         "--out", str(tmp_path / "e.json"))  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["config"]["train"]["augment"] == "combined"
+    covered = selmatch("coverage", "--set", str(out_dir), "--experts", str(experts_dir),
+                       "--scores", str(experts_dir), "--sample", "200")  # fmt: skip
+    assert covered.returncode == 0, covered.stderr
+    report = json.loads((out_dir / "coverage.json").read_text())
+    assert 0.0 <= report["test"] <= 1.0 and report["num_train"] == 200
+    assert report["radius"] > 0
+
+
+def test_distill_rejects_impossible_settings(experts_dir) -> None:
+    out = selmatch("distill", "--method", "mtt", "--ipc", "4", "--experts", str(experts_dir),
+                   "--max-start-epoch", "2", "--expert-epochs", "2")  # fmt: skip
+    assert out.returncode == 2
+    assert "--max-start-epoch + --expert-epochs must be ≤ 2" in out.stderr

@@ -1,0 +1,69 @@
+"""``selmatch coverage``: how much of the real data a set covers in feature space."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from selmatch.cli import common
+from selmatch.coverage import set_coverage
+from selmatch.experts import ExpertSet
+from selmatch.io import write_json
+from selmatch.synthetic import SyntheticSet
+from selmatch.train import resolve_device
+
+SUMMARY = "coverage of the real test set and of easy/hard training halves by a set"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "coverage",
+        help=SUMMARY,
+        description=(
+            "SelMatch's coverage metric (Section 3.2): in the feature space of a trained "
+            "network (an expert's last epoch), the fraction of real samples within radius r of "
+            "some synthetic sample, r = the mean nearest-neighbour distance among real training "
+            "samples. Reported for the test set, and for a sample of the training pool overall "
+            "and split into its easy and hard halves by --score."
+        ),
+    )
+    parser.add_argument("--set", type=Path, required=True, metavar="DIR", help="a saved set")
+    parser.add_argument(
+        "--experts", type=Path, default=None, metavar="DIR",
+        help="experts giving the feature network (default: runs/experts/<dataset>)",
+    )  # fmt: skip
+    common.add_score_options(parser)
+    parser.add_argument(
+        "--sample", type=int, default=5000,
+        help="training-pool samples used for r and the halves (default: 5000)",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of that sample (default: 0)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
+    parser.add_argument(
+        "--out", type=Path, default=None, metavar="FILE",
+        help="JSON result (default: coverage.json inside --set)",
+    )  # fmt: skip
+    common.add_data_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    saved = SyntheticSet.load(args.set)
+    args.dataset = saved.manifest["dataset"]
+    dataset, split = common.load_data(args)
+    experts = ExpertSet.load(args.experts or Path("runs") / "experts" / common.slug(dataset.name))
+    hardness = common.load_hardness(args, dataset, split)
+    report = set_coverage(
+        saved.images, dataset, experts, hardness, split.pool, sample=args.sample,
+        seed=args.seed, device=resolve_device(args.device),
+    )  # fmt: skip
+    print(
+        f"coverage of {args.set} ({saved.manifest['method']}, {len(saved.labels)} images), "
+        f"r = {report.radius:.4g}: test {100 * report.test:.1f}%, train {100 * report.train:.1f}% "
+        f"(easy half {100 * report.train_easy:.1f}%, hard half {100 * report.train_hard:.1f}% "
+        f"by {args.score})"
+    )
+    out = args.out or Path(args.set) / "coverage.json"
+    write_json(out, {"set": str(args.set), "score": args.score, **report.to_dict()})
+    print(f"written to {out.resolve()}")
+    return 0
