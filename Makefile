@@ -16,7 +16,7 @@ setup: $(VENV)/.installed data
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[test]' $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[test,tune]' $(TORCH_PINS)
 	touch $@
 
 data: $(FASHION_MNIST)
@@ -30,8 +30,8 @@ demo: setup
 	$(BIN)/selmatch evaluate --ipc 10 --width 32 --epochs 300 --seeds 2
 
 lint: setup
-	$(BIN)/ruff check selmatch tests
-	$(BIN)/ruff format --check selmatch tests
+	$(BIN)/ruff check selmatch tune tests benchmarks
+	$(BIN)/ruff format --check selmatch tune tests benchmarks
 
 typecheck: setup
 	$(BIN)/mypy

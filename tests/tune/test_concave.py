@@ -1,0 +1,113 @@
+"""Contract tests of the concave-aware grid sampler, driven like Ray Tune drives it."""
+
+import pickle
+import random
+import statistics
+
+import optuna
+import pytest
+
+from selmatch_tune.concave import ConcaveGridSampler
+from selmatch_tune.simulate import random_concave_curve, simulate
+
+
+def grid(n: int) -> list[float]:
+    return [round(i / (n - 1), 6) for i in range(n)]
+
+
+def within_one_step(pick: float, curve, values: list[float]) -> bool:
+    best = max(values, key=curve)
+    return abs(values.index(pick) - values.index(best)) <= 1
+
+
+def test_first_point_is_mid_range_and_parallel_points_split_the_grid() -> None:
+    sampler = ConcaveGridSampler(name="x", grid=grid(11))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    dist = optuna.distributions.CategoricalDistribution(grid(11))
+    first = study.ask({"x": dist})
+    assert first.params["x"] == 0.5
+    second, third = study.ask({"x": dist}), study.ask({"x": dist})
+    assert {second.params["x"], third.params["x"]} == {0.2, 0.8}  # symmetric around 0.5
+
+
+@pytest.mark.parametrize("parallel", [1, 2, 4])
+def test_exact_concave_curves_find_the_grid_optimum(parallel) -> None:
+    values = grid(21)
+    for peak in values:
+        result = simulate(lambda x, p=peak: -abs(x - p), values, parallel=parallel, top_repeats=0)
+        assert result.pick == peak
+        assert result.max_in_flight_duplicates == 0
+        assert result.trials <= 12 + parallel
+
+
+@pytest.mark.parametrize(("size", "parallel"), [(20, 1), (20, 2), (40, 2), (40, 4)])
+def test_noisy_concave_curves_use_well_under_half_the_grid(size, parallel) -> None:
+    rng = random.Random(size * 10 + parallel)
+    values = grid(size)
+    hits, counts = 0, []
+    runs = 60
+    for seed in range(runs):
+        curve = random_concave_curve(values, rng)
+        # noise: std 0.05 points of accuracy on a curve that spans 10 points
+        result = simulate(curve, values, parallel=parallel, noise=0.0005, seed=seed)
+        counts.append(result.trials)
+        hits += within_one_step(result.pick, curve, values)
+    assert hits >= 0.9 * runs, hits
+    assert statistics.mean(counts) <= 0.4 * size, statistics.mean(counts)
+
+
+def test_no_duplicate_proposals_among_concurrent_trials() -> None:
+    values = grid(30)
+    for seed in range(20):
+        curve = random_concave_curve(values, random.Random(seed))
+        result = simulate(curve, values, parallel=5, noise=0.0005, seed=seed, top_repeats=0)
+        assert result.max_in_flight_duplicates == 0
+
+
+def test_contradicted_concavity_falls_back_to_covering_the_grid() -> None:
+    values = grid(12)
+    result = simulate(lambda x: abs(x - 0.5) + 0.1 * x, values, parallel=2, top_repeats=0)
+    assert sorted(set(result.evaluated)) == values  # a valley in the middle: cover everything
+    assert result.pick == 1.0
+
+
+def test_sampler_survives_pickling_mid_search() -> None:
+    values = grid(15)
+    sampler = ConcaveGridSampler(name="x", grid=values, top_repeats=1)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    dist = optuna.distributions.CategoricalDistribution(values)
+    for _ in range(3):
+        trial = study.ask({"x": dist})
+        study.tell(trial, -abs(trial.params["x"] - 0.3))
+    copy = pickle.loads(pickle.dumps(sampler))
+    assert copy.next_index(study) == sampler.next_index(study)
+    assert copy.status(study) == sampler.status(study) == "ready"
+
+
+def test_failed_trials_are_never_best_and_are_retried() -> None:
+    values = grid(9)
+    sampler = ConcaveGridSampler(name="x", grid=values, top_repeats=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    dist = optuna.distributions.CategoricalDistribution(values)
+    trial = study.ask({"x": dist})
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert sampler.best_value(study) is None
+    again = study.ask({"x": dist})
+    assert again.params["x"] == trial.params["x"]  # the failed point is proposed again
+
+
+def test_minimisation_is_respected() -> None:
+    values = grid(11)
+    sampler = ConcaveGridSampler(name="x", grid=values, top_repeats=0)
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    dist = optuna.distributions.CategoricalDistribution(values)
+    while sampler.status(study) == "ready":
+        trial = study.ask({"x": dist})
+        study.tell(trial, abs(trial.params["x"] - 0.8))
+    assert sampler.best_value(study) == 0.8
+
+
+@pytest.mark.parametrize("bad", [[], [0.2, 0.1], [0.1, 0.1]])
+def test_bad_grids_are_refused(bad) -> None:
+    with pytest.raises(ValueError, match="grid"):
+        ConcaveGridSampler(name="x", grid=bad)
