@@ -139,11 +139,17 @@ def add_seed_options(parser: argparse.ArgumentParser) -> None:
         help="networks to train, with seeds S, S+1, ..., S+N-1 (default: 3)",
     )  # fmt: skip
     group.add_argument("--seed", type=int, default=0, metavar="S", help="first seed (default: 0)")
+    add_device_options(group)
+
+
+def add_device_options(group: argparse._ActionsContainer, *, progress: bool = True) -> None:
+    """``--device`` (and ``--no-progress``), the same for every command."""
     group.add_argument(
         "--device", default="auto",
         help="cpu, cuda, cuda:1, ... (default: auto = CUDA when present, else CPU)",
     )  # fmt: skip
-    group.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    if progress:
+        group.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def eval_config(args: argparse.Namespace, train: TrainConfig) -> EvalConfig:

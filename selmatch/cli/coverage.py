@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="training-pool samples used for r and the halves (default: 5000)",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of that sample (default: 0)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
+    common.add_device_options(parser, progress=False)
     parser.add_argument(
         "--out", type=Path, default=None, metavar="FILE",
         help="JSON result (default: coverage.json inside --set)",

@@ -83,8 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--checkpoint-every", type=int, default=50, help="iterations (default: 50)")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     run.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
-    run.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
-    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    common.add_device_options(run)
     common.add_data_options(parser)
     parser.add_argument(
         "--out", type=Path, default=None, metavar="DIR",

@@ -54,8 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(a CPU budget knob; only those samples get scores; default: all)",
     )  # fmt: skip
     group.add_argument("--seed", type=int, default=0, help="expert i uses seed S+i (default: 0)")
-    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
-    group.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    common.add_device_options(group)
     parser.add_argument(
         "--out", type=Path, default=None, metavar="DIR",
         help="output folder (default: runs/experts/<dataset>)",
