@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from selmatch.augment import DEFAULT_DSA_STRATEGY, DSAConfig
 from selmatch.config import Config, ConfigError, SelmatchError, check_choice, check_float, check_int
 from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset
-from selmatch.experts import ExpertSet
+from selmatch.experts import ExpertSet, InMemoryExperts
 from selmatch.io import atomic_write, write_json
 from selmatch.matching import MODES, SyntheticTensors, plan_student_steps, student_template
 from selmatch.models import build_model
@@ -48,6 +48,7 @@ from selmatch.train import resolve_device
 from selmatch.window import BETA_CONVENTION_TEXT, BETA_CONVENTIONS, WindowSpec, select_window
 
 METHODS = ("selmatch", "mtt", "seqmatch")
+Experts = ExpertSet | InMemoryExperts
 CHECKPOINT_DIR = "checkpoint"
 
 
@@ -235,7 +236,7 @@ def _load_checkpoint(directory: Path, config: DistillConfig) -> DistillState | N
 
 
 # --------------------------------------------------------------------------- the loop
-def check_experts(config: DistillConfig, experts: ExpertSet, split: HoldoutSplit) -> None:
+def check_experts(config: DistillConfig, experts: Experts, split: HoldoutSplit) -> None:
     available = experts.config.epochs
     if config.max_start_epoch + config.expert_epochs > available:
         raise ConfigError(
@@ -360,7 +361,7 @@ def distill(
     config: DistillConfig,
     dataset: ImageDataset,
     split: HoldoutSplit,
-    experts: ExpertSet,
+    experts: Experts,
     hardness: torch.Tensor | None,
     directory: str | Path,
     *,
@@ -411,7 +412,7 @@ def distill(
 
 
 def _write_result(
-    run: _Run, dataset: ImageDataset, experts: ExpertSet, initial: Initial, state: DistillState
+    run: _Run, dataset: ImageDataset, experts: Experts, initial: Initial, state: DistillState
 ) -> SyntheticSet:
     config, directory = run.config, run.directory
     result = SyntheticSet(

@@ -304,3 +304,24 @@ class ExpertSet:
 
     def trajectories(self) -> list[torch.Tensor]:
         return [self.trajectory(i) for i in self.finished]
+
+
+@dataclass
+class InMemoryExperts:
+    """Experts held in memory (e.g. fetched from Ray's object store): the same interface as
+    :class:`ExpertSet` for :func:`selmatch.distill.distill`."""
+
+    config: ExpertConfig
+    layout: ParamLayout
+    loaded: list[torch.Tensor]
+    directory: Path = Path("in-memory")
+
+    @property
+    def finished(self) -> list[int]:
+        return list(range(len(self.loaded)))
+
+    def trajectory(self, index: int) -> torch.Tensor:
+        return self.loaded[index]
+
+    def trajectories(self) -> list[torch.Tensor]:
+        return list(self.loaded)

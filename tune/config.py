@@ -1,0 +1,67 @@
+"""The search's settings, one frozen dataclass (it feeds the manifest and MLflow params)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from selmatch.config import Config, ConfigError, check_float, check_int
+from selmatch.distill import DistillConfig
+from selmatch.evaluate import EvalConfig
+from selmatch.experts import ExpertConfig
+from selmatch.window import BETA_CONVENTIONS
+
+
+@dataclass(frozen=True)
+class SearchConfig(Config):
+    """β-then-α search per IPC. ``short`` evaluates every trial; ``final`` evaluates each
+    IPC's winner (and the top ``full_eval_top`` β points, for the short-vs-full rank
+    correlation)."""
+
+    dataset: str = "fashion-mnist"
+    ipcs: tuple[int, ...] = (10, 50)
+    experts: ExpertConfig = field(default_factory=ExpertConfig)
+    score: str = "forgetting"
+    beta_convention: str = "data-fraction"
+    beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    alpha_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    monotone: bool = True
+    short: EvalConfig = field(default_factory=EvalConfig)
+    final: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    full_eval_top: int = 2
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_failures: int = 1
+    noise: float = 0.005
+    top_repeats: int = 1
+    predict_ipcs: tuple[int, ...] = ()
+    preset: str = "custom"
+    reduced: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.ipcs or list(self.ipcs) != sorted(set(self.ipcs)):
+            raise ConfigError(f"--ipcs must be distinct and increasing, got {list(self.ipcs)}")
+        for ipc in self.ipcs:
+            check_int("ipcs", ipc, 1)
+        if self.beta_convention not in BETA_CONVENTIONS:
+            raise ConfigError(f"--beta-convention must be one of {', '.join(BETA_CONVENTIONS)}")
+        _check_grid("beta_grid", self.beta_grid, 0.0, None)
+        _check_grid("alpha_grid", self.alpha_grid, 0.0, 1.0, low_open=True)
+        check_int("full_eval_top", self.full_eval_top, 0, 100)
+        check_int("max_concurrent", self.max_concurrent, 1, 10_000)
+        check_float("cpus_per_trial", self.cpus_per_trial, 0.0, low_open=True)
+        check_float("gpus_per_trial", self.gpus_per_trial, 0.0)
+        check_int("max_failures", self.max_failures, 0, 100)
+        check_float("noise", self.noise, 0.0, 1.0)
+        check_int("top_repeats", self.top_repeats, 0, 10)
+        if self.experts.dataset != self.dataset:
+            raise ConfigError("the experts' dataset must be the search's dataset")
+
+
+def _check_grid(name: str, grid: tuple[float, ...], low: float, high: float | None, *,
+                low_open: bool = False) -> None:  # fmt: skip
+    if not grid or list(grid) != sorted(set(grid)):
+        raise ConfigError(f"--{name.replace('_', '-')} must be distinct increasing values")
+    for value in grid:
+        check_float(name, value, low, high, low_open=low_open)

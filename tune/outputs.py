@@ -1,0 +1,118 @@
+"""What a search leaves behind: the per-IPC table, curves, predictions, rank correlation."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from selmatch.plots import save_curve
+
+COLUMNS = (
+    "dataset", "ipc", "beta", "beta_convention", "alpha", "short_val_accuracy",
+    "short_test_accuracy", "final_test_mean", "final_test_std", "final_val_mean",
+    "beta_trials", "beta_grid_size", "alpha_trials", "alpha_grid_size", "set_dir",
+)  # fmt: skip
+
+
+def table_rows(dataset: str, convention: str, state: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for ipc, entry in sorted(state["ipcs"].items(), key=lambda kv: int(kv[0])):
+        if "final" not in entry:
+            continue
+        beta, alpha, final = entry["beta"], entry["alpha"], entry["final"]
+        short = alpha["curve"][str(alpha["best"])]
+        rows.append({
+            "dataset": dataset, "ipc": int(ipc), "beta": beta["best"],
+            "beta_convention": convention, "alpha": alpha["best"],
+            "short_val_accuracy": short["val"], "short_test_accuracy": short["test"],
+            "final_test_mean": final["test_mean"], "final_test_std": final["test_std"],
+            "final_val_mean": final["val_mean"], "beta_trials": beta["trials"],
+            "beta_grid_size": len(beta["grid"]), "alpha_trials": alpha["trials"],
+            "alpha_grid_size": len(alpha["grid"]), "set_dir": entry["set_dir"],
+        })  # fmt: skip
+    return rows
+
+
+def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'IPC':>5} {'beta':>6} {'alpha':>6} {'short val %':>12} {'final test %':>15} "
+             f"{'trials β':>9} {'trials α':>9}"]  # fmt: skip
+    for r in rows:
+        trials = (f"{r['beta_trials']:>4}/{r['beta_grid_size']:<4} "
+                  f"{r['alpha_trials']:>4}/{r['alpha_grid_size']:<4}")  # fmt: skip
+        lines.append(
+            f"{r['ipc']:>5} {r['beta']:>6g} {r['alpha']:>6g} "
+            f"{100 * r['short_val_accuracy']:>12.2f} "
+            f"{100 * r['final_test_mean']:>8.2f} ± {100 * r['final_test_std']:<4.2f} {trials}"
+        )
+    return "\n".join(lines)
+
+
+def save_phase_plot(
+    path: Path, summary: dict[str, Any], *, name: str, ipc: int, title: str
+) -> Path:
+    xs = sorted(float(v) for v in summary["curve"])
+    curve = summary["curve"]
+    return save_curve(
+        xs, [("val (short)", [curve[str(x)]["val"] for x in xs]),
+             ("test (short)", [curve[str(x)]["test"] for x in xs])],
+        path, xlabel=name, title=f"{name} search, IPC {ipc}\n{title}", best_x=summary["best"],
+    )  # fmt: skip
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN below 3 points."""
+    if len(xs) < 3:
+        return math.nan
+
+    def ranks(values: Sequence[float]) -> list[float]:
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
+    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
+    return cov / (sx * sy) if sx and sy else math.nan
+
+
+def predict(searched: dict[int, float], ipcs: Sequence[int]) -> dict[int, float]:
+    """A monotone (non-increasing in IPC, as the paper observes) piecewise-linear fit in
+    log IPC through the searched optima, constant beyond them. Unverified by construction."""
+    known = sorted(searched.items())
+    values: list[float] = []
+    for _, value in known:  # enforce non-increasing
+        values.append(min([value, *values[-1:]]))
+    logs = [math.log(ipc) for ipc, _ in known]
+    out = {}
+    for ipc in ipcs:
+        x = math.log(ipc)
+        if x <= logs[0]:
+            out[ipc] = values[0]
+        elif x >= logs[-1]:
+            out[ipc] = values[-1]
+        else:
+            k = next(i for i in range(1, len(logs)) if x <= logs[i])
+            t = (x - logs[k - 1]) / (logs[k] - logs[k - 1])
+            out[ipc] = values[k - 1] + t * (values[k] - values[k - 1])
+    return out

@@ -1,0 +1,386 @@
+"""The search procedure: per IPC (in increasing order) a β search, then an α search at the
+best β, then a full evaluation of the winner.
+
+``run_search`` reads as: ``connect → precompute → for each IPC: search β → search α → final
+evaluation → outputs``. Every finished stage is recorded in ``OUT/search_state.json``; with
+``resume=True`` finished stages are skipped and an interrupted Tune experiment is restored
+(``Tuner.restore``) rather than started again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from selmatch.config import ConfigError, SelmatchError
+from selmatch.data import load_dataset
+from selmatch.io import write_json
+from selmatch_tune.concave import ConcaveGridSampler
+from selmatch_tune.config import SearchConfig
+from selmatch_tune.precompute import Precomputed, precompute
+from selmatch_tune.searcher import ConcaveSearch
+from selmatch_tune.tracking import Tracker, TrialLogger
+from selmatch_tune.trials import alpha_trial, beta_trial
+
+Log = Callable[[str], None]
+STATE = "search_state.json"
+METRIC = "val_accuracy"
+
+
+@dataclass
+class Phase:
+    """One Tune experiment: the β or the α search at one IPC."""
+
+    name: str  # "beta" or "alpha"
+    ipc: int
+    grid: tuple[float, ...]
+    fixed: dict[str, Any]
+
+
+def check_resources(config: SearchConfig) -> dict[str, float]:
+    """Per-trial resources, checked against the cluster: asking for what it does not have is
+    an error now, not a silent hang later."""
+    available = ray.cluster_resources()
+    gpus, cpus = available.get("GPU", 0.0), available.get("CPU", 0.0)
+    if config.gpus_per_trial > 0 and gpus < config.gpus_per_trial:
+        raise ConfigError(
+            f"--gpus-per-trial {config.gpus_per_trial:g} asks for GPUs, but the Ray cluster has "
+            f"{gpus:g}; use --gpus-per-trial 0 or a cluster with GPUs"
+        )
+    if cpus < config.cpus_per_trial:
+        raise ConfigError(
+            f"--cpus-per-trial must be ≤ {cpus:g} (the cluster's CPUs), "
+            f"got {config.cpus_per_trial:g}"
+        )
+    return {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
+
+
+def _bounded(grid: tuple[float, ...], bound: float | None) -> tuple[float, ...]:
+    """The paper's monotonicity: at a larger IPC only values ≤ the smaller IPC's best."""
+    if bound is None:
+        return grid
+    kept = tuple(v for v in grid if v <= bound + 1e-12)
+    return kept or grid[:1]
+
+
+def _phase_results(grid: Any, searched: str) -> dict[str, Any]:
+    """Per grid value: mean validation/test accuracy over its completed trials; the
+    failed trials are counted but never scored."""
+    points: dict[float, list[dict[str, float]]] = {}
+    failed = 0
+    for result in grid:
+        if result.error is not None or not result.metrics or METRIC not in result.metrics:
+            failed += 1
+            continue
+        value = float(result.config[searched])
+        points.setdefault(value, []).append(result.metrics)
+    curve = {
+        value: {
+            "val": sum(m["val_accuracy"] for m in ms) / len(ms),
+            "test": sum(m["test_accuracy"] for m in ms) / len(ms),
+            "n": len(ms),
+            "fetch_seconds": max(m.get("fetch_seconds", 0.0) for m in ms),
+            "work_seconds": max(m.get("work_seconds", 0.0) for m in ms),
+        }
+        for value, ms in sorted(points.items())
+    }
+    if not curve:
+        raise SelmatchError(f"every {searched} trial failed; see the Ray log above")
+    best = max(curve, key=lambda v: (curve[v]["val"], -v))
+    return {"curve": {str(v): c for v, c in curve.items()}, "best": best,
+            "trials": sum(c["n"] for c in curve.values()) + failed, "failed": failed}  # fmt: skip
+
+
+def run_phase(
+    phase: Phase, config: SearchConfig, data: dict[str, Any], storage: Path,
+    tracker: Tracker, *, resume: bool, log: Log,
+) -> tuple[dict[str, Any], Any]:  # fmt: skip
+    """Run (or restore) one Tune experiment; returns its summary and its ResultGrid."""
+    searched = phase.name
+    trainable = tune.with_resources(
+        tune.with_parameters(beta_trial if searched == "beta" else alpha_trial, data=data),
+        {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
+    )
+    param_space = {searched: tune.choice(list(phase.grid)), **phase.fixed}
+    name = f"{searched}-ipc{phase.ipc}"
+    path = storage / name
+    logger = TrialLogger(tracker, phase=searched, ipc=phase.ipc, searched=searched)
+    if resume and tune.Tuner.can_restore(str(path)):
+        log(f"restoring the interrupted {searched} search at IPC {phase.ipc}")
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, param_space=param_space,
+                                   resume_errored=True)  # fmt: skip
+    else:
+        if path.exists():
+            shutil.rmtree(path)
+        sampler = ConcaveGridSampler(name=searched, grid=phase.grid, top_repeats=config.top_repeats,
+                                     margin=config.noise, tolerance=2 * config.noise)  # fmt: skip
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                search_alg=ConcaveSearch(sampler, metric=METRIC, mode="max"),
+                num_samples=3 * len(phase.grid) + 2,  # a cap; the search finishes itself
+                max_concurrent_trials=config.max_concurrent,
+                # Reusing trial processes saves a process start and the torch import (seconds)
+                # per trial; trials free their memory themselves when they end.
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(storage), callbacks=[logger], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            ),
+        )  # fmt: skip
+    grid = tuner.fit()
+    summary = _phase_results(grid, searched)
+    summary["grid"] = list(phase.grid)
+    log(f"IPC {phase.ipc}: best {searched} = {summary['best']:g} "
+        f"({summary['trials']} trials of a {len(phase.grid)}-point grid, "
+        f"{summary['failed']} failed)")  # fmt: skip
+    return summary, grid
+
+
+def load_state(out: Path, config: SearchConfig, resume: bool) -> dict[str, Any]:
+    path = out / STATE
+    if not path.is_file():
+        return {"config": config.to_dict(), "ipcs": {}}
+    if not resume:
+        raise ConfigError(f"--out {out} holds a search already; add --resume or pick another --out")
+    state = json.loads(path.read_text())
+    if SearchConfig.from_dict(state["config"]) != config:
+        raise ConfigError(f"--resume: {out} was searched with other settings; use the same ones")
+    return state
+
+
+def save_state(out: Path, state: dict[str, Any]) -> None:
+    write_json(out / STATE, state)
+
+
+def connect(address: str | None, log: Log) -> None:
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        log(f"connected to the Ray cluster at {address}")
+    else:
+        ray.init(log_to_driver=False)
+        log(f"started a local Ray instance ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
+
+
+def precompute_all(config: SearchConfig, out: Path, data_root: str | None, log: Log) -> Precomputed:
+    dataset = load_dataset(config.dataset, data_root=data_root)
+    log(dataset.describe())
+    started = time.perf_counter()
+    gpus_per_expert = 1.0 if ray.cluster_resources().get("GPU", 0.0) >= 1 else 0.0
+    pre = precompute(
+        dataset, config.experts, score=config.score, cache_root=out.parent / "cache",
+        data_root=data_root, gpus_per_expert=gpus_per_expert,
+        cpus_per_expert=config.cpus_per_trial, log=log,
+    )  # fmt: skip
+    log(f"precomputed in {time.perf_counter() - started:.0f} s "
+        f"({pre.trained} trained, {pre.reused} reused)")  # fmt: skip
+    return pre
+
+
+def trial_data(pre: Precomputed) -> dict[str, Any]:
+    return {
+        "dataset": pre.dataset_ref,
+        "hardness": pre.hardness_ref,
+        "pool": ray.put(pre.split.pool.numpy()),
+        "val": ray.put(pre.split.val.numpy()),
+        "trajectories": pre.trajectory_refs,
+    }
+
+
+def fixed_settings(config: SearchConfig, pre: Precomputed, ipc: int) -> dict[str, Any]:
+    return {
+        "ipc": ipc,
+        "beta_convention": config.beta_convention,
+        "val_fraction": pre.split.val_fraction,
+        "split_seed": pre.split.seed,
+        "cpus_per_trial": config.cpus_per_trial,
+        "evaluation": config.short.to_dict(),
+    }
+
+
+def _final_task(data: dict[str, Any], fixed: dict[str, Any], payload: dict[str, Any],
+                evaluation: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Ray task body: full-length evaluation of a window (β point) or of a saved set."""
+    import numpy as np
+    import torch
+
+    from selmatch.evaluate import EvalConfig, evaluate_set
+    from selmatch.sweep import evaluate_window
+    from selmatch.window import WindowSpec
+    from selmatch_tune.trials import _fetch
+
+    torch.set_num_threads(max(1, int(fixed["cpus_per_trial"])))
+    dataset, hardness, split = _fetch(fixed, data)
+    config = EvalConfig.from_dict(evaluation)
+    if payload["kind"] == "window":
+        spec = WindowSpec(fixed["ipc"], payload["beta"], 0.0, fixed["beta_convention"])
+        return evaluate_window(dataset, split, hardness, spec, config).to_dict()
+    images = torch.from_numpy(np.array(payload["images"]))
+    mask = torch.from_numpy(np.array(payload["mask"]))
+    labels = torch.from_numpy(np.array(payload["labels"]))
+    return evaluate_set(images, labels, dataset, config, split=split, dsa_mask=mask).to_dict()
+
+
+def collect_winner(grid: Any, best_alpha: float, target: Path) -> Path:
+    """Copy the distilled set of the best α trial (its checkpoint) into ``target``."""
+    from selmatch.synthetic import SyntheticSet
+
+    candidates = [
+        r for r in grid
+        if r.error is None and r.metrics and METRIC in r.metrics and r.checkpoint
+        and abs(float(r.config["alpha"]) - best_alpha) < 1e-12
+    ]  # fmt: skip
+    if not candidates:
+        raise SelmatchError(f"no finished α = {best_alpha:g} trial left a distilled set")
+    best = max(candidates, key=lambda r: r.metrics[METRIC])
+    if target.exists():
+        shutil.rmtree(target)
+    with best.checkpoint.as_directory() as directory:
+        shutil.copytree(directory, target)
+    SyntheticSet.load(target)  # fails loudly if the copy is not a complete set
+    return target
+
+
+def final_evaluation(
+    config: SearchConfig, entry: dict[str, Any], data: dict[str, Any], fixed: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """The winner with the full budget, and the top β points too (short vs full ranking)."""
+    from selmatch.synthetic import SyntheticSet
+
+    task = ray.remote(_final_task).options(
+        num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial
+    )
+    saved = SyntheticSet.load(entry["set_dir"])
+    winner = task.remote(data, fixed, {
+        "kind": "set", "images": saved.images.numpy(), "labels": saved.labels.numpy(),
+        "mask": saved.distill_mask.numpy(),
+    }, config.final.to_dict())  # fmt: skip
+    curve = entry["beta"]["curve"]
+    top = sorted(curve, key=lambda b: curve[b]["val"], reverse=True)[: config.full_eval_top]
+    windows = {b: task.remote(data, fixed, {"kind": "window", "beta": float(b)},
+                              config.final.to_dict()) for b in top}  # fmt: skip
+    result = ray.get(winner)
+    full = {b: ray.get(ref) for b, ref in windows.items()}
+    return {
+        "test_mean": result["test_mean"], "test_std": result["test_std"],
+        "val_mean": result["val_mean"], "seeds": result["seeds"], "epochs": result["epochs"],
+        "beta_full": {b: {"short_val": curve[b]["val"], "full_val": r["val_mean"],
+                          "full_test": r["test_mean"]} for b, r in full.items()},
+    }  # fmt: skip
+
+
+def search_ipc(
+    ipc: int, config: SearchConfig, pre: Precomputed, data: dict[str, Any],
+    state: dict[str, Any], out: Path, storage: Path, tracker: Tracker, *,
+    bounds: tuple[float | None, float | None], resume: bool, log: Log,
+) -> None:  # fmt: skip
+    """β search, α search at the best β, full evaluation: each step once (state-tracked)."""
+    from selmatch_tune.outputs import save_phase_plot
+
+    entry = state["ipcs"].setdefault(str(ipc), {})
+    fixed = fixed_settings(config, pre, ipc)
+    title = f"{config.short.model.describe()}, {config.short.train.epochs} epochs"
+    if "beta" not in entry:
+        phase = Phase("beta", ipc, _bounded(config.beta_grid, bounds[0]), fixed)
+        entry["beta"], _ = run_phase(phase, config, data, storage, tracker, resume=resume, log=log)
+        save_state(out, state)
+    if "alpha" not in entry:
+        alpha_fixed = fixed | {
+            "beta": entry["beta"]["best"], "distill": config.distill.to_dict(),
+            "experts": config.experts.to_dict(), "layout": pre.layout.to_dict(),
+        }  # fmt: skip
+        phase = Phase("alpha", ipc, _bounded(config.alpha_grid, bounds[1]), alpha_fixed)
+        entry["alpha"], grid = run_phase(phase, config, data, storage, tracker, resume=resume,
+                                         log=log)  # fmt: skip
+        entry["set_dir"] = str(
+            collect_winner(grid, entry["alpha"]["best"], out / "sets" / f"ipc{ipc}")
+        )
+        save_state(out, state)
+    if "final" not in entry:
+        log(f"IPC {ipc}: final evaluation ({config.final.train.epochs} epochs, "
+            f"{config.final.num_seeds} seeds) of the winner, and of the top "
+            f"{config.full_eval_top} β windows")  # fmt: skip
+        entry["final"] = final_evaluation(config, entry, data, fixed)
+        save_state(out, state)
+    for name in ("beta", "alpha"):
+        path = save_phase_plot(out / f"{name}-ipc{ipc}.png", entry[name], name=name, ipc=ipc,
+                               title=title)  # fmt: skip
+        tracker.log_artifact(path, "curves")
+    tracker.log_artifact(Path(entry["set_dir"]) / "grid.png", f"sets/ipc{ipc}")
+
+
+def run_search(
+    config: SearchConfig, out: Path, *, resume: bool = False, tracking_uri: str | None = None,
+    address: str | None = None, data_root: str | None = None, storage: str | None = None,
+    log: Log = print,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The whole search; returns the per-IPC rows of ``best_hparams.csv``."""
+    from selmatch_tune.outputs import format_table, predict, spearman, table_rows, write_table
+    from selmatch_tune.tracking import default_tracking_uri
+
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    state = load_state(out, config, resume)
+    connect(address, log)
+    check_resources(config)
+    tracker = Tracker(tracking_uri or default_tracking_uri(out))
+    state["parent_run_id"] = tracker.start_parent(
+        f"search-{config.dataset}-{config.preset}", config.to_dict(), state.get("parent_run_id")
+    )
+    save_state(out, state)
+    started = time.perf_counter()
+    try:
+        pre = precompute_all(config, out, data_root, log)
+        data = trial_data(pre)
+        storage_path = Path(storage) if storage else out / "ray"
+        previous: dict[str, Any] | None = None
+        for ipc in config.ipcs:
+            bounds = (None, None)
+            if config.monotone and previous is not None:
+                bounds = (previous["beta"]["best"], previous["alpha"]["best"])
+            search_ipc(ipc, config, pre, data, state, out, storage_path, tracker,
+                       bounds=bounds, resume=resume, log=log)  # fmt: skip
+            previous = state["ipcs"][str(ipc)]
+    except BaseException:
+        tracker.finish(failed=True)
+        raise
+    rows = table_rows(config.dataset, config.beta_convention, state)
+    table = write_table(out / "best_hparams.csv", rows)
+    pairs = [(v["short_val"], v["full_val"]) for e in state["ipcs"].values()
+             for v in e["final"]["beta_full"].values()]  # fmt: skip
+    rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+    state["rank_correlation_short_vs_full"] = None if rho != rho else rho
+    state["seconds"] = state.get("seconds", 0.0) + time.perf_counter() - started
+    save_state(out, state)
+    for path in (table, out / STATE):
+        tracker.log_artifact(path)
+    tracker.log_parent_metrics({f"final_test_ipc{r['ipc']}": r["final_test_mean"] for r in rows})
+    tracker.finish()
+    log(format_table(rows))
+    log(
+        f"rank correlation of short vs full evaluation over {len(pairs)} β points: "
+        + ("n/a (fewer than 3 points)" if rho != rho else f"{rho:.2f}")
+    )
+    if config.predict_ipcs:
+        searched = {int(r["ipc"]): r for r in rows}
+        betas = predict({k: r["beta"] for k, r in searched.items()}, config.predict_ipcs)
+        alphas = predict({k: r["alpha"] for k, r in searched.items()}, config.predict_ipcs)
+        log("WARNING: predicted, not searched (the paper calls predicting α*, β* an open problem):")
+        for ipc in config.predict_ipcs:
+            log(f"  IPC {ipc}: β ≈ {betas[ipc]:.3g}, α ≈ {alphas[ipc]:.3g}")
+    log(f"table: {table}; distilled sets: {out / 'sets'}; curves: {out}/*-ipc*.png")
+    log(f"MLflow: {tracker.uri} (experiment {tracker.experiment_id}, parent run "
+        f"{tracker.parent_id}); Ray results: {storage or out / 'ray'}")  # fmt: skip
+    return rows

@@ -1,0 +1,194 @@
+"""Search SelMatch's β and α per IPC with Ray Tune + Optuna, logged to MLflow.
+
+    python tune/search_alpha_beta.py --preset quick                 # local Ray, ~10 min on CPU
+    python tune/search_alpha_beta.py --preset paper --address auto  # on a Ray cluster
+
+Per IPC, in increasing order: a concave-aware search of β (trial = window subset + short
+evaluation), then of α at the best β (trial = SelMatch distillation + short evaluation), then
+a full evaluation of the winner. Everything goes under --out: best_hparams.csv, the distilled
+sets, β/α curves, the MLflow store, Ray's results, search_state.json (for --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from selmatch.config import ConfigError, SelmatchError
+from selmatch_tune.config import SearchConfig
+from selmatch_tune.presets import PRESETS
+
+
+def numbers(kind: type) -> Any:
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated numbers, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="quick",
+        help="starting settings: smoke (seconds, for tests), quick (the CPU demo, "
+        "~10 min), paper (CIFAR-10 settings of the paper, for GPUs) (default: quick)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: a new folder runs/search-<preset>-<time>)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the search in --out")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (e.g. auto); default: start a local Ray",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: sqlite database in --out)",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Ray Tune storage path; must be shared (NFS, s3://) on a multi-node "
+        "cluster (default: --out/ray)",
+    )
+    p.add_argument("--data-root", default=None, help="dataset folder (see selmatch --help)")
+    g = p.add_argument_group("what to search (override the preset)")
+    g.add_argument("--dataset", default=None, help="dataset name")
+    g.add_argument("--ipcs", type=numbers(int), default=None, help="IPCs, e.g. 10,50")
+    g.add_argument("--beta-grid", type=numbers(float), default=None, help="β values")
+    g.add_argument("--alpha-grid", type=numbers(float), default=None, help="α values in (0, 1]")
+    g.add_argument(
+        "--beta-convention",
+        choices=("ipc-units", "data-fraction"),
+        default=None,
+        help="how β is read (see selmatch window --help)",
+    )
+    g.add_argument("--score", default=None, help="difficulty score: forgetting or el2n")
+    g.add_argument(
+        "--no-monotone",
+        action="store_true",
+        help="do not restrict larger IPCs to β ≤ β*, α ≤ α* of the smaller IPC",
+    )
+    g.add_argument(
+        "--predict-ipcs",
+        type=numbers(int),
+        default=None,
+        help="IPCs to predict β*, α* for (unverified)",
+    )
+    b = p.add_argument_group("budgets (override the preset)")
+    b.add_argument("--width", type=int, default=None, help="ConvNet width of every network")
+    b.add_argument("--experts", type=int, default=None, help="number of experts")
+    b.add_argument("--expert-epochs", type=int, default=None, help="epochs per expert")
+    b.add_argument("--per-class", type=int, default=None, help="expert training images per class")
+    b.add_argument(
+        "--iterations", type=int, default=None, help="distillation iterations per α trial"
+    )
+    b.add_argument("--student-steps", type=int, default=None, help="N")
+    b.add_argument("--max-start-epoch", type=int, default=None, help="T+")
+    b.add_argument("--syn-batch", type=int, default=None, help="b")
+    b.add_argument("--short-epochs", type=int, default=None, help="epochs of a trial's evaluation")
+    b.add_argument("--final-epochs", type=int, default=None, help="epochs of the final evaluation")
+    b.add_argument("--final-seeds", type=int, default=None, help="seeds of the final evaluation")
+    b.add_argument(
+        "--full-eval-top",
+        type=int,
+        default=None,
+        help="β points also evaluated with the final budget (rank correlation)",
+    )
+    r = p.add_argument_group("resources and robustness (override the preset)")
+    r.add_argument("--max-concurrent", type=int, default=None, help="trials at once")
+    r.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial")
+    r.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial")
+    r.add_argument("--max-failures", type=int, default=None, help="retries of a failed trial")
+    r.add_argument(
+        "--noise",
+        type=float,
+        default=None,
+        help="seed-to-seed std of a trial's accuracy: ties within it are re-evaluated",
+    )
+    r.add_argument("--top-repeats", type=int, default=None, help="re-evaluations of close tops")
+    return p
+
+
+def apply_overrides(config: SearchConfig, args: argparse.Namespace) -> SearchConfig:
+    top: dict[str, Any] = {}
+    for name in ("ipcs", "beta_grid", "alpha_grid", "beta_convention", "score", "predict_ipcs",
+                 "full_eval_top", "max_concurrent", "cpus_per_trial", "gpus_per_trial",
+                 "max_failures", "noise", "top_repeats"):  # fmt: skip
+        if getattr(args, name) is not None:
+            top[name] = getattr(args, name)
+    if args.no_monotone:
+        top["monotone"] = False
+    experts, distill = config.experts, config.distill
+    short, final = config.short, config.final
+    if args.dataset:
+        top["dataset"] = args.dataset
+        experts = experts.replace(dataset=args.dataset)
+    if args.width:
+        experts = experts.replace(model=experts.model.replace(width=args.width))
+        short = short.replace(model=short.model.replace(width=args.width))
+        final = final.replace(model=final.model.replace(width=args.width))
+    for arg, field in (
+        ("experts", "num_experts"),
+        ("expert_epochs", "epochs"),
+        ("per_class", "per_class"),
+    ):
+        if getattr(args, arg) is not None:
+            experts = experts.replace(**{field: getattr(args, arg)})
+    distill_fields = (
+        ("iterations", "iterations"),
+        ("student_steps", "n_student_steps"),
+        ("max_start_epoch", "max_start_epoch"),
+        ("syn_batch", "syn_batch"),
+    )
+    for arg, field in distill_fields:
+        if getattr(args, arg) is not None:
+            distill = distill.replace(**{field: getattr(args, arg)})
+    if args.short_epochs:
+        short = short.replace(train=short.train.replace(epochs=args.short_epochs))
+    if args.final_epochs:
+        final = final.replace(train=final.train.replace(epochs=args.final_epochs))
+    if args.final_seeds:
+        final = final.replace(num_seeds=args.final_seeds)
+    return config.replace(experts=experts, distill=distill, short=short, final=final, **top)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from selmatch_tune.search import run_search
+
+    try:
+        config = apply_overrides(PRESETS[args.preset](), args)
+        out = args.out or Path("runs") / f"search-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        print(f"preset {config.preset}: {config.dataset}, IPCs {list(config.ipcs)}")
+        if config.reduced:
+            print(f"reduced settings ({config.reduced}); recorded in the manifest")
+        run_search(
+            config, out, resume=args.resume, tracking_uri=args.tracking_uri,
+            address=args.address, data_root=args.data_root, storage=args.storage,
+        )  # fmt: skip
+    except (ConfigError, SelmatchError) as error:
+        print(f"search_alpha_beta: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Ray Tune's Optuna searcher, taught to wait and to finish when the concave search says so."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from selmatch_tune.concave import ConcaveGridSampler
+
+
+class ConcaveSearch(OptunaSearch):
+    """``OptunaSearch(sampler=ConcaveGridSampler(...))`` that returns ``Searcher.FINISHED``
+    once the bracket is closed (so Tune ends the experiment without using up
+    ``num_samples``) and ``None`` ("ask again later") while every useful grid point is
+    already running, instead of proposing a duplicate."""
+
+    def __init__(self, sampler: ConcaveGridSampler, **kwargs: Any) -> None:
+        super().__init__(sampler=sampler, **kwargs)
+        self.concave = sampler
+
+    # Searcher.FINISHED is a str, which Ray documents as a valid return of suggest().
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
+        study = self._ot_study
+        if study is not None and trial_id not in self._ot_trials:
+            status = self.concave.status(study)
+            if status == "finished":
+                return Searcher.FINISHED
+            if status == "wait":
+                return None
+        return super().suggest(trial_id)

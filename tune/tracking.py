@@ -1,0 +1,133 @@
+"""MLflow, behind one small adapter: a parent run per search, a child run per trial.
+
+All logging happens in the driver (a Ray Tune callback and the search procedure), never in
+the trials: trial processes run in other working directories and, on a cluster, on machines
+that cannot reach the head's database file. The default store is a SQLite database under the
+output folder, addressed by an absolute URI; ``--tracking-uri`` points at a server instead.
+
+Child runs are created when a trial ends (completed or errored), tagged with the Tune trial
+id; before creating one, the adapter looks for a run with that tag, so a resumed search never
+logs a trial twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+EXPERIMENT = "selmatch-search"
+
+
+def default_tracking_uri(out: Path) -> str:
+    return f"sqlite:///{(out / 'mlflow.db').resolve()}"
+
+
+class Tracker:
+    def __init__(self, uri: str, *, experiment: str = EXPERIMENT) -> None:
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (
+            found.experiment_id if found else self.client.create_experiment(experiment)
+        )
+        self.parent_id: str | None = None
+
+    def start_parent(self, name: str, params: dict[str, Any], run_id: str | None = None) -> str:
+        """Start the search's parent run, or reopen ``run_id`` (resume)."""
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            self.parent_id = run_id
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=name)
+        self.parent_id = run.info.run_id
+        for key, value in flatten(params).items():
+            self.client.log_param(self.parent_id, key, _short(value))
+        return self.parent_id
+
+    def child_exists(self, trial_id: str) -> bool:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.trial_id = '{trial_id}' and tags.mlflow.parentRunId = '{self.parent_id}'"
+            ),
+            max_results=1,
+        )
+        return bool(runs)
+
+    def log_child(
+        self, trial_id: str, name: str, tags: dict[str, str], params: dict[str, Any],
+        metrics: dict[str, float], failed: bool,
+    ) -> None:  # fmt: skip
+        if self.parent_id is None or self.child_exists(trial_id):
+            return
+        run = self.client.create_run(
+            self.experiment_id, run_name=name,
+            tags={"mlflow.parentRunId": self.parent_id, "trial_id": trial_id, **tags},
+        )  # fmt: skip
+        run_id = run.info.run_id
+        for key, value in params.items():
+            self.client.log_param(run_id, key, _short(value))
+        for key, value in metrics.items():
+            self.client.log_metric(run_id, key, float(value))
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+    def log_parent_metrics(self, metrics: dict[str, float]) -> None:
+        assert self.parent_id is not None
+        for key, value in metrics.items():
+            self.client.log_metric(self.parent_id, key, float(value))
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        assert self.parent_id is not None
+        self.client.log_artifact(self.parent_id, str(path), artifact_path=folder)
+
+    def finish(self, failed: bool = False) -> None:
+        if self.parent_id is not None:
+            self.client.set_terminated(self.parent_id, status="FAILED" if failed else "FINISHED")
+
+
+class TrialLogger(Callback):
+    """Ray Tune callback: one MLflow child run per finished trial."""
+
+    METRICS = ("val_accuracy", "val_std", "test_accuracy", "test_std", "fetch_seconds",
+               "work_seconds", "final_loss", "learned_lr")  # fmt: skip
+
+    def __init__(self, tracker: Tracker, *, phase: str, ipc: int, searched: str) -> None:
+        self.tracker, self.phase, self.ipc, self.searched = tracker, phase, ipc, searched
+
+    def _log(self, trial: Any, failed: bool) -> None:
+        result = trial.last_result or {}
+        value = trial.config.get(self.searched)
+        self.tracker.log_child(
+            trial.trial_id,
+            f"{self.phase}-ipc{self.ipc}-{self.searched}={value}",
+            {"phase": self.phase, "ipc": str(self.ipc)},
+            {"phase": self.phase, "ipc": self.ipc, "beta": trial.config.get("beta"),
+             "alpha": trial.config.get("alpha")},
+            {k: result[k] for k in self.METRICS if isinstance(result.get(k), (int, float))},
+            failed,
+        )  # fmt: skip
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._log(trial, failed=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._log(trial, failed=True)
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= flatten(value, f"{name}.")
+        else:
+            out[name] = value
+    return out
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 500 else text[:497] + "..."

@@ -1,0 +1,108 @@
+"""Trial bodies: what one Ray Tune trial of the β search and of the α search does.
+
+Both are plain functions of a config dict and the object references of the precomputed data;
+everything they report is one final result (so a failed trial never leaves a score behind):
+``val_accuracy`` (what the search ranks by), ``test_accuracy`` (reported, never used to
+choose), their standard deviations over seeds, and the trial's seconds split into Ray
+overhead (getting the data) and work.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+
+from selmatch.data import HoldoutSplit, ImageDataset
+from selmatch.distill import DistillConfig, distill
+from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set
+from selmatch.experts import ExpertConfig, InMemoryExperts
+from selmatch.params import ParamLayout
+from selmatch.sweep import evaluate_window
+from selmatch.window import WindowSpec
+from selmatch_tune.precompute import dataset_from_arrays
+
+
+def _release() -> None:
+    """Trial processes are reused: give cached GPU memory back between trials."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _threads(config: dict[str, Any]) -> None:
+    # One intra-op thread per CPU the trial was given: trials side by side must not
+    # oversubscribe the cores (OpenMP spinning turns that into a 10x slowdown).
+    torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
+
+
+def _fetch(
+    config: dict[str, Any], data: dict[str, Any]
+) -> tuple[ImageDataset, torch.Tensor, HoldoutSplit]:
+    """The dataset, the hardness vector and the hold-out split, from the object store."""
+    dataset = dataset_from_arrays(ray.get(data["dataset"]))
+    hardness = torch.from_numpy(np.array(ray.get(data["hardness"])))
+    split = HoldoutSplit(
+        torch.from_numpy(np.array(ray.get(data["pool"]))),
+        torch.from_numpy(np.array(ray.get(data["val"]))),
+        config["val_fraction"], config["split_seed"],
+    )  # fmt: skip
+    return dataset, hardness, split
+
+
+def _metrics(result: EvalResult, started: float, fetched: float) -> dict[str, float]:
+    val_mean, val_std = result.val_mean_std
+    test_mean, test_std = result.test_mean_std
+    if not math.isfinite(val_mean):
+        raise RuntimeError("the trial produced no finite validation accuracy")
+    return {
+        "val_accuracy": val_mean, "val_std": val_std,
+        "test_accuracy": test_mean, "test_std": test_std,
+        "fetch_seconds": fetched - started, "work_seconds": time.perf_counter() - fetched,
+    }  # fmt: skip
+
+
+def beta_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
+    """Window subset at β → short-epoch evaluation (no distillation)."""
+    started = time.perf_counter()
+    _threads(config)
+    dataset, hardness, split = _fetch(config, data)
+    fetched = time.perf_counter()
+    spec = WindowSpec(config["ipc"], config["beta"], 0.0, config["beta_convention"])
+    evaluation = EvalConfig.from_dict(config["evaluation"])
+    result = evaluate_window(dataset, split, hardness, spec, evaluation)
+    _release()
+    tune.report(_metrics(result, started, fetched))
+
+
+def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
+    """SelMatch distillation at (β, α) → short-epoch evaluation of the distilled set. The set
+    goes back to storage as the trial's checkpoint, so the winner's set can be collected."""
+    started = time.perf_counter()
+    _threads(config)
+    dataset, hardness, split = _fetch(config, data)
+    experts = InMemoryExperts(
+        ExpertConfig.from_dict(config["experts"]),
+        ParamLayout.from_dict(config["layout"]),
+        [torch.from_numpy(np.array(ray.get(ref))) for ref in data["trajectories"]],
+    )
+    fetched = time.perf_counter()
+    distill_config = DistillConfig.from_dict(config["distill"]).replace(
+        beta=config["beta"], alpha=config["alpha"], ipc=config["ipc"]
+    )
+    evaluation = EvalConfig.from_dict(config["evaluation"])
+    with tempfile.TemporaryDirectory() as directory:
+        synthetic = distill(distill_config, dataset, split, experts, hardness, directory,
+                            device=evaluation.device, progress=False)  # fmt: skip
+        result = evaluate_set(synthetic.images, synthetic.labels, dataset, evaluation,
+                              split=split, dsa_mask=synthetic.distill_mask)  # fmt: skip
+        metrics = _metrics(result, started, fetched) | {
+            "final_loss": synthetic.manifest["final_loss"], "learned_lr": synthetic.learned_lr,
+        }  # fmt: skip
+        _release()
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
