@@ -55,7 +55,7 @@ def _fetch(
     return dataset, hardness, split
 
 
-def _metrics(result: EvalResult, started: float, fetched: float) -> dict[str, float]:
+def _metrics(result: EvalResult, started: float, fetched: float) -> dict[str, Any]:
     val_mean, val_std = result.val_mean_std
     test_mean, test_std = result.test_mean_std
     if not math.isfinite(val_mean):
@@ -64,6 +64,7 @@ def _metrics(result: EvalResult, started: float, fetched: float) -> dict[str, fl
         "val_accuracy": val_mean, "val_std": val_std,
         "test_accuracy": test_mean, "test_std": test_std,
         "fetch_seconds": fetched - started, "work_seconds": time.perf_counter() - fetched,
+        "node_id": ray.get_runtime_context().get_node_id(),
     }  # fmt: skip
 
 

@@ -1,0 +1,131 @@
+"""The search end to end, on a real local Ray, real Optuna, real MLflow and real data."""
+
+import csv
+import json
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from selmatch.config import ConfigError
+from selmatch.synthetic import SyntheticSet
+from selmatch_tune import search as search_module
+from selmatch_tune.presets import smoke
+from selmatch_tune.search import check_resources, run_search
+from selmatch_tune.search_alpha_beta import apply_overrides, build_parser
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(local_ray, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "smoke"
+    rows = run_search(smoke(), out, log=lambda *_: None)
+    return out, rows
+
+
+def test_smoke_search_writes_the_table_sets_and_curves(smoke_run) -> None:
+    out, rows = smoke_run
+    config = smoke()
+    assert [r["ipc"] for r in rows] == [2, 4]
+    with open(out / "best_hparams.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert [int(r["ipc"]) for r in table] == [2, 4]
+    for row in table:
+        assert float(row["beta"]) in config.beta_grid
+        assert float(row["alpha"]) in config.alpha_grid
+        assert 0.0 < float(row["final_test_mean"]) <= 1.0
+        assert int(row["beta_trials"]) >= 1 and int(row["alpha_trials"]) >= 1
+        saved = SyntheticSet.load(row["set_dir"])
+        assert saved.manifest["method"] == "selmatch"
+        assert saved.manifest["distill"]["alpha"] == float(row["alpha"])
+        assert len(saved.labels) == 10 * int(row["ipc"])
+    # the paper's monotonicity: the larger IPC searched only β ≤ β*(smaller IPC)
+    assert float(table[1]["beta"]) <= float(table[0]["beta"])
+    for name in ("beta-ipc2.png", "alpha-ipc2.png", "beta-ipc4.png", "alpha-ipc4.png"):
+        assert (out / name).stat().st_size > 5000
+
+
+def test_trials_are_ranked_on_validation_and_logged_to_mlflow(smoke_run) -> None:
+    out, _ = smoke_run
+    state = json.loads((out / "search_state.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("selmatch-search")
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{state['parent_run_id']}'",
+    )
+    expected = sum(e[p]["trials"] for e in state["ipcs"].values() for p in ("beta", "alpha"))
+    assert len(children) == expected
+    assert {c.data.tags["phase"] for c in children} == {"beta", "alpha"}
+    assert all("val_accuracy" in c.data.metrics and "test_accuracy" in c.data.metrics
+               for c in children)  # fmt: skip
+    for entry in state["ipcs"].values():
+        for phase in ("beta", "alpha"):
+            curve = entry[phase]["curve"]
+            best = max(curve, key=lambda v: curve[v]["val"])
+            assert float(best) == entry[phase]["best"]  # chosen on validation, not test
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_hparams.csv", "search_state.json", "curves", "sets"} <= artifacts
+
+
+def test_a_second_run_in_the_same_folder_needs_resume(smoke_run) -> None:
+    out, _ = smoke_run
+    with pytest.raises(ConfigError, match="add --resume"):
+        run_search(smoke(), out, log=lambda *_: None)
+
+
+def test_resume_after_an_interruption_loses_and_duplicates_nothing(
+    local_ray, tmp_path, monkeypatch
+) -> None:
+    config = smoke().replace(ipcs=(2,))
+    out = tmp_path / "interrupted"
+    real = search_module.final_evaluation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # the user presses Ctrl-C during the final evaluation
+
+    monkeypatch.setattr(search_module, "final_evaluation", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config, out, log=lambda *_: None)
+    state = json.loads((out / "search_state.json").read_text())
+    assert "alpha" in state["ipcs"]["2"] and "final" not in state["ipcs"]["2"]
+    monkeypatch.setattr(search_module, "final_evaluation", real)
+    rows = run_search(config, out, resume=True, log=lambda *_: None)
+    assert [r["ipc"] for r in rows] == [2]
+    state = json.loads((out / "search_state.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    children = client.search_runs(
+        [client.get_experiment_by_name("selmatch-search").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{state['parent_run_id']}'",
+    )
+    entry = state["ipcs"]["2"]
+    assert len(children) == entry["beta"]["trials"] + entry["alpha"]["trials"]
+    assert len({c.data.tags["trial_id"] for c in children}) == len(children)
+
+
+def test_asking_for_gpus_on_a_cpu_cluster_is_an_error(local_ray) -> None:
+    with pytest.raises(
+        ConfigError, match=r"--gpus-per-trial 1 asks for GPUs, but the Ray cluster has 0"
+    ):
+        check_resources(smoke().replace(gpus_per_trial=1.0))
+
+
+def test_command_line_overrides_reach_every_config() -> None:
+    args = build_parser().parse_args(
+        ["--preset", "smoke", "--ipcs", "3,6", "--width", "12", "--iterations", "7",
+         "--final-seeds", "2", "--no-monotone", "--beta-grid", "0,0.5"]
+    )  # fmt: skip
+    config = apply_overrides(smoke(), args)
+    assert config.ipcs == (3, 6) and config.beta_grid == (0.0, 0.5) and not config.monotone
+    assert config.experts.model.width == config.short.model.width == config.final.model.width == 12
+    assert config.distill.iterations == 7 and config.final.num_seeds == 2
+    with pytest.raises(ConfigError, match="--ipcs must be distinct and increasing"):
+        apply_overrides(smoke(), build_parser().parse_args(["--ipcs", "6,3"]))
