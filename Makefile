@@ -25,9 +25,9 @@ $(FASHION_MNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
-# The main job on the embedded default (Fashion-MNIST, CPU-sized).
+# The main job on the embedded default: the β-then-α search on Fashion-MNIST, CPU-sized.
 demo: setup
-	$(BIN)/selmatch evaluate --ipc 10 --width 32 --epochs 300 --seeds 2
+	$(BIN)/python tune/search_alpha_beta.py --preset quick
 
 lint: setup
 	$(BIN)/ruff check selmatch tune tests benchmarks

@@ -10,7 +10,8 @@ EXPERTS=$OUT/experts-w32
 IPC=10
 BETA=0.8          # best window of the IPC-10 sweep (data-fraction convention)
 CONV=data-fraction
-DISTILL="--student-steps 20 --expert-epochs 2 --max-start-epoch 3 --syn-batch 100 --iterations 300 --checkpoint-every 50 --no-progress"
+ITERATIONS=300    # SeqMatch: split over its K=2 stages, so every method gets 300 matching steps
+DISTILL="--student-steps 20 --expert-epochs 2 --max-start-epoch 3 --syn-batch 100 --checkpoint-every 50 --no-progress"
 EVAL="--width 32 --epochs 300 --seeds 3 --no-progress"
 
 [ -f $EXPERTS/scores.safetensors ] || \
@@ -22,8 +23,10 @@ for method in selmatch mtt seqmatch; do
   dir=$OUT/distill-$method-ipc$IPC
   [ -f $dir/set.safetensors ] && continue
   resume=""; [ -f $dir/checkpoint/state.json ] && resume="--resume"
+  iterations=$ITERATIONS; [ $method = seqmatch ] && iterations=$((ITERATIONS / 2))
   $S distill --method $method --ipc $IPC --experts $EXPERTS --scores $EXPERTS \
-    --beta $BETA --beta-convention $CONV --alpha 0.5 --subsets 2 $DISTILL --out $dir $resume
+    --beta $BETA --beta-convention $CONV --alpha 0.5 --subsets 2 $DISTILL \
+    --iterations $iterations --out $dir $resume
 done
 
 [ -f $OUT/eval-random-ipc$IPC.json ] || $S evaluate --ipc $IPC $EVAL --out $OUT/eval-random-ipc$IPC.json

@@ -59,14 +59,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def save_phase_plot(
-    path: Path, summary: dict[str, Any], *, name: str, ipc: int, title: str
+    path: Path, summary: dict[str, Any], *, name: str, ipc: int, title: str, xlabel: str
 ) -> Path:
     xs = sorted(float(v) for v in summary["curve"])
     curve = summary["curve"]
     return save_curve(
         xs, [("val (short)", [curve[str(x)]["val"] for x in xs]),
              ("test (short)", [curve[str(x)]["test"] for x in xs])],
-        path, xlabel=name, title=f"{name} search, IPC {ipc}\n{title}", best_x=summary["best"],
+        path, xlabel=xlabel, title=f"{name} search, IPC {ipc}\n{title}", best_x=summary["best"],
     )  # fmt: skip
 
 

@@ -56,7 +56,7 @@ def quick() -> SearchConfig:
         short=_eval(model, 50, 1), final=_eval(model, 200, 2),
         distill=DistillConfig(n_student_steps=10, expert_epochs=2, max_start_epoch=2,
                               syn_batch=64, iterations=30, checkpoint_every=30),
-        full_eval_top=1, max_concurrent=2, noise=0.005, top_repeats=1, predict_ipcs=(20, 100),
+        full_eval_top=3, max_concurrent=2, noise=0.005, top_repeats=1, predict_ipcs=(20, 100),
         preset="quick",
         reduced="CPU demo: ConvNet width 16 (paper 128), 2 experts x 4 epochs on 1,000 "
         "images/class (paper 100 x 100 on all), N=10 b=64 (paper 55/125), 30 iterations "

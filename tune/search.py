@@ -203,6 +203,7 @@ def fixed_settings(config: SearchConfig, pre: Precomputed, ipc: int) -> dict[str
     return {
         "ipc": ipc,
         "beta_convention": config.beta_convention,
+        "score": config.score,
         "val_fraction": pre.split.val_fraction,
         "split_seed": pre.split.seed,
         "cpus_per_trial": config.cpus_per_trial,
@@ -315,8 +316,9 @@ def search_ipc(
         entry["final"] = final_evaluation(config, entry, data, fixed)
         save_state(out, state)
     for name in ("beta", "alpha"):
+        xlabel = f"β ({config.beta_convention})" if name == "beta" else "α (distilled share)"
         path = save_phase_plot(out / f"{name}-ipc{ipc}.png", entry[name], name=name, ipc=ipc,
-                               title=title)  # fmt: skip
+                               title=title, xlabel=xlabel)  # fmt: skip
         tracker.log_artifact(path, "curves")
     tracker.log_artifact(Path(entry["set_dir"]) / "grid.png", f"sets/ipc{ipc}")
 

@@ -93,9 +93,11 @@ def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
         [torch.from_numpy(np.array(ray.get(ref))) for ref in data["trajectories"]],
     )
     fetched = time.perf_counter()
+    # The window must be read exactly as in the β search: same β convention.
     distill_config = DistillConfig.from_dict(config["distill"]).replace(
-        beta=config["beta"], alpha=config["alpha"], ipc=config["ipc"]
-    )
+        method="selmatch", beta=config["beta"], alpha=config["alpha"], ipc=config["ipc"],
+        beta_convention=config["beta_convention"], score=config["score"],
+    )  # fmt: skip
     evaluation = EvalConfig.from_dict(config["evaluation"])
     with tempfile.TemporaryDirectory() as directory:
         synthetic = distill(distill_config, dataset, split, experts, hardness, directory,

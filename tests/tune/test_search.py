@@ -44,6 +44,12 @@ def test_smoke_search_writes_the_table_sets_and_curves(smoke_run) -> None:
         saved = SyntheticSet.load(row["set_dir"])
         assert saved.manifest["method"] == "selmatch"
         assert saved.manifest["distill"]["alpha"] == float(row["alpha"])
+        # the α search read its window exactly as the β search did
+        assert saved.manifest["window"] == {
+            "ipc": int(row["ipc"]), "beta": float(row["beta"]), "alpha": float(row["alpha"]),
+            "beta_convention": config.beta_convention,
+        }  # fmt: skip
+        assert saved.manifest["distill"]["score"] == config.score
         assert len(saved.labels) == 10 * int(row["ipc"])
     # the paper's monotonicity: the larger IPC searched only β ≤ β*(smaller IPC)
     assert float(table[1]["beta"]) <= float(table[0]["beta"])

@@ -1,0 +1,142 @@
+"""How many trials the concave-aware search spends, how good its pick is, and what Ray costs.
+
+    python benchmarks/search_efficiency.py                            # simulated + recorded curves
+    python benchmarks/search_efficiency.py --search-dir runs/<search>  # + Ray overhead of a search
+
+1. **Noisy concave curves** (simulated; the same bookkeeping as Tune, with P trials in flight):
+   trials used as a share of the grid, and how often the pick is within one grid step of the
+   grid's best — next to evaluating the whole grid once with the same noise (the baseline).
+2. **Real Fashion-MNIST β curves evaluated exhaustively** (`experiments/results/sweep-*`:
+   every β of a 10-point grid, 2 seeds): the search replayed on the measured means with the
+   measured seed noise; accuracy gap between its pick and the grid's best.
+3. **Ray's per-trial overhead** in a finished search: seconds spent fetching the precomputed
+   data from the object store and scheduling/starting trials, as a share of trial time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from selmatch_tune.simulate import random_concave_curve, simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def grid(n: int) -> list[float]:
+    return [round(i / (n - 1), 6) for i in range(n)]
+
+
+def simulated(sizes: list[int], parallels: list[int], noise: float, runs: int) -> list[dict]:
+    rows = []
+    for size in sizes:
+        values = grid(size)
+        for parallel in parallels:
+            rng = random.Random(size * 100 + parallel)
+            hits = whole_hits = 0
+            counts = []
+            for seed in range(runs):
+                curve = random_concave_curve(values, rng)
+                result = simulate(curve, values, parallel=parallel, noise=noise, seed=seed)
+                best = values.index(max(values, key=curve))
+                hits += abs(values.index(result.pick) - best) <= 1
+                draw = random.Random(seed)
+                noisy = {v: curve(v) + draw.gauss(0.0, noise) for v in values}
+                whole_hits += abs(values.index(max(values, key=noisy.get)) - best) <= 1
+                counts.append(result.trials)
+            rows.append({"grid": size, "parallel": parallel, "runs": runs,
+                         "mean_trials": statistics.mean(counts),
+                         "share_of_grid": statistics.mean(counts) / size,
+                         "within_one_step": hits / runs,
+                         "whole_grid_within_one_step": whole_hits / runs})  # fmt: skip
+    return rows
+
+
+def replay_sweeps(parallels: list[int], repeats: int) -> list[dict]:
+    rows = []
+    for path in sorted((ROOT / "experiments" / "results").glob("sweep-*/sweep.json")):
+        sweep = json.loads(path.read_text())
+        betas = sorted(float(b) for b in sweep["rows"])
+        means = {b: sweep["rows"][str(b)]["val_mean"] for b in betas}
+        stds = [sweep["rows"][str(b)]["val_std"] for b in betas]
+        noise = statistics.mean(stds)
+        best = max(betas, key=means.get)
+        for parallel in parallels:
+            gaps, counts = [], []
+            for seed in range(repeats):
+                curve = means.__getitem__
+                result = simulate(curve, betas, parallel=parallel, noise=noise, seed=seed)
+                gaps.append(means[best] - means[result.pick])
+                counts.append(result.trials)
+            rows.append({"sweep": path.parent.name, "grid": len(betas), "parallel": parallel,
+                         "noise": noise, "mean_trials": statistics.mean(counts),
+                         "grid_best": best, "mean_gap_points": 100 * statistics.mean(gaps),
+                         "max_gap_points": 100 * max(gaps)})  # fmt: skip
+    return rows
+
+
+def ray_overhead(search_dir: Path) -> dict:
+    """Trial time split into fetching the data, working, and everything else Ray does."""
+    fetch = work = total = 0.0
+    trials = 0
+    for result in search_dir.glob("ray/*-ipc*/*/result.json"):
+        last = json.loads(result.read_text().strip().splitlines()[-1])
+        fetch += last["fetch_seconds"]
+        work += last["work_seconds"]
+        total += last["time_total_s"]
+        trials += 1
+    return {"trials": trials, "fetch_seconds": fetch, "work_seconds": work,
+            "trial_seconds": total, "fetch_share": fetch / total if total else None,
+            "outside_work_share": (total - work) / total if total else None}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10,20,40")
+    parser.add_argument("--parallel", default="1,2,4")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=0.0005,
+        help="seed noise of a trial on a curve spanning 0.10 (default 0.0005)",
+    )
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--search-dir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    parallels = [int(p) for p in args.parallel.split(",")]
+    report: dict = {"simulated": simulated(sizes, parallels, args.noise, args.runs),
+                    "real_sweeps": replay_sweeps(parallels, args.runs)}  # fmt: skip
+    print(f"1. noisy concave curves (noise std {args.noise}, {args.runs} curves each)")
+    header = ("grid", "P", "trials", "share", "pick ±1 step", "whole grid ±1")
+    print("{:>5} {:>3} {:>7} {:>6} {:>13} {:>14}".format(*header))
+    for r in report["simulated"]:
+        print(f"{r['grid']:>5} {r['parallel']:>3} {r['mean_trials']:>7.2f} "
+              f"{r['share_of_grid']:>6.0%} {r['within_one_step']:>13.0%} "
+              f"{r['whole_grid_within_one_step']:>14.0%}")  # fmt: skip
+    print(
+        "\n2. recorded Fashion-MNIST β sweeps (validation accuracy, replayed with their seed noise)"
+    )
+    for r in report["real_sweeps"]:
+        gap = f"mean {r['mean_gap_points']:.2f}, max {r['max_gap_points']:.2f} points"
+        print(f"{r['sweep']:<28} P={r['parallel']} trials {r['mean_trials']:.2f}/{r['grid']}, "
+              f"gap to the grid's best: {gap}")  # fmt: skip
+    if args.search_dir:
+        report["ray_overhead"] = ray_overhead(args.search_dir)
+        o = report["ray_overhead"]
+        print(f"\n3. Ray overhead in {args.search_dir}: {o['trials']} trials, "
+              f"fetching data {o['fetch_share']:.1%} of trial time, everything but the work "
+              f"{o['outside_work_share']:.1%}")  # fmt: skip
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"results written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
