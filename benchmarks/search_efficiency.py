@@ -19,10 +19,8 @@ import argparse
 import json
 import random
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from selmatch_tune.simulate import random_concave_curve, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
