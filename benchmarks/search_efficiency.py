@@ -80,17 +80,27 @@ def replay_sweeps(parallels: list[int], repeats: int) -> list[dict]:
 
 def ray_overhead(search_dir: Path) -> dict:
     """Trial time split into fetching the data, working, and everything else Ray does."""
-    fetch = work = total = 0.0
+    fetch = work = total = slots = 0.0
     trials = 0
-    for result in search_dir.glob("ray/*-ipc*/*/result.json"):
-        last = json.loads(result.read_text().strip().splitlines()[-1])
-        fetch += last["fetch_seconds"]
-        work += last["work_seconds"]
-        total += last["time_total_s"]
-        trials += 1
+    concurrency = json.loads((search_dir / "search_state.json").read_text())["config"][
+        "max_concurrent"
+    ]
+    for phase in search_dir.glob("ray/*-ipc*"):
+        spans = []
+        for result in phase.glob("*/result.json"):
+            last = json.loads(result.read_text().strip().splitlines()[-1])
+            fetch += last["fetch_seconds"]
+            work += last["work_seconds"]
+            total += last["time_total_s"]
+            spans.append((last["timestamp"] - last["time_total_s"], last["timestamp"]))
+            trials += 1
+        if spans:  # wall time of the phase, times the trial slots it had
+            slots += (max(e for _, e in spans) - min(s for s, _ in spans)) * concurrency
     return {"trials": trials, "fetch_seconds": fetch, "work_seconds": work,
-            "trial_seconds": total, "fetch_share": fetch / total if total else None,
-            "outside_work_share": (total - work) / total if total else None}  # fmt: skip
+            "trial_seconds": total, "slot_seconds": slots,
+            "fetch_share": fetch / total if total else None,
+            "outside_work_share": (total - work) / total if total else None,
+            "slot_utilisation": work / slots if slots else None}  # fmt: skip
 
 
 def main() -> None:
@@ -130,7 +140,9 @@ def main() -> None:
         o = report["ray_overhead"]
         print(f"\n3. Ray overhead in {args.search_dir}: {o['trials']} trials, "
               f"fetching data {o['fetch_share']:.1%} of trial time, everything but the work "
-              f"{o['outside_work_share']:.1%}")  # fmt: skip
+              f"{o['outside_work_share']:.1%}; work fills {o['slot_utilisation']:.0%} of the "
+              "trial slots' wall time (the rest: scheduling, trial start-up, and waiting while "
+              "the search has no useful point to propose)")  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
         print(f"results written to {args.out}")
