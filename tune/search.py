@@ -134,7 +134,7 @@ def run_phase(
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(storage), callbacks=[logger], verbose=0,
+                name=name, storage_path=str(storage), callbacks=[logger], verbose=1,
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
             ),
         )  # fmt: skip

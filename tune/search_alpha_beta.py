@@ -12,6 +12,7 @@ sets, β/α curves, the MLflow store, Ray's results, search_state.json (for --re
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -124,7 +125,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed-to-seed std of a trial's accuracy: ties within it are re-evaluated",
     )
     r.add_argument("--top-repeats", type=int, default=None, help="re-evaluations of close tops")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override any setting by its path in the manifest, e.g. distill.lr_images=100 or "
+        "short.train.lr=0.05 (repeatable; values are JSON, else strings)",
+    )  # fmt: skip
     return p
+
+
+def apply_sets(config: SearchConfig, assignments: list[str]) -> SearchConfig:
+    """``key.path=value`` overrides of any field, validated by the configs themselves."""
+    data = config.to_dict()
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a group of settings")
+            node = node[part]
+        if leaf not in node:
+            known = ", ".join(sorted(node))
+            raise ConfigError(f"--set {key}: unknown setting {leaf!r}; known here: {known}")
+        node[leaf] = value
+    return SearchConfig.from_dict(data)
 
 
 def apply_overrides(config: SearchConfig, args: argparse.Namespace) -> SearchConfig:
@@ -175,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     from selmatch_tune.search import run_search
 
     try:
-        config = apply_overrides(PRESETS[args.preset](), args)
+        config = apply_sets(apply_overrides(PRESETS[args.preset](), args), args.set)
         out = args.out or Path("runs") / f"search-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"preset {config.preset}: {config.dataset}, IPCs {list(config.ipcs)}")
         if config.reduced:

@@ -12,7 +12,7 @@ from selmatch.synthetic import SyntheticSet
 from selmatch_tune import search as search_module
 from selmatch_tune.presets import smoke
 from selmatch_tune.search import check_resources, run_search
-from selmatch_tune.search_alpha_beta import apply_overrides, build_parser
+from selmatch_tune.search_alpha_beta import apply_overrides, apply_sets, build_parser
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +135,14 @@ def test_command_line_overrides_reach_every_config() -> None:
     assert config.distill.iterations == 7 and config.final.num_seeds == 2
     with pytest.raises(ConfigError, match="--ipcs must be distinct and increasing"):
         apply_overrides(smoke(), build_parser().parse_args(["--ipcs", "6,3"]))
+
+
+def test_any_setting_can_be_overridden_by_path() -> None:
+    config = apply_sets(smoke(), ["distill.lr_images=100", "short.train.lr=0.05",
+                                  "beta_grid=[0, 0.2]", "score=forgetting"])  # fmt: skip
+    assert config.distill.lr_images == 100.0 and config.short.train.lr == 0.05
+    assert config.beta_grid == (0.0, 0.2) and config.score == "forgetting"
+    with pytest.raises(ConfigError, match="unknown setting 'lr_image'; known here: .*lr_images"):
+        apply_sets(smoke(), ["distill.lr_image=1"])
+    with pytest.raises(ConfigError, match=r"--lr must be a number in \(0, 100\]"):
+        apply_sets(smoke(), ["short.train.lr=-1"])
