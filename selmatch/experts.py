@@ -34,8 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from selmatch.augment import AUGMENTATIONS
-from selmatch.config import Config, ConfigError, SelmatchError, check_choice, check_float, check_int
+from selmatch.config import Config, ConfigError, SelmatchError, check_int
 from selmatch.data import ImageDataset, balanced_subset, holdout_split, smallest_class_size
 from selmatch.io import atomic_write, versions, write_json
 from selmatch.models import ModelConfig, build_model
@@ -72,11 +71,8 @@ class ExpertConfig(Config):
     def __post_init__(self) -> None:
         check_int("experts", self.num_experts, 1, 10_000)
         check_int("epochs", self.epochs, 1, 10_000)
-        check_float("lr", self.lr, 0.0, 100.0, low_open=True)
         check_int("batch_size", self.batch_size, 2, 1_000_000)
-        check_float("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        check_float("weight_decay", self.weight_decay, 0.0, 1.0)
-        check_choice("augment", self.augment, AUGMENTATIONS)
+        self.train_config()  # the training settings are checked where they are defined
         check_int("el2n_epoch", self.el2n_epoch, 1, self.epochs)
         if self.per_class is not None:
             check_int("per_class", self.per_class, 1)

@@ -220,10 +220,10 @@ def _final_task(data: dict[str, Any], fixed: dict[str, Any], payload: dict[str, 
     from selmatch.evaluate import EvalConfig, evaluate_set
     from selmatch.sweep import evaluate_window
     from selmatch.window import WindowSpec
-    from selmatch_tune.trials import _fetch
+    from selmatch_tune.trials import fetch_data
 
     torch.set_num_threads(max(1, int(fixed["cpus_per_trial"])))
-    dataset, hardness, split = _fetch(fixed, data)
+    dataset, hardness, split = fetch_data(fixed, data)
     config = EvalConfig.from_dict(evaluation)
     if payload["kind"] == "window":
         spec = WindowSpec(fixed["ipc"], payload["beta"], 0.0, fixed["beta_convention"])

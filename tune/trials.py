@@ -41,7 +41,7 @@ def _threads(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
 
 
-def _fetch(
+def fetch_data(
     config: dict[str, Any], data: dict[str, Any]
 ) -> tuple[ImageDataset, torch.Tensor, HoldoutSplit]:
     """The dataset, the hardness vector and the hold-out split, from the object store."""
@@ -72,7 +72,7 @@ def beta_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     """Window subset at β → short-epoch evaluation (no distillation)."""
     started = time.perf_counter()
     _threads(config)
-    dataset, hardness, split = _fetch(config, data)
+    dataset, hardness, split = fetch_data(config, data)
     fetched = time.perf_counter()
     spec = WindowSpec(config["ipc"], config["beta"], 0.0, config["beta_convention"])
     evaluation = EvalConfig.from_dict(config["evaluation"])
@@ -86,7 +86,7 @@ def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     goes back to storage as the trial's checkpoint, so the winner's set can be collected."""
     started = time.perf_counter()
     _threads(config)
-    dataset, hardness, split = _fetch(config, data)
+    dataset, hardness, split = fetch_data(config, data)
     experts = InMemoryExperts(
         ExpertConfig.from_dict(config["experts"]),
         ParamLayout.from_dict(config["layout"]),
