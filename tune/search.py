@@ -220,9 +220,9 @@ def _final_task(data: dict[str, Any], fixed: dict[str, Any], payload: dict[str, 
     from selmatch.evaluate import EvalConfig, evaluate_set
     from selmatch.sweep import evaluate_window
     from selmatch.window import WindowSpec
-    from selmatch_tune.trials import fetch_data
+    from selmatch_tune.trials import fetch_data, set_threads
 
-    torch.set_num_threads(max(1, int(fixed["cpus_per_trial"])))
+    set_threads(fixed)
     dataset, hardness, split = fetch_data(fixed, data)
     config = EvalConfig.from_dict(evaluation)
     if payload["kind"] == "window":
@@ -301,6 +301,7 @@ def search_ipc(
         alpha_fixed = fixed | {
             "beta": entry["beta"]["best"], "distill": config.distill.to_dict(),
             "experts": config.experts.to_dict(), "layout": pre.layout.to_dict(),
+            "experts_dir": str(pre.cache_dir),
         }  # fmt: skip
         phase = Phase("alpha", ipc, _bounded(config.alpha_grid, bounds[1]), alpha_fixed)
         entry["alpha"], grid = run_phase(phase, config, data, storage, tracker, resume=resume,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
-def _threads(config: dict[str, Any]) -> None:
+def set_threads(config: dict[str, Any]) -> None:
     # One intra-op thread per CPU the trial was given: trials side by side must not
     # oversubscribe the cores (OpenMP spinning turns that into a 10x slowdown).
     torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
@@ -71,7 +72,7 @@ def _metrics(result: EvalResult, started: float, fetched: float) -> dict[str, An
 def beta_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     """Window subset at β → short-epoch evaluation (no distillation)."""
     started = time.perf_counter()
-    _threads(config)
+    set_threads(config)
     dataset, hardness, split = fetch_data(config, data)
     fetched = time.perf_counter()
     spec = WindowSpec(config["ipc"], config["beta"], 0.0, config["beta_convention"])
@@ -85,12 +86,13 @@ def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     """SelMatch distillation at (β, α) → short-epoch evaluation of the distilled set. The set
     goes back to storage as the trial's checkpoint, so the winner's set can be collected."""
     started = time.perf_counter()
-    _threads(config)
+    set_threads(config)
     dataset, hardness, split = fetch_data(config, data)
     experts = InMemoryExperts(
         ExpertConfig.from_dict(config["experts"]),
         ParamLayout.from_dict(config["layout"]),
         [torch.from_numpy(np.array(ray.get(ref))) for ref in data["trajectories"]],
+        Path(config["experts_dir"]),  # where the precompute cached them: the set's provenance
     )
     fetched = time.perf_counter()
     # The window must be read exactly as in the β search: same β convention.

@@ -50,6 +50,9 @@ def test_smoke_search_writes_the_table_sets_and_curves(smoke_run) -> None:
             "beta_convention": config.beta_convention,
         }  # fmt: skip
         assert saved.manifest["distill"]["score"] == config.score
+        assert saved.manifest["experts"]["directory"].startswith(
+            str((out.parent / "cache").resolve())
+        )
         assert len(saved.labels) == 10 * int(row["ipc"])
     # the paper's monotonicity: the larger IPC searched only β ≤ β*(smaller IPC)
     assert float(table[1]["beta"]) <= float(table[0]["beta"])
