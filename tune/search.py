@@ -10,6 +10,7 @@ evaluation → outputs``. Every finished stage is recorded in ``OUT/search_state
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 from ray import tune
 
@@ -30,9 +32,15 @@ from selmatch_tune.searcher import ConcaveSearch
 from selmatch_tune.tracking import Tracker, TrialLogger
 from selmatch_tune.trials import alpha_trial, beta_trial
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per Tune experiment
+
 Log = Callable[[str], None]
 STATE = "search_state.json"
 METRIC = "val_accuracy"
+
+
+class SearchInterrupted(SelmatchError):
+    """A Tune experiment ended before its search did (Ctrl-C): the state is saved."""
 
 
 @dataclass
@@ -99,6 +107,31 @@ def _phase_results(grid: Any, searched: str) -> dict[str, Any]:
             "trials": sum(c["n"] for c in curve.values()) + failed, "failed": failed}  # fmt: skip
 
 
+def _sampler(phase: Phase, config: SearchConfig) -> ConcaveGridSampler:
+    return ConcaveGridSampler(name=phase.name, grid=phase.grid, top_repeats=config.top_repeats,
+                              margin=config.noise, tolerance=2 * config.noise)  # fmt: skip
+
+
+def _cap(phase: Phase) -> int:
+    return 3 * len(phase.grid) + 2
+
+
+def search_finished(phase: Phase, config: SearchConfig, grid: Any) -> bool:
+    """Whether the concave search would stop on these results: its decision depends only on
+    the completed trials' scores, so a fresh sampler replays it."""
+    sampler = _sampler(phase, config)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    distribution = optuna.distributions.CategoricalDistribution(list(phase.grid))
+    for result in grid:
+        value = (result.metrics or {}).get(METRIC) if result.error is None else None
+        if value is not None and math.isfinite(float(value)):  # as the live study scored them
+            study.add_trial(optuna.trial.create_trial(
+                params={phase.name: float(result.config[phase.name])},
+                distributions={phase.name: distribution}, value=float(value),
+            ))  # fmt: skip
+    return sampler.status(study) == "finished"
+
+
 def run_phase(
     phase: Phase, config: SearchConfig, data: dict[str, Any], storage: Path,
     tracker: Tracker, *, resume: bool, log: Log,
@@ -120,14 +153,13 @@ def run_phase(
     else:
         if path.exists():
             shutil.rmtree(path)
-        sampler = ConcaveGridSampler(name=searched, grid=phase.grid, top_repeats=config.top_repeats,
-                                     margin=config.noise, tolerance=2 * config.noise)  # fmt: skip
+        sampler = _sampler(phase, config)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 search_alg=ConcaveSearch(sampler, metric=METRIC, mode="max"),
-                num_samples=3 * len(phase.grid) + 2,  # a cap; the search finishes itself
+                num_samples=_cap(phase),  # the search finishes itself before this
                 max_concurrent_trials=config.max_concurrent,
                 # Reusing trial processes saves a process start and the torch import (seconds)
                 # per trial; trials free their memory themselves when they end.
@@ -139,6 +171,12 @@ def run_phase(
             ),
         )  # fmt: skip
     grid = tuner.fit()
+    # Tune ends fit() quietly on Ctrl-C with the trials so far; never take those for a result.
+    if len(grid) < _cap(phase) and not search_finished(phase, config, grid):
+        raise SearchInterrupted(
+            f"the {searched} search at IPC {phase.ipc} was interrupted after {len(grid)} "
+            f"trial(s); its state is saved in {path}: run the same command with --resume"
+        )
     summary = _phase_results(grid, searched)
     summary["grid"] = list(phase.grid)
     log(f"IPC {phase.ipc}: best {searched} = {summary['best']:g} "

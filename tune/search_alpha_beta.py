@@ -202,11 +202,12 @@ def apply_overrides(config: SearchConfig, args: argparse.Namespace) -> SearchCon
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from selmatch_tune.search import run_search
+    from selmatch_tune.search import SearchInterrupted, run_search
 
+    out = args.out
     try:
         config = apply_sets(apply_overrides(PRESETS[args.preset](), args), args.set)
-        out = args.out or Path("runs") / f"search-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = out or Path("runs") / f"search-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"preset {config.preset}: {config.dataset}, IPCs {list(config.ipcs)}")
         if config.reduced:
             print(f"reduced settings ({config.reduced}); recorded in the manifest")
@@ -214,9 +215,16 @@ def main(argv: list[str] | None = None) -> int:
             config, out, resume=args.resume, tracking_uri=args.tracking_uri,
             address=args.address, data_root=args.data_root, storage=args.storage,
         )  # fmt: skip
+    except SearchInterrupted as error:
+        print(f"search_alpha_beta: {error}", file=sys.stderr)
+        return 130
     except (ConfigError, SelmatchError) as error:
         print(f"search_alpha_beta: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"search_alpha_beta: interrupted; finished stages are saved in {out}: run the "
+              "same command with --resume to go on", file=sys.stderr)  # fmt: skip
+        return 130
     return 0
 
 

@@ -149,3 +149,25 @@ def test_any_setting_can_be_overridden_by_path() -> None:
         apply_sets(smoke(), ["distill.lr_image=1"])
     with pytest.raises(ConfigError, match=r"--lr must be a number in \(0, 100\]"):
         apply_sets(smoke(), ["short.train.lr=-1"])
+
+
+def test_a_search_cut_short_is_told_from_a_finished_one() -> None:
+    """Tune's fit() returns quietly on Ctrl-C; the concave search's own stopping rule,
+    replayed on the results, tells a partial β search from a finished one."""
+    from types import SimpleNamespace
+
+    config = smoke().replace(noise=0.0, top_repeats=0)
+    grid = tuple(round(0.1 * i, 1) for i in range(10))
+    phase = search_module.Phase("beta", 10, grid, {})
+
+    def result(beta: float, error: object = None) -> SimpleNamespace:
+        accuracy = 0.8 - (beta - 0.4) ** 2  # concave, best at β = 0.4
+        return SimpleNamespace(config={"beta": beta}, error=error,
+                               metrics={"val_accuracy": accuracy})  # fmt: skip
+
+    finished = [result(b) for b in (0.3, 0.4, 0.5, 0.6, 0.2, 0.7)]
+    assert search_module.search_finished(phase, config, finished)
+    assert not search_module.search_finished(phase, config, finished[:2])
+    # a failed trial is not a score: the point is still wanted
+    failed = [*finished[:2], result(0.5, error=RuntimeError("boom")), *finished[3:]]
+    assert not search_module.search_finished(phase, config, failed)

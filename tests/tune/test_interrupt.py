@@ -1,0 +1,59 @@
+"""Ctrl-C in the middle of a Tune experiment, then ``--resume``: the command line as a user
+runs it, in its own process (its own local Ray)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _finished_trials(log: Path) -> set[str]:
+    """Trial ids that Tune reported as completed on the terminal."""
+    return set(re.findall(r"Trial beta_trial_(\w+) completed", log.read_text()))
+
+
+def test_ctrl_c_inside_a_tune_experiment_then_resume(tmp_path) -> None:
+    out = tmp_path / "run"
+    command = [
+        sys.executable, str(ROOT / "tune" / "search_alpha_beta.py"), "--preset", "smoke",
+        "--ipcs", "2", "--beta-grid", "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--out", str(out),
+    ]  # fmt: skip
+    log, errors = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with log.open("w") as stdout, errors.open("w") as stderr:  # files: Tune prints a lot
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=stdout, stderr=stderr,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not _finished_trials(log) and process.poll() is None:
+        assert time.monotonic() < deadline, "no β trial finished in 4 minutes"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    process.wait(timeout=120)
+    before = _finished_trials(log)
+    assert process.returncode == 130, log.read_text()[-2000:] + errors.read_text()[-2000:]
+    assert "--resume" in errors.read_text().strip().splitlines()[-1]
+    state = json.loads((out / "search_state.json").read_text())
+    assert "beta" not in state["ipcs"].get("2", {})  # a partial β search is not a result
+
+    resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "restoring the interrupted beta search at IPC 2" in resumed.stdout
+    state = json.loads((out / "search_state.json").read_text())
+    entry = state["ipcs"]["2"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    children = client.search_runs(
+        [client.get_experiment_by_name("selmatch-search").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{state['parent_run_id']}'",
+    )
+    ids = [c.data.tags["trial_id"] for c in children]
+    assert len(ids) == len(set(ids)) == entry["beta"]["trials"] + entry["alpha"]["trials"]
+    assert before <= set(ids)  # the trials finished before Ctrl-C were kept, not rerun
+    assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
