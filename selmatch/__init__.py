@@ -15,6 +15,7 @@ from selmatch.data import (
     load_dataset,
 )
 from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set, paper_epochs
+from selmatch.export import load_synthetic
 from selmatch.models import ModelConfig, build_model
 from selmatch.synthetic import SyntheticSet
 from selmatch.train import TrainConfig, accuracy, train_network
@@ -41,6 +42,7 @@ __all__ = [
     "evaluate_set",
     "holdout_split",
     "load_dataset",
+    "load_synthetic",
     "paper_epochs",
     "sample_dsa",
     "train_network",

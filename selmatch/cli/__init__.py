@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from selmatch import __version__
-from selmatch.cli import coverage, distill, evaluate, experts, scores, window
+from selmatch.cli import coverage, distill, evaluate, experts, export, scores, window
 from selmatch.config import SelmatchError
 
-SUBCOMMANDS = (experts, scores, window, distill, evaluate, coverage)
+SUBCOMMANDS = (experts, scores, window, distill, evaluate, coverage, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
