@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from selmatch.config import Config, check_int
+from selmatch.config import Config, check_float, check_int
 from selmatch.data import HoldoutSplit, ImageDataset
 from selmatch.models import ModelConfig, build_model
 from selmatch.train import TrainConfig, accuracy, resolve_device, train_network
@@ -29,11 +29,19 @@ FULL_DATA_EPOCHS = 200
 STEP_FRACTION = 0.25
 
 
+def budget_epochs(n_synthetic: int, n_full: int, full_epochs: float) -> int:
+    """Epochs over a set of ``n_synthetic`` images that take as many steps as ``full_epochs``
+    epochs over ``n_full`` images (at equal batch size): a training budget that is the same
+    for every set size, so sets of different sizes are compared at equal cost."""
+    check_int("set_size", n_synthetic, 1)
+    check_float("full_epochs", full_epochs, 1e-6, 1e6)
+    return max(1, round(full_epochs * n_full / n_synthetic))
+
+
 def paper_epochs(n_synthetic: int, n_full: int) -> int:
     """Epochs that give 25% of the steps of 200 full-data epochs (at equal batch size):
     1000 / 500 / 250 / 167 epochs at subset ratios of 5 / 10 / 20 / 30%."""
-    check_int("set_size", n_synthetic, 1)
-    return max(1, round(STEP_FRACTION * FULL_DATA_EPOCHS * n_full / n_synthetic))
+    return budget_epochs(n_synthetic, n_full, STEP_FRACTION * FULL_DATA_EPOCHS)
 
 
 @dataclass(frozen=True)
@@ -45,14 +53,26 @@ class EvalConfig(Config):
     num_seeds: int = 3
     seed: int = 0
     device: str = "auto"
+    #: If set, ``train.epochs`` is replaced by the epochs that take as many steps as this many
+    #: epochs over the full training pool (:func:`budget_epochs`; the paper's rule is 50).
+    full_epochs: float | None = None
 
     def __post_init__(self) -> None:
         check_int("seeds", self.num_seeds, 1, 1000)
         check_int("seed", self.seed, 0, 2**31 - 1)
+        if self.full_epochs is not None:
+            check_float("full_epochs", self.full_epochs, 1e-6, 1e6)
 
     @property
     def seeds(self) -> tuple[int, ...]:
         return tuple(range(self.seed, self.seed + self.num_seeds))
+
+    def budget(self) -> str:
+        """The training length in words: ``"300 epochs"`` or ``"the steps of 2 full-data
+        epochs"``."""
+        if self.full_epochs is None:
+            return f"{self.train.epochs} epochs"
+        return f"the steps of {self.full_epochs:g} full-data epochs"
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -129,13 +149,17 @@ def evaluate_set(
     ``images`` may be uint8 real images (normalised per batch) or normalised floats.
     """
     device = resolve_device(config.device)
+    train = config.train
+    if config.full_epochs is not None:
+        n_full = len(split.pool) if split is not None else len(dataset.train_labels)
+        train = replace(train, epochs=budget_epochs(len(labels), n_full, config.full_epochs))
     val_images = dataset.train_images[split.val] if split is not None else dataset.train_images[:0]
     val_labels = dataset.train_labels[split.val] if split is not None else dataset.train_labels[:0]
     tests, vals, seconds = [], [], []
     for index, seed in enumerate(config.seeds):
         model = build_model(config.model, dataset.image_shape, dataset.num_classes, seed=seed)
         stats = train_network(
-            model, images, labels, config.train, seed=seed, device=device,
+            model, images, labels, train, seed=seed, device=device,
             normalize=dataset.normalize, dsa_mask=dsa_mask, progress=progress,
             desc=f"seed {seed} ({index + 1}/{config.num_seeds})",
         )  # fmt: skip
@@ -146,5 +170,5 @@ def evaluate_set(
         vals.append(accuracy(model, val_images, val_labels, device=device, normalize=norm))
         seconds.append(stats.seconds)
     return EvalResult(
-        config.seeds, tuple(tests), tuple(vals), tuple(seconds), config.train.epochs, len(labels)
+        config.seeds, tuple(tests), tuple(vals), tuple(seconds), train.epochs, len(labels)
     )

@@ -70,3 +70,15 @@ def test_result_serialises(fashion, fashion_split) -> None:
     assert payload["set_size"] == 20 and payload["epochs"] == 1
     assert payload["val_accuracy"] == [None] and payload["val_mean"] is None  # no split given
     assert 0.0 <= payload["test_mean"] <= 1.0
+
+
+def test_a_full_data_epoch_budget_gives_every_set_size_the_same_steps() -> None:
+    from selmatch.evaluate import budget_epochs
+
+    assert budget_epochs(600, 58_800, 2.0) == 196  # 1% of Fashion-MNIST's pool: 196 epochs
+    assert budget_epochs(5_880, 58_800, 2.0) == 20
+    assert budget_epochs(58_800, 58_800, 0.1) == 1  # never zero
+    for size in (600, 1_200, 3_000, 5_880):
+        steps = budget_epochs(size, 58_800, 2.0) * size
+        assert abs(steps - 2 * 58_800) <= size / 2  # equal images seen, up to rounding
+    assert paper_epochs(5_000, 50_000) == budget_epochs(5_000, 50_000, 50.0)

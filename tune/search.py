@@ -330,7 +330,7 @@ def search_ipc(
 
     entry = state["ipcs"].setdefault(str(ipc), {})
     fixed = fixed_settings(config, pre, ipc)
-    title = f"{config.short.model.describe()}, {config.short.train.epochs} epochs"
+    title = f"{config.short.model.describe()}, {config.short.budget()}"
     if "beta" not in entry:
         phase = Phase("beta", ipc, _bounded(config.beta_grid, bounds[0]), fixed)
         entry["beta"], _ = run_phase(phase, config, data, storage, tracker, resume=resume, log=log)
@@ -349,7 +349,7 @@ def search_ipc(
         )
         save_state(out, state)
     if "final" not in entry:
-        log(f"IPC {ipc}: final evaluation ({config.final.train.epochs} epochs, "
+        log(f"IPC {ipc}: final evaluation ({config.final.budget()}, "
             f"{config.final.num_seeds} seeds) of the winner, and of the top "
             f"{config.full_eval_top} β windows")  # fmt: skip
         entry["final"] = final_evaluation(config, entry, data, fixed)

@@ -11,7 +11,7 @@ from selmatch.augment import AUGMENTATIONS, DEFAULT_DSA_STRATEGY, DSAConfig
 from selmatch.config import ConfigError
 from selmatch.data import ImageDataset, dataset_help, holdout_split, load_dataset
 from selmatch.data.balance import HoldoutSplit
-from selmatch.evaluate import EvalConfig
+from selmatch.evaluate import EvalConfig, budget_epochs, paper_epochs
 from selmatch.models import MODELS, NORMS, ModelConfig
 from selmatch.scores import ScoreTable
 from selmatch.train import SCHEDULES, TrainConfig
@@ -86,7 +86,7 @@ def add_train_options(
     parser: argparse.ArgumentParser, *, epochs_help: str, default_augment: str = "dsa"
 ) -> None:
     group = parser.add_argument_group("training (SelMatch evaluation protocol by default)")
-    group.add_argument("--epochs", default="300", metavar="E|paper", help=epochs_help)
+    group.add_argument("--epochs", default="300", metavar="E|paper|full:F", help=epochs_help)
     group.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default: 0.1)")
     group.add_argument("--batch-size", type=int, default=128, help="mini-batch size (default: 128)")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
@@ -110,12 +110,18 @@ def add_train_options(
     )  # fmt: skip
 
 
-def parse_epochs(text: str, paper_value: int) -> int:
-    """``--epochs`` takes a number or ``paper`` (the rule of :func:`paper_epochs`)."""
+def parse_epochs(text: str, set_size: int, n_full: int) -> int:
+    """``--epochs`` takes a number, ``paper`` (the rule of :func:`paper_epochs`) or
+    ``full:F`` (the steps of F epochs over the full training pool, :func:`budget_epochs`)."""
     if text == "paper":
-        return paper_value
+        return paper_epochs(set_size, n_full)
+    budget = re.fullmatch(r"full:(\d+(?:\.\d*)?|\.\d+)", text)
+    if budget and float(budget.group(1)) > 0:
+        return budget_epochs(set_size, n_full, float(budget.group(1)))
     if not re.fullmatch(r"\d+", text) or int(text) < 1:
-        raise ConfigError(f"--epochs must be a positive integer or 'paper', got {text!r}")
+        raise ConfigError(
+            f"--epochs must be a positive integer, 'paper' or 'full:F' with F > 0, got {text!r}"
+        )
     return int(text)
 
 

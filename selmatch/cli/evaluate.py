@@ -11,7 +11,7 @@ import torch
 from selmatch.cli import common
 from selmatch.config import ConfigError, check_float
 from selmatch.data import balanced_subset, smallest_class_size
-from selmatch.evaluate import evaluate_set, paper_epochs
+from selmatch.evaluate import evaluate_set
 from selmatch.io import write_json
 from selmatch.synthetic import SyntheticSet
 
@@ -49,8 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_model_options(parser)
     common.add_train_options(
         parser,
-        epochs_help="training epochs, or 'paper' for the SelMatch rule (25%% of the steps of "
-        "200 full-data epochs: 1000/500/250/167 epochs at 5/10/20/30%% of the data)",
+        epochs_help="training epochs; 'paper' for the SelMatch rule (25%% of the steps of "
+        "200 full-data epochs: 1000/500/250/167 epochs at 5/10/20/30%% of the data); or "
+        "'full:F' for the steps of F epochs over the full training pool whatever the set "
+        "size (e.g. full:2 = 200 epochs on 1%% of the data): equal cost for every set",
         default_augment="auto",
     )
     common.add_seed_options(parser)
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     augment = args.augment
     if augment == "auto":
         augment = "combined" if mask is not None and bool(mask.any()) else "dsa"
-    epochs = common.parse_epochs(args.epochs, paper_epochs(len(labels), len(split.pool)))
+    epochs = common.parse_epochs(args.epochs, len(labels), len(split.pool))
     config = common.eval_config(args, common.train_config(args, epochs=epochs, augment=augment))
     print(dataset.describe())
     print(f"evaluating {what}")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from selmatch.cli import common
 from selmatch.config import ConfigError
-from selmatch.evaluate import paper_epochs
 from selmatch.plots import save_set_grid
 from selmatch.sweep import DEFAULT_BETAS, SweepConfig, window_sweep
 from selmatch.window import BETA_CONVENTION_TEXT, WindowSpec, select_window, window_set
@@ -68,8 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_model_options(sweep)
     common.add_train_options(
         sweep,
-        epochs_help="training epochs of each trial, or 'paper' (default: 300; the paper finds "
-        "10-20%% of the full epochs rank windows the same)",
+        epochs_help="training epochs of each trial, 'paper', or 'full:F' (steps of F "
+        "full-data epochs) (default: 300; the paper finds 10-20%% of the full epochs rank "
+        "windows the same)",
     )
     common.add_seed_options(sweep)
     sweep.add_argument(
@@ -124,9 +124,7 @@ def parse_betas(text: str) -> tuple[float, ...]:
 def run_sweep(args: argparse.Namespace) -> int:
     dataset, split = common.load_data(args)
     hardness = common.load_hardness(args, dataset, split)
-    epochs = common.parse_epochs(
-        args.epochs, paper_epochs(args.ipc * dataset.num_classes, len(split.pool))
-    )
+    epochs = common.parse_epochs(args.epochs, args.ipc * dataset.num_classes, len(split.pool))
     augment = "dsa" if args.augment == "auto" else args.augment
     evaluation = common.eval_config(args, common.train_config(args, epochs=epochs, augment=augment))
     config = SweepConfig(

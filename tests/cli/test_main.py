@@ -40,7 +40,8 @@ def test_every_option_of_every_subcommand_has_help() -> None:
     [
         (["--ipc", "0"], "--ipc must be an integer in [1, 5880], got 0"),
         (["--ipc", "6000"], "--ipc must be an integer in [1, 5880], got 6000"),
-        (["--ipc", "5", "--epochs", "-3"], "--epochs must be a positive integer or 'paper'"),
+        (["--ipc", "5", "--epochs", "-3"], "--epochs must be a positive integer, 'paper' or"),
+        (["--ipc", "5", "--epochs", "full:0"], "'full:F' with F > 0, got 'full:0'"),
         (["--ipc", "5", "--val-fraction", "0.9"], "--val-fraction must be a number in [0, 0.5]"),
         (["--ipc", "5", "--dataset", "cifar10"], "cifar10 needs --data-root"),
         (["--ipc", "5", "--width", "0"], "--width must be an integer in [1, 4096], got 0"),
@@ -66,6 +67,15 @@ def test_evaluate_random_subset_writes_a_result(tmp_path, capsys) -> None:
     assert payload["result"]["set_size"] == 30
     assert payload["config"]["model"]["width"] == 8
     assert payload["config"]["train"]["augment"] == "dsa"
+
+
+def test_evaluate_with_a_full_data_epoch_budget(tmp_path) -> None:
+    out_file = tmp_path / "r.json"
+    args = ["evaluate", "--ipc", "3", "--width", "8", "--epochs", "full:0.003", "--seeds", "1"]
+    assert main([*args, "--no-progress", "--out", str(out_file)]) == 0
+    payload = json.loads(out_file.read_text())
+    # 0.003 epochs over the 58,800-image pool = 176.4 images = 6 epochs over 30 images
+    assert payload["result"]["epochs"] == 6 == payload["config"]["train"]["epochs"]
 
 
 def test_evaluate_saved_set_uses_combined_augmentation(tmp_path, fashion, capsys) -> None:
