@@ -376,7 +376,11 @@ def run_search(
     state = load_state(out, config, resume)
     connect(address, log)
     check_resources(config)
-    tracker = Tracker(tracking_uri or default_tracking_uri(out))
+    tracker = (
+        Tracker(tracking_uri)
+        if tracking_uri
+        else Tracker(default_tracking_uri(out), artifacts=out / "mlartifacts")
+    )
     state["parent_run_id"] = tracker.start_parent(
         f"search-{config.dataset}-{config.preset}", config.to_dict(), state.get("parent_run_id")
     )

@@ -26,12 +26,21 @@ def default_tracking_uri(out: Path) -> str:
 
 
 class Tracker:
-    def __init__(self, uri: str, *, experiment: str = EXPERIMENT) -> None:
+    """``artifacts``: where a new experiment keeps its artifacts (for the default store, a
+    folder next to the database; MLflow's own default is ``./mlruns`` of whatever the current
+    directory is). A server (``--tracking-uri http://...``) decides that itself: leave None."""
+
+    def __init__(
+        self, uri: str, *, experiment: str = EXPERIMENT, artifacts: Path | None = None
+    ) -> None:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
+        location = artifacts.resolve().as_uri() if artifacts is not None else None
         self.experiment_id = (
-            found.experiment_id if found else self.client.create_experiment(experiment)
+            found.experiment_id
+            if found
+            else self.client.create_experiment(experiment, artifact_location=location)
         )
         self.parent_id: str | None = None
 

@@ -83,6 +83,8 @@ def test_trials_are_ranked_on_validation_and_logged_to_mlflow(smoke_run) -> None
             assert float(best) == entry[phase]["best"]  # chosen on validation, not test
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_hparams.csv", "search_state.json", "curves", "sets"} <= artifacts
+    # the artifacts live under --out, not in ./mlruns of the current directory
+    assert list((out / "mlartifacts").rglob("best_hparams.csv"))
 
 
 def test_a_second_run_in_the_same_folder_needs_resume(smoke_run) -> None:
