@@ -200,6 +200,14 @@ def apply_overrides(config: SearchConfig, args: argparse.Namespace) -> SearchCon
     return config.replace(experts=experts, distill=distill, short=short, final=final, **top)
 
 
+def overridden(preset: SearchConfig, config: SearchConfig) -> str:
+    """``key=value`` for every setting that differs from the preset's, for the log."""
+    from selmatch_tune.tracking import flatten
+
+    before, after = flatten(preset.to_dict()), flatten(config.to_dict())
+    return ", ".join(f"{k}={after[k]}" for k in after if before.get(k) != after[k])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from selmatch_tune.search import SearchInterrupted, run_search
@@ -210,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         out = out or Path("runs") / f"search-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"preset {config.preset}: {config.dataset}, IPCs {list(config.ipcs)}")
         if config.reduced:
-            print(f"reduced settings ({config.reduced}); recorded in the manifest")
+            print(f"the preset's reduced settings: {config.reduced}")
+        changed = overridden(PRESETS[args.preset](), config)
+        if changed:
+            print(f"overridden (the values in force, kept in the manifest): {changed}")
         run_search(
             config, out, resume=args.resume, tracking_uri=args.tracking_uri,
             address=args.address, data_root=args.data_root, storage=args.storage,

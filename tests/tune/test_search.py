@@ -12,7 +12,7 @@ from selmatch.synthetic import SyntheticSet
 from selmatch_tune import search as search_module
 from selmatch_tune.presets import smoke
 from selmatch_tune.search import check_resources, run_search
-from selmatch_tune.search_alpha_beta import apply_overrides, apply_sets, build_parser
+from selmatch_tune.search_alpha_beta import apply_overrides, apply_sets, build_parser, overridden
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +151,11 @@ def test_any_setting_can_be_overridden_by_path() -> None:
         apply_sets(smoke(), ["distill.lr_image=1"])
     with pytest.raises(ConfigError, match=r"--lr must be a number in \(0, 100\]"):
         apply_sets(smoke(), ["short.train.lr=-1"])
+    # what differs from the preset is printed, so a log never shows the preset's values only
+    assert overridden(smoke(), config) == (
+        "score=forgetting, beta_grid=[0, 0.2], short.train.lr=0.05, distill.lr_images=100"
+    )
+    assert overridden(smoke(), smoke()) == ""
 
 
 def test_a_search_cut_short_is_told_from_a_finished_one() -> None:
