@@ -107,6 +107,18 @@ def _phase_results(grid: Any, searched: str) -> dict[str, Any]:
             "trials": sum(c["n"] for c in curve.values()) + failed, "failed": failed}  # fmt: skip
 
 
+def _remove_experiment(path: str) -> None:
+    """A Tune experiment folder left by an earlier, abandoned run (local or a URI)."""
+    if "://" not in path:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    import pyarrow.fs
+
+    filesystem, inner = pyarrow.fs.FileSystem.from_uri(path)
+    if filesystem.get_file_info(inner).type != pyarrow.fs.FileType.NotFound:
+        filesystem.delete_dir(inner)
+
+
 def _sampler(phase: Phase, config: SearchConfig) -> ConcaveGridSampler:
     return ConcaveGridSampler(name=phase.name, grid=phase.grid, top_repeats=config.top_repeats,
                               margin=config.noise, tolerance=2 * config.noise)  # fmt: skip
@@ -133,7 +145,7 @@ def search_finished(phase: Phase, config: SearchConfig, grid: Any) -> bool:
 
 
 def run_phase(
-    phase: Phase, config: SearchConfig, data: dict[str, Any], storage: Path,
+    phase: Phase, config: SearchConfig, data: dict[str, Any], storage: str,
     tracker: Tracker, *, resume: bool, log: Log,
 ) -> tuple[dict[str, Any], Any]:  # fmt: skip
     """Run (or restore) one Tune experiment; returns its summary and its ResultGrid."""
@@ -144,15 +156,14 @@ def run_phase(
     )
     param_space = {searched: tune.choice(list(phase.grid)), **phase.fixed}
     name = f"{searched}-ipc{phase.ipc}"
-    path = storage / name
+    path = f"{storage.rstrip('/')}/{name}"  # a folder, or a URI such as s3://bucket/ray
     logger = TrialLogger(tracker, phase=searched, ipc=phase.ipc, searched=searched)
-    if resume and tune.Tuner.can_restore(str(path)):
+    if resume and tune.Tuner.can_restore(path):
         log(f"restoring the interrupted {searched} search at IPC {phase.ipc}")
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, param_space=param_space,
+        tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
                                    resume_errored=True)  # fmt: skip
     else:
-        if path.exists():
-            shutil.rmtree(path)
+        _remove_experiment(path)
         sampler = _sampler(phase, config)
         tuner = tune.Tuner(
             trainable,
@@ -166,7 +177,7 @@ def run_phase(
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(storage), callbacks=[logger], verbose=1,
+                name=name, storage_path=storage, callbacks=[logger], verbose=1,
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
             ),
         )  # fmt: skip
@@ -322,7 +333,7 @@ def final_evaluation(
 
 def search_ipc(
     ipc: int, config: SearchConfig, pre: Precomputed, data: dict[str, Any],
-    state: dict[str, Any], out: Path, storage: Path, tracker: Tracker, *,
+    state: dict[str, Any], out: Path, storage: str, tracker: Tracker, *,
     bounds: tuple[float | None, float | None], resume: bool, log: Log,
 ) -> None:  # fmt: skip
     """β search, α search at the best β, full evaluation: each step once (state-tracked)."""
@@ -389,7 +400,7 @@ def run_search(
     try:
         pre = precompute_all(config, out, data_root, log)
         data = trial_data(pre)
-        storage_path = Path(storage) if storage else out / "ray"
+        storage_path = storage or str(out / "ray")
         previous: dict[str, Any] | None = None
         for ipc in config.ipcs:
             bounds = (None, None)

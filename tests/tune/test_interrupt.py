@@ -25,6 +25,8 @@ def test_ctrl_c_inside_a_tune_experiment_then_resume(tmp_path) -> None:
     command = [
         sys.executable, str(ROOT / "tune" / "search_alpha_beta.py"), "--preset", "smoke",
         "--ipcs", "2", "--beta-grid", "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--out", str(out),
+        # Tune's storage as a URI, as on a cluster (s3://...): restore must take it too
+        "--storage", (tmp_path / "tune").as_uri(),
     ]  # fmt: skip
     log, errors = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with log.open("w") as stdout, errors.open("w") as stderr:  # files: Tune prints a lot
@@ -41,6 +43,7 @@ def test_ctrl_c_inside_a_tune_experiment_then_resume(tmp_path) -> None:
     assert "--resume" in errors.read_text().strip().splitlines()[-1]
     state = json.loads((out / "search_state.json").read_text())
     assert "beta" not in state["ipcs"].get("2", {})  # a partial β search is not a result
+    assert (tmp_path / "tune" / "beta-ipc2").is_dir() and not (out / "ray").exists()
 
     resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, capture_output=True,
                              text=True, timeout=600)  # fmt: skip

@@ -178,3 +178,15 @@ def test_a_search_cut_short_is_told_from_a_finished_one() -> None:
     # a failed trial is not a score: the point is still wanted
     failed = [*finished[:2], result(0.5, error=RuntimeError("boom")), *finished[3:]]
     assert not search_module.search_finished(phase, config, failed)
+
+
+def test_an_abandoned_experiment_is_removed_from_a_folder_or_a_uri(tmp_path) -> None:
+    for name in ("local", "uri"):
+        experiment = tmp_path / name / "beta-ipc2"
+        (experiment / "trial").mkdir(parents=True)
+        (experiment / "trial" / "result.json").write_text("{}")
+        search_module._remove_experiment(
+            str(experiment) if name == "local" else experiment.as_uri()
+        )
+        assert not experiment.exists() and (tmp_path / name).is_dir()
+    search_module._remove_experiment((tmp_path / "never-made").as_uri())  # nothing to remove
