@@ -214,17 +214,23 @@ def _save_checkpoint(directory: Path, config: DistillConfig, state: DistillState
     })  # fmt: skip
 
 
+#: Settings a resumed distillation may change.
+RESUMABLE = ("iterations", "lr_images", "lr_lr", "checkpoint_every")
+
+
 def _load_checkpoint(directory: Path, config: DistillConfig) -> DistillState | None:
     folder = directory / CHECKPOINT_DIR
     if not (folder / "state.json").is_file():
         return None
     saved = json.loads((folder / "state.json").read_text())
     previous = DistillConfig.from_dict(saved["config"])
-    if previous.replace(iterations=config.iterations) != config:
+    # More iterations, or lower learning rates after a divergence, continue the same run.
+    resumable = {name: getattr(config, name) for name in RESUMABLE}
+    if previous.replace(**resumable) != config:
         changed = sorted(k for k, v in previous.to_dict().items() if config.to_dict()[k] != v)
         raise ConfigError(
             f"--resume: {directory} was distilled with other settings ({', '.join(changed)}); "
-            "only --iterations may change on resume"
+            "only --iterations, --lr-images, --lr-lr and --checkpoint-every may change on resume"
         )
     tensors = load_file(str(folder / "state.safetensors"))
     return DistillState(
@@ -280,7 +286,7 @@ def _check_finite(
         raise DistillationDivergedError(
             f"distillation diverged at iteration {iteration}: {', '.join(bad)} not finite "
             f"(or lr ≤ 0; lr = {lr:.3g}); lower --lr-images or --lr-lr and --resume from the "
-            f"last good checkpoint in {where / CHECKPOINT_DIR}"
+            f"last checkpoint in {where / CHECKPOINT_DIR}, or start again if it is already bad"
         )
 
 

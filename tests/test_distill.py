@@ -148,6 +148,20 @@ def test_divergence_stops_without_writing_a_result(tmp_path, fashion, fashion_sp
         assert bool(torch.isfinite(images).all())
 
 
+def test_resume_may_lower_the_learning_rates(tmp_path, fashion, fashion_split, experts,
+                                             hardness) -> None:  # fmt: skip
+    """What the divergence message advises: continue from a checkpoint at a lower rate."""
+    first = TINY.replace(iterations=2, checkpoint_every=1)
+    run(first, fashion, fashion_split, experts, hardness, tmp_path)
+    lower = first.replace(iterations=3, lr_images=first.lr_images / 10, lr_lr=first.lr_lr / 10)
+    result = run(lower, fashion, fashion_split, experts, hardness, tmp_path, resume=True)
+    assert json.loads((tmp_path / "checkpoint/state.json").read_text())["iteration"] == 3
+    assert bool(torch.isfinite(result.images).all())
+    with pytest.raises(ConfigError, match=r"other settings \(syn_batch\); only --iterations"):
+        run(lower.replace(syn_batch=lower.syn_batch + 1), fashion, fashion_split, experts,
+            hardness, tmp_path, resume=True)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
