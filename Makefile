@@ -9,7 +9,8 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup data demo test lint typecheck clean
+.PHONY: setup data demo test lint typecheck clean cluster-local-up cluster-local-smoke \
+	cluster-local-down
 
 setup: $(VENV)/.installed data
 
@@ -40,6 +41,21 @@ typecheck: setup
 test: lint typecheck
 	$(BIN)/pytest -q tests; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+# A multi-node Ray cluster on this machine (cluster/local.yaml, docs/cluster.md): up, the smoke
+# search on it (its trials must spread over 2+ nodes), down. Down runs even when smoke fails.
+LOCAL_CLUSTER := LOCAL_CLUSTER_BIN=$(abspath $(BIN)) cluster/local_cluster.sh
+
+cluster-local-up:
+	$(LOCAL_CLUSTER) start
+
+cluster-local-smoke:
+	$(LOCAL_CLUSTER) start; status=$$?; \
+	if [ $$status -eq 0 ]; then $(LOCAL_CLUSTER) smoke; status=$$?; fi; \
+	$(LOCAL_CLUSTER) stop || status=1; exit $$status
+
+cluster-local-down:
+	$(LOCAL_CLUSTER) stop
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
