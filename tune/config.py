@@ -18,6 +18,7 @@ class SearchConfig(Config):
     correlation)."""
 
     dataset: str = "fashion-mnist"
+    image_size: int | None = None  # resize (imagefolder datasets of mixed sizes)
     ipcs: tuple[int, ...] = (10, 50)
     experts: ExpertConfig = field(default_factory=ExpertConfig)
     score: str = "forgetting"
@@ -48,6 +49,8 @@ class SearchConfig(Config):
             raise ConfigError(f"--beta-convention must be one of {', '.join(BETA_CONVENTIONS)}")
         _check_grid("beta_grid", self.beta_grid, 0.0, None)
         _check_grid("alpha_grid", self.alpha_grid, 0.0, 1.0, low_open=True)
+        if self.image_size is not None:
+            check_int("image_size", self.image_size, 8, 1024)
         check_int("full_eval_top", self.full_eval_top, 0, 100)
         check_int("max_concurrent", self.max_concurrent, 1, 10_000)
         check_float("cpus_per_trial", self.cpus_per_trial, 0.0, low_open=True)

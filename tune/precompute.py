@@ -24,7 +24,7 @@ import ray
 import torch
 from safetensors.torch import save_file
 
-from selmatch.data import HoldoutSplit, ImageDataset, holdout_split, load_dataset
+from selmatch.data import HoldoutSplit, ImageDataset, holdout_split
 from selmatch.experts import (
     ExpertConfig,
     ExpertSet,
@@ -39,19 +39,24 @@ from selmatch.params import ParamLayout
 from selmatch.train import resolve_device
 
 
-def cache_key(config: ExpertConfig) -> str:
-    """A folder name that changes whenever anything that shapes an expert changes."""
-    digest = hashlib.sha256(json.dumps(config.identity(), sort_keys=True).encode()).hexdigest()
+def cache_key(config: ExpertConfig, image_size: int | None = None) -> str:
+    """A folder name that changes whenever anything that shapes an expert changes (the
+    images' size too, when the dataset is resized)."""
+    identity = config.identity()
+    if image_size is not None:
+        identity = {**identity, "image_size": image_size}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return f"{config.dataset.replace(':', '_').replace('/', '_')}-{digest[:12]}"
 
 
 def _train_expert_task(
-    config_dict: dict[str, Any], index: int, data_root: str | None, threads: int
+    config_dict: dict[str, Any], index: int, arrays: dict[str, Any], threads: int
 ) -> dict[str, Any]:
-    """Ray task body: train expert ``index`` and return numpy arrays (driver-owned)."""
+    """Ray task body: train expert ``index`` on the driver's dataset (from the object store:
+    worker nodes need no copy of the data) and return numpy arrays (driver-owned)."""
     torch.set_num_threads(max(1, threads))
     config = ExpertConfig.from_dict(config_dict)
-    dataset = load_dataset(config.dataset, data_root=data_root)
+    dataset = dataset_from_arrays(arrays)
     train_indices, _ = expert_training_indices(dataset, config)
     started = time.perf_counter()
     tensors, seconds, _ = train_one_expert(
@@ -118,14 +123,15 @@ def precompute(
     *,
     score: str,
     cache_root: Path,
-    data_root: str | None,
+    image_size: int | None = None,
     gpus_per_expert: float,
     cpus_per_expert: float,
     log: Any = print,
 ) -> Precomputed:
     """Train (or reuse) the experts and scores; put everything the trials need into the
     object store, owned by this (the driver) process."""
-    cache_dir = cache_root / cache_key(config)
+    cache_dir = cache_root / cache_key(config, image_size)
+    dataset_ref = ray.put(dataset_arrays(dataset))
     cache_dir.mkdir(parents=True, exist_ok=True)
     if not (cache_dir / "manifest.json").is_file():
         _write_cache_manifest(cache_dir, dataset, config)
@@ -137,7 +143,7 @@ def precompute(
             num_cpus=cpus_per_expert, num_gpus=gpus_per_expert
         )
         refs = {
-            i: task.remote(config.to_dict(), i, data_root, int(cpus_per_expert)) for i in missing
+            i: task.remote(config.to_dict(), i, dataset_ref, int(cpus_per_expert)) for i in missing
         }
         for index, ref in refs.items():
             result = ray.get(ref)
@@ -157,7 +163,7 @@ def precompute(
         seed=config.split_seed,
     )  # fmt: skip
     return Precomputed(
-        dataset_ref=ray.put(dataset_arrays(dataset)),
+        dataset_ref=dataset_ref,
         trajectory_refs=trajectory_refs,
         hardness_ref=ray.put(table.hardness(score).numpy()),
         split=split,

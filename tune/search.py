@@ -224,13 +224,13 @@ def connect(address: str | None, log: Log) -> None:
 
 
 def precompute_all(config: SearchConfig, out: Path, data_root: str | None, log: Log) -> Precomputed:
-    dataset = load_dataset(config.dataset, data_root=data_root)
+    dataset = load_dataset(config.dataset, data_root=data_root, image_size=config.image_size)
     log(dataset.describe())
     started = time.perf_counter()
     gpus_per_expert = 1.0 if ray.cluster_resources().get("GPU", 0.0) >= 1 else 0.0
     pre = precompute(
         dataset, config.experts, score=config.score, cache_root=out.parent / "cache",
-        data_root=data_root, gpus_per_expert=gpus_per_expert,
+        image_size=config.image_size, gpus_per_expert=gpus_per_expert,
         cpus_per_expert=config.cpus_per_trial, log=log,
     )  # fmt: skip
     log(f"precomputed in {time.perf_counter() - started:.0f} s "

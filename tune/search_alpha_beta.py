@@ -71,7 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-root", default=None, help="dataset folder (see selmatch --help)")
     g = p.add_argument_group("what to search (override the preset)")
-    g.add_argument("--dataset", default=None, help="dataset name")
+    g.add_argument(
+        "--dataset", default=None,
+        help="fashion-mnist, cifar10, cifar100, tiny-imagenet (from --data-root) or "
+        "imagefolder:<path> (your own train/<class>/ and val/<class>/ folders)",
+    )  # fmt: skip
+    g.add_argument(
+        "--image-size", type=int, default=None, metavar="PX",
+        help="resize every image to PX x PX (needed for image folders of mixed sizes)",
+    )  # fmt: skip
     g.add_argument("--ipcs", type=numbers(int), default=None, help="IPCs, e.g. 10,50")
     g.add_argument("--beta-grid", type=numbers(float), default=None, help="β values")
     g.add_argument("--alpha-grid", type=numbers(float), default=None, help="α values in (0, 1]")
@@ -159,9 +167,9 @@ def apply_sets(config: SearchConfig, assignments: list[str]) -> SearchConfig:
 
 def apply_overrides(config: SearchConfig, args: argparse.Namespace) -> SearchConfig:
     top: dict[str, Any] = {}
-    for name in ("ipcs", "beta_grid", "alpha_grid", "beta_convention", "score", "predict_ipcs",
-                 "full_eval_top", "max_concurrent", "cpus_per_trial", "gpus_per_trial",
-                 "max_failures", "noise", "top_repeats"):  # fmt: skip
+    for name in ("ipcs", "image_size", "beta_grid", "alpha_grid", "beta_convention", "score",
+                 "predict_ipcs", "full_eval_top", "max_concurrent", "cpus_per_trial",
+                 "gpus_per_trial", "max_failures", "noise", "top_repeats"):  # fmt: skip
         if getattr(args, name) is not None:
             top[name] = getattr(args, name)
     if args.no_monotone:

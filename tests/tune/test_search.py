@@ -190,3 +190,15 @@ def test_an_abandoned_experiment_is_removed_from_a_folder_or_a_uri(tmp_path) -> 
         )
         assert not experiment.exists() and (tmp_path / name).is_dir()
     search_module._remove_experiment((tmp_path / "never-made").as_uri())  # nothing to remove
+
+
+def test_resized_datasets_get_their_own_expert_cache() -> None:
+    from selmatch_tune.precompute import cache_key
+
+    experts = smoke().experts
+    assert cache_key(experts) == cache_key(experts, None)  # earlier caches stay valid
+    assert cache_key(experts, 32) != cache_key(experts) != cache_key(experts.replace(epochs=9))
+    args = build_parser().parse_args(["--image-size", "64"])
+    assert apply_overrides(smoke(), args).image_size == 64
+    with pytest.raises(ConfigError, match="--image-size must be an integer in"):
+        smoke().replace(image_size=2)
