@@ -31,8 +31,8 @@ demo: setup
 	$(BIN)/python tune/search_alpha_beta.py --preset quick
 
 lint: setup
-	$(BIN)/ruff check selmatch tune tests benchmarks
-	$(BIN)/ruff format --check selmatch tune tests benchmarks
+	$(BIN)/ruff check selmatch tune tests benchmarks experiments
+	$(BIN)/ruff format --check selmatch tune tests benchmarks experiments
 
 typecheck: setup
 	$(BIN)/mypy

@@ -7,7 +7,8 @@
   says so: its numbers are a demonstration, not the paper's.
 - ``paper``: the SelMatch paper's CIFAR-10 settings (Table 5, METHOD.md) for a GPU cluster,
   with one stated reduction: each α trial distils for 2,000 iterations instead of 10,000
-  (the winner can be distilled further with ``selmatch distill --resume --iterations``).
+  (a winner can be distilled longer with `selmatch distill`, its manifest's settings and
+  ``--iterations``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,234 @@
+"""The Fashion-MNIST study of docs/results.md: random subset, oracle window, MTT, SelMatch
+(searched β, α) and SeqMatch at 1 / 2 / 5 / 10 % of the data, the Table-3 ablation and coverage.
+
+Every method gets the same budget (the compute plan at the top of docs/results.md, and
+``PLAN`` below). The work is a list of steps, each a ``selmatch`` / ``search_alpha_beta.py``
+command whose output file says it is done: rerunning the script skips finished steps and
+resumes an interrupted distillation or search, so the study runs in chunks
+(``--ipcs 60`` first, ``--stop-after 100`` to stop starting new steps after 100 minutes).
+Every evaluation is logged to MLflow (``OUT/mlflow.db``, experiment ``fmnist-study``, one run
+per set) and the tables are written to ``experiments/results/fmnist-study/``.
+
+    python experiments/fmnist_study.py --ipcs 60 --stop-after 100
+    python experiments/fmnist_study.py --dry-run      # print the commands only
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RESULTS = ROOT / "experiments" / "results" / "fmnist-study"
+IPCS = (60, 120, 300, 600)  # 1 / 2 / 5 / 10 % of Fashion-MNIST's 6,000 images per class
+ABLATION_IPC = 60
+CONVENTION = "data-fraction"
+
+PLAN: dict[str, Any] = {
+    "model": "ConvNet-D3 width 32, BatchNorm (experts, distillation and evaluation)",
+    "experts": "2 experts x 5 epochs on the whole pool (58,800 images), lr 0.01, batch 256, DSA",
+    "score": "EL2N at epoch 2 (ascending = easiest first; no ties, unlike 5-epoch Forgetting)",
+    "evaluation": "SGD lr 0.1 cosine, batch 128, the steps of 2 full-data epochs whatever the "
+    "set size (196 / 98 / 39 / 20 epochs at 1 / 2 / 5 / 10 %), 3 seeds; DSA on real subsets, "
+    "combined augmentation on distilled sets",
+    "distillation": "N = 20 student steps, M = 2 expert epochs, T+ = 3, b = 100, 200 iterations "
+    "for every method (SeqMatch: K = 2 subsets x 100)",
+    "search": "tune/search_alpha_beta.py, quick preset at width 32 with the experts above: "
+    "10-point β and α grids, trials at 20 % of the evaluation budget, α trials 50 iterations",
+}
+EVAL = ["--width", "32", "--epochs", "full:2", "--seeds", "3", "--no-progress"]
+DISTILL = ["--student-steps", "20", "--expert-epochs", "2", "--max-start-epoch", "3",
+           "--syn-batch", "100", "--checkpoint-every", "25", "--no-progress"]  # fmt: skip
+ITERATIONS = 200
+
+
+def search_command(out: Path, ipcs: tuple[int, ...]) -> list[str]:
+    return [
+        str(BIN / "python"), str(ROOT / "tune" / "search_alpha_beta.py"), "--preset", "quick",
+        "--out", str(out), "--ipcs", ",".join(map(str, ipcs)), "--width", "32",
+        "--experts", "2", "--expert-epochs", "5", "--score", "el2n",
+        "--set", "experts.per_class=null", "--set", "experts.el2n_epoch=2",
+        "--student-steps", "20", "--max-start-epoch", "3", "--syn-batch", "100",
+        "--iterations", "50", "--set", "short.full_epochs=0.4", "--set", "final.full_epochs=2",
+        "--final-seeds", "2", "--full-eval-top", "1",
+    ]  # fmt: skip
+
+
+class Study:
+    def __init__(self, out: Path, *, dry_run: bool, stop_after: float | None) -> None:
+        self.out = out
+        self.dry_run = dry_run
+        self.deadline = None if stop_after is None else time.monotonic() + 60 * stop_after
+        self.log_path = out / "steps.log"
+
+    def run(self, name: str, command: list[str], done: Path) -> bool:
+        """Run one step unless ``done`` exists; False when the time is up (nothing started)."""
+        if done.exists():
+            return True
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            print(f"[study] time is up: not starting {name}; rerun to go on")
+            return False
+        print(f"[study] {name}: {' '.join(command)}", flush=True)
+        if self.dry_run:
+            return True
+        started = time.time()
+        subprocess.run(command, check=True, cwd=ROOT)
+        with self.log_path.open("a") as handle:
+            handle.write(f"{name}\t{time.time() - started:.0f} s\n")
+        return True
+
+    def selmatch(self, *args: str) -> list[str]:
+        return [str(BIN / "selmatch"), *args]
+
+
+def distill_step(study: Study, method: str, ipc: int, beta: float, alpha: float,
+                 experts: str, out: Path) -> bool:  # fmt: skip
+    iterations = ITERATIONS // 2 if method == "seqmatch" else ITERATIONS
+    command = study.selmatch(
+        "distill", "--method", method, "--ipc", str(ipc), "--experts", experts,
+        "--scores", experts, "--score", "el2n", "--beta", f"{beta:g}",
+        "--beta-convention", CONVENTION, "--alpha", f"{alpha:g}", "--subsets", "2",
+        *DISTILL, "--iterations", str(iterations), "--out", str(out),
+    )  # fmt: skip
+    if (out / "checkpoint" / "state.json").exists():
+        command.append("--resume")
+    return study.run(f"distill {out.name}", command, out / "set.safetensors")
+
+
+def winners(search: Path) -> dict[int, dict[str, Any]]:
+    with open(search / "best_hparams.csv", newline="") as handle:
+        rows = {int(r["ipc"]): r for r in csv.DictReader(handle)}
+    for row in rows.values():
+        manifest = json.loads((Path(row["set_dir"]) / "manifest.json").read_text())
+        row["experts"] = manifest["experts"]["directory"]
+    return rows
+
+
+def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
+    out, experts = study.out, row["experts"]
+    beta, alpha = float(row["beta"]), float(row["alpha"])
+    window = out / f"window-ipc{ipc}"
+    ok = study.run(f"window ipc{ipc}", study.selmatch(
+        "window", "--scores", experts, "--score", "el2n", "--ipc", str(ipc), "--beta",
+        f"{beta:g}", "--beta-convention", CONVENTION, "--out", str(window),
+    ), window / "set.safetensors")  # fmt: skip
+    for method in ("selmatch", "mtt", "seqmatch"):
+        ok = ok and distill_step(study, method, ipc, beta, alpha, experts,
+                                 out / f"distill-{method}-ipc{ipc}")  # fmt: skip
+    if ok and ipc == ABLATION_IPC:  # Table 3: selection init without partial update (α = 1)
+        ok = distill_step(
+            study, "selmatch", ipc, beta, 1.0, experts, out / f"ablation-init-ipc{ipc}"
+        )
+    evaluations = {f"random-ipc{ipc}": ["--ipc", str(ipc)]}
+    sets = [window, *(out / f"distill-{m}-ipc{ipc}" for m in ("selmatch", "mtt", "seqmatch"))]
+    if ipc == ABLATION_IPC:
+        sets.append(out / f"ablation-init-ipc{ipc}")
+        # selection init + partial update, but DSA on the whole set (no combined augmentation)
+        evaluations[f"ablation-dsa-ipc{ipc}"] = ["--set", str(sets[1]), "--augment", "dsa"]
+    evaluations.update({s.name: ["--set", str(s)] for s in sets})
+    for name, what in evaluations.items():
+        result = out / f"eval-{name}.json"
+        ok = ok and study.run(f"evaluate {name}", study.selmatch(
+            "evaluate", *what, *EVAL, "--out", str(result)), result)  # fmt: skip
+    if ok and ipc == ABLATION_IPC:
+        for method in ("selmatch", "mtt"):
+            directory = out / f"distill-{method}-ipc{ipc}"
+            ok = ok and study.run(f"coverage {method}", study.selmatch(
+                "coverage", "--set", str(directory), "--experts", experts, "--scores", experts,
+                "--score", "el2n", "--out", str(out / f"coverage-{method}-ipc{ipc}.json"),
+            ), out / f"coverage-{method}-ipc{ipc}.json")  # fmt: skip
+    return ok
+
+
+def collect(out: Path, search: Path) -> None:
+    """Results into MLflow (one run per evaluated set, never twice) and into committed tables."""
+    from mlflow.tracking import MlflowClient
+
+    rows = []
+    for path in sorted(out.glob("eval-*.json")):
+        payload = json.loads(path.read_text())
+        result = payload["result"]
+        name = path.stem.removeprefix("eval-")
+        method, _, ipc = name.rpartition("-ipc")
+        rows.append({"method": method, "ipc": int(ipc),
+                     "test_mean": result["test_mean"], "test_std": result["test_std"],
+                     "val_mean": result["val_mean"], "epochs": result["epochs"],
+                     "seeds": len(result["seeds"])})  # fmt: skip
+    client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fmnist-study")
+    experiment_id = (experiment.experiment_id if experiment
+                     else client.create_experiment("fmnist-study"))  # fmt: skip
+    logged = {r.data.tags.get("set") for r in client.search_runs([experiment_id])}
+    for row in rows:
+        key = f"{row['method']}-ipc{row['ipc']}"
+        if key in logged:
+            continue
+        run = client.create_run(experiment_id, run_name=key, tags={"set": key})
+        for param in ("method", "ipc", "epochs", "seeds"):
+            client.log_param(run.info.run_id, param, row[param])
+        for metric in ("test_mean", "test_std", "val_mean"):
+            client.log_metric(run.info.run_id, metric, row[metric])
+        client.set_terminated(run.info.run_id)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["method"])
+        writer.writeheader()
+        writer.writerows(rows)
+    coverage = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("coverage-*.json"))}
+    (RESULTS / "coverage.json").write_text(json.dumps(coverage, indent=2) + "\n")
+    if (search / "best_hparams.csv").exists():
+        (RESULTS / "best_hparams.csv").write_text((search / "best_hparams.csv").read_text())
+    for png in search.glob("*-ipc*.png"):
+        (RESULTS / png.name).write_bytes(png.read_bytes())
+    steps = out / "steps.log"
+    if steps.exists():
+        (RESULTS / "steps.log").write_text(steps.read_text())
+    (RESULTS / "plan.json").write_text(json.dumps(PLAN, indent=2) + "\n")
+    print(
+        f"[study] {len(rows)} evaluations: {RESULTS / 'results.csv'}; MLflow: {out / 'mlflow.db'}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fmnist-study",
+                        help="working folder (default: runs/fmnist-study)")  # fmt: skip
+    parser.add_argument("--ipcs", default=",".join(map(str, IPCS)),
+                        help="IPCs to study in this chunk (default: 60,120,300,600)")  # fmt: skip
+    parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
+                        help="start no new step after this many minutes")  # fmt: skip
+    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = parser.parse_args(argv)
+    ipcs = tuple(int(v) for v in args.ipcs.split(","))
+    if not set(ipcs) <= set(IPCS):
+        parser.error(f"--ipcs must be among {','.join(map(str, IPCS))}, got {args.ipcs}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    study = Study(args.out, dry_run=args.dry_run, stop_after=args.stop_after)
+    search = args.out / "search"
+    command = search_command(search, IPCS)
+    if (search / "search_state.json").exists():
+        command.append("--resume")
+    if not study.run("search", command, search / "best_hparams.csv"):
+        return 0
+    if args.dry_run and not (search / "best_hparams.csv").exists():
+        return 0
+    rows = winners(search)
+    for ipc in ipcs:
+        if not study_ipc(study, ipc, rows[ipc]):
+            break
+    if not args.dry_run:
+        collect(args.out, search)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
