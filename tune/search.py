@@ -53,22 +53,46 @@ class Phase:
     fixed: dict[str, Any]
 
 
-def check_resources(config: SearchConfig) -> dict[str, float]:
+def check_resources(
+    config: SearchConfig, *, wait: float = 0.0, log: Log = print
+) -> dict[str, float]:
     """Per-trial resources, checked against the cluster: asking for what it does not have is
-    an error now, not a silent hang later."""
-    available = ray.cluster_resources()
-    gpus, cpus = available.get("GPU", 0.0), available.get("CPU", 0.0)
-    if config.gpus_per_trial > 0 and gpus < config.gpus_per_trial:
+    an error now, not a silent hang later. With ``wait`` > 0 (an autoscaling cluster whose
+    GPU workers start at zero), the autoscaler is first asked for ``max_concurrent`` trials'
+    worth and the check repeats for up to ``wait`` seconds."""
+    wanted = {"CPU": config.cpus_per_trial, "GPU": config.gpus_per_trial}
+    missing = _missing(wanted)
+    if missing and wait > 0:
+        from ray.autoscaler.sdk import request_resources
+
+        bundle = {k: v for k, v in wanted.items() if v > 0}
+        request_resources(bundles=[bundle] * config.max_concurrent)
+        log(f"the cluster has {missing}; asked the autoscaler for {config.max_concurrent} x "
+            f"{bundle}, waiting up to {wait:g} s")  # fmt: skip
+        deadline = time.monotonic() + wait
+        while missing and time.monotonic() < deadline:
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+            missing = _missing(wanted)
+    if missing:
+        waited = f" after waiting {wait:g} s" if wait > 0 else ""
+        if "GPU" in missing:
+            raise ConfigError(
+                f"--gpus-per-trial {config.gpus_per_trial:g} asks for GPUs, but the Ray cluster "
+                f"has {missing['GPU']:g}{waited}; use --gpus-per-trial 0, a cluster with GPUs, "
+                "or --wait-for-resources SECONDS on an autoscaling cluster"
+            )
         raise ConfigError(
-            f"--gpus-per-trial {config.gpus_per_trial:g} asks for GPUs, but the Ray cluster has "
-            f"{gpus:g}; use --gpus-per-trial 0 or a cluster with GPUs"
-        )
-    if cpus < config.cpus_per_trial:
-        raise ConfigError(
-            f"--cpus-per-trial must be ≤ {cpus:g} (the cluster's CPUs), "
+            f"--cpus-per-trial must be ≤ {missing['CPU']:g} (the cluster's CPUs{waited}), "
             f"got {config.cpus_per_trial:g}"
         )
     return {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
+
+
+def _missing(wanted: dict[str, float]) -> dict[str, float]:
+    """The kinds of resource the cluster has less of than one trial wants (and how much)."""
+    available = ray.cluster_resources()
+    return {k: available.get(k, 0.0) for k, v in wanted.items()
+            if v > 0 and available.get(k, 0.0) < v}  # fmt: skip
 
 
 def _bounded(grid: tuple[float, ...], bound: float | None) -> tuple[float, ...]:
@@ -376,7 +400,7 @@ def search_ipc(
 def run_search(
     config: SearchConfig, out: Path, *, resume: bool = False, tracking_uri: str | None = None,
     address: str | None = None, data_root: str | None = None, storage: str | None = None,
-    log: Log = print,
+    wait_for_resources: float = 0.0, log: Log = print,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The whole search; returns the per-IPC rows of ``best_hparams.csv``."""
     from selmatch_tune.outputs import format_table, predict, spearman, table_rows, write_table
@@ -386,7 +410,7 @@ def run_search(
     out.mkdir(parents=True, exist_ok=True)
     state = load_state(out, config, resume)
     connect(address, log)
-    check_resources(config)
+    check_resources(config, wait=wait_for_resources, log=log)
     tracker = (
         Tracker(tracking_uri)
         if tracking_uri
@@ -412,6 +436,11 @@ def run_search(
     except BaseException:
         tracker.finish(failed=True)
         raise
+    finally:
+        if wait_for_resources > 0:  # let the autoscaler remove idle workers again
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=[])
     rows = table_rows(config.dataset, config.beta_convention, state)
     table = write_table(out / "best_hparams.csv", rows)
     pairs = [(v["short_val"], v["full_val"]) for e in state["ipcs"].values()

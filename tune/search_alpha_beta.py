@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
     p.add_argument(
+        "--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
+        help="on an autoscaling cluster whose GPU (or CPU) workers are not up yet: ask the "
+        "autoscaler for --max-concurrent trials' worth and wait up to SECONDS for one trial's "
+        "resources before giving up (default: 0 = fail at once)",
+    )  # fmt: skip
+    p.add_argument(
         "--address",
         default=None,
         help="Ray cluster address (e.g. auto); default: start a local Ray",
@@ -233,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         run_search(
             config, out, resume=args.resume, tracking_uri=args.tracking_uri,
             address=args.address, data_root=args.data_root, storage=args.storage,
+            wait_for_resources=args.wait_for_resources,
         )  # fmt: skip
     except SearchInterrupted as error:
         print(f"search_alpha_beta: {error}", file=sys.stderr)

@@ -127,6 +127,15 @@ def test_asking_for_gpus_on_a_cpu_cluster_is_an_error(local_ray) -> None:
         ConfigError, match=r"--gpus-per-trial 1 asks for GPUs, but the Ray cluster has 0"
     ):
         check_resources(smoke().replace(gpus_per_trial=1.0))
+    # on an autoscaling cluster it asks and waits first; a local Ray has no autoscaler to add
+    # GPUs, so the same error comes after the wait, and it says so
+    said = []
+    with pytest.raises(ConfigError, match=r"has 0 after waiting 1 s; .*--wait-for-resources"):
+        check_resources(smoke().replace(gpus_per_trial=1.0), wait=1.0, log=said.append)
+    assert "asked the autoscaler for 2 x {'CPU': 1.0, 'GPU': 1.0}" in said[0]
+    with pytest.raises(ConfigError, match=r"--cpus-per-trial must be ≤ 2 \(the cluster's CPUs"):
+        check_resources(smoke().replace(cpus_per_trial=3.0))
+    assert check_resources(smoke()) == {"cpu": 1.0, "gpu": 0.0}
 
 
 def test_command_line_overrides_reach_every_config() -> None:
