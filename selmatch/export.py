@@ -9,13 +9,13 @@ range and quantised to 8 bits (at most 0.5/255 from the stored value, inside tha
 Formats (``selmatch export SET_DIR --out PATH --format ...``):
 
 ``imagefolder``
-    ``PATH/<class name>/<index>.png`` (grayscale as mode ``L``, colour as ``RGB``; ``<index>`` is
-    the image's position in the set, zero-padded), ``PATH/labels.csv`` with one row per image
-    (``file,label,class,part``; ``part`` is ``distill`` or ``select``) in set order, and
-    ``PATH/manifest.json``, the set's manifest unchanged. A ``/`` in a class name (Fashion-MNIST's
-    ``T-shirt/top``) becomes ``_`` in its folder name; ``labels.csv`` keeps the real name and the
-    label index. torchvision's ``ImageFolder`` numbers classes by *sorted folder name*, which is
-    not the dataset's order: read the labels from ``labels.csv`` (:func:`load_synthetic` does).
+    ``PATH/<label>_<class name>/<index>.png`` (grayscale as mode ``L``, colour as ``RGB``;
+    ``<label>`` zero-padded so that sorted folders are in label order, as torchvision's
+    ``ImageFolder`` numbers them; ``<index>`` is the image's position in the set), a
+    ``PATH/labels.csv`` with one row per image (``file,label,class,part``; ``part`` is
+    ``distill`` or ``select``) in set order, and ``PATH/manifest.json``, the set's manifest
+    unchanged. A ``/`` in a class name (Fashion-MNIST's ``T-shirt/top``) becomes ``_`` in its
+    folder name; ``labels.csv`` keeps the real name.
 
 ``npz``
     one NumPy archive, readable with ``numpy.load(path, allow_pickle=False)``: ``images`` uint8
@@ -158,14 +158,14 @@ def _check_target(out: Path, overwrite: bool, *, is_export: bool) -> None:
         return
     if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
         return  # an empty folder is as good as none
-    if not overwrite:
-        raise ExportError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     if not is_export:
         what = "folder" if out.is_dir() else "file"
         raise ExportError(
             f"--out {out} is a {what} that is not a selmatch export; refusing to replace it "
             "even with --overwrite (choose a new path)"
         )
+    if not overwrite:
+        raise ExportError(f"--out {out} holds an earlier export; pass --overwrite to replace it")
 
 
 def _write_tree_atomically(out: Path, write: Callable[[Path], None]) -> None:

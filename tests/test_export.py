@@ -164,7 +164,7 @@ def test_refuses_to_overwrite_unless_asked(exported, capsys) -> None:
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1, lines
         assert lines[0] == (
-            f"selmatch: error: --out {out} exists and is not empty; pass --overwrite to replace it"
+            f"selmatch: error: --out {out} holds an earlier export; pass --overwrite to replace it"
         )
         assert main([*args, "--overwrite"]) == 0
         assert sorted(p.name for p in out.parent.iterdir()) == before  # swapped in, no leftovers
@@ -175,10 +175,10 @@ def test_overwrite_never_replaces_an_unrelated_folder(saved, tmp_path, capsys) -
     precious = tmp_path / "work"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    args = ["export", str(saved[0]), "--out", str(precious), "--overwrite"]
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"--out {precious} is a folder that is not a selmatch export" in err[0]
+    for extra in ([], ["--overwrite"]):  # the message never suggests a flag that cannot help
+        assert main(["export", str(saved[0]), "--out", str(precious), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--out {precious} is a folder that is not a selmatch" in err[0]
     assert (precious / "notes.txt").read_text() == "keep me"
     empty = tmp_path / "empty"
     empty.mkdir()

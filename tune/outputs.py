@@ -55,6 +55,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{100 * r['short_val_accuracy']:>12.2f} "
             f"{100 * r['final_test_mean']:>8.2f} ± {100 * r['final_test_std']:<4.2f} {trials}"
         )
+    lines.append("trials β, α: trials run / grid values searched (re-evaluations of close "
+                 "tops count as trials; larger IPCs search only values ≤ the previous IPC's "
+                 "best)")  # fmt: skip
     return "\n".join(lines)
 
 

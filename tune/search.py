@@ -10,7 +10,9 @@ evaluation → outputs``. Every finished stage is recorded in ``OUT/search_state
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -33,6 +35,10 @@ from selmatch_tune.tracking import Tracker, TrialLogger
 from selmatch_tune.trials import alpha_trial, beta_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per Tune experiment
+# Progress is one line per trial from TrialLogger; Tune's own output engine prints boxes and
+# paths even at verbose=0, its legacy one stays quiet there. Tune's warnings still show.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+logging.getLogger("ray.tune").setLevel(logging.WARNING)
 
 Log = Callable[[str], None]
 STATE = "search_state.json"
@@ -181,7 +187,12 @@ def run_phase(
     param_space = {searched: tune.choice(list(phase.grid)), **phase.fixed}
     name = f"{searched}-ipc{phase.ipc}"
     path = f"{storage.rstrip('/')}/{name}"  # a folder, or a URI such as s3://bucket/ray
-    logger = TrialLogger(tracker, phase=searched, ipc=phase.ipc, searched=searched)
+    logger = TrialLogger(tracker, phase=searched, ipc=phase.ipc, searched=searched, log=log)
+    full = len(config.beta_grid if searched == "beta" else config.alpha_grid)
+    bounded = (f" (≤ {max(phase.grid):g}, the previous IPC's best: {len(phase.grid)} of {full})"
+               if len(phase.grid) < full else "")  # fmt: skip
+    log(f"IPC {phase.ipc}: searching {searched} over {len(phase.grid)} grid values{bounded}, "
+        f"{config.max_concurrent} trial(s) at a time")  # fmt: skip
     if resume and tune.Tuner.can_restore(path):
         log(f"restoring the interrupted {searched} search at IPC {phase.ipc}")
         tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
@@ -201,7 +212,8 @@ def run_phase(
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
-                name=name, storage_path=storage, callbacks=[logger], verbose=1,
+                # One line per trial comes from the logger; Tune's own boxes stay off.
+                name=name, storage_path=storage, callbacks=[logger], verbose=0,
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
             ),
         )  # fmt: skip
@@ -215,7 +227,7 @@ def run_phase(
     summary = _phase_results(grid, searched)
     summary["grid"] = list(phase.grid)
     log(f"IPC {phase.ipc}: best {searched} = {summary['best']:g} "
-        f"({summary['trials']} trials of a {len(phase.grid)}-point grid, "
+        f"({summary['trials']} trials for {len(phase.grid)} grid values, "
         f"{summary['failed']} failed)")  # fmt: skip
     return summary, grid
 
@@ -371,8 +383,12 @@ def search_ipc(
         entry["beta"], _ = run_phase(phase, config, data, storage, tracker, resume=resume, log=log)
         save_state(out, state)
     if "alpha" not in entry:
+        distill = config.distill.replace(  # as the trials run it (α is set per trial)
+            method="selmatch", ipc=ipc, beta=entry["beta"]["best"],
+            beta_convention=config.beta_convention, score=config.score,
+        )  # fmt: skip
         alpha_fixed = fixed | {
-            "beta": entry["beta"]["best"], "distill": config.distill.to_dict(),
+            "beta": entry["beta"]["best"], "distill": distill.to_dict(),
             "experts": config.experts.to_dict(), "layout": pre.layout.to_dict(),
             "experts_dir": str(pre.cache_dir),
         }  # fmt: skip

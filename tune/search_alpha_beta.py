@@ -37,14 +37,18 @@ def numbers(kind: type) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Options left out take the preset's values; docs/configuration.md lists every\n"
+        "setting with its value in each preset, and --set KEY=VALUE reaches any of them.\n"
+        "The search prints the values that differ from the preset.",
+    )  # fmt: skip
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         default="quick",
-        help="starting settings: smoke (seconds, for tests), quick (the CPU demo, "
-        "~10 min), paper (CIFAR-10 settings of the paper, for GPUs) (default: quick)",
+        help="starting settings: smoke (about a minute, for tests), quick (the CPU demo: "
+        "6-10 min on 2 cores), paper (CIFAR-10 settings of the paper, for GPUs) "
+        "(default: quick)",
     )
     p.add_argument(
         "--out",
@@ -75,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray Tune storage path; must be shared (NFS, s3://) on a multi-node "
         "cluster (default: --out/ray)",
     )
-    p.add_argument("--data-root", default=None, help="dataset folder (see selmatch --help)")
+    p.add_argument(
+        "--data-root", default=None,
+        help="folder holding the dataset files: cifar-10-batches-py/, cifar-100-python/, "
+        "tiny-imagenet-200/ (default: $SELMATCH_DATA_ROOT; Fashion-MNIST falls back to "
+        "/usr/share/datasets/fashion-mnist)",
+    )  # fmt: skip
     g = p.add_argument_group("what to search (override the preset)")
     g.add_argument(
         "--dataset", default=None,
@@ -86,14 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-size", type=int, default=None, metavar="PX",
         help="resize every image to PX x PX (needed for image folders of mixed sizes)",
     )  # fmt: skip
-    g.add_argument("--ipcs", type=numbers(int), default=None, help="IPCs, e.g. 10,50")
-    g.add_argument("--beta-grid", type=numbers(float), default=None, help="β values")
-    g.add_argument("--alpha-grid", type=numbers(float), default=None, help="α values in (0, 1]")
+    g.add_argument("--ipcs", type=numbers(int), default=None,
+                   help="images per class to search, increasing, e.g. 10,50")  # fmt: skip
+    g.add_argument("--beta-grid", type=numbers(float), default=None,
+                   help="β values, increasing, e.g. 0,0.1,0.2 (window start; its meaning "
+                   "depends on --beta-convention)")  # fmt: skip
+    g.add_argument("--alpha-grid", type=numbers(float), default=None,
+                   help="α values in (0, 1], increasing, e.g. 0.1,0.3,0.5 (share of the window "
+                   "that is distilled)")  # fmt: skip
     g.add_argument(
         "--beta-convention",
         choices=("ipc-units", "data-fraction"),
         default=None,
-        help="how β is read (see selmatch window --help)",
+        help="how β is read: ipc-units skips int(IPC·β) hardest samples per class (the "
+        "authors' code, Table 5); data-fraction skips that fraction of each class",
     )
     g.add_argument("--score", default=None, help="difficulty score: forgetting or el2n")
     g.add_argument(
@@ -115,9 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--iterations", type=int, default=None, help="distillation iterations per α trial"
     )
-    b.add_argument("--student-steps", type=int, default=None, help="N")
-    b.add_argument("--max-start-epoch", type=int, default=None, help="T+")
-    b.add_argument("--syn-batch", type=int, default=None, help="b")
+    b.add_argument("--student-steps", type=int, default=None,
+                   help="N: student SGD steps per matching iteration")  # fmt: skip
+    b.add_argument("--max-start-epoch", type=int, default=None,
+                   help="T+: latest expert epoch a matched segment may start at")  # fmt: skip
+    b.add_argument("--syn-batch", type=int, default=None,
+                   help="b: synthetic images per student step")  # fmt: skip
     b.add_argument("--short-epochs", type=int, default=None, help="epochs of a trial's evaluation")
     b.add_argument("--final-epochs", type=int, default=None, help="epochs of the final evaluation")
     b.add_argument("--final-seeds", type=int, default=None, help="seeds of the final evaluation")

@@ -29,4 +29,17 @@ class ConcaveSearch(OptunaSearch):
                 return Searcher.FINISHED
             if status == "wait":
                 return None
-        return super().suggest(trial_id)
+        config = super().suggest(trial_id)
+        if isinstance(config, dict) and study is not None and self.concave.name in config:
+            # A repeat of a point (a close top re-evaluated) must be a new draw of the noise,
+            # not the same computation again: the trial offsets its seeds by ``repeat``.
+            config["repeat"] = self._earlier_trials_at(study, config[self.concave.name], trial_id)
+        return config
+
+    def _earlier_trials_at(self, study: Any, value: Any, trial_id: str) -> int:
+        number = self._ot_trials[trial_id].number
+        return sum(
+            1 for t in study.get_trials(deepcopy=False)
+            if t.number < number and self.concave.name in t.params
+            and abs(float(t.params[self.concave.name]) - float(value)) < 1e-9
+        )  # fmt: skip

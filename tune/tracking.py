@@ -12,6 +12,7 @@ logs a trial twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,12 @@ class TrialLogger(Callback):
     METRICS = ("val_accuracy", "val_std", "test_accuracy", "test_std", "fetch_seconds",
                "work_seconds", "final_loss", "learned_lr")  # fmt: skip
 
-    def __init__(self, tracker: Tracker, *, phase: str, ipc: int, searched: str) -> None:
+    def __init__(
+        self, tracker: Tracker, *, phase: str, ipc: int, searched: str,
+        log: Callable[[str], None] | None = None,
+    ) -> None:  # fmt: skip
         self.tracker, self.phase, self.ipc, self.searched = tracker, phase, ipc, searched
+        self.log = log
 
     def _log(self, trial: Any, failed: bool) -> None:
         result = trial.last_result or {}
@@ -114,16 +119,35 @@ class TrialLogger(Callback):
             f"{self.phase}-ipc{self.ipc}-{self.searched}={value}",
             {"phase": self.phase, "ipc": str(self.ipc)},
             {"phase": self.phase, "ipc": self.ipc, "beta": trial.config.get("beta"),
-             "alpha": trial.config.get("alpha")},
+             "alpha": trial.config.get("alpha"), "repeat": trial.config.get("repeat", 0)},
             {k: result[k] for k in self.METRICS if isinstance(result.get(k), (int, float))},
             failed,
         )  # fmt: skip
 
+    def _name(self, trial: Any) -> str:
+        """``β = 0.3 (trial 1a2b3c4d, repeat 1)``: what the terminal says about a trial."""
+        symbol = {"beta": "β", "alpha": "α"}.get(self.searched, self.searched)
+        repeat = int(trial.config.get("repeat", 0))
+        return (f"{symbol} = {trial.config.get(self.searched):g} (trial {trial.trial_id}"
+                + (f", repeat {repeat})" if repeat else ")"))  # fmt: skip
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.log:
+            self.log(f"  IPC {self.ipc}: {self._name(trial)} started")
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._log(trial, failed=False)
+        result = trial.last_result or {}
+        if self.log and "val_accuracy" in result:
+            val, test = 100 * result["val_accuracy"], 100 * result["test_accuracy"]
+            self.log(f"  IPC {self.ipc}: {self._name(trial)}: val {val:.2f} %, test {test:.2f} %, "
+                     f"{result.get('work_seconds', 0.0):.0f} s")  # fmt: skip
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._log(trial, failed=True)
+        if self.log:
+            error = str(getattr(trial, "error_file", "") or "see the Ray log")
+            self.log(f"  IPC {self.ipc}: {self._name(trial)} failed ({error})")
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:

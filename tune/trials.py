@@ -42,6 +42,12 @@ def set_threads(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
 
 
+def _repeat_seeds(evaluation: EvalConfig, config: dict[str, Any]) -> EvalConfig:
+    """The k-th repeat of a grid point trains with the next ``num_seeds`` seeds."""
+    repeat = int(config.get("repeat", 0))
+    return evaluation.replace(seed=evaluation.seed + repeat * evaluation.num_seeds)
+
+
 def fetch_data(
     config: dict[str, Any], data: dict[str, Any]
 ) -> tuple[ImageDataset, torch.Tensor, HoldoutSplit]:
@@ -76,7 +82,7 @@ def beta_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     dataset, hardness, split = fetch_data(config, data)
     fetched = time.perf_counter()
     spec = WindowSpec(config["ipc"], config["beta"], 0.0, config["beta_convention"])
-    evaluation = EvalConfig.from_dict(config["evaluation"])
+    evaluation = _repeat_seeds(EvalConfig.from_dict(config["evaluation"]), config)
     result = evaluate_window(dataset, split, hardness, spec, evaluation)
     _release()
     tune.report(_metrics(result, started, fetched))
@@ -96,11 +102,13 @@ def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     )
     fetched = time.perf_counter()
     # The window must be read exactly as in the β search: same β convention.
-    distill_config = DistillConfig.from_dict(config["distill"]).replace(
+    distill_config = DistillConfig.from_dict(config["distill"])
+    distill_config = distill_config.replace(
         method="selmatch", beta=config["beta"], alpha=config["alpha"], ipc=config["ipc"],
         beta_convention=config["beta_convention"], score=config["score"],
+        seed=distill_config.seed + int(config.get("repeat", 0)),
     )  # fmt: skip
-    evaluation = EvalConfig.from_dict(config["evaluation"])
+    evaluation = _repeat_seeds(EvalConfig.from_dict(config["evaluation"]), config)
     with tempfile.TemporaryDirectory() as directory:
         synthetic = distill(distill_config, dataset, split, experts, hardness, directory,
                             device=evaluation.device, progress=False)  # fmt: skip

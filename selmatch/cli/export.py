@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--format", default="imagefolder", choices=FORMATS,
-        help="imagefolder: PATH/<class name>/<index>.png (grayscale 'L' or 'RGB'), plus "
+        help="imagefolder: PATH/<label>_<class name>/<index>.png (grayscale 'L' or 'RGB'; "
+        "folders sort in label order, as torchvision's ImageFolder expects), plus "
         "PATH/labels.csv (file,label,class,part; part = distill or select) and "
         "PATH/manifest.json. npz: images uint8 (N,H,W,C), labels int64, distill_mask bool, "
         "class_names, manifest (JSON string), images_normalized float32 (N,C,H,W, the stored "

@@ -111,3 +111,30 @@ def test_minimisation_is_respected() -> None:
 def test_bad_grids_are_refused(bad) -> None:
     with pytest.raises(ValueError, match="grid"):
         ConcaveGridSampler(name="x", grid=bad)
+
+
+def test_a_repeated_point_is_a_new_draw_of_the_noise() -> None:
+    """Through Tune's searcher API: the k-th trial at a grid value carries ``repeat = k``, so
+    the trial trains with other seeds instead of recomputing the same number."""
+    from ray import tune
+    from ray.tune.search import Searcher
+
+    from selmatch_tune.searcher import ConcaveSearch
+
+    values = grid(11)
+    sampler = ConcaveGridSampler(name="beta", grid=values, top_repeats=2, margin=0.05,
+                                 tolerance=0.1)  # fmt: skip
+    search = ConcaveSearch(sampler, metric="val_accuracy", mode="max")
+    search.set_search_properties("val_accuracy", "max", {"beta": tune.choice(values)})
+    seen: dict[float, list[int]] = {}
+    for number in range(40):
+        config = search.suggest(f"t{number}")
+        if config == Searcher.FINISHED:
+            break
+        assert isinstance(config, dict)
+        beta = config["beta"]
+        seen.setdefault(beta, []).append(config["repeat"])
+        score = 0.8 - 0.01 * abs(beta - 0.45)  # a flat top: 0.4 and 0.5 are within the margin
+        search.on_trial_complete(f"t{number}", {"val_accuracy": score})
+    assert all(repeats == list(range(len(repeats))) for repeats in seen.values()), seen
+    assert max(len(r) for r in seen.values()) > 1  # the close top was re-evaluated

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _finished_trials(log: Path) -> set[str]:
-    """Trial ids that Tune reported as completed on the terminal."""
-    return set(re.findall(r"Trial beta_trial_(\w+) completed", log.read_text()))
+    """Trial ids that the search reported as completed on the terminal."""
+    return set(re.findall(r"β = \S+ \(trial (\w+)[^)]*\): val", log.read_text()))
 
 
 def test_ctrl_c_inside_a_tune_experiment_then_resume(tmp_path) -> None:

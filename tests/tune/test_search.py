@@ -211,3 +211,13 @@ def test_resized_datasets_get_their_own_expert_cache() -> None:
     assert apply_overrides(smoke(), args).image_size == 64
     with pytest.raises(ConfigError, match="--image-size must be an integer in"):
         smoke().replace(image_size=2)
+
+
+def test_a_repeat_trains_with_other_seeds() -> None:
+    from selmatch.evaluate import EvalConfig
+    from selmatch_tune.trials import _repeat_seeds
+
+    evaluation = EvalConfig(num_seeds=2)
+    assert _repeat_seeds(evaluation, {}).seeds == (0, 1)
+    assert _repeat_seeds(evaluation, {"repeat": 1}).seeds == (2, 3)
+    assert _repeat_seeds(evaluation, {"repeat": 2}).seeds == (4, 5)
