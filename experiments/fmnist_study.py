@@ -79,7 +79,10 @@ class Study:
         if self.dry_run:
             return True
         started = time.time()
-        subprocess.run(command, check=True, cwd=ROOT)
+        code = subprocess.run(command, cwd=ROOT).returncode
+        if code != 0:
+            raise SystemExit(f"[study] {name} stopped with exit code {code}; rerun to go on "
+                             "(finished steps are kept)")  # fmt: skip
         with self.log_path.open("a") as handle:
             handle.write(f"{name}\t{time.time() - started:.0f} s\n")
         return True
@@ -214,13 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     study = Study(args.out, dry_run=args.dry_run, stop_after=args.stop_after)
     search = args.out / "search"
-    command = search_command(search, IPCS)
+    # The search grows with the chunks: every IPC up to the largest of this chunk (a larger
+    # IPC's grids are bounded by the smaller IPCs' winners, so they are searched in order).
+    searched = tuple(i for i in IPCS if i <= max(ipcs))
+    command = search_command(search, searched)
     if (search / "search_state.json").exists():
         command.append("--resume")
-    if not study.run("search", command, search / "best_hparams.csv"):
+    if not study.run(f"search {','.join(map(str, searched))}", command,
+                     search / f"done-{max(ipcs)}"):  # fmt: skip
         return 0
     if args.dry_run and not (search / "best_hparams.csv").exists():
         return 0
+    (search / f"done-{max(ipcs)}").touch()
     rows = winners(search)
     for ipc in ipcs:
         if not study_ipc(study, ipc, rows[ipc]):

@@ -31,7 +31,7 @@ from selmatch_tune.concave import ConcaveGridSampler
 from selmatch_tune.config import SearchConfig
 from selmatch_tune.precompute import Precomputed, precompute
 from selmatch_tune.searcher import ConcaveSearch
-from selmatch_tune.tracking import Tracker, TrialLogger
+from selmatch_tune.tracking import Tracker, TrialLogger, flatten
 from selmatch_tune.trials import alpha_trial, beta_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per Tune experiment
@@ -239,8 +239,23 @@ def load_state(out: Path, config: SearchConfig, resume: bool) -> dict[str, Any]:
     if not resume:
         raise ConfigError(f"--out {out} holds a search already; add --resume or pick another --out")
     state = json.loads(path.read_text())
-    if SearchConfig.from_dict(state["config"]) != config:
-        raise ConfigError(f"--resume: {out} was searched with other settings; use the same ones")
+    previous = SearchConfig.from_dict(state["config"])
+    if previous.replace(ipcs=config.ipcs) != config:
+        changed = [k for k, v in flatten(previous.to_dict()).items()
+                   if k != "ipcs" and flatten(config.to_dict()).get(k) != v]  # fmt: skip
+        raise ConfigError(
+            f"--resume: {out} was searched with other settings ({', '.join(changed)}); "
+            "use the same ones (only --ipcs may grow)"
+        )
+    # More IPCs may be added on resume (a search extended in chunks); the ones already
+    # begun must come first, in the same order, so that monotonicity sees the same history.
+    begun = sorted(int(k) for k in state["ipcs"])
+    if list(config.ipcs[: len(begun)]) != begun:
+        raise ConfigError(
+            f"--resume: --ipcs must start with the IPCs {out} has begun "
+            f"({','.join(map(str, begun))}), got {','.join(map(str, config.ipcs))}"
+        )
+    state["config"] = config.to_dict()
     return state
 
 

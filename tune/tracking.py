@@ -111,6 +111,12 @@ class TrialLogger(Callback):
         self.tracker, self.phase, self.ipc, self.searched = tracker, phase, ipc, searched
         self.log = log
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Tuner.restore unpickles the callback saved with the experiment, possibly by an
+        # earlier version of this class: fill in what it did not have.
+        self.__dict__.update(state)
+        self.__dict__.setdefault("log", print)
+
     def _log(self, trial: Any, failed: bool) -> None:
         result = trial.last_result or {}
         value = trial.config.get(self.searched)

@@ -120,6 +120,16 @@ def test_resume_after_an_interruption_loses_and_duplicates_nothing(
     entry = state["ipcs"]["2"]
     assert len(children) == entry["beta"]["trials"] + entry["alpha"]["trials"]
     assert len({c.data.tags["trial_id"] for c in children}) == len(children)
+    # a finished search grows by IPCs on resume (a study run in chunks); nothing else changes
+    with pytest.raises(ConfigError, match=r"other settings \(noise\); use the same ones"):
+        run_search(config.replace(noise=0.5), out, resume=True, log=lambda *_: None)
+    with pytest.raises(ConfigError, match="--ipcs must start with the IPCs .* has begun \\(2\\)"):
+        run_search(config.replace(ipcs=(4,)), out, resume=True, log=lambda *_: None)
+    rows = run_search(config.replace(ipcs=(2, 4)), out, resume=True, log=lambda *_: None)
+    assert [r["ipc"] for r in rows] == [2, 4]
+    grown = json.loads((out / "search_state.json").read_text())
+    assert grown["ipcs"]["2"] == state["ipcs"]["2"]  # IPC 2 was not searched again
+    assert grown["ipcs"]["4"]["beta"]["best"] <= grown["ipcs"]["2"]["beta"]["best"]
 
 
 def test_asking_for_gpus_on_a_cpu_cluster_is_an_error(local_ray) -> None:
@@ -221,3 +231,14 @@ def test_a_repeat_trains_with_other_seeds() -> None:
     assert _repeat_seeds(evaluation, {}).seeds == (0, 1)
     assert _repeat_seeds(evaluation, {"repeat": 1}).seeds == (2, 3)
     assert _repeat_seeds(evaluation, {"repeat": 2}).seeds == (4, 5)
+
+
+def test_a_trial_logger_pickled_by_an_older_version_still_restores() -> None:
+    """Tuner.restore unpickles the callback saved with the experiment."""
+    import pickle
+
+    from selmatch_tune.tracking import TrialLogger
+
+    old = TrialLogger.__new__(TrialLogger)
+    old.__dict__.update(tracker=None, phase="beta", ipc=2, searched="beta")  # no `log` yet
+    assert pickle.loads(pickle.dumps(old)).log is print
