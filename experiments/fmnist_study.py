@@ -194,9 +194,42 @@ def collect(out: Path, search: Path) -> None:
     if steps.exists():
         (RESULTS / "steps.log").write_text(steps.read_text())
     (RESULTS / "plan.json").write_text(json.dumps(PLAN, indent=2) + "\n")
+    (RESULTS / "tables.md").write_text(tables(rows, coverage))
     print(
         f"[study] {len(rows)} evaluations: {RESULTS / 'results.csv'}; MLflow: {out / 'mlflow.db'}"
     )
+
+
+METHODS = {"random": "random subset", "window": "oracle window", "distill-mtt": "MTT",
+           "distill-selmatch": "SelMatch", "distill-seqmatch": "SeqMatch"}  # fmt: skip
+ABLATION = {"distill-mtt": "MTT (random real init, every image learned, DSA)",
+            "ablation-init": "+ selection init (window at β*, α = 1)",
+            "ablation-dsa": "+ partial update (α*, DSA on the whole set)",
+            "distill-selmatch": "+ combined augmentation (= SelMatch)"}  # fmt: skip
+
+
+def tables(rows: list[dict[str, Any]], coverage: dict[str, Any]) -> str:
+    """The study's tables in Markdown (test accuracy %, mean ± std over seeds)."""
+    cell = {(r["method"], r["ipc"]): f"{100 * r['test_mean']:.2f} ± {100 * r['test_std']:.2f}"
+            for r in rows}  # fmt: skip
+    ipcs = sorted({r["ipc"] for r in rows})
+    lines = ["| method | " + " | ".join(f"IPC {i} ({i / 60:g} %)" for i in ipcs) + " |",
+             "|---|" + "---|" * len(ipcs)]  # fmt: skip
+    for key, name in METHODS.items():
+        lines.append(f"| {name} | " + " | ".join(cell.get((key, i), "—") for i in ipcs) + " |")
+    lines += ["", f"Ablation (Table 3) at IPC {ABLATION_IPC}:", "", "| | test % |", "|---|---|"]
+    lines += [
+        f"| {name} | {cell.get((key, ABLATION_IPC), '—')} |" for key, name in ABLATION.items()
+    ]
+    if coverage:
+        lines += ["", f"Coverage at IPC {ABLATION_IPC} (share of samples within r of the set):",
+                  "", "| set | r | test | train | train easy half | train hard half |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for name, c in coverage.items():
+            lines.append(f"| {name.removeprefix('coverage-')} | {c['radius']:.3g} | "
+                         f"{c['test']:.3f} | {c['train']:.3f} | {c['train_easy']:.3f} | "
+                         f"{c['train_hard']:.3f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
                         help="start no new step after this many minutes")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument("--collect", action="store_true",
+                        help="only gather finished results into MLflow and the tables")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.collect:
+        collect(args.out, args.out / "search")
+        return 0
     ipcs = tuple(int(v) for v in args.ipcs.split(","))
     if not set(ipcs) <= set(IPCS):
         parser.error(f"--ipcs must be among {','.join(map(str, IPCS))}, got {args.ipcs}")
