@@ -48,7 +48,7 @@ def run_batch(trainable, fixed: dict, betas: list[float], parallel: int, storage
         raise RuntimeError(f"{len(betas) - len(results)} trial(s) failed at P={parallel}")
     work = sum(r.metrics["work_seconds"] for r in results)
     fetch = sum(r.metrics["fetch_seconds"] for r in results)
-    slots = parallel * wall
+    slots = min(parallel, len(results)) * wall  # slots that had a trial to run
     return {
         "parallel": parallel, "trials": len(results), "wall_s": wall,
         "trials_per_minute": 60 * len(results) / wall,
@@ -64,11 +64,15 @@ def main() -> None:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--address", default=None, help="Ray cluster (default: a local Ray)")
-    parser.add_argument("--parallel", default="1,2,3", help="concurrencies to measure")
+    parser.add_argument("--parallel", default="1,2,3",
+                        help="concurrencies to measure (1, the baseline, always runs)")  # fmt: skip
     parser.add_argument("--trials", type=int, default=8, help="trials per concurrency")
     parser.add_argument("--epochs", type=int, default=30, help="training epochs per trial")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
+    if args.trials < 1:
+        parser.error(f"--trials must be ≥ 1, got {args.trials}")
+    parallels = sorted({1, *(int(p) for p in args.parallel.split(","))})  # the baseline first
 
     ray.init(address=args.address, log_to_driver=False)
     cpus = ray.cluster_resources().get("CPU", 0.0)
@@ -88,7 +92,7 @@ def main() -> None:
               "(IPC 10, quick preset) per row")  # fmt: skip
         print(f"{'P':>3} {'wall s':>8} {'trials/min':>11} {'speed-up':>9} {'work s':>7} "
               f"{'overhead s':>11} {'fetch s':>8} {'nodes':>6}")  # fmt: skip
-        for parallel in (int(p) for p in args.parallel.split(",")):
+        for parallel in parallels:
             row = run_batch(trainable, fixed, betas, parallel, str(Path(scratch) / "ray"))
             row["speedup_vs_p1"] = rows[0]["wall_s"] / row["wall_s"] if rows else 1.0
             rows.append(row)

@@ -66,10 +66,16 @@ is_recorded_alive() {
     [ -n "$started" ] && grep -q "^$1 $started\$" "$PID_FILE"
 }
 
-# PIDs of this cluster: command line holds TMP_DIR, or a descendant of such a process.
+# PIDs of this cluster: a Ray process (its program under .../ray/, or renamed ray::...) whose
+# command line holds TMP_DIR, or a descendant of one. Other programs that merely name a file
+# there (a `tail -f` of a log) are not Ray's and are left alone.
 scan() {
     ps -eww -o pid=,ppid=,args= | CLUSTER_TMP="$TMP_DIR/" awk '
-        { parent[$1] = $2; if (index($0, ENVIRON["CLUSTER_TMP"]) > 0) own[$1] = 1 }
+        {
+            parent[$1] = $2
+            if (index($0, ENVIRON["CLUSTER_TMP"]) > 0 && ($0 ~ /\/ray\// || $0 ~ /ray::/))
+                own[$1] = 1
+        }
         END {
             do {
                 grown = 0

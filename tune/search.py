@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +77,13 @@ def check_resources(
         log(f"the cluster has {missing}; asked the autoscaler for {config.max_concurrent} x "
             f"{bundle}, waiting up to {wait:g} s")  # fmt: skip
         deadline = time.monotonic() + wait
-        while missing and time.monotonic() < deadline:
-            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
-            missing = _missing(wanted)
+        try:
+            while missing and time.monotonic() < deadline:
+                time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+                missing = _missing(wanted)
+        finally:
+            if missing:  # given up (or interrupted): never leave nodes requested for nothing
+                request_resources(bundles=[])
     if missing:
         waited = f" after waiting {wait:g} s" if wait > 0 else ""
         if "GPU" in missing:
@@ -176,7 +181,7 @@ def search_finished(phase: Phase, config: SearchConfig, grid: Any) -> bool:
 
 def run_phase(
     phase: Phase, config: SearchConfig, data: dict[str, Any], storage: str,
-    tracker: Tracker, *, resume: bool, log: Log,
+    tracker: Tracker, *, markers: Path, resume: bool, log: Log,
 ) -> tuple[dict[str, Any], Any]:  # fmt: skip
     """Run (or restore) one Tune experiment; returns its summary and its ResultGrid."""
     searched = phase.name
@@ -193,18 +198,21 @@ def run_phase(
                if len(phase.grid) < full else "")  # fmt: skip
     log(f"IPC {phase.ipc}: searching {searched} over {len(phase.grid)} grid values{bounded}, "
         f"{config.max_concurrent} trial(s) at a time")  # fmt: skip
+    marker = markers / f"{name}.finished"
     if resume and tune.Tuner.can_restore(path):
         log(f"restoring the interrupted {searched} search at IPC {phase.ipc}")
         tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
                                    resume_errored=True)  # fmt: skip
     else:
         _remove_experiment(path)
+        marker.unlink(missing_ok=True)
         sampler = _sampler(phase, config)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                search_alg=ConcaveSearch(sampler, metric=METRIC, mode="max"),
+                search_alg=ConcaveSearch(sampler, metric=METRIC, mode="max",
+                                         marker=str(marker)),
                 num_samples=_cap(phase),  # the search finishes itself before this
                 max_concurrent_trials=config.max_concurrent,
                 # Reusing trial processes saves a process start and the torch import (seconds)
@@ -219,10 +227,13 @@ def run_phase(
         )  # fmt: skip
     grid = tuner.fit()
     # Tune ends fit() quietly on Ctrl-C with the trials so far; never take those for a result.
-    if len(grid) < _cap(phase) and not search_finished(phase, config, grid):
+    # Finished: the searcher said so (the marker), or Tune ran out of samples; the replay of
+    # the stopping rule covers experiments begun before the marker existed.
+    finished = marker.exists() or len(grid) >= _cap(phase)
+    if not finished and not search_finished(phase, config, grid):
         raise SearchInterrupted(
             f"the {searched} search at IPC {phase.ipc} was interrupted after {len(grid)} "
-            f"trial(s); its state is saved in {path}: run the same command with --resume"
+            f"trial(s); its state is saved in {path}"
         )
     summary = _phase_results(grid, searched)
     summary["grid"] = list(phase.grid)
@@ -232,9 +243,25 @@ def run_phase(
     return summary, grid
 
 
+def _experiments_root(state: dict[str, Any], out: Path, storage: str | None) -> str:
+    """Where this search's Tune experiments live: ``OUT/ray``, or a folder of its own under a
+    shared ``--storage`` (searches sharing one must never restore or delete each other's)."""
+    if not storage:
+        return str(out / "ray")
+    if "storage_id" not in state:  # new searches get an id; older states kept the bare path
+        state["storage_id"] = "" if state["ipcs"] else f"{out.name}-{uuid.uuid4().hex[:8]}"
+    root = storage.rstrip("/")
+    return f"{root}/{state['storage_id']}" if state["storage_id"] else root
+
+
 def load_state(out: Path, config: SearchConfig, resume: bool) -> dict[str, Any]:
     path = out / STATE
     if not path.is_file():
+        if resume:
+            raise ConfigError(
+                f"--resume: {out} holds no search (no {STATE}); give the --out of the search "
+                "to continue"
+            )
         return {"config": config.to_dict(), "ipcs": {}}
     if not resume:
         raise ConfigError(f"--out {out} holds a search already; add --resume or pick another --out")
@@ -391,11 +418,13 @@ def search_ipc(
     from selmatch_tune.outputs import save_phase_plot
 
     entry = state["ipcs"].setdefault(str(ipc), {})
+    markers = out / "phases"
     fixed = fixed_settings(config, pre, ipc)
     title = f"{config.short.model.describe()}, {config.short.budget()}"
     if "beta" not in entry:
         phase = Phase("beta", ipc, _bounded(config.beta_grid, bounds[0]), fixed)
-        entry["beta"], _ = run_phase(phase, config, data, storage, tracker, resume=resume, log=log)
+        entry["beta"], _ = run_phase(phase, config, data, storage, tracker, markers=markers,
+                                     resume=resume, log=log)  # fmt: skip
         save_state(out, state)
     if "alpha" not in entry:
         distill = config.distill.replace(  # as the trials run it (α is set per trial)
@@ -408,8 +437,8 @@ def search_ipc(
             "experts_dir": str(pre.cache_dir),
         }  # fmt: skip
         phase = Phase("alpha", ipc, _bounded(config.alpha_grid, bounds[1]), alpha_fixed)
-        entry["alpha"], grid = run_phase(phase, config, data, storage, tracker, resume=resume,
-                                         log=log)  # fmt: skip
+        entry["alpha"], grid = run_phase(phase, config, data, storage, tracker, markers=markers,
+                                         resume=resume, log=log)  # fmt: skip
         entry["set_dir"] = str(
             collect_winner(grid, entry["alpha"]["best"], out / "sets" / f"ipc{ipc}")
         )
@@ -450,12 +479,15 @@ def run_search(
     state["parent_run_id"] = tracker.start_parent(
         f"search-{config.dataset}-{config.preset}", config.to_dict(), state.get("parent_run_id")
     )
+    # Params are frozen at the first run; --ipcs may grow on resume, so a tag says what is now.
+    tracker.client.set_tag(state["parent_run_id"], "ipcs", ",".join(map(str, config.ipcs)))
     save_state(out, state)
     started = time.perf_counter()
     try:
         pre = precompute_all(config, out, data_root, log)
         data = trial_data(pre)
-        storage_path = storage or str(out / "ray")
+        storage_path = _experiments_root(state, out, storage)
+        save_state(out, state)  # the experiments' folder must be found again on --resume
         previous: dict[str, Any] | None = None
         for ipc in config.ipcs:
             bounds = (None, None)
@@ -498,5 +530,5 @@ def run_search(
             log(f"  IPC {ipc}: β ≈ {betas[ipc]:.3g}, α ≈ {alphas[ipc]:.3g}")
     log(f"table: {table}; distilled sets: {out / 'sets'}; curves: {out}/*-ipc*.png")
     log(f"MLflow: {tracker.uri} (experiment {tracker.experiment_id}, parent run "
-        f"{tracker.parent_id}); Ray results: {storage or out / 'ray'}")  # fmt: skip
+        f"{tracker.parent_id}); Ray results: {_experiments_root(state, out, storage)}")  # fmt: skip
     return rows

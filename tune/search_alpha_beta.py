@@ -260,14 +260,15 @@ def main(argv: list[str] | None = None) -> int:
             wait_for_resources=args.wait_for_resources,
         )  # fmt: skip
     except SearchInterrupted as error:
-        print(f"search_alpha_beta: {error}", file=sys.stderr)
+        print(f"search_alpha_beta: {error}; continue with the same command and --out {out} "
+              "--resume", file=sys.stderr)  # fmt: skip
         return 130
     except (ConfigError, SelmatchError) as error:
         print(f"search_alpha_beta: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"search_alpha_beta: interrupted; finished stages are saved in {out}: run the "
-              "same command with --resume to go on", file=sys.stderr)  # fmt: skip
+        print(f"search_alpha_beta: interrupted; finished stages are saved in {out}: continue "
+              f"with the same command and --out {out} --resume", file=sys.stderr)  # fmt: skip
         return 130
     return 0
 

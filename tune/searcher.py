@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -16,9 +18,15 @@ class ConcaveSearch(OptunaSearch):
     ``num_samples``) and ``None`` ("ask again later") while every useful grid point is
     already running, instead of proposing a duplicate."""
 
-    def __init__(self, sampler: ConcaveGridSampler, **kwargs: Any) -> None:
+    def __init__(
+        self, sampler: ConcaveGridSampler, *, marker: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(sampler=sampler, **kwargs)
         self.concave = sampler
+        # A file written the moment the search declares itself finished: trials still
+        # running then finish afterwards, and Tune never asks again (also after a restore),
+        # so this is the one reliable record that the search ended on its own.
+        self.marker = marker
 
     # Searcher.FINISHED is a str, which Ray documents as a valid return of suggest().
     def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
@@ -26,6 +34,10 @@ class ConcaveSearch(OptunaSearch):
         if study is not None and trial_id not in self._ot_trials:
             status = self.concave.status(study)
             if status == "finished":
+                marker = getattr(self, "marker", None)
+                if marker:
+                    Path(marker).parent.mkdir(parents=True, exist_ok=True)
+                    Path(marker).touch()
                 return Searcher.FINISHED
             if status == "wait":
                 return None
@@ -38,8 +50,9 @@ class ConcaveSearch(OptunaSearch):
 
     def _earlier_trials_at(self, study: Any, value: Any, trial_id: str) -> int:
         number = self._ot_trials[trial_id].number
+        states = (TrialState.COMPLETE, TrialState.RUNNING)  # a failed trial drew no number
         return sum(
-            1 for t in study.get_trials(deepcopy=False)
+            1 for t in study.get_trials(deepcopy=False, states=states)
             if t.number < number and self.concave.name in t.params
             and abs(float(t.params[self.concave.name]) - float(value)) < 1e-9
         )  # fmt: skip

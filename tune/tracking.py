@@ -111,6 +111,10 @@ class TrialLogger(Callback):
         self.tracker, self.phase, self.ipc, self.searched = tracker, phase, ipc, searched
         self.log = log
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The callback is pickled with the experiment; a caller's log function need not be.
+        return {k: v for k, v in self.__dict__.items() if k != "log"}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Tuner.restore unpickles the callback saved with the experiment, possibly by an
         # earlier version of this class: fill in what it did not have.

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from selmatch.config import ConfigError, SelmatchError
+from selmatch.config import ConfigError, SelmatchError, check_int
 
 
 class DatasetNotFoundError(SelmatchError, FileNotFoundError):
@@ -157,4 +157,26 @@ def load_dataset(
         return load_image_folder(path, options)
     if name not in _REGISTRY:
         raise ConfigError(f"--dataset must be one of {', '.join(dataset_names())}; got {name!r}")
-    return _REGISTRY[name].loader(options)
+    dataset = _REGISTRY[name].loader(options)
+    if image_size is not None and dataset.image_shape[1:] != (image_size, image_size):
+        dataset = resized(dataset, image_size)
+    return dataset
+
+
+def resized(dataset: ImageDataset, size: int, *, chunk: int = 4096) -> ImageDataset:
+    """Every image resized to ``size`` x ``size`` (bilinear, antialiased; still uint8). The
+    per-channel mean and std hardly move under resizing and are kept."""
+    check_int("image_size", size, 8, 1024)
+
+    def resize(images: torch.Tensor) -> torch.Tensor:
+        parts = [
+            torch.nn.functional.interpolate(
+                images[i : i + chunk].float(), size=(size, size), mode="bilinear",
+                antialias=True, align_corners=False,
+            ).round().clamp(0, 255).to(torch.uint8)
+            for i in range(0, len(images), chunk)
+        ]  # fmt: skip
+        return torch.cat(parts) if parts else images.new_zeros((0, images.shape[1], size, size))
+
+    return replace(dataset, train_images=resize(dataset.train_images),
+                   test_images=resize(dataset.test_images))  # fmt: skip

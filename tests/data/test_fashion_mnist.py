@@ -29,3 +29,19 @@ def test_data_root_with_the_idx_files_is_used(tmp_path, fashion: ImageDataset) -
     again = load_dataset("fashion-mnist", data_root=tmp_path)
     assert again.source == str(tmp_path)
     assert torch.equal(again.test_images, fashion.test_images)
+
+
+def test_image_size_resizes_registered_datasets_too(fashion: ImageDataset) -> None:
+    from dataclasses import replace
+
+    from selmatch.data.dataset import resized
+
+    part = replace(fashion, train_images=fashion.train_images[:50],
+                   train_labels=fashion.train_labels[:50], test_images=fashion.test_images[:10],
+                   test_labels=fashion.test_labels[:10])  # fmt: skip
+    small = resized(part, 32)
+    assert small.image_shape == (1, 32, 32) and small.train_images.dtype == torch.uint8
+    # a smooth upscale keeps the picture: the mean brightness barely moves
+    before, after = fashion.train_images[:50].float().mean(), small.train_images.float().mean()
+    assert abs(float(before - after)) < 2.0
+    assert load_dataset("fashion-mnist", image_size=28).image_shape == (1, 28, 28)

@@ -40,10 +40,13 @@ def test_ctrl_c_inside_a_tune_experiment_then_resume(tmp_path) -> None:
     process.wait(timeout=120)
     before = _finished_trials(log)
     assert process.returncode == 130, log.read_text()[-2000:] + errors.read_text()[-2000:]
-    assert "--resume" in errors.read_text().strip().splitlines()[-1]
+    assert f"--out {out} --resume" in errors.read_text().strip().splitlines()[-1]
     state = json.loads((out / "search_state.json").read_text())
     assert "beta" not in state["ipcs"].get("2", {})  # a partial β search is not a result
-    assert (tmp_path / "tune" / "beta-ipc2").is_dir() and not (out / "ray").exists()
+    # under the shared storage, in a folder of this search's own
+    state_id = state["storage_id"]
+    assert state_id.startswith("run-") and (tmp_path / "tune" / state_id / "beta-ipc2").is_dir()
+    assert not (out / "ray").exists()
 
     resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, capture_output=True,
                              text=True, timeout=600)  # fmt: skip

@@ -81,16 +81,25 @@ def test_trials_are_ranked_on_validation_and_logged_to_mlflow(smoke_run) -> None
             curve = entry[phase]["curve"]
             best = max(curve, key=lambda v: curve[v]["val"])
             assert float(best) == entry[phase]["best"]  # chosen on validation, not test
+    assert parent.data.tags["ipcs"] == "2,4"
+    # each phase's searcher declared itself finished (what tells a finished search from a
+    # Ctrl-C'd one, even when trials still running then finish afterwards)
+    assert sorted(p.name for p in (out / "phases").iterdir()) == [
+        "alpha-ipc2.finished", "alpha-ipc4.finished", "beta-ipc2.finished", "beta-ipc4.finished",
+    ]  # fmt: skip
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_hparams.csv", "search_state.json", "curves", "sets"} <= artifacts
     # the artifacts live under --out, not in ./mlruns of the current directory
     assert list((out / "mlartifacts").rglob("best_hparams.csv"))
 
 
-def test_a_second_run_in_the_same_folder_needs_resume(smoke_run) -> None:
+def test_a_second_run_in_the_same_folder_needs_resume(smoke_run, tmp_path) -> None:
     out, _ = smoke_run
     with pytest.raises(ConfigError, match="add --resume"):
         run_search(smoke(), out, log=lambda *_: None)
+    # and --resume of a folder that holds no search is an error, not a new search
+    with pytest.raises(ConfigError, match="--resume: .* holds no search"):
+        run_search(smoke(), tmp_path / "typo", resume=True, log=lambda *_: None)
 
 
 def test_resume_after_an_interruption_loses_and_duplicates_nothing(
