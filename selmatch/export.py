@@ -49,6 +49,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from selmatch.config import SelmatchError, check_choice
+from selmatch.data.dataset import denormalize
 from selmatch.data.readers import FASHION_MNIST_CLASSES
 from selmatch.io import atomic_write
 from selmatch.synthetic import MANIFEST_FILE, TENSOR_FILE, SyntheticSet, SyntheticSetError
@@ -356,10 +357,7 @@ def load_synthetic(path: str | Path, transform: Transform | None = None) -> Synt
 def _load_set_folder(path: Path, transform: Transform | None) -> SyntheticImages:
     saved = SyntheticSet.load(path)
     manifest = saved.manifest
-    channels = saved.images.shape[1]
-    mean = torch.tensor(manifest["mean"], dtype=torch.float32).view(1, channels, 1, 1)
-    std = torch.tensor(manifest["std"], dtype=torch.float32).view(1, channels, 1, 1)
-    images = (saved.images.float() * std + mean).clamp(0.0, 1.0)
+    images = denormalize(saved.images.float(), manifest["mean"], manifest["std"])
     return SyntheticImages(
         images, saved.labels, classes=class_names(manifest), distill_mask=saved.distill_mask,
         manifest=manifest, learned_lr=saved.learned_lr, transform=transform,

@@ -268,8 +268,9 @@ def load_state(out: Path, config: SearchConfig, resume: bool) -> dict[str, Any]:
     state = json.loads(path.read_text())
     previous = SearchConfig.from_dict(state["config"])
     if previous.replace(ipcs=config.ipcs) != config:
+        now = flatten(config.to_dict())
         changed = [k for k, v in flatten(previous.to_dict()).items()
-                   if k != "ipcs" and flatten(config.to_dict()).get(k) != v]  # fmt: skip
+                   if k != "ipcs" and now.get(k) != v]  # fmt: skip
         raise ConfigError(
             f"--resume: {out} was searched with other settings ({', '.join(changed)}); "
             "use the same ones (only --ipcs may grow)"
@@ -530,5 +531,5 @@ def run_search(
             log(f"  IPC {ipc}: β ≈ {betas[ipc]:.3g}, α ≈ {alphas[ipc]:.3g}")
     log(f"table: {table}; distilled sets: {out / 'sets'}; curves: {out}/*-ipc*.png")
     log(f"MLflow: {tracker.uri} (experiment {tracker.experiment_id}, parent run "
-        f"{tracker.parent_id}); Ray results: {_experiments_root(state, out, storage)}")  # fmt: skip
+        f"{tracker.parent_id}); Ray results: {storage_path}")  # fmt: skip
     return rows

@@ -8,7 +8,7 @@ drawn keeps a 100,000-image Tiny ImageNet at 1.2 GB instead of 4.9 GB.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +19,14 @@ from selmatch.config import ConfigError, SelmatchError, check_int
 
 class DatasetNotFoundError(SelmatchError, FileNotFoundError):
     """The files of a dataset are not where we looked; the message says how to get them."""
+
+
+def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Standardised images back to [0, 1] floats (clamped), given the per-channel
+    statistics (a dataset's, or those a saved set's manifest records)."""
+    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images * s + m).clamp(0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -71,9 +79,7 @@ class ImageDataset:
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`normalize`, to [0, 1] floats (clamped), for pictures."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        return (images * std + mean).clamp(0.0, 1.0)
+        return denormalize(images, self.mean, self.std)
 
     def describe(self) -> str:
         c, h, w = self.image_shape
