@@ -35,12 +35,6 @@ from selmatch_tune.searcher import ConcaveSearch
 from selmatch_tune.tracking import Tracker, TrialLogger, flatten
 from selmatch_tune.trials import alpha_trial, beta_trial
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per Tune experiment
-# Progress is one line per trial from TrialLogger; Tune's own output engine prints boxes and
-# paths even at verbose=0, its legacy one stays quiet there. Tune's warnings still show.
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-logging.getLogger("ray.tune").setLevel(logging.WARNING)
-
 Log = Callable[[str], None]
 STATE = "search_state.json"
 METRIC = "val_accuracy"
@@ -58,6 +52,15 @@ class Phase:
     ipc: int
     grid: tuple[float, ...]
     fixed: dict[str, Any]
+
+
+def _quiet_tune() -> None:
+    """Progress is one line per trial from TrialLogger. Tune's own output engine prints boxes
+    and paths even at verbose=0, its legacy one stays quiet there; Optuna would log a line per
+    study. Warnings still show. Set when a search runs, not when this module is imported."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
 
 
 def check_resources(
@@ -470,6 +473,7 @@ def run_search(
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     state = load_state(out, config, resume)
+    _quiet_tune()
     connect(address, log)
     check_resources(config, wait=wait_for_resources, log=log)
     tracker = (
