@@ -286,6 +286,12 @@ def load_state(out: Path, config: SearchConfig, resume: bool) -> dict[str, Any]:
             f"--resume: --ipcs must start with the IPCs {out} has begun "
             f"({','.join(map(str, begun))}), got {','.join(map(str, config.ipcs))}"
         )
+    # A search folder may have moved (a copy of --out, another machine): its winners' sets are
+    # found again under the new --out.
+    for ipc, entry in state["ipcs"].items():
+        moved = out / "sets" / f"ipc{ipc}"
+        if "set_dir" in entry and not Path(entry["set_dir"]).exists() and moved.is_dir():
+            entry["set_dir"] = str(moved)
     state["config"] = config.to_dict()
     return state
 
@@ -476,11 +482,12 @@ def run_search(
     _quiet_tune()
     connect(address, log)
     check_resources(config, wait=wait_for_resources, log=log)
-    tracker = (
-        Tracker(tracking_uri)
-        if tracking_uri
-        else Tracker(default_tracking_uri(out), artifacts=out / "mlartifacts")
-    )
+    # A local store (the default, or a database file named by --tracking-uri) keeps its new
+    # experiment's artifacts next to the search, not in ./mlruns of the current directory; a
+    # tracking server decides that itself.
+    uri = tracking_uri or default_tracking_uri(out)
+    local = uri.startswith(("sqlite:", "file:", "/"))
+    tracker = Tracker(uri, artifacts=out / "mlartifacts" if local else None)
     state["parent_run_id"] = tracker.start_parent(
         f"search-{config.dataset}-{config.preset}", config.to_dict(), state.get("parent_run_id")
     )

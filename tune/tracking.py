@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -46,16 +47,25 @@ class Tracker:
         self.parent_id: str | None = None
 
     def start_parent(self, name: str, params: dict[str, Any], run_id: str | None = None) -> str:
-        """Start the search's parent run, or reopen ``run_id`` (resume)."""
-        if run_id is not None:
+        """Start the search's parent run, or reopen ``run_id`` (resume). A resumed search whose
+        run this store does not hold (a moved folder, another tracking URI) gets a new parent
+        run, tagged with the old id."""
+        if run_id is not None and self._holds(run_id):
             self.client.update_run(run_id, status="RUNNING")
             self.parent_id = run_id
             return run_id
-        run = self.client.create_run(self.experiment_id, run_name=name)
+        tags = {"resumed_from": run_id} if run_id is not None else None
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.parent_id = run.info.run_id
         for key, value in flatten(params).items():
             self.client.log_param(self.parent_id, key, _short(value))
         return self.parent_id
+
+    def _holds(self, run_id: str) -> bool:
+        try:
+            return self.client.get_run(run_id).info.experiment_id == self.experiment_id
+        except MlflowException:
+            return False
 
     def child_exists(self, trial_id: str) -> bool:
         runs = self.client.search_runs(

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 import ray
@@ -100,6 +101,33 @@ def test_a_second_run_in_the_same_folder_needs_resume(smoke_run, tmp_path) -> No
     # and --resume of a folder that holds no search is an error, not a new search
     with pytest.raises(ConfigError, match="--resume: .* holds no search"):
         run_search(smoke(), tmp_path / "typo", resume=True, log=lambda *_: None)
+
+
+def test_a_moved_search_folder_resumes_with_its_sets(smoke_run, tmp_path) -> None:
+    out, rows = smoke_run
+    moved = tmp_path / "elsewhere" / "smoke"
+    shutil.copytree(out, moved, ignore=shutil.ignore_patterns("ray"))
+    state = json.loads((moved / "search_state.json").read_text())
+    for entry in state["ipcs"].values():  # the old folder is gone (another machine)
+        entry["set_dir"] = entry["set_dir"].replace(str(out), "/nonexistent/old-machine")
+    (moved / "search_state.json").write_text(json.dumps(state))
+    again = run_search(smoke(), moved, resume=True, log=lambda *_: None)
+    assert [r["ipc"] for r in again] == [r["ipc"] for r in rows]
+    for row in again:  # nothing was searched again: same winners, their sets found under moved
+        assert row["set_dir"] == str(moved / "sets" / f"ipc{row['ipc']}")
+        assert SyntheticSet.load(row["set_dir"]).images.shape[0] == 10 * row["ipc"]
+    assert [(r["beta"], r["alpha"]) for r in again] == [(r["beta"], r["alpha"]) for r in rows]
+    # in a store without its parent run (another --tracking-uri, a new machine) it gets a new one
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    run_search(smoke(), moved, resume=True, tracking_uri=other, log=lambda *_: None)
+    resumed = json.loads((moved / "search_state.json").read_text())["parent_run_id"]
+    client = MlflowClient(tracking_uri=other)
+    run = client.get_run(resumed)
+    assert resumed != state["parent_run_id"]
+    assert run.data.tags["resumed_from"] == state["parent_run_id"]
+    assert run.info.status == "FINISHED"
+    location = client.get_experiment(run.info.experiment_id).artifact_location
+    assert location == (moved / "mlartifacts").as_uri()  # a local store: next to the search
 
 
 def test_resume_after_an_interruption_loses_and_duplicates_nothing(
