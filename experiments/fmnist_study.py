@@ -7,7 +7,11 @@ command whose output file says it is done: rerunning the script skips finished s
 resumes an interrupted distillation or search, so the study runs in chunks
 (``--ipcs 60`` first, ``--stop-after 100`` to stop starting new steps after 100 minutes).
 Every evaluation is logged to MLflow (``OUT/mlflow.db``, experiment ``fmnist-study``, one run
-per set) and the tables are written to ``experiments/results/fmnist-study/``.
+per set) and the tables are written to ``experiments/results/fmnist-study/``, together with
+what a fresh machine needs to go on: the search's state, the evaluations' JSON files and the
+sets (whole up to IPC 120, as pictures above). A run on a machine without ``OUT`` copies them
+back first, so only the unfinished steps run (plus the experts, retrained deterministically
+when the search resumes).
 
     python experiments/fmnist_study.py --ipcs 60 --stop-after 100
     python experiments/fmnist_study.py --dry-run      # print the commands only
@@ -68,9 +72,10 @@ class Study:
         self.deadline = None if stop_after is None else time.monotonic() + 60 * stop_after
         self.log_path = out / "steps.log"
 
-    def run(self, name: str, command: list[str], done: Path) -> bool:
-        """Run one step unless ``done`` exists; False when the time is up (nothing started)."""
-        if done.exists():
+    def run(self, name: str, command: list[str], *done: Path) -> bool:
+        """Run one step unless one of ``done`` exists; False when the time is up (nothing
+        started)."""
+        if any(path.exists() for path in done):
             return True
         if self.deadline is not None and time.monotonic() > self.deadline:
             print(f"[study] time is up: not starting {name}; rerun to go on")
@@ -102,7 +107,9 @@ def distill_step(study: Study, method: str, ipc: int, beta: float, alpha: float,
     )  # fmt: skip
     if (out / "checkpoint" / "state.json").exists():
         command.append("--resume")
-    return study.run(f"distill {out.name}", command, out / "set.safetensors")
+    # a set whose evaluation is done need not be there (larger sets are not committed whole)
+    return study.run(f"distill {out.name}", command, out / "set.safetensors",
+                     out.parent / f"eval-{out.name}.json")  # fmt: skip
 
 
 def winners(search: Path) -> dict[int, dict[str, Any]]:
@@ -110,8 +117,70 @@ def winners(search: Path) -> dict[int, dict[str, Any]]:
         rows = {int(r["ipc"]): r for r in csv.DictReader(handle)}
     for row in rows.values():
         manifest = json.loads((Path(row["set_dir"]) / "manifest.json").read_text())
-        row["experts"] = manifest["experts"]["directory"]
+        experts = Path(manifest["experts"]["directory"])
+        if not experts.is_dir():  # restored on another machine: the search's cache, retrained
+            experts = search.parent / "cache" / experts.name
+        row["experts"] = str(experts)
     return rows
+
+
+SET_FILES = ("set.safetensors", "manifest.json", "grid.png", "loss.csv", "loss.png")
+SET_LIMIT = 5_000_000  # bytes: sets up to IPC 120 are committed whole, larger ones as pictures
+
+
+def portable(out: Path, search: Path) -> dict[Path, Path]:
+    """What the committed results keep of a run folder, so that the study can go on from them
+    on a fresh machine: {file in OUT: its copy under RESULTS}."""
+    pairs = {search / "search_state.json": RESULTS / "search_state.json"}
+    for path in [*out.glob("eval-*.json"), *out.glob("coverage-*.json")]:
+        pairs[path] = RESULTS / "evals" / path.name
+    sets = [d for d in out.iterdir() if d.is_dir() and "-ipc" in d.name]
+    sets += [d for d in (search / "sets").glob("ipc*") if d.is_dir()]
+    for directory in sets:
+        if not (directory / "set.safetensors").exists():
+            continue  # unfinished
+        ipc = directory.name.rpartition("ipc")[2]
+        name = "search-winner" if directory.parent.name == "sets" else directory.name
+        for file in SET_FILES:
+            path = directory / file
+            if path.exists() and (file != "set.safetensors" or path.stat().st_size <= SET_LIMIT):
+                pairs[path] = RESULTS / f"ipc{ipc}-sets" / name / file
+    return pairs
+
+
+def restore(out: Path, search: Path) -> None:
+    """Copy the committed results back into an empty or partial OUT (a fresh machine): the
+    search's state (its experts are retrained, deterministically, when it resumes), the
+    finished evaluations and the sets kept whole; finished steps are then skipped."""
+    copied = 0
+    for directory in RESULTS.glob("ipc*-sets/*"):
+        ipc = directory.parent.name.removesuffix("-sets")
+        winner = directory.name == "search-winner"  # the search's own (its final evaluation)
+        target = search / "sets" / ipc if winner else out / directory.name
+        needed = (
+            winner
+            or (directory / "set.safetensors").exists()
+            or (RESULTS / "evals" / f"eval-{directory.name}.json").exists()
+        )
+        if (target / "manifest.json").exists() or not needed:
+            continue  # there already, or a set to distil again (it was kept as pictures only)
+        target.mkdir(parents=True, exist_ok=True)
+        for file in directory.iterdir():
+            (target / file.name).write_bytes(file.read_bytes())
+            copied += 1
+    for committed in RESULTS.glob("evals/*.json"):
+        if not (out / committed.name).exists():
+            (out / committed.name).write_bytes(committed.read_bytes())
+            copied += 1
+    if (RESULTS / "search_state.json").exists() and not (search / "search_state.json").exists():
+        search.mkdir(parents=True, exist_ok=True)
+        state = json.loads((RESULTS / "search_state.json").read_text())
+        for ipc, entry in state["ipcs"].items():  # where the restored winners now are
+            entry["set_dir"] = str(search / "sets" / f"ipc{ipc}")
+        (search / "search_state.json").write_text(json.dumps(state, indent=2) + "\n")
+        copied += 1
+    if copied:
+        print(f"[study] restored {copied} file(s) from {RESULTS} into {out}")
 
 
 def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
@@ -121,7 +190,7 @@ def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
     ok = study.run(f"window ipc{ipc}", study.selmatch(
         "window", "--scores", experts, "--score", "el2n", "--ipc", str(ipc), "--beta",
         f"{beta:g}", "--beta-convention", CONVENTION, "--out", str(window),
-    ), window / "set.safetensors")  # fmt: skip
+    ), window / "set.safetensors", out / f"eval-{window.name}.json")  # fmt: skip
     for method in ("selmatch", "mtt", "seqmatch"):
         ok = ok and distill_step(study, method, ipc, beta, alpha, experts,
                                  out / f"distill-{method}-ipc{ipc}")  # fmt: skip
@@ -186,6 +255,9 @@ def collect(out: Path, search: Path) -> None:
         writer.writerows(rows)
     coverage = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("coverage-*.json"))}
     (RESULTS / "coverage.json").write_text(json.dumps(coverage, indent=2) + "\n")
+    for path, copy in portable(out, search).items():
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(path.read_bytes())
     if (search / "best_hparams.csv").exists():
         (RESULTS / "best_hparams.csv").write_text((search / "best_hparams.csv").read_text())
     for png in search.glob("*-ipc*.png"):
@@ -253,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     if not set(ipcs) <= set(IPCS):
         parser.error(f"--ipcs must be among {','.join(map(str, IPCS))}, got {args.ipcs}")
     args.out.mkdir(parents=True, exist_ok=True)
+    if not args.dry_run:
+        restore(args.out, args.out / "search")
     study = Study(args.out, dry_run=args.dry_run, stop_after=args.stop_after)
     search = args.out / "search"
     # The search grows with the chunks: every IPC up to the largest of this chunk (a larger

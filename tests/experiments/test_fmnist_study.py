@@ -1,0 +1,79 @@
+"""The study's committed results carry it to a fresh machine: what `collect` keeps of a run
+folder is what `restore` puts back, and the finished steps are then skipped."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location(
+        "fmnist_study", ROOT / "experiments" / "fmnist_study.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "RESULTS", tmp_path / "committed")
+    return module
+
+
+def make_set(directory: Path, size: int) -> None:
+    directory.mkdir(parents=True)
+    (directory / "set.safetensors").write_bytes(b"x" * size)
+    (directory / "manifest.json").write_text('{"experts": {"directory": "/old/cache/fm-1"}}')
+    (directory / "grid.png").write_bytes(b"png")
+
+
+def test_committed_results_restore_a_fresh_run_folder(study, tmp_path, capsys) -> None:
+    out, search = tmp_path / "old", tmp_path / "old" / "search"
+    make_set(out / "window-ipc60", 100)
+    make_set(out / "distill-mtt-ipc600", study.SET_LIMIT + 1)  # too large to commit whole
+    make_set(out / "distill-seqmatch-ipc600", study.SET_LIMIT + 1)  # ... and not evaluated
+    make_set(search / "sets" / "ipc60", 100)
+    (out / "checkpoint-ipc60").mkdir()  # not a set: ignored
+    (out / "eval-window-ipc60.json").write_text("{}")
+    (out / "eval-distill-mtt-ipc600.json").write_text("{}")
+    state = {"ipcs": {"60": {"set_dir": str(search / "sets" / "ipc60")}}}
+    (search / "search_state.json").write_text(json.dumps(state))
+    for path, copy in study.portable(out, search).items():
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(path.read_bytes())
+    committed = study.RESULTS
+    assert (committed / "ipc60-sets" / "window-ipc60" / "set.safetensors").exists()
+    assert not (committed / "ipc600-sets" / "distill-mtt-ipc600" / "set.safetensors").exists()
+    assert (committed / "ipc600-sets" / "distill-mtt-ipc600" / "grid.png").exists()
+
+    fresh, fresh_search = tmp_path / "fresh", tmp_path / "fresh" / "search"
+    study.restore(fresh, fresh_search)
+    assert (fresh / "window-ipc60" / "set.safetensors").read_bytes() == b"x" * 100
+    assert (fresh_search / "sets" / "ipc60" / "manifest.json").exists()
+    assert (fresh / "eval-distill-mtt-ipc600.json").exists()
+    # an evaluated set kept as pictures is restored (its step is done by its evaluation), an
+    # unevaluated one is not: it will be distilled again into an empty folder
+    assert (fresh / "distill-mtt-ipc600" / "grid.png").exists()
+    assert not (fresh / "distill-seqmatch-ipc600").exists()
+    restored = json.loads((fresh_search / "search_state.json").read_text())
+    assert restored["ipcs"]["60"]["set_dir"] == str(fresh_search / "sets" / "ipc60")
+
+    runner = study.Study(fresh, dry_run=True, stop_after=None)
+    capsys.readouterr()
+    for method in ("mtt", "seqmatch"):
+        study.distill_step(
+            runner, method, 600, 0.5, 0.4, "experts", fresh / f"distill-{method}-ipc600"
+        )
+    planned = capsys.readouterr().out
+    assert "distill distill-seqmatch-ipc600" in planned  # to do again
+    assert "distill-mtt-ipc600" not in planned  # done: its evaluation is there
+    # winners() finds the experts under the fresh folder's cache (retrained by the search)
+    (fresh_search / "best_hparams.csv").write_text(
+        f"ipc,beta,alpha,set_dir\n60,0.5,0.4,{fresh_search / 'sets' / 'ipc60'}\n"
+    )
+    assert study.winners(fresh_search)[60]["experts"] == str(fresh / "cache" / "fm-1")
+    # restoring twice copies nothing again and never overwrites
+    (fresh / "eval-window-ipc60.json").write_text('{"newer": 1}')
+    study.restore(fresh, fresh_search)
+    assert json.loads((fresh / "eval-window-ipc60.json").read_text()) == {"newer": 1}
