@@ -131,7 +131,9 @@ SET_LIMIT = 5_000_000  # bytes: sets up to IPC 120 are committed whole, larger o
 def portable(out: Path, search: Path) -> dict[Path, Path]:
     """What the committed results keep of a run folder, so that the study can go on from them
     on a fresh machine: {file in OUT: its copy under RESULTS}."""
-    pairs = {search / "search_state.json": RESULTS / "search_state.json"}
+    pairs: dict[Path, Path] = {}
+    if (search / "search_state.json").exists():
+        pairs[search / "search_state.json"] = RESULTS / "search_state.json"
     for path in [*out.glob("eval-*.json"), *out.glob("coverage-*.json")]:
         pairs[path] = RESULTS / "evals" / path.name
     sets = [d for d in out.iterdir() if d.is_dir() and "-ipc" in d.name]
@@ -219,6 +221,23 @@ def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
     return ok
 
 
+def earlier_rows(have: set[tuple[str, int]]) -> list[dict[str, Any]]:
+    """Rows of the committed results.csv that no evaluation file in OUT backs any more (an
+    earlier chunk measured them on a machine whose file was not kept): a measurement is never
+    dropped from the tables; rerunning its evaluation replaces it."""
+    if not (RESULTS / "results.csv").exists():
+        return []
+    with open(RESULTS / "results.csv", newline="") as handle:
+        kept = [r for r in csv.DictReader(handle) if (r["method"], int(r["ipc"])) not in have]
+    for row in kept:
+        row.update(ipc=int(row["ipc"]), epochs=int(row["epochs"]), seeds=int(row["seeds"]),
+                   **{k: float(row[k]) for k in ("test_mean", "test_std", "val_mean")})  # fmt: skip
+    if kept:
+        print(f"[study] kept {len(kept)} earlier row(s) of {RESULTS / 'results.csv'} "
+              "without an evaluation file")  # fmt: skip
+    return kept
+
+
 def collect(out: Path, search: Path) -> None:
     """Results into MLflow (one run per evaluated set, never twice) and into committed tables."""
     from mlflow.tracking import MlflowClient
@@ -233,6 +252,7 @@ def collect(out: Path, search: Path) -> None:
                      "test_mean": result["test_mean"], "test_std": result["test_std"],
                      "val_mean": result["val_mean"], "epochs": result["epochs"],
                      "seeds": len(result["seeds"])})  # fmt: skip
+    rows += earlier_rows({(r["method"], r["ipc"]) for r in rows})
     client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("fmnist-study")
     experiment_id = (experiment.experiment_id if experiment
@@ -249,6 +269,7 @@ def collect(out: Path, search: Path) -> None:
             client.log_metric(run.info.run_id, metric, row[metric])
         client.set_terminated(run.info.run_id)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    rows.sort(key=lambda r: (r["method"], r["ipc"]))
     with open(RESULTS / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["method"])
         writer.writeheader()

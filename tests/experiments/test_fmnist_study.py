@@ -77,3 +77,23 @@ def test_committed_results_restore_a_fresh_run_folder(study, tmp_path, capsys) -
     (fresh / "eval-window-ipc60.json").write_text('{"newer": 1}')
     study.restore(fresh, fresh_search)
     assert json.loads((fresh / "eval-window-ipc60.json").read_text()) == {"newer": 1}
+
+
+def test_collect_keeps_earlier_rows_that_no_evaluation_file_backs(study, tmp_path) -> None:
+    committed = study.RESULTS
+    committed.mkdir(parents=True)
+    (committed / "results.csv").write_text(
+        "method,ipc,test_mean,test_std,val_mean,epochs,seeds\n"
+        "random,120,0.85,0.002,0.86,98,3\n"
+        "random,60,0.80,0.001,0.81,196,3\n"
+    )
+    out = tmp_path / "run"
+    out.mkdir()
+    result = {"test_mean": 0.83, "test_std": 0.003, "val_mean": 0.84, "epochs": 196,
+              "seeds": [0, 1, 2]}  # fmt: skip
+    (out / "eval-random-ipc60.json").write_text(json.dumps({"result": result}))
+    study.collect(out, out / "search")
+    table = (committed / "results.csv").read_text().splitlines()
+    assert table[1:] == ["random,60,0.83,0.003,0.84,196,3", "random,120,0.85,0.002,0.86,98,3"]
+    tables = (committed / "tables.md").read_text()
+    assert "| random subset | 83.00 ± 0.30 | 85.00 ± 0.20 |" in tables
