@@ -99,6 +99,25 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
     return cov / (sx * sy) if sx and sy else math.nan
 
 
+def rank_correlations(state: dict[str, Any]) -> dict[str, float | None]:
+    """Spearman's ρ of short vs full validation accuracy over the β points evaluated both ways,
+    within each IPC ({IPC: ρ}; None below 3 points). Appendix E's claim is that short training
+    *ranks the windows of one IPC* like full training; points of different IPCs are never
+    pooled, since their accuracies differ by the IPC itself."""
+    out: dict[str, float | None] = {}
+    for ipc, entry in state["ipcs"].items():
+        points = list(entry.get("final", {}).get("beta_full", {}).values())
+        rho = spearman([p["short_val"] for p in points], [p["full_val"] for p in points])
+        out[ipc] = None if rho != rho else rho
+    return out
+
+
+def mean_rank_correlation(by_ipc: dict[str, float | None]) -> float | None:
+    """The mean of the defined per-IPC correlations, or None."""
+    values = [v for v in by_ipc.values() if v is not None]
+    return sum(values) / len(values) if values else None
+
+
 def predict(searched: dict[int, float], ipcs: Sequence[int]) -> dict[int, float]:
     """A monotone (non-increasing in IPC, as the paper observes) piecewise-linear fit in
     log IPC through the searched optima, constant beyond them. Unverified by construction."""

@@ -473,7 +473,14 @@ def run_search(
     wait_for_resources: float = 0.0, log: Log = print,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The whole search; returns the per-IPC rows of ``best_hparams.csv``."""
-    from selmatch_tune.outputs import format_table, predict, spearman, table_rows, write_table
+    from selmatch_tune.outputs import (
+        format_table,
+        mean_rank_correlation,
+        predict,
+        rank_correlations,
+        table_rows,
+        write_table,
+    )
     from selmatch_tune.tracking import default_tracking_uri
 
     out = out.resolve()
@@ -518,21 +525,25 @@ def run_search(
             request_resources(bundles=[])
     rows = table_rows(config.dataset, config.beta_convention, state)
     table = write_table(out / "best_hparams.csv", rows)
-    pairs = [(v["short_val"], v["full_val"]) for e in state["ipcs"].values()
-             for v in e["final"]["beta_full"].values()]  # fmt: skip
-    rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
-    state["rank_correlation_short_vs_full"] = None if rho != rho else rho
+    by_ipc = rank_correlations(state)
+    state["rank_correlation_by_ipc"] = by_ipc
+    state["rank_correlation_short_vs_full"] = mean_rank_correlation(by_ipc)
     state["seconds"] = state.get("seconds", 0.0) + time.perf_counter() - started
     save_state(out, state)
     for path in (table, out / STATE):
         tracker.log_artifact(path)
-    tracker.log_parent_metrics({f"final_test_ipc{r['ipc']}": r["final_test_mean"] for r in rows})
+    tracker.log_parent_metrics({
+        **{f"final_test_ipc{r['ipc']}": r["final_test_mean"] for r in rows},
+        **{f"rank_correlation_ipc{ipc}": rho for ipc, rho in by_ipc.items() if rho is not None},
+    })  # fmt: skip
     tracker.finish()
     log(format_table(rows))
-    log(
-        f"rank correlation of short vs full evaluation over {len(pairs)} β points: "
-        + ("n/a (fewer than 3 points)" if rho != rho else f"{rho:.2f}")
-    )
+    ranks = ", ".join(
+        f"IPC {ipc} " + ("n/a (fewer than 3 points; raise --full-eval-top)" if rho is None
+                         else f"{rho:.2f}")
+        for ipc, rho in by_ipc.items()
+    )  # fmt: skip
+    log(f"rank correlation of short vs full evaluation of the β points, within each IPC: {ranks}")
     if config.predict_ipcs:
         searched = {int(r["ipc"]): r for r in rows}
         betas = predict({k: r["beta"] for k, r in searched.items()}, config.predict_ipcs)
