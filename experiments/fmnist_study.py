@@ -97,13 +97,15 @@ class Study:
 
 
 def distill_step(study: Study, method: str, ipc: int, beta: float, alpha: float,
-                 experts: str, out: Path) -> bool:  # fmt: skip
-    iterations = ITERATIONS // 2 if method == "seqmatch" else ITERATIONS
+                 experts: str, out: Path, *, iterations: int = ITERATIONS,
+                 extra: tuple[str, ...] = ()) -> bool:  # fmt: skip
+    """``extra`` options follow the study's (a later value of an option wins)."""
+    iterations = iterations // 2 if method == "seqmatch" else iterations
     command = study.selmatch(
         "distill", "--method", method, "--ipc", str(ipc), "--experts", experts,
         "--scores", experts, "--score", "el2n", "--beta", f"{beta:g}",
         "--beta-convention", CONVENTION, "--alpha", f"{alpha:g}", "--subsets", "2",
-        *DISTILL, "--iterations", str(iterations), "--out", str(out),
+        *DISTILL, *extra, "--iterations", str(iterations), "--out", str(out),
     )  # fmt: skip
     if (out / "checkpoint" / "state.json").exists():
         command.append("--resume")
@@ -238,12 +240,10 @@ def earlier_rows(have: set[tuple[str, int]]) -> list[dict[str, Any]]:
     return kept
 
 
-def collect(out: Path, search: Path) -> None:
-    """Results into MLflow (one run per evaluated set, never twice) and into committed tables."""
-    from mlflow.tracking import MlflowClient
-
+def read_evaluations(out: Path, pattern: str = "eval-*.json") -> list[dict[str, Any]]:
+    """One row per evaluation file ``eval-<method>-ipc<IPC>.json`` in ``out``."""
     rows = []
-    for path in sorted(out.glob("eval-*.json")):
+    for path in sorted(out.glob(pattern)):
         payload = json.loads(path.read_text())
         result = payload["result"]
         name = path.stem.removeprefix("eval-")
@@ -252,11 +252,16 @@ def collect(out: Path, search: Path) -> None:
                      "test_mean": result["test_mean"], "test_std": result["test_std"],
                      "val_mean": result["val_mean"], "epochs": result["epochs"],
                      "seeds": len(result["seeds"])})  # fmt: skip
-    rows += earlier_rows({(r["method"], r["ipc"]) for r in rows})
+    return rows
+
+
+def log_to_mlflow(out: Path, experiment: str, rows: list[dict[str, Any]]) -> None:
+    """One MLflow run per row in ``OUT/mlflow.db`` (never twice: a row's run is tagged)."""
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("fmnist-study")
-    experiment_id = (experiment.experiment_id if experiment
-                     else client.create_experiment("fmnist-study"))  # fmt: skip
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
     logged = {r.data.tags.get("set") for r in client.search_runs([experiment_id])}
     for row in rows:
         key = f"{row['method']}-ipc{row['ipc']}"
@@ -268,6 +273,13 @@ def collect(out: Path, search: Path) -> None:
         for metric in ("test_mean", "test_std", "val_mean"):
             client.log_metric(run.info.run_id, metric, row[metric])
         client.set_terminated(run.info.run_id)
+
+
+def collect(out: Path, search: Path) -> None:
+    """Results into MLflow (one run per evaluated set, never twice) and into committed tables."""
+    rows = read_evaluations(out)
+    rows += earlier_rows({(r["method"], r["ipc"]) for r in rows})
+    log_to_mlflow(out, "fmnist-study", rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows.sort(key=lambda r: (r["method"], r["ipc"]))
     with open(RESULTS / "results.csv", "w", newline="") as handle:

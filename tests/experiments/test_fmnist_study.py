@@ -97,3 +97,64 @@ def test_collect_keeps_earlier_rows_that_no_evaluation_file_backs(study, tmp_pat
     assert table[1:] == ["random,60,0.83,0.003,0.84,196,3", "random,120,0.85,0.002,0.86,98,3"]
     tables = (committed / "tables.md").read_text()
     assert "| random subset | 83.00 ± 0.30 | 85.00 ± 0.20 |" in tables
+
+
+@pytest.fixture
+def probe(study, tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location(
+        "budget_probe", ROOT / "experiments" / "budget_probe.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "study_module", study)
+    monkeypatch.setattr(module, "RESULTS", study.RESULTS / "probe")
+    return module
+
+
+def test_the_probe_tables_each_variant_against_the_studys_mtt(probe, study, tmp_path) -> None:
+    study.RESULTS.mkdir(parents=True)
+    (study.RESULTS / "results.csv").write_text(
+        "method,ipc,test_mean,test_std,val_mean,epochs,seeds\n"
+        "distill-mtt,60,0.7869,0.0009,0.79,196,3\n"
+        "random,60,0.8322,0.0033,0.84,196,3\n"
+        "random,120,0.85,0.002,0.86,98,3\n"
+    )
+    out = tmp_path / "probe-run"
+    out.mkdir()
+    result = {"test_mean": 0.8012, "test_std": 0.002, "val_mean": 0.81, "epochs": 196,
+              "seeds": [0, 1, 2]}  # fmt: skip
+    (out / "eval-mtt-e5-lr100-it200-ipc60.json").write_text(json.dumps({"result": result}))
+    (out / "mtt-e5-lr100-it200-ipc60").mkdir()
+    (out / "mtt-e5-lr100-it200-ipc60" / "grid.png").write_bytes(b"png")
+    probe.collect(out)
+    lines = (probe.RESULTS / "tables.md").read_text().splitlines()
+    assert lines[2].startswith("| random subset") and "83.22 ± 0.33 | +4.53 |" in lines[2]
+    assert "78.69 ± 0.09 | +0.00 |" in lines[3]
+    assert lines[4] == "| pixel lr 100 (not 1000) | 80.12 ± 0.20 | +1.43 |"
+    assert len(lines) == 5  # the study's IPC 120 row is not the probe's
+    assert (probe.RESULTS / "mtt-e5-lr100-it200-grid.png").read_bytes() == b"png"
+    assert (probe.RESULTS / "eval-mtt-e5-lr100-it200-ipc60.json").exists()
+    # logged to MLflow once, however often collect runs
+    probe.collect(out)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fmnist-budget-probe")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.data.tags["set"] for r in runs] == ["mtt-e5-lr100-it200-ipc60"]
+    assert runs[0].data.metrics["test_mean"] == pytest.approx(0.8012)
+
+
+def test_the_probe_plans_its_steps_and_waits_for_the_run_it_resumes(probe, tmp_path, capsys):
+    runner = probe.Study(tmp_path / "plan", dry_run=True, stop_after=None)
+    (tmp_path / "plan").mkdir()
+    assert probe.probe_step(runner, "mtt-e5-it200")
+    planned = capsys.readouterr().out
+    assert "experts e5" in planned and "--epochs 5" in planned
+    assert "distill mtt-e5-it200-ipc60" in planned and "--lr-images" not in planned
+    assert probe.probe_step(runner, "mtt-e15-T10-it200")
+    planned = capsys.readouterr().out
+    assert "--epochs 15" in planned
+    # the probe's option follows the study's: the CLI keeps the last value of a repeated option
+    assert planned.index("--max-start-epoch 3") < planned.index("--max-start-epoch 10")
+    assert not probe.probe_step(runner, "mtt-e5-it600")  # its base set is not there yet
