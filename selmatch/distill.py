@@ -59,7 +59,9 @@ class DistillationDivergedError(SelmatchError, ArithmeticError):
 @dataclass(frozen=True)
 class DistillConfig(Config):
     """Every knob of a distillation. Symbols of the papers: N = ``n_student_steps``,
-    M = ``expert_epochs``, T+ = ``max_start_epoch``, b = ``syn_batch``, α, β."""
+    M = ``expert_epochs``, T+ = ``max_start_epoch``, b = ``syn_batch``, α, β. Start epochs are
+    drawn from [``min_start_epoch``, T+): 0 in MTT and SelMatch; a later T− (as DATM, Guo et
+    al. 2024, does for large IPC) matches only the later part of the experts' training."""
 
     method: str = "selmatch"
     ipc: int = 10
@@ -71,6 +73,7 @@ class DistillConfig(Config):
     merge: bool = False
     n_student_steps: int = 20
     expert_epochs: int = 2
+    min_start_epoch: int = 0
     max_start_epoch: int = 10
     syn_batch: int = 100
     iterations: int = 200
@@ -94,6 +97,7 @@ class DistillConfig(Config):
         check_int("n_student_steps", self.n_student_steps, 1, 10_000)
         check_int("expert_epochs", self.expert_epochs, 1, 10_000)
         check_int("max_start_epoch", self.max_start_epoch, 1, 10_000)
+        check_int("min_start_epoch", self.min_start_epoch, 0, self.max_start_epoch - 1)
         check_int("syn_batch", self.syn_batch, 2, 1_000_000)
         check_int("iterations", self.iterations, 0, 10_000_000)
         check_float("lr_images", self.lr_images, 0.0, low_open=True)
@@ -186,8 +190,9 @@ def stages_of(config: DistillConfig, initial: Initial) -> list[Stage]:
         frozen = (
             torch.empty(0, dtype=torch.int64) if config.merge else everything[~initial.distill_mask]
         )
-        return [Stage(learnable, frozen, (0, config.max_start_epoch))]
-    edges = torch.linspace(0, config.max_start_epoch, config.subsets + 1).round().long().tolist()
+        return [Stage(learnable, frozen, (config.min_start_epoch, config.max_start_epoch))]
+    cuts = torch.linspace(config.min_start_epoch, config.max_start_epoch, config.subsets + 1)
+    edges = cuts.round().long().tolist()
     return [
         Stage(
             everything[initial.subset_ids == k],

@@ -104,6 +104,35 @@ def test_seqmatch_learns_subsets_in_order(tmp_path, fashion, fashion_split, expe
     assert not torch.equal(after2[second], before2[second])
 
 
+def test_segments_start_in_the_min_to_max_start_epoch_range(fashion, fashion_split, experts,
+                                                            hardness) -> None:  # fmt: skip
+    config = TINY.replace(method="mtt", alpha=1.0, min_start_epoch=1, max_start_epoch=3)
+    initial = distill_module.initial_set(config, fashion, fashion_split, None)
+    (stage,) = distill_module.stages_of(config, initial)
+    assert stage.start_epochs == (1, 3)
+    seq = config.replace(method="seqmatch")
+    first, second = distill_module.stages_of(seq, distill_module.initial_set(
+        seq, fashion, fashion_split, None))  # fmt: skip
+    assert (first.start_epochs, second.start_epochs) == ((1, 2), (2, 3))
+    # every drawn start epoch, and so every matched segment, lies in [T−, T+)
+    trajectories = [torch.arange(5.0).unsqueeze(1)] * 2  # parameter vector = its epoch
+    run_ = distill_module._Run(
+        config=config, directory=None, template=None, layout=None, trajectories=trajectories,
+        labels=initial.labels, image_size=(28, 28), dsa=None, device=torch.device("cpu"),
+        progress=False,
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    starts = {int(distill_module.sample_expert_segment(run_, stage.start_epochs, generator)[0])
+              for _ in range(50)}  # fmt: skip
+    assert starts == {1, 2}
+    assert (
+        DistillConfig.from_dict(
+            {k: v for k, v in TINY.to_dict().items() if k != "min_start_epoch"}
+        ).min_start_epoch
+        == 0
+    )  # sets and checkpoints saved before T− existed load as T− = 0
+
+
 def test_merge_ablation_trains_the_student_on_d_distill_alone(fashion, fashion_split, hardness):
     config = TINY.replace(merge=True)
     initial = distill_module.initial_set(config, fashion, fashion_split, hardness)
@@ -185,6 +214,8 @@ def test_settings_checked_against_the_experts(tmp_path, fashion, fashion_split, 
         (dict(mode="fast"), "--mode must be one of"),
         (dict(subsets=5, ipc=4), r"--subsets must be an integer in \[1, 4\]"),
         (dict(dsa_strategy="blur"), "--dsa-strategy must be one of"),
+        (dict(min_start_epoch=2), r"--min-start-epoch must be an integer in \[0, 1\], got 2"),
+        (dict(min_start_epoch=-1), r"--min-start-epoch must be an integer in \[0, 1\]"),
     ],
 )
 def test_bad_distill_settings(kwargs, message) -> None:

@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="N: student SGD steps per matching iteration")  # fmt: skip
     b.add_argument("--max-start-epoch", type=int, default=None,
                    help="T+: latest expert epoch a matched segment may start at")  # fmt: skip
+    b.add_argument("--min-start-epoch", type=int, default=None,
+                   help="T−: earliest expert epoch a matched segment may start at")  # fmt: skip
     b.add_argument("--syn-batch", type=int, default=None,
                    help="b: synthetic images per student step")  # fmt: skip
     b.add_argument("--short-epochs", type=int, default=None, help="epochs of a trial's evaluation")
@@ -218,6 +220,7 @@ def apply_overrides(config: SearchConfig, args: argparse.Namespace) -> SearchCon
         ("iterations", "iterations"),
         ("student_steps", "n_student_steps"),
         ("max_start_epoch", "max_start_epoch"),
+        ("min_start_epoch", "min_start_epoch"),
         ("syn_batch", "syn_batch"),
     )
     for arg, field in distill_fields:

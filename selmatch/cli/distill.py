@@ -53,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     match.add_argument("--expert-epochs", type=int, default=2, help="M (default: 2)")
     match.add_argument("--max-start-epoch", type=int, default=10, help="T+ (default: 10; paper 80)")
     match.add_argument(
+        "--min-start-epoch", type=int, default=0,
+        help="T−: matched segments start at an expert epoch in [T−, T+) (default: 0, as MTT and "
+        "SelMatch; a later T−, as DATM does for large IPC, matches only later training)",
+    )  # fmt: skip
+    match.add_argument(
         "--syn-batch", type=int, default=100, help="b, student mini-batch (default: 100; paper 125)"
     )
     match.add_argument("--iterations", type=int, default=200, help="iterations (paper: 10,000)")
@@ -98,7 +103,8 @@ def run_distill(args: argparse.Namespace) -> int:
         alpha=1.0 if args.method != "selmatch" else args.alpha,
         beta_convention=args.beta_convention, score=args.score, subsets=args.subsets,
         merge=args.merge, n_student_steps=args.student_steps, expert_epochs=args.expert_epochs,
-        max_start_epoch=args.max_start_epoch, syn_batch=args.syn_batch,
+        min_start_epoch=args.min_start_epoch, max_start_epoch=args.max_start_epoch,
+        syn_batch=args.syn_batch,
         iterations=args.iterations, lr_images=args.lr_images,
         momentum_images=args.momentum_images, lr_init=args.lr_init, lr_lr=args.lr_lr,
         momentum_lr=args.momentum_lr, dsa_strategy=args.dsa_strategy, mode=args.memory,
@@ -113,7 +119,8 @@ def run_distill(args: argparse.Namespace) -> int:
     print(dataset.describe())
     print(
         f"{config.method}: IPC {config.ipc}, N {config.n_student_steps}, M "
-        f"{config.expert_epochs}, T+ {config.max_start_epoch}, b {config.syn_batch}, "
+        f"{config.expert_epochs}, start epochs [{config.min_start_epoch}, "
+        f"{config.max_start_epoch}), b {config.syn_batch}, "
         f"{config.iterations} iterations, {config.mode} mode, {len(experts.finished)} expert(s) "
         f"({experts.config.model.describe()})"
     )
