@@ -10,7 +10,16 @@ study's evaluation (``EVAL`` of ``fmnist_study.py``: 196 epochs, 3 seeds, DSA):
 - ``mtt-e5-it200``: the study's MTT again (its experts retrained): does it reproduce?
 - ``mtt-e5-lr100-it200``: pixel lr 100 instead of 1000;
 - ``mtt-e15-T10-it200``: experts of 2 x 15 epochs, start epochs up to T+ = 10 (not 3);
-- ``mtt-e5-it600``: 600 iterations (``mtt-e5-it200`` resumed for 400 more).
+- ``mtt-e5-it600``: 600 iterations (``mtt-e5-it200`` resumed for 400 more);
+- ``mtt-e15-late-it200``: the 15-epoch experts, only their later training matched (start
+  epochs in [8, 13), ``--min-start-epoch``, as DATM does for large IPC);
+- ``mtt-e15-late-lr100-it200``: the same with pixel lr 100;
+- ``mtt-e5-lr10-it200``: pixel lr 10;
+- ``selmatch-e5-lr100-it200``: SelMatch at the study's searched β*, α* with pixel lr 100 (the
+  study's SelMatch: lr 1000).
+
+A probe named ``selmatch-…`` distils with SelMatch (β*, α* of IPC 60 from the study's
+``best_hparams.csv``), the others with MTT.
 
 Each step is skipped when its output exists, so the probe resumes where it stopped; every
 evaluation is logged to MLflow (``OUT/mlflow.db``, experiment ``fmnist-budget-probe``) and the
@@ -44,14 +53,29 @@ PROBES: dict[str, tuple[str, tuple[str, ...], int, str | None]] = {
     "mtt-e5-lr100-it200": ("e5", ("--lr-images", "100"), 200, None),
     "mtt-e15-T10-it200": ("e15", ("--max-start-epoch", "10"), 200, None),
     "mtt-e5-it600": ("e5", (), 600, "mtt-e5-it200"),
+    "mtt-e15-late-it200": ("e15", ("--min-start-epoch", "8", "--max-start-epoch", "13"), 200, None),
+    "mtt-e15-late-lr100-it200": (
+        "e15",
+        ("--min-start-epoch", "8", "--max-start-epoch", "13", "--lr-images", "100"),
+        200,
+        None,
+    ),
+    "mtt-e5-lr10-it200": ("e5", ("--lr-images", "10"), 200, None),
+    "selmatch-e5-lr100-it200": ("e5", ("--lr-images", "100"), 200, None),
 }
 LABELS = {
     "random": "random subset (= MTT's initial images), from the study",
+    "window": "oracle window (= SelMatch's initial images), from the study",
     "distill-mtt": "MTT, the study's (experts 2 × 5 epochs, T+ 3, lr 1000, 200 iterations)",
+    "distill-selmatch": "SelMatch, the study's (β*, α*, the same budget as its MTT)",
     "mtt-e5-it200": "the same, experts retrained (reproduction)",
     "mtt-e5-lr100-it200": "pixel lr 100 (not 1000)",
     "mtt-e15-T10-it200": "experts 2 × 15 epochs, T+ 10 (not 2 × 5, T+ 3)",
     "mtt-e5-it600": "600 iterations (not 200)",
+    "mtt-e15-late-it200": "experts 2 × 15 epochs, start epochs in [8, 13) (later training only)",
+    "mtt-e15-late-lr100-it200": "the same with pixel lr 100",
+    "mtt-e5-lr10-it200": "pixel lr 10 (not 1000)",
+    "selmatch-e5-lr100-it200": "SelMatch with pixel lr 100 (not 1000)",
 }
 
 
@@ -76,10 +100,19 @@ def probe_step(study: Study, name: str) -> bool:
         if not study.dry_run:  # go on from the base's last checkpoint
             shutil.copytree(source, out)
             (out / "set.safetensors").unlink()
-    ok = distill_step(study, "mtt", IPC, 0.0, 1.0, str(study.out / f"experts-{experts}"), out,
-                      iterations=iterations, extra=extra)  # fmt: skip
+    method = name.partition("-")[0]
+    beta, alpha = searched() if method == "selmatch" else (0.0, 1.0)
+    ok = distill_step(study, method, IPC, beta, alpha, str(study.out / f"experts-{experts}"),
+                      out, iterations=iterations, extra=extra)  # fmt: skip
     return ok and study.run(f"evaluate {name}", study.selmatch(
         "evaluate", "--set", str(out), *EVAL, "--out", str(result)), result)  # fmt: skip
+
+
+def searched() -> tuple[float, float]:
+    """β*, α* of IPC 60 as the study's search chose them."""
+    with open(study_module.RESULTS / "best_hparams.csv", newline="") as handle:
+        row = next(r for r in csv.DictReader(handle) if int(r["ipc"]) == IPC)
+    return float(row["beta"]), float(row["alpha"])
 
 
 def collect(out: Path) -> None:
@@ -87,15 +120,16 @@ def collect(out: Path) -> None:
     log_to_mlflow(out, "fmnist-budget-probe", rows)
     with open(study_module.RESULTS / "results.csv", newline="") as handle:
         study_rows = {(r["method"], int(r["ipc"])): r for r in csv.DictReader(handle)}
-    reference = [study_rows[(m, IPC)] for m in ("random", "distill-mtt") if (m, IPC) in study_rows]
+    reference = [study_rows[(m, IPC)] for m in ("random", "window", "distill-mtt",
+                 "distill-selmatch") if (m, IPC) in study_rows]  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    lines = [f"| IPC {IPC}, MTT | test % (3 seeds) | Δ vs the study's MTT |", "|---|---|---|"]
-    base = next((float(r["test_mean"]) for r in reference if r["method"] == "distill-mtt"), None)
+    lines = [f"| IPC {IPC} | test % (3 seeds) | Δ vs the random subset |", "|---|---|---|"]
+    base = next((float(r["test_mean"]) for r in reference if r["method"] == "random"), None)
     for row in [*reference, *rows]:
         mean, std = 100 * float(row["test_mean"]), 100 * float(row["test_std"])
         delta = "" if base is None else f"{mean - 100 * base:+.2f}"
-        lines.append(f"| {LABELS.get(row['method'], row['method'])} | {mean:.2f} ± {std:.2f} "
-                     f"| {delta} |")  # fmt: skip
+        name = row["method"].removesuffix(f"-ipc{IPC}")
+        lines.append(f"| {LABELS.get(name, name)} | {mean:.2f} ± {std:.2f} | {delta} |")
     (RESULTS / "tables.md").write_text("\n".join(lines) + "\n")
     for path in out.glob("eval-*.json"):
         (RESULTS / path.name).write_bytes(path.read_bytes())

@@ -111,7 +111,7 @@ def probe(study, tmp_path, monkeypatch):
     return module
 
 
-def test_the_probe_tables_each_variant_against_the_studys_mtt(probe, study, tmp_path) -> None:
+def test_the_probe_tables_each_variant_against_the_random_subset(probe, study, tmp_path) -> None:
     study.RESULTS.mkdir(parents=True)
     (study.RESULTS / "results.csv").write_text(
         "method,ipc,test_mean,test_std,val_mean,epochs,seeds\n"
@@ -128,9 +128,9 @@ def test_the_probe_tables_each_variant_against_the_studys_mtt(probe, study, tmp_
     (out / "mtt-e5-lr100-it200-ipc60" / "grid.png").write_bytes(b"png")
     probe.collect(out)
     lines = (probe.RESULTS / "tables.md").read_text().splitlines()
-    assert lines[2].startswith("| random subset") and "83.22 ± 0.33 | +4.53 |" in lines[2]
-    assert "78.69 ± 0.09 | +0.00 |" in lines[3]
-    assert lines[4] == "| pixel lr 100 (not 1000) | 80.12 ± 0.20 | +1.43 |"
+    assert lines[2].startswith("| random subset") and "83.22 ± 0.33 | +0.00 |" in lines[2]
+    assert lines[3].startswith("| MTT, the study's") and "78.69 ± 0.09 | -4.53 |" in lines[3]
+    assert lines[4] == "| pixel lr 100 (not 1000) | 80.12 ± 0.20 | -3.10 |"
     assert len(lines) == 5  # the study's IPC 120 row is not the probe's
     assert (probe.RESULTS / "mtt-e5-lr100-it200-grid.png").read_bytes() == b"png"
     assert (probe.RESULTS / "eval-mtt-e5-lr100-it200-ipc60.json").exists()
@@ -158,3 +158,9 @@ def test_the_probe_plans_its_steps_and_waits_for_the_run_it_resumes(probe, tmp_p
     # the probe's option follows the study's: the CLI keeps the last value of a repeated option
     assert planned.index("--max-start-epoch 3") < planned.index("--max-start-epoch 10")
     assert not probe.probe_step(runner, "mtt-e5-it600")  # its base set is not there yet
+    # a SelMatch probe distils at the β*, α* the study's search chose for IPC 60
+    probe.study_module.RESULTS.mkdir(parents=True)
+    (probe.study_module.RESULTS / "best_hparams.csv").write_text("ipc,beta,alpha\n60,0.5,0.4\n")
+    assert probe.probe_step(runner, "selmatch-e5-lr100-it200")
+    planned = capsys.readouterr().out
+    assert "--method selmatch" in planned and "--beta 0.5" in planned and "--alpha 0.4" in planned
