@@ -132,7 +132,7 @@ def test_the_probe_tables_each_variant_against_the_random_subset(probe, study, t
     assert lines[3].startswith("| MTT, the study's") and "78.69 ± 0.09 | -4.53 |" in lines[3]
     assert lines[4] == "| pixel lr 100 (not 1000) | 80.12 ± 0.20 | -3.10 |"
     assert len(lines) == 5  # the study's IPC 120 row is not the probe's
-    assert (probe.RESULTS / "mtt-e5-lr100-it200-grid.png").read_bytes() == b"png"
+    assert (probe.RESULTS / "mtt-e5-lr100-it200-ipc60-grid.png").read_bytes() == b"png"
     assert (probe.RESULTS / "eval-mtt-e5-lr100-it200-ipc60.json").exists()
     # logged to MLflow once, however often collect runs
     probe.collect(out)
@@ -161,6 +161,6 @@ def test_the_probe_plans_its_steps_and_waits_for_the_run_it_resumes(probe, tmp_p
     # a SelMatch probe distils at the β*, α* the study's search chose for IPC 60
     probe.study_module.RESULTS.mkdir(parents=True)
     (probe.study_module.RESULTS / "best_hparams.csv").write_text("ipc,beta,alpha\n60,0.5,0.4\n")
-    assert probe.probe_step(runner, "selmatch-e5-lr100-it200")
+    assert probe.probe_step(runner, "selmatch-e15-late-lr100-it200")
     planned = capsys.readouterr().out
     assert "--method selmatch" in planned and "--beta 0.5" in planned and "--alpha 0.4" in planned
