@@ -240,10 +240,10 @@ def earlier_rows(have: set[tuple[str, int]]) -> list[dict[str, Any]]:
     return kept
 
 
-def read_evaluations(out: Path, pattern: str = "eval-*.json") -> list[dict[str, Any]]:
+def read_evaluations(out: Path) -> list[dict[str, Any]]:
     """One row per evaluation file ``eval-<method>-ipc<IPC>.json`` in ``out``."""
     rows = []
-    for path in sorted(out.glob(pattern)):
+    for path in sorted(out.glob("eval-*.json")):
         payload = json.loads(path.read_text())
         result = payload["result"]
         name = path.stem.removeprefix("eval-")
