@@ -1,19 +1,23 @@
 """The Fashion-MNIST study of docs/results.md: random subset, oracle window, MTT, SelMatch
 (searched β, α) and SeqMatch at 1 / 2 / 5 / 10 % of the data, the Table-3 ablation and coverage.
 
-Every method gets the same budget (the compute plan at the top of docs/results.md, and
-``PLAN`` below). The work is a list of steps, each a ``selmatch`` / ``search_alpha_beta.py``
-command whose output file says it is done: rerunning the script skips finished steps and
-resumes an interrupted distillation or search, so the study runs in chunks
+Every method gets the same budget, the compute plan (``PLANS`` below, stated in
+docs/results.md). ``--plan v1`` is the first study (experts 2 x 5 epochs, start epochs
+[0, 3), pixel lr 1000); ``--plan v2`` reruns it with what the budget probe found makes
+distillation gain (experts 2 x 15 epochs, start epochs [8, 13), pixel lr 100), its search
+included, at 1 / 5 / 10 %. The work is a list of steps, each a ``selmatch`` /
+``search_alpha_beta.py`` command whose output file says it is done: rerunning the script skips
+finished steps and resumes an interrupted distillation or search, so the study runs in chunks
 (``--ipcs 60`` first, ``--stop-after 100`` to stop starting new steps after 100 minutes).
-Every evaluation is logged to MLflow (``OUT/mlflow.db``, experiment ``fmnist-study``, one run
-per set) and the tables are written to ``experiments/results/fmnist-study/``, together with
-what a fresh machine needs to go on: the search's state, the evaluations' JSON files and the
-sets (whole up to IPC 120, as pictures above). A run on a machine without ``OUT`` copies them
-back first, so only the unfinished steps run (plus the experts, retrained deterministically
-when the search resumes).
+Every evaluation is logged to MLflow (``OUT/mlflow.db``, experiment ``fmnist-study`` or
+``fmnist-study-v2``, one run per set) and the tables are written to
+``experiments/results/fmnist-study[-v2]/``, together with what a fresh machine needs to go on:
+the search's state, the evaluations' JSON files and the sets (whole up to IPC 120, as pictures
+above). A run on a machine without ``OUT`` copies them back first, so only the unfinished steps
+run (plus the experts, retrained deterministically when the search resumes).
 
     python experiments/fmnist_study.py --ipcs 60 --stop-after 100
+    python experiments/fmnist_study.py --plan v2 --ipcs 60
     python experiments/fmnist_study.py --dry-run      # print the commands only
 """
 
@@ -25,49 +29,113 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-RESULTS = ROOT / "experiments" / "results" / "fmnist-study"
-IPCS = (60, 120, 300, 600)  # 1 / 2 / 5 / 10 % of Fashion-MNIST's 6,000 images per class
+RESULTS_ROOT = ROOT / "experiments" / "results"
 ABLATION_IPC = 60
 CONVENTION = "data-fraction"
+EVAL = ["--width", "32", "--epochs", "full:2", "--seeds", "3", "--no-progress"]
+DISTILL = ["--student-steps", "20", "--expert-epochs", "2", "--syn-batch", "100",
+           "--checkpoint-every", "25", "--no-progress"]  # fmt: skip
+ITERATIONS = 200
 
-PLAN: dict[str, Any] = {
+
+@dataclass(frozen=True)
+class Plan:
+    """One compute plan of the study: its experts and matching settings (the rest is common
+    to both plans: model, score, evaluation, iterations, search grids)."""
+
+    name: str
+    folder: str  # under experiments/results/ and runs/
+    ipcs: tuple[int, ...]
+    expert_epochs: int
+    matching: tuple[str, ...]  # the distillation's start-epoch range and pixel lr
+    summary: dict[str, str]
+
+    @property
+    def results(self) -> Path:
+        return RESULTS_ROOT / self.folder
+
+    @property
+    def experiment(self) -> str:
+        return self.folder  # the MLflow experiment
+
+    def search_matching(self) -> list[str]:
+        """``matching`` as options of search_alpha_beta.py."""
+        options = list(self.matching)
+        if "--lr-images" in options:
+            at = options.index("--lr-images")
+            options[at : at + 2] = ["--set", f"distill.lr_images={options[at + 1]}"]
+        return options
+
+
+COMMON = {
     "model": "ConvNet-D3 width 32, BatchNorm (experts, distillation and evaluation)",
-    "experts": "2 experts x 5 epochs on the whole pool (58,800 images), lr 0.01, batch 256, DSA",
     "score": "EL2N at epoch 2 (ascending = easiest first; no ties, unlike 5-epoch Forgetting)",
     "evaluation": "SGD lr 0.1 cosine, batch 128, the steps of 2 full-data epochs whatever the "
     "set size (196 / 98 / 39 / 20 epochs at 1 / 2 / 5 / 10 %), 3 seeds; DSA on real subsets, "
     "combined augmentation on distilled sets",
-    "distillation": "N = 20 student steps, M = 2 expert epochs, T+ = 3, b = 100, 200 iterations "
-    "for every method (SeqMatch: K = 2 subsets x 100)",
-    "search": "tune/search_alpha_beta.py, quick preset at width 32 with the experts above: "
-    "10-point β and α grids, trials at 20 % of the evaluation budget, α trials 50 iterations",
+    "search": "tune/search_alpha_beta.py, quick preset at width 32 with the experts and "
+    "matching settings of the plan: 10-point β and α grids, trials at 20 % of the evaluation "
+    "budget, α trials 50 iterations",
 }
-EVAL = ["--width", "32", "--epochs", "full:2", "--seeds", "3", "--no-progress"]
-DISTILL = ["--student-steps", "20", "--expert-epochs", "2", "--max-start-epoch", "3",
-           "--syn-batch", "100", "--checkpoint-every", "25", "--no-progress"]  # fmt: skip
-ITERATIONS = 200
+PLANS = {
+    "v1": Plan(
+        "v1",
+        "fmnist-study",
+        (60, 120, 300, 600),
+        5,
+        ("--max-start-epoch", "3"),
+        {
+            **COMMON,
+            "experts": "2 experts x 5 epochs on the whole pool (58,800 images), lr 0.01, batch "
+            "256, DSA",
+            "distillation": "N = 20 student steps, M = 2 expert epochs, start epochs in [0, 3), "
+            "b = 100, pixel lr 1000, 200 iterations for every method (SeqMatch: K = 2 subsets x "
+            "100)",
+        },
+    ),
+    # the budget probe's best settings (docs/results.md, "Why distillation loses here")
+    "v2": Plan(
+        "v2",
+        "fmnist-study-v2",
+        (60, 300, 600),
+        15,
+        ("--min-start-epoch", "8", "--max-start-epoch", "13", "--lr-images", "100"),
+        {
+            **COMMON,
+            "experts": "2 experts x 15 epochs on the whole pool (58,800 images), lr 0.01, batch "
+            "256, DSA",
+            "distillation": "N = 20 student steps, M = 2 expert epochs, start epochs in [8, 13) "
+            "(the experts' later training), b = 100, pixel lr 100, 200 iterations for every "
+            "method (SeqMatch: K = 2 subsets x 100, [8, 10) then [10, 13))",
+        },
+    ),
+}
+RESULTS = PLANS["v1"].results  # the first study (read by the budget probe)
 
 
-def search_command(out: Path, ipcs: tuple[int, ...]) -> list[str]:
+def search_command(out: Path, ipcs: tuple[int, ...], plan: Plan = PLANS["v1"]) -> list[str]:
     return [
         str(BIN / "python"), str(ROOT / "tune" / "search_alpha_beta.py"), "--preset", "quick",
         "--out", str(out), "--ipcs", ",".join(map(str, ipcs)), "--width", "32",
-        "--experts", "2", "--expert-epochs", "5", "--score", "el2n",
+        "--experts", "2", "--expert-epochs", str(plan.expert_epochs), "--score", "el2n",
         "--set", "experts.per_class=null", "--set", "experts.el2n_epoch=2",
-        "--student-steps", "20", "--max-start-epoch", "3", "--syn-batch", "100",
+        "--student-steps", "20", *plan.search_matching(), "--syn-batch", "100",
         "--iterations", "50", "--set", "short.full_epochs=0.4", "--set", "final.full_epochs=2",
         "--final-seeds", "2", "--full-eval-top", "1",
     ]  # fmt: skip
 
 
 class Study:
-    def __init__(self, out: Path, *, dry_run: bool, stop_after: float | None) -> None:
+    def __init__(self, out: Path, *, dry_run: bool, stop_after: float | None,
+                 plan: Plan = PLANS["v1"]) -> None:  # fmt: skip
         self.out = out
+        self.plan = plan
         self.dry_run = dry_run
         self.deadline = None if stop_after is None else time.monotonic() + 60 * stop_after
         self.log_path = out / "steps.log"
@@ -99,13 +167,13 @@ class Study:
 def distill_step(study: Study, method: str, ipc: int, beta: float, alpha: float,
                  experts: str, out: Path, *, iterations: int = ITERATIONS,
                  extra: tuple[str, ...] = ()) -> bool:  # fmt: skip
-    """``extra`` options follow the study's (a later value of an option wins)."""
+    """``extra`` options follow the plan's (a later value of an option wins)."""
     iterations = iterations // 2 if method == "seqmatch" else iterations
     command = study.selmatch(
         "distill", "--method", method, "--ipc", str(ipc), "--experts", experts,
         "--scores", experts, "--score", "el2n", "--beta", f"{beta:g}",
         "--beta-convention", CONVENTION, "--alpha", f"{alpha:g}", "--subsets", "2",
-        *DISTILL, *extra, "--iterations", str(iterations), "--out", str(out),
+        *DISTILL, *study.plan.matching, *extra, "--iterations", str(iterations), "--out", str(out),
     )  # fmt: skip
     if (out / "checkpoint" / "state.json").exists():
         command.append("--resume")
@@ -130,14 +198,14 @@ SET_FILES = ("set.safetensors", "manifest.json", "grid.png", "loss.csv", "loss.p
 SET_LIMIT = 5_000_000  # bytes: sets up to IPC 120 are committed whole, larger ones as pictures
 
 
-def portable(out: Path, search: Path) -> dict[Path, Path]:
+def portable(out: Path, search: Path, results: Path) -> dict[Path, Path]:
     """What the committed results keep of a run folder, so that the study can go on from them
-    on a fresh machine: {file in OUT: its copy under RESULTS}."""
+    on a fresh machine: {file in OUT: its copy under ``results``}."""
     pairs: dict[Path, Path] = {}
     if (search / "search_state.json").exists():
-        pairs[search / "search_state.json"] = RESULTS / "search_state.json"
+        pairs[search / "search_state.json"] = results / "search_state.json"
     for path in [*out.glob("eval-*.json"), *out.glob("coverage-*.json")]:
-        pairs[path] = RESULTS / "evals" / path.name
+        pairs[path] = results / "evals" / path.name
     sets = [d for d in out.iterdir() if d.is_dir() and "-ipc" in d.name]
     sets += [d for d in (search / "sets").glob("ipc*") if d.is_dir()]
     for directory in sets:
@@ -148,23 +216,23 @@ def portable(out: Path, search: Path) -> dict[Path, Path]:
         for file in SET_FILES:
             path = directory / file
             if path.exists() and (file != "set.safetensors" or path.stat().st_size <= SET_LIMIT):
-                pairs[path] = RESULTS / f"ipc{ipc}-sets" / name / file
+                pairs[path] = results / f"ipc{ipc}-sets" / name / file
     return pairs
 
 
-def restore(out: Path, search: Path) -> None:
+def restore(out: Path, search: Path, results: Path) -> None:
     """Copy the committed results back into an empty or partial OUT (a fresh machine): the
     search's state (its experts are retrained, deterministically, when it resumes), the
     finished evaluations and the sets kept whole; finished steps are then skipped."""
     copied = 0
-    for directory in RESULTS.glob("ipc*-sets/*"):
+    for directory in results.glob("ipc*-sets/*"):
         ipc = directory.parent.name.removesuffix("-sets")
         winner = directory.name == "search-winner"  # the search's own (its final evaluation)
         target = search / "sets" / ipc if winner else out / directory.name
         needed = (
             winner
             or (directory / "set.safetensors").exists()
-            or (RESULTS / "evals" / f"eval-{directory.name}.json").exists()
+            or (results / "evals" / f"eval-{directory.name}.json").exists()
         )
         if (target / "manifest.json").exists() or not needed:
             continue  # there already, or a set to distil again (it was kept as pictures only)
@@ -172,19 +240,19 @@ def restore(out: Path, search: Path) -> None:
         for file in directory.iterdir():
             (target / file.name).write_bytes(file.read_bytes())
             copied += 1
-    for committed in RESULTS.glob("evals/*.json"):
+    for committed in results.glob("evals/*.json"):
         if not (out / committed.name).exists():
             (out / committed.name).write_bytes(committed.read_bytes())
             copied += 1
-    if (RESULTS / "search_state.json").exists() and not (search / "search_state.json").exists():
+    if (results / "search_state.json").exists() and not (search / "search_state.json").exists():
         search.mkdir(parents=True, exist_ok=True)
-        state = json.loads((RESULTS / "search_state.json").read_text())
+        state = json.loads((results / "search_state.json").read_text())
         for ipc, entry in state["ipcs"].items():  # where the restored winners now are
             entry["set_dir"] = str(search / "sets" / f"ipc{ipc}")
         (search / "search_state.json").write_text(json.dumps(state, indent=2) + "\n")
         copied += 1
     if copied:
-        print(f"[study] restored {copied} file(s) from {RESULTS} into {out}")
+        print(f"[study] restored {copied} file(s) from {results} into {out}")
 
 
 def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
@@ -223,19 +291,19 @@ def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
     return ok
 
 
-def earlier_rows(have: set[tuple[str, int]]) -> list[dict[str, Any]]:
+def earlier_rows(have: set[tuple[str, int]], results: Path) -> list[dict[str, Any]]:
     """Rows of the committed results.csv that no evaluation file in OUT backs any more (an
     earlier chunk measured them on a machine whose file was not kept): a measurement is never
     dropped from the tables; rerunning its evaluation replaces it."""
-    if not (RESULTS / "results.csv").exists():
+    if not (results / "results.csv").exists():
         return []
-    with open(RESULTS / "results.csv", newline="") as handle:
+    with open(results / "results.csv", newline="") as handle:
         kept = [r for r in csv.DictReader(handle) if (r["method"], int(r["ipc"])) not in have]
     for row in kept:
         row.update(ipc=int(row["ipc"]), epochs=int(row["epochs"]), seeds=int(row["seeds"]),
                    **{k: float(row[k]) for k in ("test_mean", "test_std", "val_mean")})  # fmt: skip
     if kept:
-        print(f"[study] kept {len(kept)} earlier row(s) of {RESULTS / 'results.csv'} "
+        print(f"[study] kept {len(kept)} earlier row(s) of {results / 'results.csv'} "
               "without an evaluation file")  # fmt: skip
     return kept
 
@@ -275,33 +343,34 @@ def log_to_mlflow(out: Path, experiment: str, rows: list[dict[str, Any]]) -> Non
         client.set_terminated(run.info.run_id)
 
 
-def collect(out: Path, search: Path) -> None:
+def collect(out: Path, search: Path, plan: Plan = PLANS["v1"]) -> None:
     """Results into MLflow (one run per evaluated set, never twice) and into committed tables."""
     rows = read_evaluations(out)
-    rows += earlier_rows({(r["method"], r["ipc"]) for r in rows})
-    log_to_mlflow(out, "fmnist-study", rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = plan.results
+    rows += earlier_rows({(r["method"], r["ipc"]) for r in rows}, results)
+    log_to_mlflow(out, plan.experiment, rows)
+    results.mkdir(parents=True, exist_ok=True)
     rows.sort(key=lambda r: (r["method"], r["ipc"]))
-    with open(RESULTS / "results.csv", "w", newline="") as handle:
+    with open(results / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["method"])
         writer.writeheader()
         writer.writerows(rows)
     coverage = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("coverage-*.json"))}
-    (RESULTS / "coverage.json").write_text(json.dumps(coverage, indent=2) + "\n")
-    for path, copy in portable(out, search).items():
+    (results / "coverage.json").write_text(json.dumps(coverage, indent=2) + "\n")
+    for path, copy in portable(out, search, results).items():
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_bytes(path.read_bytes())
     if (search / "best_hparams.csv").exists():
-        (RESULTS / "best_hparams.csv").write_text((search / "best_hparams.csv").read_text())
+        (results / "best_hparams.csv").write_text((search / "best_hparams.csv").read_text())
     for png in search.glob("*-ipc*.png"):
-        (RESULTS / png.name).write_bytes(png.read_bytes())
+        (results / png.name).write_bytes(png.read_bytes())
     steps = out / "steps.log"
     if steps.exists():
-        (RESULTS / "steps.log").write_text(steps.read_text())
-    (RESULTS / "plan.json").write_text(json.dumps(PLAN, indent=2) + "\n")
-    (RESULTS / "tables.md").write_text(tables(rows, coverage))
+        (results / "steps.log").write_text(steps.read_text())
+    (results / "plan.json").write_text(json.dumps(plan.summary, indent=2) + "\n")
+    (results / "tables.md").write_text(tables(rows, coverage))
     print(
-        f"[study] {len(rows)} evaluations: {RESULTS / 'results.csv'}; MLflow: {out / 'mlflow.db'}"
+        f"[study] {len(rows)} evaluations: {results / 'results.csv'}; MLflow: {out / 'mlflow.db'}"
     )
 
 
@@ -341,31 +410,44 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fmnist-study",
-                        help="working folder (default: runs/fmnist-study)")  # fmt: skip
-    parser.add_argument("--ipcs", default=",".join(map(str, IPCS)),
-                        help="IPCs to study in this chunk (default: 60,120,300,600)")  # fmt: skip
+    parser.add_argument("--plan", choices=sorted(PLANS), default="v1",
+                        help="compute plan: v1, the first study (experts 2 x 5 epochs, start "
+                        "epochs [0, 3), pixel lr 1000), or v2, the budget probe's best "
+                        "(experts 2 x 15 epochs, start epochs [8, 13), pixel lr 100) "
+                        "(default: v1)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None,
+                        help="working folder (default: runs/fmnist-study for v1, "
+                        "runs/fmnist-study-v2 for v2)")  # fmt: skip
+    parser.add_argument("--ipcs", default=None,
+                        help="IPCs to study in this chunk (default: all of the plan's: "
+                        "60,120,300,600 for v1, 60,300,600 for v2)")  # fmt: skip
     parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
                         help="start no new step after this many minutes")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     parser.add_argument("--collect", action="store_true",
                         help="only gather finished results into MLflow and the tables")  # fmt: skip
     args = parser.parse_args(argv)
+    plan = PLANS[args.plan]
+    out = args.out or ROOT / "runs" / plan.folder
+    search = out / "search"
     if args.collect:
-        collect(args.out, args.out / "search")
+        collect(out, search, plan)
         return 0
-    ipcs = tuple(int(v) for v in args.ipcs.split(","))
-    if not set(ipcs) <= set(IPCS):
-        parser.error(f"--ipcs must be among {','.join(map(str, IPCS))}, got {args.ipcs}")
-    args.out.mkdir(parents=True, exist_ok=True)
+    allowed = ",".join(map(str, plan.ipcs))
+    try:
+        ipcs = tuple(int(v) for v in (args.ipcs or allowed).split(","))
+    except ValueError:
+        parser.error(f"--ipcs must be a comma-separated list among {allowed}, got {args.ipcs}")
+    if not set(ipcs) <= set(plan.ipcs):
+        parser.error(f"--ipcs must be among {allowed} (plan {plan.name}), got {args.ipcs}")
+    out.mkdir(parents=True, exist_ok=True)
     if not args.dry_run:
-        restore(args.out, args.out / "search")
-    study = Study(args.out, dry_run=args.dry_run, stop_after=args.stop_after)
-    search = args.out / "search"
+        restore(out, search, plan.results)
+    study = Study(out, dry_run=args.dry_run, stop_after=args.stop_after, plan=plan)
     # The search grows with the chunks: every IPC up to the largest of this chunk (a larger
     # IPC's grids are bounded by the smaller IPCs' winners, so they are searched in order).
-    searched = tuple(i for i in IPCS if i <= max(ipcs))
-    command = search_command(search, searched)
+    searched = tuple(i for i in plan.ipcs if i <= max(ipcs))
+    command = search_command(search, searched, plan)
     if (search / "search_state.json").exists():
         command.append("--resume")
     if not study.run(f"search {','.join(map(str, searched))}", command,
@@ -381,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         if not study_ipc(study, ipc, rows[ipc]):
             break
     if not args.dry_run:
-        collect(args.out, search)
+        collect(out, search, plan)
     return 0
 
 

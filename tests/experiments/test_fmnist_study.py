@@ -3,6 +3,7 @@ folder is what `restore` puts back, and the finished steps are then skipped."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,10 @@ def study(tmp_path, monkeypatch):
         "fmnist_study", ROOT / "experiments" / "fmnist_study.py"
     )
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "fmnist_study", module)  # dataclasses look it up
     spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "RESULTS", tmp_path / "committed")
+    monkeypatch.setattr(module, "RESULTS_ROOT", tmp_path / "committed")
+    monkeypatch.setattr(module, "RESULTS", tmp_path / "committed" / "fmnist-study")
     return module
 
 
@@ -39,7 +42,7 @@ def test_committed_results_restore_a_fresh_run_folder(study, tmp_path, capsys) -
     (out / "eval-distill-mtt-ipc600.json").write_text("{}")
     state = {"ipcs": {"60": {"set_dir": str(search / "sets" / "ipc60")}}}
     (search / "search_state.json").write_text(json.dumps(state))
-    for path, copy in study.portable(out, search).items():
+    for path, copy in study.portable(out, search, study.RESULTS).items():
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_bytes(path.read_bytes())
     committed = study.RESULTS
@@ -48,7 +51,7 @@ def test_committed_results_restore_a_fresh_run_folder(study, tmp_path, capsys) -
     assert (committed / "ipc600-sets" / "distill-mtt-ipc600" / "grid.png").exists()
 
     fresh, fresh_search = tmp_path / "fresh", tmp_path / "fresh" / "search"
-    study.restore(fresh, fresh_search)
+    study.restore(fresh, fresh_search, study.RESULTS)
     assert (fresh / "window-ipc60" / "set.safetensors").read_bytes() == b"x" * 100
     assert (fresh_search / "sets" / "ipc60" / "manifest.json").exists()
     assert (fresh / "eval-distill-mtt-ipc600.json").exists()
@@ -75,7 +78,7 @@ def test_committed_results_restore_a_fresh_run_folder(study, tmp_path, capsys) -
     assert study.winners(fresh_search)[60]["experts"] == str(fresh / "cache" / "fm-1")
     # restoring twice copies nothing again and never overwrites
     (fresh / "eval-window-ipc60.json").write_text('{"newer": 1}')
-    study.restore(fresh, fresh_search)
+    study.restore(fresh, fresh_search, study.RESULTS)
     assert json.loads((fresh / "eval-window-ipc60.json").read_text()) == {"newer": 1}
 
 
@@ -97,6 +100,48 @@ def test_collect_keeps_earlier_rows_that_no_evaluation_file_backs(study, tmp_pat
     assert table[1:] == ["random,60,0.83,0.003,0.84,196,3", "random,120,0.85,0.002,0.86,98,3"]
     tables = (committed / "tables.md").read_text()
     assert "| random subset | 83.00 ± 0.30 | 85.00 ± 0.20 |" in tables
+
+
+def test_plan_v2_distils_with_its_matching_settings_into_its_own_results(
+    study, tmp_path, capsys
+) -> None:
+    v2 = study.PLANS["v2"]
+    search = " ".join(study.search_command(tmp_path / "search", (60,), v2))
+    assert "--expert-epochs 15" in search and "--set distill.lr_images=100" in search
+    assert "--min-start-epoch 8 --max-start-epoch 13" in search
+    assert "--lr-images" not in search  # not an option of the search: it takes --set
+    assert "--expert-epochs 5" in " ".join(study.search_command(tmp_path / "search", (60,)))
+    runner = study.Study(tmp_path / "run", dry_run=True, stop_after=None, plan=v2)
+    study.distill_step(runner, "seqmatch", 60, 0.5, 0.4, "experts", tmp_path / "run" / "s")
+    planned = capsys.readouterr().out
+    assert "--lr-images 100" in planned and "--iterations 100" in planned
+    assert "--max-start-epoch 3" not in planned  # v1's range does not leak into v2
+    # v2 has its own results folder and MLflow experiment; v1's are untouched
+    out = tmp_path / "run"
+    out.mkdir()
+    result = {"test_mean": 0.84, "test_std": 0.001, "val_mean": 0.85, "epochs": 196,
+              "seeds": [0, 1, 2]}  # fmt: skip
+    (out / "eval-distill-mtt-ipc60.json").write_text(json.dumps({"result": result}))
+    study.collect(out, out / "search", v2)
+    assert "| MTT | 84.00 ± 0.10 |" in (v2.results / "tables.md").read_text()
+    assert v2.results != study.RESULTS and not study.RESULTS.exists()
+    assert json.loads((v2.results / "plan.json").read_text())["experts"].startswith(
+        "2 experts x 15"
+    )
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    assert client.get_experiment_by_name("fmnist-study-v2") is not None
+    assert client.get_experiment_by_name("fmnist-study") is None
+
+
+def test_the_study_names_a_bad_ipc_list_in_one_line(study, capsys) -> None:
+    with pytest.raises(SystemExit):
+        study.main(["--plan", "v2", "--ipcs", "120", "--dry-run"])
+    assert "--ipcs must be among 60,300,600 (plan v2), got 120" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.main(["--ipcs", "60;120", "--dry-run"])
+    assert "--ipcs must be a comma-separated list" in capsys.readouterr().err
 
 
 @pytest.fixture
