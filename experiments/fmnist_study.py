@@ -256,38 +256,42 @@ def restore(out: Path, search: Path, results: Path) -> None:
 
 
 def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
+    """Each set is evaluated as soon as it is made, so a chunk that stops early leaves finished
+    rows, not a stack of unevaluated sets."""
     out, experts = study.out, row["experts"]
     beta, alpha = float(row["beta"]), float(row["alpha"])
+
+    def evaluate(name: str, *what: str) -> bool:
+        result = out / f"eval-{name}.json"
+        return study.run(f"evaluate {name}", study.selmatch(
+            "evaluate", *what, *EVAL, "--out", str(result)), result)  # fmt: skip
+
+    ok = evaluate(f"random-ipc{ipc}", "--ipc", str(ipc))
     window = out / f"window-ipc{ipc}"
-    ok = study.run(f"window ipc{ipc}", study.selmatch(
+    ok = ok and study.run(f"window ipc{ipc}", study.selmatch(
         "window", "--scores", experts, "--score", "el2n", "--ipc", str(ipc), "--beta",
         f"{beta:g}", "--beta-convention", CONVENTION, "--out", str(window),
     ), window / "set.safetensors", out / f"eval-{window.name}.json")  # fmt: skip
+    ok = ok and evaluate(window.name, "--set", str(window))
     for method in ("selmatch", "mtt", "seqmatch"):
-        ok = ok and distill_step(study, method, ipc, beta, alpha, experts,
-                                 out / f"distill-{method}-ipc{ipc}")  # fmt: skip
-    if ok and ipc == ABLATION_IPC:  # Table 3: selection init without partial update (α = 1)
-        ok = distill_step(
-            study, "selmatch", ipc, beta, 1.0, experts, out / f"ablation-init-ipc{ipc}"
-        )
-    evaluations = {f"random-ipc{ipc}": ["--ipc", str(ipc)]}
-    sets = [window, *(out / f"distill-{m}-ipc{ipc}" for m in ("selmatch", "mtt", "seqmatch"))]
-    if ipc == ABLATION_IPC:
-        sets.append(out / f"ablation-init-ipc{ipc}")
-        # selection init + partial update, but DSA on the whole set (no combined augmentation)
-        evaluations[f"ablation-dsa-ipc{ipc}"] = ["--set", str(sets[1]), "--augment", "dsa"]
-    evaluations.update({s.name: ["--set", str(s)] for s in sets})
-    for name, what in evaluations.items():
-        result = out / f"eval-{name}.json"
-        ok = ok and study.run(f"evaluate {name}", study.selmatch(
-            "evaluate", *what, *EVAL, "--out", str(result)), result)  # fmt: skip
-    if ok and ipc == ABLATION_IPC:
-        for method in ("selmatch", "mtt"):
-            directory = out / f"distill-{method}-ipc{ipc}"
-            ok = ok and study.run(f"coverage {method}", study.selmatch(
-                "coverage", "--set", str(directory), "--experts", experts, "--scores", experts,
-                "--score", "el2n", "--out", str(out / f"coverage-{method}-ipc{ipc}.json"),
-            ), out / f"coverage-{method}-ipc{ipc}.json")  # fmt: skip
+        directory = out / f"distill-{method}-ipc{ipc}"
+        ok = ok and distill_step(study, method, ipc, beta, alpha, experts, directory)
+        ok = ok and evaluate(directory.name, "--set", str(directory))
+    if ipc != ABLATION_IPC:
+        return ok
+    # Table 3: selection init + partial update with DSA on the whole set (no combined
+    # augmentation), then selection init without partial update (α = 1)
+    selmatch = out / f"distill-selmatch-ipc{ipc}"
+    ok = ok and evaluate(f"ablation-dsa-ipc{ipc}", "--set", str(selmatch), "--augment", "dsa")
+    ablation = out / f"ablation-init-ipc{ipc}"
+    ok = ok and distill_step(study, "selmatch", ipc, beta, 1.0, experts, ablation)
+    ok = ok and evaluate(ablation.name, "--set", str(ablation))
+    for method in ("selmatch", "mtt"):
+        directory = out / f"distill-{method}-ipc{ipc}"
+        ok = ok and study.run(f"coverage {method}", study.selmatch(
+            "coverage", "--set", str(directory), "--experts", experts, "--scores", experts,
+            "--score", "el2n", "--out", str(out / f"coverage-{method}-ipc{ipc}.json"),
+        ), out / f"coverage-{method}-ipc{ipc}.json")  # fmt: skip
     return ok
 
 

@@ -135,6 +135,26 @@ def test_plan_v2_distils_with_its_matching_settings_into_its_own_results(
     assert client.get_experiment_by_name("fmnist-study") is None
 
 
+def test_each_set_is_evaluated_as_soon_as_it_is_made(study, tmp_path, capsys) -> None:
+    runner = study.Study(tmp_path / "run", dry_run=True, stop_after=None, plan=study.PLANS["v2"])
+    row = {"experts": "experts", "beta": "0.4", "alpha": "0.7"}
+    assert study.study_ipc(runner, 60, row)
+    lines = capsys.readouterr().out.splitlines()
+    steps = [line.split(":")[0].removeprefix("[study] ") for line in lines if "[study]" in line]
+    assert steps == [
+        "evaluate random-ipc60",
+        "window ipc60", "evaluate window-ipc60",
+        "distill distill-selmatch-ipc60", "evaluate distill-selmatch-ipc60",
+        "distill distill-mtt-ipc60", "evaluate distill-mtt-ipc60",
+        "distill distill-seqmatch-ipc60", "evaluate distill-seqmatch-ipc60",
+        "evaluate ablation-dsa-ipc60",
+        "distill ablation-init-ipc60", "evaluate ablation-init-ipc60",
+        "coverage selmatch", "coverage mtt",
+    ]  # fmt: skip
+    study.study_ipc(runner, 300, row)  # the ablation and coverage are at 1 % only
+    assert "ablation" not in capsys.readouterr().out
+
+
 def test_the_study_names_a_bad_ipc_list_in_one_line(study, capsys) -> None:
     with pytest.raises(SystemExit):
         study.main(["--plan", "v2", "--ipcs", "120", "--dry-run"])
