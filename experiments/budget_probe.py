@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fmnist_study as study_module
-from fmnist_study import EVAL, ROOT, Study, distill_step, log_to_mlflow, read_evaluations
+from fmnist_study import ROOT, Study, distill_step, evaluate_step, log_to_mlflow, read_evaluations
 
 RESULTS = study_module.RESULTS / "probe"
 EXPERTS = {  # name: epochs per expert (2 experts, the study's other expert settings)
@@ -107,8 +107,7 @@ def probe_step(study: Study, name: str, ipc: int = 60) -> bool:
     beta, alpha = searched(ipc) if method == "selmatch" else (0.0, 1.0)
     ok = distill_step(study, method, ipc, beta, alpha, str(study.out / f"experts-{experts}"),
                       out, iterations=iterations, extra=extra)  # fmt: skip
-    return ok and study.run(f"evaluate {name}", study.selmatch(
-        "evaluate", "--set", str(out), *EVAL, "--out", str(result)), result)  # fmt: skip
+    return ok and evaluate_step(study, name, "--set", str(out), result=result)
 
 
 def searched(ipc: int) -> tuple[float, float]:

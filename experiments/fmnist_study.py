@@ -182,6 +182,14 @@ def distill_step(study: Study, method: str, ipc: int, beta: float, alpha: float,
                      out.parent / f"eval-{out.name}.json")  # fmt: skip
 
 
+def evaluate_step(study: Study, name: str, *what: str, result: Path | None = None) -> bool:
+    """Evaluate ``what`` (``--set DIR`` or ``--ipc N``) with the study's protocol into
+    ``result`` (default ``OUT/eval-NAME.json``) unless it exists."""
+    result = result or study.out / f"eval-{name}.json"
+    return study.run(f"evaluate {name}", study.selmatch(
+        "evaluate", *what, *EVAL, "--out", str(result)), result)  # fmt: skip
+
+
 def winners(search: Path) -> dict[int, dict[str, Any]]:
     with open(search / "best_hparams.csv", newline="") as handle:
         rows = {int(r["ipc"]): r for r in csv.DictReader(handle)}
@@ -260,38 +268,32 @@ def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
     rows, not a stack of unevaluated sets."""
     out, experts = study.out, row["experts"]
     beta, alpha = float(row["beta"]), float(row["alpha"])
-
-    def evaluate(name: str, *what: str) -> bool:
-        result = out / f"eval-{name}.json"
-        return study.run(f"evaluate {name}", study.selmatch(
-            "evaluate", *what, *EVAL, "--out", str(result)), result)  # fmt: skip
-
-    ok = evaluate(f"random-ipc{ipc}", "--ipc", str(ipc))
+    ok = evaluate_step(study, f"random-ipc{ipc}", "--ipc", str(ipc))
     window = out / f"window-ipc{ipc}"
     ok = ok and study.run(f"window ipc{ipc}", study.selmatch(
         "window", "--scores", experts, "--score", "el2n", "--ipc", str(ipc), "--beta",
         f"{beta:g}", "--beta-convention", CONVENTION, "--out", str(window),
     ), window / "set.safetensors", out / f"eval-{window.name}.json")  # fmt: skip
-    ok = ok and evaluate(window.name, "--set", str(window))
-    for method in ("selmatch", "mtt", "seqmatch"):
-        directory = out / f"distill-{method}-ipc{ipc}"
+    ok = ok and evaluate_step(study, window.name, "--set", str(window))
+    distilled = {m: out / f"distill-{m}-ipc{ipc}" for m in ("selmatch", "mtt", "seqmatch")}
+    for method, directory in distilled.items():
         ok = ok and distill_step(study, method, ipc, beta, alpha, experts, directory)
-        ok = ok and evaluate(directory.name, "--set", str(directory))
+        ok = ok and evaluate_step(study, directory.name, "--set", str(directory))
     if ipc != ABLATION_IPC:
         return ok
     # Table 3: selection init + partial update with DSA on the whole set (no combined
     # augmentation), then selection init without partial update (α = 1)
-    selmatch = out / f"distill-selmatch-ipc{ipc}"
-    ok = ok and evaluate(f"ablation-dsa-ipc{ipc}", "--set", str(selmatch), "--augment", "dsa")
+    dsa_only = ("--set", str(distilled["selmatch"]), "--augment", "dsa")
+    ok = ok and evaluate_step(study, f"ablation-dsa-ipc{ipc}", *dsa_only)
     ablation = out / f"ablation-init-ipc{ipc}"
     ok = ok and distill_step(study, "selmatch", ipc, beta, 1.0, experts, ablation)
-    ok = ok and evaluate(ablation.name, "--set", str(ablation))
+    ok = ok and evaluate_step(study, ablation.name, "--set", str(ablation))
     for method in ("selmatch", "mtt"):
-        directory = out / f"distill-{method}-ipc{ipc}"
+        coverage = out / f"coverage-{method}-ipc{ipc}.json"
         ok = ok and study.run(f"coverage {method}", study.selmatch(
-            "coverage", "--set", str(directory), "--experts", experts, "--scores", experts,
-            "--score", "el2n", "--out", str(out / f"coverage-{method}-ipc{ipc}.json"),
-        ), out / f"coverage-{method}-ipc{ipc}.json")  # fmt: skip
+            "coverage", "--set", str(distilled[method]), "--experts", experts, "--scores",
+            experts, "--score", "el2n", "--out", str(coverage),
+        ), coverage)  # fmt: skip
     return ok
 
 
