@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="working folder (default: runs/fmnist-probe)")  # fmt: skip
     parser.add_argument("--probes", default=",".join(PROBES),
                         help=f"which probes, in order (default: {','.join(PROBES)})")  # fmt: skip
-    parser.add_argument("--ipc", type=int, default=60, choices=study_module.IPCS,
+    parser.add_argument("--ipc", type=int, default=60, choices=study_module.PLANS["v1"].ipcs,
                         help="images per class (default: 60)")  # fmt: skip
     parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
                         help="start no new step after this many minutes")  # fmt: skip

@@ -229,3 +229,12 @@ def test_the_probe_plans_its_steps_and_waits_for_the_run_it_resumes(probe, tmp_p
     assert probe.probe_step(runner, "selmatch-e15-late-lr100-it200")
     planned = capsys.readouterr().out
     assert "--method selmatch" in planned and "--beta 0.5" in planned and "--alpha 0.4" in planned
+
+
+def test_the_probe_command_line_plans_its_steps_and_names_a_bad_ipc(probe, tmp_path, capsys):
+    out = str(tmp_path / "probe")
+    assert probe.main(["--out", out, "--probes", "mtt-e5-it200", "--dry-run"]) == 0
+    assert "distill mtt-e5-it200-ipc60" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        probe.main(["--out", out, "--ipc", "61", "--dry-run"])
+    assert "--ipc: invalid choice: 61" in capsys.readouterr().err
