@@ -45,7 +45,7 @@ def simulated(sizes: list[int], parallels: list[int], noise: float, runs: int) -
                 hits += abs(values.index(result.pick) - best) <= 1
                 draw = random.Random(seed)
                 noisy = {v: curve(v) + draw.gauss(0.0, noise) for v in values}
-                whole_hits += abs(values.index(max(values, key=noisy.get)) - best) <= 1
+                whole_hits += abs(values.index(max(values, key=noisy.__getitem__)) - best) <= 1
                 counts.append(result.trials)
             rows.append({"grid": size, "parallel": parallel, "runs": runs,
                          "mean_trials": statistics.mean(counts),
@@ -63,7 +63,7 @@ def replay_sweeps(parallels: list[int], repeats: int) -> list[dict]:
         means = {b: sweep["rows"][str(b)]["val_mean"] for b in betas}
         stds = [sweep["rows"][str(b)]["val_std"] for b in betas]
         noise = statistics.mean(stds)
-        best = max(betas, key=means.get)
+        best = max(betas, key=means.__getitem__)
         for parallel in parallels:
             gaps, counts = [], []
             for seed in range(repeats):

@@ -43,11 +43,13 @@ def run_batch(trainable, fixed: dict, betas: list[float], parallel: int, storage
         run_config=tune.RunConfig(name=f"scaling-p{parallel}", storage_path=storage, verbose=0),
     ).fit()
     wall = time.perf_counter() - started
-    results = [r for r in grid if r.error is None]
+    results = [
+        r.metrics for r in map(grid.__getitem__, range(len(grid))) if r.error is None and r.metrics
+    ]
     if len(results) != len(betas):
         raise RuntimeError(f"{len(betas) - len(results)} trial(s) failed at P={parallel}")
-    work = sum(r.metrics["work_seconds"] for r in results)
-    fetch = sum(r.metrics["fetch_seconds"] for r in results)
+    work = sum(m["work_seconds"] for m in results)
+    fetch = sum(m["fetch_seconds"] for m in results)
     slots = min(parallel, len(results)) * wall  # slots that had a trial to run
     return {
         "parallel": parallel, "trials": len(results), "wall_s": wall,
@@ -55,7 +57,7 @@ def run_batch(trainable, fixed: dict, betas: list[float], parallel: int, storage
         "work_s_per_trial": work / len(results), "fetch_s_per_trial": fetch / len(results),
         # slot time not spent in a trial's work: scheduling, process start, fetching, reporting
         "overhead_s_per_trial": (slots - work) / len(results),
-        "nodes": len({r.metrics["node_id"] for r in results}),
+        "nodes": len({m["node_id"] for m in results}),
     }  # fmt: skip
 
 
@@ -87,7 +89,7 @@ def main() -> None:
         fixed = fixed_settings(config, pre, 10)
         trainable = tune.with_resources(tune.with_parameters(beta_trial, data=data), {"cpu": 1})
         betas = [round(0.1 * (i % 10), 1) + 0.01 * (i // 10) for i in range(args.trials)]
-        rows = []
+        rows: list[dict[str, float]] = []
         print(f"{nodes} node(s), {cpus:g} CPUs; {args.trials} β trials of {args.epochs} epochs "
               "(IPC 10, quick preset) per row")  # fmt: skip
         print(f"{'P':>3} {'wall s':>8} {'trials/min':>11} {'speed-up':>9} {'work s':>7} "
