@@ -231,7 +231,8 @@ def portable(out: Path, search: Path, results: Path) -> dict[Path, Path]:
 def restore(out: Path, search: Path, results: Path) -> None:
     """Copy the committed results back into an empty or partial OUT (a fresh machine): the
     search's state (its experts are retrained, deterministically, when it resumes), the
-    finished evaluations and the sets kept whole; finished steps are then skipped."""
+    finished evaluations, the sets kept whole and the steps' durations; finished steps are
+    then skipped."""
     copied = 0
     for directory in results.glob("ipc*-sets/*"):
         ipc = directory.parent.name.removesuffix("-sets")
@@ -252,6 +253,11 @@ def restore(out: Path, search: Path, results: Path) -> None:
         if not (out / committed.name).exists():
             (out / committed.name).write_bytes(committed.read_bytes())
             copied += 1
+    # the durations of the steps run elsewhere: collect copies OUT's log over the committed one
+    if (results / "steps.log").exists() and not (out / "steps.log").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "steps.log").write_bytes((results / "steps.log").read_bytes())
+        copied += 1
     if (results / "search_state.json").exists() and not (search / "search_state.json").exists():
         search.mkdir(parents=True, exist_ok=True)
         state = json.loads((results / "search_state.json").read_text())

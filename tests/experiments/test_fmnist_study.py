@@ -46,6 +46,7 @@ def test_committed_results_restore_a_fresh_run_folder(study, tmp_path, capsys) -
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_bytes(path.read_bytes())
     committed = study.RESULTS
+    (committed / "steps.log").write_text("window ipc60\t5 s\n")  # as collect left it
     assert (committed / "ipc60-sets" / "window-ipc60" / "set.safetensors").exists()
     assert not (committed / "ipc600-sets" / "distill-mtt-ipc600" / "set.safetensors").exists()
     assert (committed / "ipc600-sets" / "distill-mtt-ipc600" / "grid.png").exists()
@@ -61,6 +62,11 @@ def test_committed_results_restore_a_fresh_run_folder(study, tmp_path, capsys) -
     assert not (fresh / "distill-seqmatch-ipc600").exists()
     restored = json.loads((fresh_search / "search_state.json").read_text())
     assert restored["ipcs"]["60"]["set_dir"] == str(fresh_search / "sets" / "ipc60")
+    # the steps' durations go on from the committed log (collect copies OUT's log over it)
+    runner = study.Study(fresh, dry_run=False, stop_after=None)
+    runner.run("coverage mtt", [sys.executable, "-c", "pass"])
+    log = (fresh / "steps.log").read_text().splitlines()
+    assert log[0] == "window ipc60\t5 s" and log[1].startswith("coverage mtt\t")
 
     runner = study.Study(fresh, dry_run=True, stop_after=None)
     capsys.readouterr()
