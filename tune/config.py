@@ -15,7 +15,8 @@ from selmatch.window import BETA_CONVENTIONS
 class SearchConfig(Config):
     """β-then-α search per IPC. ``short`` evaluates every trial; ``final`` evaluates each
     IPC's winner (and the top ``full_eval_top`` β points, for the short-vs-full rank
-    correlation)."""
+    correlation, and a random class-balanced subset of the same size when
+    ``random_reference``: the baseline the winner has to beat)."""
 
     dataset: str = "fashion-mnist"
     image_size: int | None = None  # resize (imagefolder datasets of mixed sizes)
@@ -28,6 +29,7 @@ class SearchConfig(Config):
     monotone: bool = True
     short: EvalConfig = field(default_factory=EvalConfig)
     final: EvalConfig = field(default_factory=EvalConfig)
+    random_reference: bool = True  # also evaluate a random subset of each IPC with ``final``
     distill: DistillConfig = field(default_factory=DistillConfig)
     full_eval_top: int = 2
     max_concurrent: int = 2

@@ -350,12 +350,13 @@ def fixed_settings(config: SearchConfig, pre: Precomputed, ipc: int) -> dict[str
 
 def _final_task(data: dict[str, Any], fixed: dict[str, Any], payload: dict[str, Any],
                 evaluation: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """Ray task body: full-length evaluation of a window (β point) or of a saved set."""
+    """Ray task body: full-length evaluation of a window (β point), of a random class-balanced
+    subset (the reference) or of a saved set."""
     import numpy as np
     import torch
 
     from selmatch.evaluate import EvalConfig, evaluate_set
-    from selmatch.sweep import evaluate_window
+    from selmatch.sweep import evaluate_random, evaluate_window
     from selmatch.window import WindowSpec
     from selmatch_tune.trials import fetch_data, set_threads
 
@@ -365,6 +366,8 @@ def _final_task(data: dict[str, Any], fixed: dict[str, Any], payload: dict[str, 
     if payload["kind"] == "window":
         spec = WindowSpec(fixed["ipc"], payload["beta"], 0.0, fixed["beta_convention"])
         return evaluate_window(dataset, split, hardness, spec, config).to_dict()
+    if payload["kind"] == "random":
+        return evaluate_random(dataset, split, fixed["ipc"], config, seed=payload["seed"]).to_dict()
     images = torch.from_numpy(np.array(payload["images"]))
     mask = torch.from_numpy(np.array(payload["mask"]))
     labels = torch.from_numpy(np.array(payload["labels"]))
@@ -394,12 +397,12 @@ def collect_winner(grid: Any, best_alpha: float, target: Path) -> Path:
 def final_evaluation(
     config: SearchConfig, entry: dict[str, Any], data: dict[str, Any], fixed: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
-    """The winner with the full budget, and the top β points too (short vs full ranking)."""
+    """The winner with the full budget, the top β points too (short vs full ranking) and,
+    with ``random_reference``, a random subset of the same size, all at once."""
     from selmatch.synthetic import SyntheticSet
 
-    task = ray.remote(_final_task).options(
-        num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial
-    )
+    task = _final_remote(config)
+    reference = _random_reference(task, config, data, fixed) if config.random_reference else None
     saved = SyntheticSet.load(entry["set_dir"])
     winner = task.remote(data, fixed, {
         "kind": "set", "images": saved.images.numpy(), "labels": saved.labels.numpy(),
@@ -411,12 +414,34 @@ def final_evaluation(
                               config.final.to_dict()) for b in top}  # fmt: skip
     result = ray.get(winner)
     full = {b: ray.get(ref) for b, ref in windows.items()}
-    return {
+    final = {
         "test_mean": result["test_mean"], "test_std": result["test_std"],
         "val_mean": result["val_mean"], "seeds": result["seeds"], "epochs": result["epochs"],
         "beta_full": {b: {"short_val": curve[b]["val"], "full_val": r["val_mean"],
                           "full_test": r["test_mean"]} for b, r in full.items()},
     }  # fmt: skip
+    if reference is not None:
+        final["random"] = _reference_summary(ray.get(reference))
+    return final
+
+
+def _final_remote(config: SearchConfig) -> Any:
+    return ray.remote(_final_task).options(
+        num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial
+    )
+
+
+def _random_reference(task: Any, config: SearchConfig, data: dict[str, Any],
+                      fixed: dict[str, Any]) -> Any:  # fmt: skip
+    """A random class-balanced subset of the IPC, drawn from the same pool as the windows (its
+    seed is the split's), trained like the winner: what the distilled set has to beat."""
+    payload = {"kind": "random", "seed": fixed["split_seed"]}
+    return task.remote(data, fixed, payload, config.final.to_dict())
+
+
+def _reference_summary(result: dict[str, Any]) -> dict[str, Any]:
+    return {"test_mean": result["test_mean"], "test_std": result["test_std"],
+            "val_mean": result["val_mean"], "seeds": result["seeds"]}  # fmt: skip
 
 
 def search_ipc(
@@ -454,10 +479,16 @@ def search_ipc(
         )
         save_state(out, state)
     if "final" not in entry:
+        also = " and of a random subset of the same size" if config.random_reference else ""
         log(f"IPC {ipc}: final evaluation ({config.final.budget()}, "
-            f"{config.final.num_seeds} seeds) of the winner, and of the top "
-            f"{config.full_eval_top} β windows")  # fmt: skip
+            f"{config.final.num_seeds} seeds) of the winner, of the top "
+            f"{config.full_eval_top} β windows{also}")  # fmt: skip
         entry["final"] = final_evaluation(config, entry, data, fixed)
+        save_state(out, state)
+    if config.random_reference and "random" not in entry["final"]:  # a search from before it
+        log(f"IPC {ipc}: final evaluation of a random subset of the same size (the reference)")
+        reference = _random_reference(_final_remote(config), config, data, fixed)
+        entry["final"]["random"] = _reference_summary(ray.get(reference))
         save_state(out, state)
     for name in ("beta", "alpha"):
         xlabel = f"β ({config.beta_convention})" if name == "beta" else "α (distilled share)"
@@ -474,6 +505,7 @@ def run_search(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The whole search; returns the per-IPC rows of ``best_hparams.csv``."""
     from selmatch_tune.outputs import (
+        below_random,
         format_table,
         mean_rank_correlation,
         predict,
@@ -534,10 +566,14 @@ def run_search(
         tracker.log_artifact(path)
     tracker.log_parent_metrics({
         **{f"final_test_ipc{r['ipc']}": r["final_test_mean"] for r in rows},
+        **{f"random_test_ipc{r['ipc']}": r["random_test_mean"] for r in rows
+           if r["random_test_mean"] != ""},
         **{f"rank_correlation_ipc{ipc}": rho for ipc, rho in by_ipc.items() if rho is not None},
     })  # fmt: skip
     tracker.finish()
     log(format_table(rows))
+    for warning in below_random(rows):
+        log(warning)
     ranks = ", ".join(
         f"IPC {ipc} " + ("n/a (fewer than 3 points; raise --full-eval-top)" if rho is None
                          else f"{rho:.2f}")

@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not restrict larger IPCs to β ≤ β*, α ≤ α* of the smaller IPC",
     )
     g.add_argument(
+        "--no-random-reference", action="store_true",
+        help="do not evaluate a random class-balanced subset of each IPC with the final budget "
+        "(by default it is, and the table says whether the searched set beats it)",
+    )  # fmt: skip
+    g.add_argument(
         "--predict-ipcs",
         type=numbers(int),
         default=None,
@@ -138,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="T−: earliest expert epoch a matched segment may start at")  # fmt: skip
     b.add_argument("--syn-batch", type=int, default=None,
                    help="b: synthetic images per student step")  # fmt: skip
+    b.add_argument("--lr-images", type=float, default=None,
+                   help="learning rate of the synthetic pixels")  # fmt: skip
     b.add_argument("--short-epochs", type=int, default=None, help="epochs of a trial's evaluation")
     b.add_argument("--final-epochs", type=int, default=None, help="epochs of the final evaluation")
     b.add_argument("--final-seeds", type=int, default=None, help="seeds of the final evaluation")
@@ -200,6 +207,8 @@ def apply_overrides(config: SearchConfig, args: argparse.Namespace) -> SearchCon
             top[name] = getattr(args, name)
     if args.no_monotone:
         top["monotone"] = False
+    if args.no_random_reference:
+        top["random_reference"] = False
     experts, distill = config.experts, config.distill
     short, final = config.short, config.final
     if args.dataset:
@@ -222,6 +231,7 @@ def apply_overrides(config: SearchConfig, args: argparse.Namespace) -> SearchCon
         ("max_start_epoch", "max_start_epoch"),
         ("min_start_epoch", "min_start_epoch"),
         ("syn_batch", "syn_batch"),
+        ("lr_images", "lr_images"),
     )
     for arg, field in distill_fields:
         if getattr(args, arg) is not None:

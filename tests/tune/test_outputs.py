@@ -2,7 +2,13 @@
 
 import pytest
 
-from selmatch_tune.outputs import mean_rank_correlation, rank_correlations, spearman
+from selmatch_tune.outputs import (
+    below_random,
+    format_table,
+    mean_rank_correlation,
+    rank_correlations,
+    spearman,
+)
 
 
 def point(short: float, full: float) -> dict[str, float]:
@@ -31,3 +37,23 @@ def test_rank_correlation_never_pools_points_of_different_ipcs() -> None:
 
 def test_a_state_without_final_evaluations_has_no_correlation() -> None:
     assert rank_correlations({"ipcs": {"10": {}}}) == {"10": None}
+
+
+def row(ipc: int, final: float, random: float | str) -> dict[str, object]:
+    return {"ipc": ipc, "beta": 0.4, "alpha": 0.2, "short_val_accuracy": 0.7,
+            "final_test_mean": final, "final_test_std": 0.001, "random_test_mean": random,
+            "random_test_std": 0.002 if random != "" else "", "beta_trials": 5,
+            "beta_grid_size": 5, "alpha_trials": 4, "alpha_grid_size": 2}  # fmt: skip
+
+
+def test_a_winner_below_the_random_subset_is_warned_about() -> None:
+    # plan v2 at IPC 600: the searched set 79.53 %, a random subset 87.56 %
+    rows = [row(60, 0.8117, 0.8030), row(600, 0.7953, 0.8756), row(1200, 0.81, "")]
+    warnings = below_random(rows)
+    assert len(warnings) == 1
+    assert warnings[0].startswith("WARNING: IPC 600: the searched set (79.53 % test) scores "
+                                  "below a random subset of the same size (87.56 %)")  # fmt: skip
+    table = format_table(rows).splitlines()
+    assert "random test %" in table[0]
+    assert "87.56 ± 0.20" in table[2]
+    assert table[3].split()[7] == "–"  # not evaluated (--no-random-reference)

@@ -41,6 +41,9 @@ def test_smoke_search_writes_the_table_sets_and_curves(smoke_run) -> None:
         assert float(row["beta"]) in config.beta_grid
         assert float(row["alpha"]) in config.alpha_grid
         assert 0.0 < float(row["final_test_mean"]) <= 1.0
+        # the reference: a random subset of the same size, trained like the winner
+        assert 0.0 < float(row["random_test_mean"]) <= 1.0
+        assert float(row["random_test_std"]) >= 0.0
         assert int(row["beta_trials"]) >= 1 and int(row["alpha_trials"]) >= 1
         saved = SyntheticSet.load(row["set_dir"])
         assert saved.manifest["method"] == "selmatch"
@@ -110,8 +113,20 @@ def test_a_moved_search_folder_resumes_with_its_sets(smoke_run, tmp_path) -> Non
     state = json.loads((moved / "search_state.json").read_text())
     for entry in state["ipcs"].values():  # the old folder is gone (another machine)
         entry["set_dir"] = entry["set_dir"].replace(str(out), "/nonexistent/old-machine")
+    # a search finished before the random reference existed: resuming evaluates it, only it
+    del state["ipcs"]["4"]["final"]["random"]
     (moved / "search_state.json").write_text(json.dumps(state))
-    again = run_search(smoke(), moved, resume=True, log=lambda *_: None)
+    lines: list[str] = []
+    again = run_search(smoke(), moved, resume=True, log=lines.append)
+    told = [line for line in lines if "random subset of the same size (the reference)" in line]
+    assert told == ["IPC 4: final evaluation of a random subset of the same size (the reference)"]
+    resumed_state = json.loads((moved / "search_state.json").read_text())
+    assert resumed_state["ipcs"]["2"]["final"] == state["ipcs"]["2"]["final"]
+    reference = resumed_state["ipcs"]["4"]["final"]["random"]
+    assert 0.0 < reference["test_mean"] <= 1.0
+    # trained like the winner: the same seeds
+    assert reference["seeds"] == resumed_state["ipcs"]["4"]["final"]["seeds"]
+    assert len(reference["seeds"]) == smoke().final.num_seeds
     assert [r["ipc"] for r in again] == [r["ipc"] for r in rows]
     for row in again:  # nothing was searched again: same winners, their sets found under moved
         assert row["set_dir"] == str(moved / "sets" / f"ipc{row['ipc']}")
@@ -188,10 +203,13 @@ def test_asking_for_gpus_on_a_cpu_cluster_is_an_error(local_ray) -> None:
 def test_command_line_overrides_reach_every_config() -> None:
     args = build_parser().parse_args(
         ["--preset", "smoke", "--ipcs", "3,6", "--width", "12", "--iterations", "7",
-         "--final-seeds", "2", "--no-monotone", "--beta-grid", "0,0.5"]
+         "--final-seeds", "2", "--no-monotone", "--beta-grid", "0,0.5", "--lr-images", "100",
+         "--no-random-reference"]
     )  # fmt: skip
     config = apply_overrides(smoke(), args)
     assert config.ipcs == (3, 6) and config.beta_grid == (0.0, 0.5) and not config.monotone
+    assert config.distill.lr_images == 100.0 and not config.random_reference
+    assert smoke().random_reference and smoke().distill.lr_images != 100.0
     assert config.experts.model.width == config.short.model.width == config.final.model.width == 12
     assert config.distill.iterations == 7 and config.final.num_seeds == 2
     with pytest.raises(ConfigError, match="--ipcs must be distinct and increasing"):
