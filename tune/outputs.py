@@ -75,7 +75,8 @@ def below_random(rows: list[dict[str, Any]]) -> list[str]:
     return [
         f"WARNING: IPC {r['ipc']}: the searched set ({100 * r['final_test_mean']:.2f} % test) "
         f"scores below a random subset of the same size ({100 * r['random_test_mean']:.2f} %); "
-        "the window selection costs accuracy here (docs/results.md, plan v2 finding 3)"
+        "at this budget the searched window and α do not pay (on Fashion-MNIST the window "
+        "was the cause: docs/results.md, plan v2 finding 3)"
         for r in rows
         if r["random_test_mean"] != "" and r["final_test_mean"] < r["random_test_mean"]
     ]
