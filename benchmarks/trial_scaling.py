@@ -43,9 +43,8 @@ def run_batch(trainable, fixed: dict, betas: list[float], parallel: int, storage
         run_config=tune.RunConfig(name=f"scaling-p{parallel}", storage_path=storage, verbose=0),
     ).fit()
     wall = time.perf_counter() - started
-    results = [
-        r.metrics for r in map(grid.__getitem__, range(len(grid))) if r.error is None and r.metrics
-    ]
+    trials = [grid[i] for i in range(len(grid))]  # a ResultGrid is indexed, not iterated
+    results = [r.metrics for r in trials if r.error is None and r.metrics]
     if len(results) != len(betas):
         raise RuntimeError(f"{len(betas) - len(results)} trial(s) failed at P={parallel}")
     work = sum(m["work_seconds"] for m in results)

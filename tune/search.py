@@ -397,12 +397,10 @@ def collect_winner(grid: Any, best_alpha: float, target: Path) -> Path:
 def final_evaluation(
     config: SearchConfig, entry: dict[str, Any], data: dict[str, Any], fixed: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
-    """The winner with the full budget, the top β points too (short vs full ranking) and,
-    with ``random_reference``, a random subset of the same size, all at once."""
+    """The winner with the full budget, and the top β points too (short vs full ranking)."""
     from selmatch.synthetic import SyntheticSet
 
     task = _final_remote(config)
-    reference = _random_reference(task, config, data, fixed) if config.random_reference else None
     saved = SyntheticSet.load(entry["set_dir"])
     winner = task.remote(data, fixed, {
         "kind": "set", "images": saved.images.numpy(), "labels": saved.labels.numpy(),
@@ -414,15 +412,12 @@ def final_evaluation(
                               config.final.to_dict()) for b in top}  # fmt: skip
     result = ray.get(winner)
     full = {b: ray.get(ref) for b, ref in windows.items()}
-    final = {
+    return {
         "test_mean": result["test_mean"], "test_std": result["test_std"],
         "val_mean": result["val_mean"], "seeds": result["seeds"], "epochs": result["epochs"],
         "beta_full": {b: {"short_val": curve[b]["val"], "full_val": r["val_mean"],
                           "full_test": r["test_mean"]} for b, r in full.items()},
     }  # fmt: skip
-    if reference is not None:
-        final["random"] = _reference_summary(ray.get(reference))
-    return final
 
 
 def _final_remote(config: SearchConfig) -> Any:
@@ -431,12 +426,11 @@ def _final_remote(config: SearchConfig) -> Any:
     )
 
 
-def _random_reference(task: Any, config: SearchConfig, data: dict[str, Any],
-                      fixed: dict[str, Any]) -> Any:  # fmt: skip
+def _random_reference(config: SearchConfig, data: dict[str, Any], fixed: dict[str, Any]) -> Any:
     """A random class-balanced subset of the IPC, drawn from the same pool as the windows (its
     seed is the split's), trained like the winner: what the distilled set has to beat."""
     payload = {"kind": "random", "seed": fixed["split_seed"]}
-    return task.remote(data, fixed, payload, config.final.to_dict())
+    return _final_remote(config).remote(data, fixed, payload, config.final.to_dict())
 
 
 def _reference_summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -478,16 +472,21 @@ def search_ipc(
             collect_winner(grid, entry["alpha"]["best"], out / "sets" / f"ipc{ipc}")
         )
         save_state(out, state)
+    # the reference runs beside the final evaluation (submitted first), or alone for a search
+    # finished before it existed
+    reference = None
+    if config.random_reference and "random" not in entry.get("final", {}):
+        reference = _random_reference(config, data, fixed)
     if "final" not in entry:
-        also = " and of a random subset of the same size" if config.random_reference else ""
+        also = " and of a random subset of the same size" if reference is not None else ""
         log(f"IPC {ipc}: final evaluation ({config.final.budget()}, "
             f"{config.final.num_seeds} seeds) of the winner, of the top "
             f"{config.full_eval_top} β windows{also}")  # fmt: skip
         entry["final"] = final_evaluation(config, entry, data, fixed)
         save_state(out, state)
-    if config.random_reference and "random" not in entry["final"]:  # a search from before it
+    elif reference is not None:
         log(f"IPC {ipc}: final evaluation of a random subset of the same size (the reference)")
-        reference = _random_reference(_final_remote(config), config, data, fixed)
+    if reference is not None:
         entry["final"]["random"] = _reference_summary(ray.get(reference))
         save_state(out, state)
     for name in ("beta", "alpha"):
