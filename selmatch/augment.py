@@ -192,48 +192,90 @@ def dsa(x: torch.Tensor, config: DSAConfig, generator: torch.Generator) -> torch
     return apply_dsa(x, sample_dsa(config, x.shape[0], (x.shape[2], x.shape[3]), generator))
 
 
-def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """The plain augmentation: random crop after zero padding of ``pad``, horizontal flip."""
+def dsa_per_image(x: torch.Tensor, config: DSAConfig, generator: torch.Generator) -> torch.Tensor:
+    """DSA with the operation drawn for every image, not once per batch (``single`` mode): how
+    the SelMatch authors augment ``D_distill`` under combined augmentation, where each image
+    is transformed on its own. Without ``single`` every image gets every operation anyway."""
+    if not config.single:
+        return dsa(x, config, generator)
+    operations = config.operations
+    choice = torch.randint(len(operations), (x.shape[0],), generator=generator)
+    out = torch.empty_like(x)
+    for k, op in enumerate(operations):
+        rows = (choice == k).nonzero().squeeze(1).to(x.device)
+        if len(rows):
+            one = DSAConfig(**{**config.to_dict(), "strategy": op})
+            out[rows] = dsa(x[rows], one, generator)
+    return out
+
+
+def crop_flip(
+    x: torch.Tensor, generator: torch.Generator, pad: int = 4, fill: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The plain augmentation: random crop after padding by ``pad``, horizontal flip.
+
+    ``fill`` is the per-channel value of the padding, in the images' own (normalised) space;
+    :func:`black` gives torchvision's convention, padding with black pixels. Without it the
+    padding is 0 in normalised space, i.e. the mean colour (grey on Fashion-MNIST's black
+    background)."""
     n = x.shape[0]
     dy = torch.randint(-pad, pad + 1, (n,), generator=generator)
     dx = torch.randint(-pad, pad + 1, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
-    out = shift_images(x, dy, dx, (pad, pad))
+    if fill is None:
+        out = shift_images(x, dy, dx, (pad, pad))
+    else:  # shifting is linear with zero fill: shift(x − f) + f pads with f
+        value = fill.to(x).view(1, -1, 1, 1)
+        out = shift_images(x - value, dy, dx, (pad, pad)) + value
     return torch.where(flip.to(x.device).view(-1, 1, 1, 1), out.flip(3), out)
 
 
+def black(normalize: Callable[[torch.Tensor], torch.Tensor], channels: int) -> torch.Tensor:
+    """The normalised value of a black pixel, per channel (the padding torchvision's
+    ``RandomCrop`` adds to an image before it is normalised)."""
+    return normalize(torch.zeros(1, channels, 1, 1, dtype=torch.uint8)).reshape(channels)
+
+
 def combined(
-    x: torch.Tensor, dsa_mask: torch.Tensor, config: DSAConfig, generator: torch.Generator
+    x: torch.Tensor,
+    dsa_mask: torch.Tensor,
+    config: DSAConfig,
+    generator: torch.Generator,
+    fill: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SelMatch's combined augmentation: DSA on the samples where ``dsa_mask`` is True
-    (``D_distill``), crop+flip on the others (``D_select``), in one batch, order kept."""
+    (``D_distill``), one operation drawn per image as the authors do, and crop+flip (padded
+    with ``fill``) on the others (``D_select``), in one batch, order kept."""
     mask = dsa_mask.to(torch.bool).to(x.device)
     out = torch.empty_like(x)
     if bool(mask.any()):
-        out[mask] = dsa(x[mask], config, generator)
+        out[mask] = dsa_per_image(x[mask], config, generator)
     if bool((~mask).any()):
-        out[~mask] = crop_flip(x[~mask], generator)
+        out[~mask] = crop_flip(x[~mask], generator, fill=fill)
     return out
 
 
 Augmenter = Callable[[torch.Tensor, "torch.Tensor | None", torch.Generator], torch.Tensor]
 
 
-def make_augmenter(kind: str, config: DSAConfig | None = None) -> Augmenter:
+def make_augmenter(
+    kind: str, config: DSAConfig | None = None, *, fill: torch.Tensor | None = None
+) -> Augmenter:
     """An augmentation ``f(images, dsa_mask, generator)`` by name: ``none``, ``crop_flip``,
-    ``dsa`` or ``combined`` (needs a mask; without one, every sample gets crop+flip)."""
+    ``dsa`` or ``combined`` (needs a mask; without one, every sample gets crop+flip).
+    ``fill`` is crop+flip's padding value (see :func:`crop_flip`)."""
     check_choice("augment", kind, AUGMENTATIONS)
     dsa_config = config or DSAConfig()
     if kind == "none":
         return lambda x, mask, gen: x
     if kind == "crop_flip":
-        return lambda x, mask, gen: crop_flip(x, gen)
+        return lambda x, mask, gen: crop_flip(x, gen, fill=fill)
     if kind == "dsa":
         return lambda x, mask, gen: dsa(x, dsa_config, gen)
 
     def _combined(x: torch.Tensor, mask: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
         if mask is None:
             mask = torch.zeros(x.shape[0], dtype=torch.bool)
-        return combined(x, mask, dsa_config, gen)
+        return combined(x, mask, dsa_config, gen, fill=fill)
 
     return _combined

@@ -48,6 +48,8 @@ from selmatch.train import resolve_device
 from selmatch.window import BETA_CONVENTION_TEXT, BETA_CONVENTIONS, WindowSpec, select_window
 
 METHODS = ("selmatch", "mtt", "seqmatch")
+#: The learnable lr's start per method (METHOD.md: SelMatch's scripts 0.001, MTT's 0.01).
+DEFAULT_LR_INIT = {"selmatch": 0.001, "mtt": 0.01, "seqmatch": 0.01}
 Experts = ExpertSet | InMemoryExperts
 CHECKPOINT_DIR = "checkpoint"
 
@@ -79,7 +81,9 @@ class DistillConfig(Config):
     iterations: int = 200
     lr_images: float = 1000.0
     momentum_images: float = 0.5
-    lr_init: float = 0.01
+    #: η's start; ``None`` = the method's own: 0.001 for SelMatch (its authors' scripts),
+    #: 0.01 for MTT and SeqMatch (MTT's default). Resolved when the config is made.
+    lr_init: float | None = None
     lr_lr: float = 1e-5
     momentum_lr: float = 0.5
     dsa_strategy: str = DEFAULT_DSA_STRATEGY
@@ -102,6 +106,8 @@ class DistillConfig(Config):
         check_int("iterations", self.iterations, 0, 10_000_000)
         check_float("lr_images", self.lr_images, 0.0, low_open=True)
         check_float("momentum_images", self.momentum_images, 0.0, 1.0, high_open=True)
+        if self.lr_init is None:
+            object.__setattr__(self, "lr_init", DEFAULT_LR_INIT[self.method])
         check_float("lr_init", self.lr_init, 0.0, low_open=True)
         check_float("lr_lr", self.lr_lr, 0.0)
         check_float("momentum_lr", self.momentum_lr, 0.0, 1.0, high_open=True)
@@ -111,6 +117,11 @@ class DistillConfig(Config):
             DSAConfig(strategy=self.dsa_strategy)
         if self.merge and self.method != "selmatch":
             raise ConfigError("--merge is an ablation of --method selmatch only")
+
+    @property
+    def initial_lr(self) -> float:
+        assert self.lr_init is not None  # resolved in __post_init__
+        return self.lr_init
 
     @property
     def stages(self) -> int:
@@ -406,7 +417,7 @@ def distill(
     generator = torch.Generator().manual_seed(config.seed)
     state = existing or DistillState(
         images=dataset.normalize(dataset.train_images[initial.indices]),
-        syn_lr=torch.tensor(config.lr_init),
+        syn_lr=torch.tensor(config.initial_lr),
     )
     if state.generator_state is not None:
         generator.set_state(state.generator_state)

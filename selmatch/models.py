@@ -59,9 +59,14 @@ class ConvNet(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         channels, size = in_channels, image_size
-        for _ in range(depth):
+        # As in the DC/DSA/MTT ConvNet: 28x28 inputs are padded by 3 in the first conv, so the
+        # feature maps are 32/16/8/4 (with padding 1 they would be 28/14/7/3, and the 7 -> 3
+        # pooling drops a row and a column).
+        first_padding = 3 if image_size == 28 else 1
+        size += 2 * (first_padding - 1)
+        for layer in range(depth):
             layers += [
-                nn.Conv2d(channels, width, kernel_size=3, padding=1),
+                nn.Conv2d(channels, width, kernel_size=3, padding=first_padding if layer == 0 else 1),
                 make_norm(norm, width),
                 nn.ReLU(inplace=True),
                 nn.AvgPool2d(kernel_size=2, stride=2),

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selmatch.augment import AUGMENTATIONS, DSAConfig, make_augmenter
+from selmatch.augment import AUGMENTATIONS, DSAConfig, black, make_augmenter
 from selmatch.config import Config, SelmatchError, check_choice, check_float, check_int
 from selmatch.progress import progress_bar
 
@@ -113,7 +113,9 @@ def train_network(
     images, labels = images.to(device), labels.to(device)
     mask = dsa_mask.to(torch.bool) if dsa_mask is not None else None
     generator = torch.Generator().manual_seed(seed)
-    augment = make_augmenter(config.augment, config.dsa)
+    # crop+flip pads with black pixels, as torchvision's RandomCrop does before normalising
+    fill = None if normalize is None else black(normalize, images.shape[1]).to(device)
+    augment = make_augmenter(config.augment, config.dsa, fill=fill)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )

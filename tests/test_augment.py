@@ -6,8 +6,10 @@ from selmatch.augment import (
     DSAConfig,
     apply_dsa,
     combined,
+    black,
     crop_flip,
     dsa,
+    dsa_per_image,
     make_augmenter,
     sample_dsa,
     shift_images,
@@ -79,12 +81,39 @@ def test_combined_applies_dsa_exactly_where_the_mask_says() -> None:
     out = combined(x, mask, config, torch.Generator().manual_seed(7))
     # Same generator stream, replayed piece by piece: DSA on the masked rows, then crop+flip.
     gen = torch.Generator().manual_seed(7)
-    assert torch.equal(out[mask], dsa(x[mask], config, gen))
+    assert torch.equal(out[mask], dsa_per_image(x[mask], config, gen))
     assert torch.equal(out[~mask], crop_flip(x[~mask], gen))
     # And independently of the implementation: only unmasked rows keep the input's values.
     for row in range(10):
         kept = set(out[row].flatten().tolist()) <= set(x[row].flatten().tolist()) | {0.0}
         assert kept != bool(mask[row])
+
+
+def test_combined_draws_the_dsa_operation_per_image_as_the_authors_do() -> None:
+    # color moves every pixel off the input's values; cutout keeps all but a zeroed patch
+    x = images(n=40) + 10.0
+    out = combined(x, torch.ones(40, dtype=torch.bool), DSAConfig(strategy="color_cutout"),
+                   torch.Generator().manual_seed(3))  # fmt: skip
+    kept = [set(out[r].flatten().tolist()) <= set(x[r].flatten().tolist()) | {0.0}
+            for r in range(40)]  # fmt: skip
+    assert any(kept) and not all(kept)  # both operations in one batch (one op per batch: 2^-39)
+
+
+def test_crop_flip_pads_with_the_given_fill() -> None:
+    x = torch.full((8, 2, 6, 6), 5.0)
+    fill = torch.tensor([-1.0, -2.0])
+    out = crop_flip(x, torch.Generator().manual_seed(1), pad=2, fill=fill)
+    for channel, value in enumerate(fill.tolist()):
+        assert set(out[:, channel].flatten().tolist()) == {5.0, value}
+
+
+def test_black_is_the_normalised_value_of_a_zero_pixel() -> None:
+    mean, std = torch.tensor([0.5, 0.25]), torch.tensor([0.5, 0.5])
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+    assert torch.allclose(black(normalize, 2), torch.tensor([-1.0, -0.5]))
 
 
 def test_combined_keeps_gradients_for_the_dsa_part() -> None:

@@ -7,7 +7,7 @@ from selmatch.models import ModelConfig, build_model, count_parameters
 # Parameter counts of the standard networks (ConvNet-D3 width 128 on CIFAR is the 320,010 of
 # the MTT papers; ResNet-18 with the CIFAR stem has 11,173,962 for 10 classes).
 EXPECTED = {
-    ("convnet", (1, 28, 28), 10): 308_746,
+    ("convnet", (1, 28, 28), 10): 317_706,  # 28x28 padded to 32 by the first conv: 4x4 maps
     ("convnet", (3, 32, 32), 10): 320_010,
     ("convnet", (3, 64, 64), 200): 1_938_120,
     ("resnet18", (3, 32, 32), 10): 11_173_962,
@@ -51,7 +51,21 @@ def test_convnet_width_and_depth() -> None:
     model = build_model(ModelConfig(width=16, depth=2), (1, 28, 28), 10)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [16, 16]
-    assert model.classifier.in_features == 16 * 7 * 7
+    assert model.classifier.in_features == 16 * 8 * 8  # 28 + 2·(3 − 1) = 32 → 16 → 8
+
+
+def test_convnet_feature_maps_on_28_pixels_are_those_of_the_mtt_convnet() -> None:
+    # DC/DSA/MTT pad a 28x28 input by 3 in the first conv: maps 32/16/8/4, none dropped
+    model = build_model(ModelConfig(width=4), (1, 28, 28), 10)
+    sizes, x = [], torch.randn(1, 1, 28, 28)
+    for layer in model.features:
+        x = layer(x)
+        if isinstance(layer, torch.nn.Conv2d):
+            sizes.append(x.shape[-1])
+    assert sizes == [32, 16, 8]
+    assert model.embed(torch.randn(1, 1, 28, 28)).shape == (1, 4 * 4 * 4)
+    padded = build_model(ModelConfig(width=4), (3, 32, 32), 10)
+    assert padded.features[0].padding == (1, 1)  # other sizes are unchanged
 
 
 def test_seed_fixes_initialisation_without_touching_global_rng() -> None:

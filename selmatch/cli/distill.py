@@ -68,8 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--momentum-images", type=float, default=0.5, help="pixel momentum (default: 0.5)"
     )
     match.add_argument(
-        "--lr-init", type=float, default=0.01, help="initial learnable lr η (default: 0.01)"
-    )
+        "--lr-init", type=float, default=None,
+        help="initial learnable lr η (default: 0.001 for selmatch, as its authors' scripts; "
+        "0.01 for mtt and seqmatch, MTT's value)",
+    )  # fmt: skip
     match.add_argument("--lr-lr", type=float, default=1e-5, help="lr of η (default: 1e-5)")
     match.add_argument(
         "--momentum-lr", type=float, default=0.5, help="momentum of η (default: 0.5)"
