@@ -65,8 +65,9 @@ class ConvNet(nn.Module):
         first_padding = 3 if image_size == 28 else 1
         size += 2 * (first_padding - 1)
         for layer in range(depth):
+            padding = first_padding if layer == 0 else 1
             layers += [
-                nn.Conv2d(channels, width, kernel_size=3, padding=first_padding if layer == 0 else 1),
+                nn.Conv2d(channels, width, kernel_size=3, padding=padding),
                 make_norm(norm, width),
                 nn.ReLU(inplace=True),
                 nn.AvgPool2d(kernel_size=2, stride=2),

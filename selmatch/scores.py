@@ -33,7 +33,12 @@ from selmatch.config import ConfigError, SelmatchError
 from selmatch.io import atomic_write, write_json
 
 #: Score kinds and whether a *higher* value means a *harder* sample.
-HIGHER_IS_HARDER: dict[str, bool] = {"forgetting": True, "el2n": True, "cscore": False}
+HIGHER_IS_HARDER: dict[str, bool] = {
+    "forgetting": True,
+    "el2n": True,
+    "cscore": False,
+    "consistency": False,
+}
 SCORES_FILE = "scores.safetensors"
 SCORES_MANIFEST = "scores.json"
 

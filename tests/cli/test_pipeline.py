@@ -105,3 +105,29 @@ def test_distill_rejects_impossible_settings(experts_dir) -> None:
                    "--max-start-epoch", "2", "--expert-epochs", "2")  # fmt: skip
     assert out.returncode == 2
     assert "--max-start-epoch + --expert-epochs must be ≤ 2" in out.stderr
+
+
+def test_consistency_estimate_from_the_cli_feeds_a_window(experts_dir, tmp_path) -> None:
+    scores = tmp_path / "scores"
+    (scores).mkdir()
+    for name in ("scores.safetensors", "scores.json"):  # the experts' table, to merge into
+        (scores / name).write_bytes((experts_dir / name).read_bytes())
+    args = ("scores", "--estimate", "consistency", "--networks", "4", "--train-fraction", "0.5",
+            "--epochs", "1", "--width", "4", "--per-class", "30", "--scores", str(scores),
+            "--no-progress")  # fmt: skip
+    out = selmatch(*args)
+    assert out.returncode == 0, out.stderr
+    assert "consistency: 4 x ConvNet-D3 width 4" in out.stdout and "estimated in" in out.stdout
+    assert "consistency      300 scored" in out.stdout and "(lower = harder)" in out.stdout
+    assert "el2n" in out.stdout  # merged into the existing table, not replacing it
+    again = selmatch(*args)  # every network is there: nothing is trained again
+    assert again.returncode == 0 and (scores / "network_003.safetensors").is_file()
+    window = selmatch("window", "--scores", str(scores), "--score", "consistency", "--ipc", "10",
+                      "--beta", "0.5", "--out", str(tmp_path / "w"))  # fmt: skip
+    assert window.returncode == 0, window.stderr
+    assert json.loads((tmp_path / "w" / "manifest.json").read_text())["score"] == "consistency"
+    bad = selmatch("scores", "--estimate", "consistency", "--networks", "3", "--scores",
+                   str(scores))  # fmt: skip
+    assert bad.returncode == 2
+    expected = "selmatch: error: --networks must be an integer in [4, 10000], got 3"
+    assert bad.stderr.strip() == expected
