@@ -48,6 +48,9 @@ from selmatch.train import resolve_device
 from selmatch.window import BETA_CONVENTION_TEXT, BETA_CONVENTIONS, WindowSpec, select_window
 
 METHODS = ("selmatch", "mtt", "seqmatch")
+#: SelMatch's initialisations: the difficulty window at β, or a random class-balanced subset
+#: (what the search falls back to when a random subset beats every window on validation).
+INITS = ("window", "random")
 #: The learnable lr's start per method (METHOD.md: SelMatch's scripts 0.001, MTT's 0.01).
 DEFAULT_LR_INIT = {"selmatch": 0.001, "mtt": 0.01, "seqmatch": 0.01}
 Experts = ExpertSet | InMemoryExperts
@@ -67,10 +70,14 @@ class DistillConfig(Config):
 
     method: str = "selmatch"
     ipc: int = 10
+    init: str = "window"
     beta: float = 0.0
     alpha: float = 0.5
     beta_convention: str = "ipc-units"
     score: str = "forgetting"
+    #: seed of a random initial subset (MTT, SeqMatch, SelMatch with ``init="random"``);
+    #: ``None`` = ``seed``, as before this setting existed
+    subset_seed: int | None = None
     subsets: int = 2
     merge: bool = False
     n_student_steps: int = 20
@@ -94,8 +101,14 @@ class DistillConfig(Config):
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
         check_int("ipc", self.ipc, 1)
+        check_choice("init", self.init, INITS)
+        if self.init != "window" and self.method != "selmatch":
+            raise ConfigError("--init applies to --method selmatch only")
         check_float("beta", self.beta, 0.0)
-        check_float("alpha", self.alpha, 0.0, 1.0, low_open=self.method == "selmatch")
+        # α = 0 is selection only: nothing is learned, the set is its initialisation
+        check_float("alpha", self.alpha, 0.0, 1.0)
+        if self.subset_seed is not None:
+            check_int("subset_seed", self.subset_seed, 0, 2**31 - 1)
         check_choice("beta_convention", self.beta_convention, BETA_CONVENTIONS)
         check_int("subsets", self.subsets, 1, self.ipc)
         check_int("n_student_steps", self.n_student_steps, 1, 10_000)
@@ -117,6 +130,10 @@ class DistillConfig(Config):
             DSAConfig(strategy=self.dsa_strategy)
         if self.merge and self.method != "selmatch":
             raise ConfigError("--merge is an ablation of --method selmatch only")
+
+    @property
+    def random_subset_seed(self) -> int:
+        return self.seed if self.subset_seed is None else self.subset_seed
 
     @property
     def initial_lr(self) -> float:
@@ -168,30 +185,39 @@ def initial_set(
 ) -> Initial:
     """The real images the set starts from, its distill mask and (SeqMatch) subset ids."""
     labels_all, classes = dataset.train_labels, dataset.num_classes
-    if config.method == "selmatch":
+    if config.method == "selmatch" and config.init == "window":
         if hardness is None:
             raise ConfigError("--method selmatch needs difficulty scores (--scores)")
         spec = WindowSpec(config.ipc, config.beta, config.alpha, config.beta_convention)
         window = select_window(hardness, labels_all, classes, spec, among=split.pool)
-        info = {
+        window_info = {
+            "init": "window",
             "window": spec.to_dict(),
             "skipped_per_class": list(window.skipped),
             "beta_convention_meaning": BETA_CONVENTION_TEXT[config.beta_convention],
         }
         subset_ids = torch.zeros(len(window.indices), dtype=torch.int64)
-        return Initial(window.indices, window.labels, window.distill_mask, subset_ids, info)
-    indices = balanced_subset(labels_all, classes, config.ipc, seed=config.seed, among=split.pool)
+        return Initial(window.indices, window.labels, window.distill_mask, subset_ids, window_info)
+    indices = balanced_subset(
+        labels_all, classes, config.ipc, seed=config.random_subset_seed, among=split.pool
+    )
     labels = labels_all[indices]
     subset_ids = torch.zeros(len(indices), dtype=torch.int64)
+    position = torch.arange(len(indices)) % config.ipc  # the draw's order within each class
     if config.method == "seqmatch":
         # Per class, cut IPC into K near-equal parts, larger parts first (50 → 17/17/16).
-        position = torch.arange(len(indices)) % config.ipc
         bounds = torch.tensor(
             [len(p) for p in torch.arange(config.ipc).tensor_split(config.subsets)]
         )
         subset_ids = torch.bucketize(position, bounds.cumsum(0), right=True)
     mask = torch.ones(len(indices), dtype=torch.bool)
-    return Initial(indices, labels, mask, subset_ids, {"init": "random class-balanced real"})
+    info: dict[str, Any] = {"init": "random class-balanced real"}
+    if config.method == "selmatch":
+        # A random subset has no difficulty order to split by: D_distill is the last
+        # int(IPC·α) of each class's draw, i.e. a random α share.
+        mask = position >= config.ipc - int(config.ipc * config.alpha)
+        info = {"init": "random", "subset_seed": config.random_subset_seed}
+    return Initial(indices, labels, mask, subset_ids, info)
 
 
 def stages_of(config: DistillConfig, initial: Initial) -> list[Stage]:
@@ -335,6 +361,8 @@ def sample_expert_segment(
 
 def _run_stage(run: _Run, stage: Stage, state: DistillState, generator: torch.Generator) -> None:
     config = run.config
+    if len(stage.learnable) == 0:  # α = 0, selection only: nothing to learn
+        return
     learnable = state.images[stage.learnable].to(run.device).clone().requires_grad_(True)
     frozen = state.images[stage.frozen].to(run.device)
     labels = torch.cat([run.labels[stage.frozen], run.labels[stage.learnable]]).to(run.device)

@@ -54,6 +54,45 @@ def test_selmatch_changes_only_the_alpha_share(tmp_path, fashion, fashion_split,
         assert (tmp_path / name).is_file(), name
 
 
+def test_alpha_zero_is_selection_only(tmp_path, fashion, fashion_split, experts, hardness):
+    result = run(TINY.replace(alpha=0.0), fashion, fashion_split, experts, hardness, tmp_path)
+    window = run(TINY.replace(alpha=0.5), fashion, fashion_split, experts, hardness,
+                 tmp_path / "half")  # fmt: skip
+    assert result.num_distill == 0 and result.manifest["final_loss"] is None
+    assert torch.equal(result.source_indices, window.source_indices)  # the same window
+    assert torch.equal(
+        result.images, fashion.normalize(fashion.train_images[result.source_indices])
+    )
+
+
+def test_a_random_initialisation_learns_a_random_alpha_share(
+    tmp_path, fashion, fashion_split, experts, hardness
+) -> None:
+    from selmatch.data import balanced_subset
+
+    config = TINY.replace(init="random", subset_seed=7)
+    result = run(config, fashion, fashion_split, experts, hardness, tmp_path)
+    expected = balanced_subset(fashion.train_labels, 10, 4, seed=7, among=fashion_split.pool)
+    assert torch.equal(result.source_indices, expected)  # the subset the seed names
+    assert result.manifest["init"] == "random" and "window" not in result.manifest
+    assert int(result.distill_mask.sum()) == 2 * 10  # int(IPC·α) per class
+    assert result.distill_mask.view(10, 4).sum(dim=1).tolist() == [2] * 10
+    initial = fashion.normalize(fashion.train_images[expected])
+    assert torch.equal(result.images[~result.distill_mask], initial[~result.distill_mask])
+    # α = 1 from the random subset of the same seed is plain MTT's start
+    mtt = run(TINY.replace(method="mtt", alpha=1.0, subset_seed=7), fashion, fashion_split,
+              experts, None, tmp_path / "mtt")  # fmt: skip
+    assert torch.equal(mtt.source_indices, expected)
+
+
+def test_the_learnable_lr_starts_where_each_method_s_authors_start_it() -> None:
+    assert TINY.lr_init == 0.001  # SelMatch's scripts
+    assert TINY.replace(method="mtt", alpha=1.0, lr_init=None).lr_init == 0.01  # MTT's
+    assert DistillConfig(method="seqmatch").lr_init == 0.01
+    assert DistillConfig(lr_init=0.05).lr_init == 0.05
+    assert DistillConfig.from_dict(TINY.to_dict()) == TINY
+
+
 def test_mtt_updates_everything(tmp_path, fashion, fashion_split, experts) -> None:
     config = TINY.replace(method="mtt", alpha=1.0)
     result = run(config, fashion, fashion_split, experts, None, tmp_path)
@@ -209,7 +248,9 @@ def test_settings_checked_against_the_experts(tmp_path, fashion, fashion_split, 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(alpha=0.0), r"--alpha must be a number in \(0, 1\]"),
+        (dict(alpha=1.5), r"--alpha must be a number in \[0, 1\]"),
+        (dict(init="noise"), "--init must be one of window, random"),
+        (dict(method="mtt", init="random"), "--init applies to --method selmatch only"),
         (dict(method="mtt", merge=True), "--merge is an ablation of --method selmatch only"),
         (dict(mode="fast"), "--mode must be one of"),
         (dict(subsets=5, ipc=4), r"--subsets must be an integer in \[1, 4\]"),

@@ -26,7 +26,10 @@ sampler holds no hidden state and survives pickling and ``Tuner.restore``):
 4. **Contradicted concavity.** If the evaluated means have a valley — a point lower than an
    evaluated point on each side by more than ``tolerance`` — the data contradict unimodality and
    the sampler falls back to covering the rest of the grid, coarse to fine (largest gaps first).
-5. **Done.** ``status`` is ``"finished"`` once the bracket is one step wide with its repeats done,
+5. **Anchors.** Grid values given as ``anchors`` (the α search's 0 and 1: selection only, every
+   image learned) are evaluated first, whatever the bracket says, so the search's answer is
+   never worse on validation than they are; after that they are ordinary evaluated points.
+6. **Done.** ``status`` is ``"finished"`` once the bracket is one step wide with its repeats done,
    or the grid is covered; :func:`best_value` is then the grid point with the best mean.
 
 Failed or pruned trials carry no score: their grid point counts as unevaluated again.
@@ -61,11 +64,14 @@ class ConcaveGridSampler(BaseSampler):
         top_repeats: int = 1,
         margin: float = 0.0,
         tolerance: float = 0.0,
+        anchors: Sequence[float] = (),
         fallback: BaseSampler | None = None,
     ) -> None:
         values = [float(v) for v in grid]
         if len(values) < 1 or len(set(values)) != len(values) or values != sorted(values):
             raise ValueError("grid must be distinct values in increasing order")
+        if any(float(a) not in values for a in anchors):
+            raise ValueError("anchors must be values of the grid")
         if top_repeats < 0 or tolerance < 0 or margin < 0:
             raise ValueError("top_repeats, margin and tolerance must be ≥ 0")
         self.name = name
@@ -73,6 +79,7 @@ class ConcaveGridSampler(BaseSampler):
         self.top_repeats = top_repeats
         self.margin = margin
         self.tolerance = tolerance
+        self.anchors = tuple(values.index(float(a)) for a in anchors)
         self.fallback = fallback or optuna.samplers.RandomSampler(seed=0)
 
     # ------------------------------------------------------------------ Optuna API
@@ -155,6 +162,13 @@ class ConcaveGridSampler(BaseSampler):
 
     def _wanted(self, scores: dict[int, list[float]]) -> list[int]:
         """Grid indices that still need a score, most useful first."""
+        # getattr: a sampler pickled before anchors existed has none
+        anchors = [i for i in getattr(self, "anchors", ()) if i not in scores]
+        if anchors:
+            return anchors + [i for i in self._unanchored(scores) if i not in anchors]
+        return self._unanchored(scores)
+
+    def _unanchored(self, scores: dict[int, list[float]]) -> list[int]:
         if not scores:
             return self._split(-1, len(self.grid))
         if self._contradicts_concavity(scores):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from selmatch.config import Config, ConfigError, check_float, check_int
+from selmatch.consistency import ConsistencyConfig
 from selmatch.distill import DistillConfig
 from selmatch.evaluate import EvalConfig
 from selmatch.experts import ExpertConfig
@@ -13,8 +14,9 @@ from selmatch.window import BETA_CONVENTIONS
 
 @dataclass(frozen=True)
 class SearchConfig(Config):
-    """β-then-α search per IPC. ``short`` evaluates every trial; ``final`` evaluates each
-    IPC's winner (and the top ``full_eval_top`` β points, for the short-vs-full rank
+    """β-then-α search per IPC (the random subset a β-phase candidate, α's 0 and 1 always
+    evaluated, plain MTT an α-phase candidate). ``short`` evaluates every trial; ``final``
+    evaluates each IPC's winner (and the top ``full_eval_top`` β points, for the short-vs-full rank
     correlation, and a random class-balanced subset of the same size when
     ``random_reference``: the baseline the winner has to beat)."""
 
@@ -23,6 +25,11 @@ class SearchConfig(Config):
     ipcs: tuple[int, ...] = (10, 50)
     experts: ExpertConfig = field(default_factory=ExpertConfig)
     score: str = "forgetting"
+    #: a folder holding a score table to rank by instead of the experts' own scores: e.g. the
+    #: published C-scores imported with ``selmatch scores --import`` (``score="cscore"``)
+    score_table: str | None = None
+    #: how the consistency score is estimated (used when ``score`` is ``consistency``)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     beta_convention: str = "data-fraction"
     beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     alpha_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -30,6 +37,9 @@ class SearchConfig(Config):
     short: EvalConfig = field(default_factory=EvalConfig)
     final: EvalConfig = field(default_factory=EvalConfig)
     random_reference: bool = True  # also evaluate a random subset of each IPC with ``final``
+    #: plain MTT (random subset, α = 1) as an α-phase candidate when the α phase starts from a
+    #: window, so the winner is never below MTT on validation
+    mtt_candidate: bool = True
     distill: DistillConfig = field(default_factory=DistillConfig)
     full_eval_top: int = 2
     max_concurrent: int = 2
@@ -50,7 +60,7 @@ class SearchConfig(Config):
         if self.beta_convention not in BETA_CONVENTIONS:
             raise ConfigError(f"--beta-convention must be one of {', '.join(BETA_CONVENTIONS)}")
         _check_grid("beta_grid", self.beta_grid, 0.0, None)
-        _check_grid("alpha_grid", self.alpha_grid, 0.0, 1.0, low_open=True)
+        _check_grid("alpha_grid", self.alpha_grid, 0.0, 1.0)
         if self.image_size is not None:
             check_int("image_size", self.image_size, 8, 1024)
         check_int("full_eval_top", self.full_eval_top, 0, 100)
@@ -62,6 +72,15 @@ class SearchConfig(Config):
         check_int("top_repeats", self.top_repeats, 0, 10)
         if self.experts.dataset != self.dataset:
             raise ConfigError("the experts' dataset must be the search's dataset")
+        if self.consistency.dataset != self.dataset:
+            raise ConfigError("the consistency score's dataset must be the search's dataset")
+        split = (self.experts.val_fraction, self.experts.split_seed)
+        if (self.consistency.val_fraction, self.consistency.split_seed) != split:
+            raise ConfigError(
+                f"--set consistency.val_fraction / consistency.split_seed must equal the "
+                f"experts' ({split[0]:g} / {split[1]}): the score must never see the validation "
+                "slice"
+            )
 
 
 def _check_grid(name: str, grid: tuple[float, ...], low: float, high: float | None, *,

@@ -11,11 +11,21 @@ from typing import Any
 from selmatch.plots import save_curve
 
 COLUMNS = (
-    "dataset", "ipc", "beta", "beta_convention", "alpha", "short_val_accuracy",
+    "dataset", "ipc", "init", "beta", "beta_convention", "alpha", "short_val_accuracy",
     "short_test_accuracy", "final_test_mean", "final_test_std", "final_val_mean",
-    "random_test_mean", "random_test_std", "beta_trials", "beta_grid_size", "alpha_trials",
-    "alpha_grid_size", "set_dir",
+    "random_test_mean", "random_test_std", "random_short_val", "mtt_short_val", "beta_trials",
+    "beta_grid_size", "alpha_trials", "alpha_grid_size", "set_dir",
 )  # fmt: skip
+
+
+def winner_of(entry: dict[str, Any]) -> dict[str, Any]:
+    """Which initialisation and α won an IPC, and its short-budget scores. A search from
+    before the baselines were candidates won with its window and its α phase's best."""
+    winner = entry.get("winner", {"init": "window", "alpha": entry["alpha"]["best"],
+                                  "candidate": "alpha"})  # fmt: skip
+    alpha = entry["alpha"]
+    short = alpha["mtt"] if winner["candidate"] == "mtt" else alpha["curve"][str(alpha["best"])]
+    return winner | {"short_val": short["val"], "short_test": short["test"]}
 
 
 def table_rows(dataset: str, convention: str, state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -24,16 +34,19 @@ def table_rows(dataset: str, convention: str, state: dict[str, Any]) -> list[dic
         if "final" not in entry:
             continue
         beta, alpha, final = entry["beta"], entry["alpha"], entry["final"]
-        short = alpha["curve"][str(alpha["best"])]
+        winner = winner_of(entry)
         random = final.get("random", {})  # "" where the reference was not evaluated
         rows.append({
-            "dataset": dataset, "ipc": int(ipc), "beta": beta["best"],
-            "beta_convention": convention, "alpha": alpha["best"],
-            "short_val_accuracy": short["val"], "short_test_accuracy": short["test"],
+            "dataset": dataset, "ipc": int(ipc), "init": winner["init"], "beta": beta["best"],
+            "beta_convention": convention, "alpha": winner["alpha"],
+            "short_val_accuracy": winner["short_val"],
+            "short_test_accuracy": winner["short_test"],
             "final_test_mean": final["test_mean"], "final_test_std": final["test_std"],
             "final_val_mean": final["val_mean"],
             "random_test_mean": random.get("test_mean", ""),
-            "random_test_std": random.get("test_std", ""), "beta_trials": beta["trials"],
+            "random_test_std": random.get("test_std", ""),
+            "random_short_val": beta.get("random", {}).get("val", ""),
+            "mtt_short_val": alpha.get("mtt", {}).get("val", ""), "beta_trials": beta["trials"],
             "beta_grid_size": len(beta["grid"]), "alpha_trials": alpha["trials"],
             "alpha_grid_size": len(alpha["grid"]), "set_dir": entry["set_dir"],
         })  # fmt: skip
@@ -49,20 +62,23 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'IPC':>5} {'beta':>6} {'alpha':>6} {'short val %':>12} {'final test %':>15} "
-             f"{'random test %':>15} {'trials β':>9} {'trials α':>9}"]  # fmt: skip
+    lines = [f"{'IPC':>5} {'init':>7} {'beta':>6} {'alpha':>6} {'short val %':>12} "
+             f"{'final test %':>15} {'random test %':>15} {'trials β':>9} "
+             f"{'trials α':>9}"]  # fmt: skip
     for r in rows:
         trials = (f"{r['beta_trials']:>4}/{r['beta_grid_size']:<4} "
                   f"{r['alpha_trials']:>4}/{r['alpha_grid_size']:<4}")  # fmt: skip
         random = (f"{100 * r['random_test_mean']:>8.2f} ± {100 * r['random_test_std']:<4.2f}"
                   if r["random_test_mean"] != "" else f"{'–':>15}")  # fmt: skip
         lines.append(
-            f"{r['ipc']:>5} {r['beta']:>6g} {r['alpha']:>6g} "
+            f"{r['ipc']:>5} {r.get('init', 'window'):>7} {r['beta']:>6g} {r['alpha']:>6g} "
             f"{100 * r['short_val_accuracy']:>12.2f} "
             f"{100 * r['final_test_mean']:>8.2f} ± {100 * r['final_test_std']:<4.2f} "
             f"{random} {trials}"
         )
-    lines.append("trials β, α: trials run / grid values searched (re-evaluations of close "
+    lines.append("init: what the winner starts from, the window at β or the random subset "
+                 "(when it beat every window on validation, or plain MTT won); "
+                 "trials β, α: trials run / grid values searched (re-evaluations of close "
                  "tops count as trials; larger IPCs search only values ≤ the previous IPC's "
                  "best); random test: a random class-balanced subset of the same size, "
                  "trained like the winner")  # fmt: skip
@@ -85,12 +101,22 @@ def below_random(rows: list[dict[str, Any]]) -> list[str]:
 def save_phase_plot(
     path: Path, summary: dict[str, Any], *, name: str, ipc: int, title: str, xlabel: str
 ) -> Path:
+    """The phase's curve (validation and test at the short budget), its candidates beside
+    the grid as dashed lines of the same colours (the random subset on the β curve, as the
+    paper's Figure 3 draws it; plain MTT on the α curve), the best grid value dotted."""
     xs = sorted(float(v) for v in summary["curve"])
     curve = summary["curve"]
+    baselines = []
+    for key, label in (("random", "random subset"), ("mtt", "plain MTT")):
+        if key in summary:
+            baselines += [(f"{label}, val", summary[key]["val"]),
+                          (f"{label}, test", summary[key]["test"])]  # fmt: skip
+    start = f", from the {summary['init']}" if name == "alpha" and "init" in summary else ""
     return save_curve(
         xs, [("val (short)", [curve[str(x)]["val"] for x in xs]),
              ("test (short)", [curve[str(x)]["test"] for x in xs])],
-        path, xlabel=xlabel, title=f"{name} search, IPC {ipc}\n{title}", best_x=summary["best"],
+        path, xlabel=xlabel, title=f"{name} search, IPC {ipc}{start}\n{title}",
+        best_x=summary["best"], baselines=baselines,
     )  # fmt: skip
 
 

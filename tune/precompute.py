@@ -1,12 +1,16 @@
 """Precompute once: expert trajectories and difficulty scores, trained by Ray tasks and owned
 by the driver in Ray's object store.
 
-Each expert is one Ray task (a GPU each where the cluster has GPUs). A task *returns* its
-trajectory and scores as numpy arrays, so the driver owns them (an object ``ray.put`` inside a
-worker would die with it); the driver also writes them in :mod:`selmatch.experts`' format to a
-cache folder keyed by dataset, model and expert settings, and a later search with the same
-settings reuses that cache instead of training again. Trials receive object references
-(through ``tune.with_parameters``) and never recompute or reload anything from disk.
+Each expert is one Ray task (a GPU each where the cluster has GPUs), and so is each network of
+the consistency score (:mod:`selmatch.consistency`) when the search ranks by it: all of them
+are submitted at once and run side by side. A task *returns* numpy arrays, so the driver owns
+them (an object ``ray.put`` inside a worker would die with it); the driver also writes them to
+cache folders keyed by everything that shapes them (dataset, model and its parameter layout,
+settings): the experts in :mod:`selmatch.experts`' format, the consistency networks in
+:mod:`selmatch.consistency`'s, each file as soon as its task returns. A later search with the
+same settings reuses them (an interrupted one trains only what is missing). Trials receive
+object references (through ``tune.with_parameters``) and never recompute or reload anything
+from disk.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import ray
 import torch
 from safetensors.torch import save_file
 
+from selmatch import consistency as consistency_score
+from selmatch.config import Config
+from selmatch.consistency import ConsistencyConfig
 from selmatch.data import HoldoutSplit, ImageDataset, holdout_split
 from selmatch.experts import (
     ExpertConfig,
@@ -39,14 +46,30 @@ from selmatch.params import ParamLayout
 from selmatch.train import resolve_device
 
 
-def cache_key(config: ExpertConfig, image_size: int | None = None) -> str:
-    """A folder name that changes whenever anything that shapes an expert changes (the
-    images' size too, when the dataset is resized)."""
-    identity = config.identity()
+def cache_key(
+    config: ExpertConfig | ConsistencyConfig, image_size: int | None = None,
+    layout: ParamLayout | None = None,
+) -> str:  # fmt: skip
+    """A folder name that changes whenever anything that shapes the cached networks changes:
+    their settings (for experts, all but their number: more may be added), the images' size
+    when the dataset is resized, and the network's parameter layout (so a change of the
+    architecture never reuses networks of the old one)."""
+    identity = config.identity() if isinstance(config, ExpertConfig) else _settings(config)
     if image_size is not None:
         identity = {**identity, "image_size": image_size}
+    if layout is not None:
+        identity = {**identity, "layout": layout.to_dict()}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return f"{config.dataset.replace(':', '_').replace('/', '_')}-{digest[:12]}"
+    prefix = "consistency-" if isinstance(config, ConsistencyConfig) else ""
+    return f"{prefix}{config.dataset.replace(':', '_').replace('/', '_')}-{digest[:12]}"
+
+
+def _settings(config: Config) -> dict[str, Any]:
+    return config.to_dict()
+
+
+def _layout(dataset: ImageDataset, config: ExpertConfig | ConsistencyConfig) -> ParamLayout:
+    return ParamLayout.of(build_model(config.model, dataset.image_shape, dataset.num_classes))
 
 
 def _train_expert_task(
@@ -72,6 +95,20 @@ def _train_expert_task(
     }
 
 
+def _consistency_task(
+    config_dict: dict[str, Any], network: int, arrays: dict[str, Any], threads: int
+) -> dict[str, Any]:
+    """Ray task body: train consistency network ``network`` and return its held-out samples'
+    true-label probabilities as numpy arrays (driver-owned)."""
+    torch.set_num_threads(max(1, threads))
+    config = ConsistencyConfig.from_dict(config_dict)
+    result = consistency_score.train_consistency_network(
+        dataset_from_arrays(arrays), config, network, device=resolve_device("auto")
+    )
+    return {"held_out": result["held_out"].numpy(), "probability": result["probability"].numpy(),
+            "seconds": result["seconds"]}  # fmt: skip
+
+
 @dataclass
 class Precomputed:
     """Object references the trials get, and what the driver knows about them."""
@@ -85,6 +122,9 @@ class Precomputed:
     cache_dir: Path
     trained: int
     reused: int
+    score_dir: Path  # the folder of the score table the windows are ranked by
+    consistency_trained: int = 0
+    consistency_reused: int = 0
 
 
 def dataset_arrays(dataset: ImageDataset) -> dict[str, Any]:
@@ -123,39 +163,48 @@ def precompute(
     *,
     score: str,
     cache_root: Path,
+    consistency: ConsistencyConfig | None = None,
+    score_table: Path | None = None,
     image_size: int | None = None,
     gpus_per_expert: float,
     cpus_per_expert: float,
     log: Any = print,
 ) -> Precomputed:
-    """Train (or reuse) the experts and scores; put everything the trials need into the
-    object store, owned by this (the driver) process."""
-    cache_dir = cache_root / cache_key(config, image_size)
+    """Train (or reuse) the experts and scores — and the consistency networks when ``score``
+    is ``consistency`` — as Ray tasks side by side; put everything the trials need into the
+    object store, owned by this (the driver) process. With ``score_table``, the windows are
+    ranked by ``score`` read from that folder's table (e.g. imported C-scores)."""
+    cache_dir = cache_root / cache_key(config, image_size, _layout(dataset, config))
     dataset_ref = ray.put(dataset_arrays(dataset))
     cache_dir.mkdir(parents=True, exist_ok=True)
     if not (cache_dir / "manifest.json").is_file():
         _write_cache_manifest(cache_dir, dataset, config)
+    resources = {"num_cpus": cpus_per_expert, "num_gpus": gpus_per_expert}
+    threads = int(cpus_per_expert)
     missing = [i for i in range(config.num_experts) if not expert_file(cache_dir, i).is_file()]
+    expert_refs = {}
     if missing:
         log(f"training {len(missing)} expert(s) as Ray tasks ({cpus_per_expert:g} CPU, "
             f"{gpus_per_expert:g} GPU each); cache: {cache_dir}")  # fmt: skip
-        task = ray.remote(_train_expert_task).options(
-            num_cpus=cpus_per_expert, num_gpus=gpus_per_expert
-        )
-        refs = {
-            i: task.remote(config.to_dict(), i, dataset_ref, int(cpus_per_expert)) for i in missing
-        }
-        for index, ref in refs.items():
-            result = ray.get(ref)
-            tensors = {f"epoch_{e:04d}": torch.from_numpy(row.copy())
-                       for e, row in enumerate(result["trajectory"])}  # fmt: skip
-            tensors["forgetting"] = torch.from_numpy(result["forgetting"].copy())
-            tensors["el2n"] = torch.from_numpy(result["el2n"].copy())
-            atomic_write(expert_file(cache_dir, index), partial(save_file, tensors))
-            log(f"  expert {index}: {result['seconds']:.0f} s")
+        task = ray.remote(_train_expert_task).options(**resources)
+        expert_refs = {i: task.remote(config.to_dict(), i, dataset_ref, threads) for i in missing}
     else:
         log(f"reusing {config.num_experts} cached expert(s) from {cache_dir}")
+    score_dir, networks = cache_dir, {}
+    if score == consistency_score.SCORE_NAME:
+        if consistency is None:
+            raise ValueError("score 'consistency' needs its ConsistencyConfig")
+        score_dir = cache_root / cache_key(consistency, image_size, _layout(dataset, consistency))
+        networks = _submit_consistency(consistency, dataset_ref, score_dir, resources, threads,
+                                       log)  # fmt: skip
+    _collect(expert_refs, networks, cache_dir, consistency, score_dir, log)
     table = write_expert_scores(cache_dir, config)
+    if score == consistency_score.SCORE_NAME:
+        assert consistency is not None
+        table = consistency_score.finish(score_dir, dataset, consistency)
+    elif score_table is not None:
+        table, score_dir = read_score_table(score_table, dataset, config), score_table
+        log(f"ranking by {score} from {score_table}")
     experts = ExpertSet.load(cache_dir)
     trajectory_refs = [ray.put(experts.trajectory(i).numpy()) for i in range(config.num_experts)]
     split = holdout_split(
@@ -172,7 +221,80 @@ def precompute(
         cache_dir=cache_dir,
         trained=len(missing),
         reused=config.num_experts - len(missing),
+        score_dir=score_dir,
+        consistency_trained=len(networks),
+        consistency_reused=consistency.num_networks - len(networks) if consistency else 0,
     )
+
+
+def read_score_table(directory: Path, dataset: ImageDataset, config: ExpertConfig) -> Any:
+    """A score table from ``directory``, checked to be of this dataset and this split."""
+    from selmatch.config import ConfigError
+    from selmatch.scores import ScoreTable
+
+    table = ScoreTable.load(directory)
+    if table.info.get("dataset") not in (None, dataset.name):
+        raise ConfigError(
+            f"--score-table {directory} is for {table.info['dataset']}, not {dataset.name}"
+        )
+    made_with = (table.info.get("val_fraction"), table.info.get("split_seed"))
+    if made_with[0] is not None and made_with != (config.val_fraction, config.split_seed):
+        raise ConfigError(
+            f"--score-table {directory} was made with --val-fraction {made_with[0]} "
+            f"--split-seed {made_with[1]}; the search uses {config.val_fraction} / "
+            f"{config.split_seed}"
+        )
+    return table
+
+
+def _submit_consistency(
+    config: ConsistencyConfig, dataset_ref: Any, directory: Path, resources: dict[str, float],
+    threads: int, log: Any,
+) -> dict[int, Any]:  # fmt: skip
+    """Submit the consistency networks not yet in ``directory``: {network: its task}."""
+    seconds = consistency_score.prepare_directory(directory, config)
+    consistency_score.write_manifest(directory, config, seconds)
+    missing = [k for k in range(config.num_networks)
+               if not consistency_score.network_file(directory, k).is_file()]  # fmt: skip
+    if not missing:
+        log(f"reusing {config.num_networks} cached consistency network(s) from {directory}")
+        return {}
+    log(f"training {len(missing)} consistency network(s) as Ray tasks beside the experts "
+        f"({config.describe()}); cache: {directory}")  # fmt: skip
+    task = ray.remote(_consistency_task).options(**resources)
+    return {k: task.remote(config.to_dict(), k, dataset_ref, threads) for k in missing}
+
+
+def _collect(
+    experts: dict[int, Any], networks: dict[int, Any], cache_dir: Path,
+    consistency: ConsistencyConfig | None, score_dir: Path, log: Any,
+) -> None:  # fmt: skip
+    """Write each task's result into its cache as soon as the task returns (in the order
+    they finish), so an interruption loses only the tasks still running."""
+    pending = {ref: ("expert", i) for i, ref in experts.items()}
+    pending |= {ref: ("consistency", k) for k, ref in networks.items()}
+    seconds = (consistency_score.prepare_directory(score_dir, consistency)
+               if consistency is not None and networks else {})  # fmt: skip
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        kind, index = pending.pop(ref)
+        result = ray.get(ref)
+        if kind == "expert":
+            tensors = {f"epoch_{e:04d}": torch.from_numpy(row.copy())
+                       for e, row in enumerate(result["trajectory"])}  # fmt: skip
+            tensors["forgetting"] = torch.from_numpy(result["forgetting"].copy())
+            tensors["el2n"] = torch.from_numpy(result["el2n"].copy())
+            atomic_write(expert_file(cache_dir, index), partial(save_file, tensors))
+        else:
+            assert consistency is not None
+            consistency_score.save_network(score_dir, index, {
+                "held_out": torch.from_numpy(result["held_out"].copy()),
+                "probability": torch.from_numpy(result["probability"].copy()),
+            })  # fmt: skip
+            seconds[str(index)] = result["seconds"]
+            consistency_score.write_manifest(score_dir, consistency, seconds)
+        log(f"  {kind} {'network ' if kind == 'consistency' else ''}{index}: "
+            f"{result['seconds']:.0f} s")  # fmt: skip
 
 
 def _write_cache_manifest(directory: Path, dataset: ImageDataset, config: ExpertConfig) -> None:

@@ -2,9 +2,15 @@
 best β, then a full evaluation of the winner.
 
 ``run_search`` reads as: ``connect → precompute → for each IPC: search β → search α → final
-evaluation → outputs``. Every finished stage is recorded in ``OUT/search_state.json``; with
-``resume=True`` finished stages are skipped and an interrupted Tune experiment is restored
-(``Tuner.restore``) rather than started again.
+evaluation → outputs``. The search space contains its baselines: the β phase also evaluates
+the random class-balanced subset of the same size (same budget, as many repeats as a close
+top gets) and, when it beats every window on validation, the α phase starts from it instead;
+the α grid's ends 0 (selection only) and 1 (every image learned) are always evaluated; and
+when the α phase starts from a window, plain MTT (the random subset, α = 1) is one more
+candidate. So the winner is never worse on validation than the oracle window, the random
+subset or MTT at the same budget. Every finished stage is recorded in
+``OUT/search_state.json``; with ``resume=True`` finished stages are skipped and an interrupted
+Tune experiment is restored (``Tuner.restore``) rather than started again.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ class Phase:
     ipc: int
     grid: tuple[float, ...]
     fixed: dict[str, Any]
+    anchors: tuple[float, ...] = ()  # grid values always evaluated (α's 0 and 1)
+    bound: float | None = None  # the monotone rule's bound (the previous IPC's best)
 
 
 def _quiet_tune() -> None:
@@ -159,7 +167,8 @@ def _remove_experiment(path: str) -> None:
 
 def _sampler(phase: Phase, config: SearchConfig) -> ConcaveGridSampler:
     return ConcaveGridSampler(name=phase.name, grid=phase.grid, top_repeats=config.top_repeats,
-                              margin=config.noise, tolerance=2 * config.noise)  # fmt: skip
+                              margin=config.noise, tolerance=2 * config.noise,
+                              anchors=phase.anchors)  # fmt: skip
 
 
 def _cap(phase: Phase) -> int:
@@ -197,8 +206,9 @@ def run_phase(
     path = f"{storage.rstrip('/')}/{name}"  # a folder, or a URI such as s3://bucket/ray
     logger = TrialLogger(tracker, phase=searched, ipc=phase.ipc, searched=searched, log=log)
     full = len(config.beta_grid if searched == "beta" else config.alpha_grid)
-    bounded = (f" (≤ {max(phase.grid):g}, the previous IPC's best: {len(phase.grid)} of {full})"
-               if len(phase.grid) < full else "")  # fmt: skip
+    kept = " and the anchors " + ", ".join(f"{a:g}" for a in phase.anchors) if phase.anchors else ""
+    bounded = (f" (≤ {phase.bound:g}, the previous IPC's best{kept}: {len(phase.grid)} of {full})"
+               if len(phase.grid) < full and phase.bound is not None else "")  # fmt: skip
     log(f"IPC {phase.ipc}: searching {searched} over {len(phase.grid)} grid values{bounded}, "
         f"{config.max_concurrent} trial(s) at a time")  # fmt: skip
     marker = markers / f"{name}.finished"
@@ -244,6 +254,53 @@ def run_phase(
         f"({summary['trials']} trials for {len(phase.grid)} grid values, "
         f"{summary['failed']} failed)")  # fmt: skip
     return summary, grid
+
+
+def run_baseline(
+    name: str, phase: str, trial: Callable[..., None], fixed: dict[str, Any], repeats: int,
+    config: SearchConfig, data: dict[str, Any], storage: str, tracker: Tracker, *,
+    resume: bool, log: Log,
+) -> tuple[dict[str, Any], Any]:  # fmt: skip
+    """A fixed candidate of a phase (the random subset, plain MTT), evaluated ``repeats``
+    times (seeds offset by the repeat, as a grid point's repeats are) in a Tune experiment of
+    its own: logged to MLflow like every trial, restored on resume."""
+    trainable = tune.with_resources(
+        tune.with_parameters(trial, data=data),
+        {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
+    )
+    param_space = {**fixed, "repeat": tune.grid_search(list(range(repeats)))}
+    path = f"{storage.rstrip('/')}/{name}"
+    logger = TrialLogger(tracker, phase=phase, ipc=fixed["ipc"], searched="init", log=log)
+    if resume and tune.Tuner.can_restore(path):
+        log(f"restoring the interrupted {name} experiment")
+        tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
+                                   resume_errored=True)  # fmt: skip
+    else:
+        _remove_experiment(path)
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=config.max_concurrent,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage, callbacks=[logger], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            ),
+        )  # fmt: skip
+    grid = tuner.fit()
+    results = [grid[i] for i in range(len(grid))]
+    scored = [r for r in results if r.error is None and r.metrics and METRIC in r.metrics]
+    if len(results) < repeats or any(r.error is None and r not in scored for r in results):
+        raise SearchInterrupted(f"the {name} experiment was interrupted; its state is saved "
+                                f"in {path}")  # fmt: skip
+    if not scored:
+        raise SelmatchError(f"every trial of {name} failed; see the Ray log above")
+    metrics = [r.metrics for r in scored if r.metrics is not None]
+    return {
+        "val": sum(m["val_accuracy"] for m in metrics) / len(metrics),
+        "test": sum(m["test_accuracy"] for m in metrics) / len(metrics),
+        "n": len(metrics), "failed": len(results) - len(metrics),
+        "work_seconds": max(m.get("work_seconds", 0.0) for m in metrics),
+    }, grid  # fmt: skip
 
 
 def _experiments_root(state: dict[str, Any], out: Path, storage: str | None) -> str:
@@ -318,11 +375,16 @@ def precompute_all(config: SearchConfig, out: Path, data_root: str | None, log: 
     gpus_per_expert = 1.0 if ray.cluster_resources().get("GPU", 0.0) >= 1 else 0.0
     pre = precompute(
         dataset, config.experts, score=config.score, cache_root=out.parent / "cache",
-        image_size=config.image_size, gpus_per_expert=gpus_per_expert,
-        cpus_per_expert=config.cpus_per_trial, log=log,
+        consistency=config.consistency, image_size=config.image_size,
+        score_table=Path(config.score_table) if config.score_table else None,
+        gpus_per_expert=gpus_per_expert, cpus_per_expert=config.cpus_per_trial, log=log,
     )  # fmt: skip
-    log(f"precomputed in {time.perf_counter() - started:.0f} s "
-        f"({pre.trained} trained, {pre.reused} reused)")  # fmt: skip
+    networks = ""
+    if config.score == "consistency":
+        networks = (f"; consistency networks: {pre.consistency_trained} trained, "
+                    f"{pre.consistency_reused} reused, in {pre.score_dir}")  # fmt: skip
+    log(f"precomputed in {time.perf_counter() - started:.0f} s (experts: {pre.trained} trained, "
+        f"{pre.reused} reused{networks})")  # fmt: skip
     return pre
 
 
@@ -371,6 +433,9 @@ def _final_task(data: dict[str, Any], fixed: dict[str, Any], payload: dict[str, 
     images = torch.from_numpy(np.array(payload["images"]))
     mask = torch.from_numpy(np.array(payload["mask"]))
     labels = torch.from_numpy(np.array(payload["labels"]))
+    # a set with a distilled part is trained with combined augmentation, as in the α trials
+    if bool(mask.any()):
+        config = config.replace(train=config.train.replace(augment="combined"))
     return evaluate_set(images, labels, dataset, config, split=split, dsa_mask=mask).to_dict()
 
 
@@ -443,34 +508,38 @@ def search_ipc(
     state: dict[str, Any], out: Path, storage: str, tracker: Tracker, *,
     bounds: tuple[float | None, float | None], resume: bool, log: Log,
 ) -> None:  # fmt: skip
-    """β search, α search at the best β, full evaluation: each step once (state-tracked)."""
+    """β search (and the random subset beside it), α search from the β phase's winner (and
+    plain MTT beside it), full evaluation: each step once (state-tracked)."""
     from selmatch_tune.outputs import save_phase_plot
 
     entry = state["ipcs"].setdefault(str(ipc), {})
     markers = out / "phases"
     fixed = fixed_settings(config, pre, ipc)
     title = f"{config.short.model.describe()}, {config.short.budget()}"
+    common = {"config": config, "data": data, "storage": storage, "tracker": tracker,
+              "resume": resume, "log": log}  # fmt: skip
     if "beta" not in entry:
-        phase = Phase("beta", ipc, _bounded(config.beta_grid, bounds[0]), fixed)
+        phase = Phase("beta", ipc, _bounded(config.beta_grid, bounds[0]), fixed, (), bounds[0])
         entry["beta"], _ = run_phase(phase, config, data, storage, tracker, markers=markers,
                                      resume=resume, log=log)  # fmt: skip
         save_state(out, state)
-    if "alpha" not in entry:
-        distill = config.distill.replace(  # as the trials run it (α is set per trial)
-            method="selmatch", ipc=ipc, beta=entry["beta"]["best"],
-            beta_convention=config.beta_convention, score=config.score,
+    # a search begun before the random candidate existed keeps the α phase it has
+    if "alpha" not in entry and "random" not in entry["beta"]:
+        repeats = 1 + config.top_repeats  # as many as a close top gets
+        log(f"IPC {ipc}: the random class-balanced subset as a β-phase candidate "
+            f"({repeats} evaluation(s), the windows' budget)")  # fmt: skip
+        entry["beta"]["random"], _ = run_baseline(
+            f"beta-random-ipc{ipc}", "beta", beta_trial, fixed | {"init": "random"}, repeats,
+            **common,
         )  # fmt: skip
-        alpha_fixed = fixed | {
-            "beta": entry["beta"]["best"], "distill": distill.to_dict(),
-            "experts": config.experts.to_dict(), "layout": pre.layout.to_dict(),
-            "experts_dir": str(pre.cache_dir),
-        }  # fmt: skip
-        phase = Phase("alpha", ipc, _bounded(config.alpha_grid, bounds[1]), alpha_fixed)
-        entry["alpha"], grid = run_phase(phase, config, data, storage, tracker, markers=markers,
-                                         resume=resume, log=log)  # fmt: skip
-        entry["set_dir"] = str(
-            collect_winner(grid, entry["alpha"]["best"], out / "sets" / f"ipc{ipc}")
-        )
+        entry["beta"]["init"] = beta_winner(entry["beta"])
+        log(f"IPC {ipc}: random subset val {100 * entry['beta']['random']['val']:.2f} % vs the "
+            f"best window (β = {entry['beta']['best']:g}) "
+            f"{100 * entry['beta']['curve'][str(entry['beta']['best'])]['val']:.2f} %: the α "
+            f"phase starts from the {entry['beta']['init']}")  # fmt: skip
+        save_state(out, state)
+    if "alpha" not in entry:
+        search_alpha(ipc, config, pre, entry, fixed, out, markers, bounds[1], common)
         save_state(out, state)
     # the reference runs beside the final evaluation (submitted first), or alone for a search
     # finished before it existed
@@ -495,6 +564,61 @@ def search_ipc(
                                title=title, xlabel=xlabel)  # fmt: skip
         tracker.log_artifact(path, "curves")
     tracker.log_artifact(Path(entry["set_dir"]) / "grid.png", f"sets/ipc{ipc}")
+
+
+def beta_winner(beta: dict[str, Any]) -> str:
+    """``"random"`` when the random subset beats the best window on validation, else
+    ``"window"`` (a tie keeps the window: the method's own initialisation)."""
+    best_window = beta["curve"][str(beta["best"])]["val"]
+    return "random" if beta["random"]["val"] > best_window else "window"
+
+
+def search_alpha(
+    ipc: int, config: SearchConfig, pre: Precomputed, entry: dict[str, Any],
+    fixed: dict[str, Any], out: Path, markers: Path, bound: float | None,
+    common: dict[str, Any],
+) -> None:  # fmt: skip
+    """The α phase from the β phase's winner (its grid's 0 and 1 always evaluated), plain MTT
+    beside it when it starts from a window, and the winner's set collected."""
+    init = entry["beta"].get("init", "window")
+    distill = config.distill.replace(  # as the trials run it (α is set per trial)
+        method="selmatch", init=init, ipc=ipc, beta=entry["beta"]["best"],
+        beta_convention=config.beta_convention, score=config.score,
+        subset_seed=pre.split.seed,
+    )  # fmt: skip
+    alpha_fixed = fixed | {
+        "init": init, "beta": entry["beta"]["best"], "distill": distill.to_dict(),
+        "experts": config.experts.to_dict(), "layout": pre.layout.to_dict(),
+        "experts_dir": str(pre.cache_dir),
+    }  # fmt: skip
+    anchors = tuple(a for a in (0.0, 1.0) if a in config.alpha_grid)
+    grid = tuple(sorted({*_bounded(config.alpha_grid, bound), *anchors}))
+    phase = Phase("alpha", ipc, grid, alpha_fixed, anchors, bound)
+    entry["alpha"], results = run_phase(phase, config, common["data"], common["storage"],
+                                        common["tracker"], markers=markers,
+                                        resume=common["resume"], log=common["log"])  # fmt: skip
+    entry["alpha"]["init"] = init
+    winner = {"init": init, "alpha": entry["alpha"]["best"], "candidate": "alpha"}
+    if init == "window" and config.mtt_candidate:
+        common["log"](f"IPC {ipc}: plain MTT (the random subset, α = 1) as an α-phase candidate")
+        entry["alpha"]["mtt"], mtt_results = run_baseline(
+            f"alpha-mtt-ipc{ipc}", "alpha", alpha_trial,
+            alpha_fixed | {"init": "random", "alpha": 1.0,
+                           "distill": distill.replace(init="random", alpha=1.0).to_dict()},
+            1, **common,
+        )  # fmt: skip
+        best_val = entry["alpha"]["curve"][str(entry["alpha"]["best"])]["val"]
+        mtt_val = entry["alpha"]["mtt"]["val"]
+        common["log"](f"IPC {ipc}: plain MTT val {100 * mtt_val:.2f} % vs the best α "
+                      f"({entry['alpha']['best']:g}) {100 * best_val:.2f} %")  # fmt: skip
+        if mtt_val > best_val:
+            winner, results = {"init": "random", "alpha": 1.0, "candidate": "mtt"}, mtt_results
+    entry["winner"] = winner
+    common["log"](f"IPC {ipc}: the winner starts from the {winner['init']}"
+                  + (f" (β = {entry['beta']['best']:g})" if winner["init"] == "window" else "")
+                  + f", α = {winner['alpha']:g}"
+                  + (" (plain MTT)" if winner["candidate"] == "mtt" else ""))  # fmt: skip
+    entry["set_dir"] = str(collect_winner(results, winner["alpha"], out / "sets" / f"ipc{ipc}"))
 
 
 def run_search(
@@ -535,6 +659,7 @@ def run_search(
     started = time.perf_counter()
     try:
         pre = precompute_all(config, out, data_root, log)
+        state["score_dir"] = str(pre.score_dir)  # where the ranking came from (a study reads it)
         data = trial_data(pre)
         storage_path = _experiments_root(state, out, storage)
         save_state(out, state)  # the experiments' folder must be found again on --resume

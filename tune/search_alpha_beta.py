@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="β values, increasing, e.g. 0,0.1,0.2 (window start; its meaning "
                    "depends on --beta-convention)")  # fmt: skip
     g.add_argument("--alpha-grid", type=numbers(float), default=None,
-                   help="α values in (0, 1], increasing, e.g. 0.1,0.3,0.5 (share of the window "
-                   "that is distilled)")  # fmt: skip
+                   help="α values in [0, 1], increasing, e.g. 0,0.3,0.5,1 (share of the window "
+                   "that is distilled; 0 and 1 are always evaluated when in the grid)")  # fmt: skip
     g.add_argument(
         "--beta-convention",
         choices=("ipc-units", "data-fraction"),
@@ -110,7 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="how β is read: ipc-units skips int(IPC·β) hardest samples per class (the "
         "authors' code, Table 5); data-fraction skips that fraction of each class",
     )
-    g.add_argument("--score", default=None, help="difficulty score: forgetting or el2n")
+    g.add_argument(
+        "--score", default=None,
+        help="difficulty score: consistency (a hold-out C-score estimate, trained beside the "
+        "experts: the quick and smoke presets' default), forgetting or el2n (free by-products "
+        "of the experts)",
+    )  # fmt: skip
+    g.add_argument(
+        "--score-table", default=None, metavar="DIR",
+        help="rank by --score from the score table in DIR instead of the experts' own: e.g. "
+        "published C-scores imported with `selmatch scores --import FILE.npy --scores DIR` "
+        "(then --score cscore)",
+    )  # fmt: skip
     g.add_argument(
         "--no-monotone",
         action="store_true",
@@ -120,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-random-reference", action="store_true",
         help="do not evaluate a random class-balanced subset of each IPC with the final budget "
         "(by default it is, and the table says whether the searched set beats it)",
+    )  # fmt: skip
+    g.add_argument(
+        "--no-mtt-candidate", action="store_true",
+        help="do not evaluate plain MTT (the random subset, α = 1) beside an α phase that starts "
+        "from a window (by default it is, so the winner is never below MTT on validation)",
     )  # fmt: skip
     g.add_argument(
         "--predict-ipcs",
@@ -201,6 +217,7 @@ def apply_sets(config: SearchConfig, assignments: list[str]) -> SearchConfig:
 def apply_overrides(config: SearchConfig, args: argparse.Namespace) -> SearchConfig:
     top: dict[str, Any] = {}
     for name in ("ipcs", "image_size", "beta_grid", "alpha_grid", "beta_convention", "score",
+                 "score_table",
                  "predict_ipcs", "full_eval_top", "max_concurrent", "cpus_per_trial",
                  "gpus_per_trial", "max_failures", "noise", "top_repeats"):  # fmt: skip
         if getattr(args, name) is not None:
@@ -209,11 +226,15 @@ def apply_overrides(config: SearchConfig, args: argparse.Namespace) -> SearchCon
         top["monotone"] = False
     if args.no_random_reference:
         top["random_reference"] = False
+    if args.no_mtt_candidate:
+        top["mtt_candidate"] = False
     experts, distill = config.experts, config.distill
     short, final = config.short, config.final
+    consistency = config.consistency
     if args.dataset:
         top["dataset"] = args.dataset
         experts = experts.replace(dataset=args.dataset)
+        consistency = consistency.replace(dataset=args.dataset)
     if args.width:
         experts = experts.replace(model=experts.model.replace(width=args.width))
         short = short.replace(model=short.model.replace(width=args.width))
@@ -242,7 +263,8 @@ def apply_overrides(config: SearchConfig, args: argparse.Namespace) -> SearchCon
         final = final.replace(train=final.train.replace(epochs=args.final_epochs))
     if args.final_seeds:
         final = final.replace(num_seeds=args.final_seeds)
-    return config.replace(experts=experts, distill=distill, short=short, final=final, **top)
+    return config.replace(experts=experts, consistency=consistency, distill=distill, short=short,
+                          final=final, **top)  # fmt: skip
 
 
 def overridden(preset: SearchConfig, config: SearchConfig) -> str:

@@ -31,6 +31,7 @@ def simulate(
     top_repeats: int = 1,
     margin: float | None = None,
     tolerance: float | None = None,
+    anchors: Sequence[float] = (),
     max_trials: int = 1000,
 ) -> SimulationResult:
     """Run the search to completion. Trials finish in random order (as real ones do). The
@@ -41,7 +42,7 @@ def simulate(
     sampler = ConcaveGridSampler(
         name="x", grid=grid, top_repeats=top_repeats,
         tolerance=2 * noise if tolerance is None else tolerance,
-        margin=noise if margin is None else margin,
+        margin=noise if margin is None else margin, anchors=anchors,
     )  # fmt: skip
     study = optuna.create_study(direction="maximize", sampler=sampler)
     distribution = optuna.distributions.CategoricalDistribution(list(grid))

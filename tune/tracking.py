@@ -139,7 +139,8 @@ class TrialLogger(Callback):
             f"{self.phase}-ipc{self.ipc}-{self.searched}={value}",
             {"phase": self.phase, "ipc": str(self.ipc)},
             {"phase": self.phase, "ipc": self.ipc, "beta": trial.config.get("beta"),
-             "alpha": trial.config.get("alpha"), "repeat": trial.config.get("repeat", 0)},
+             "alpha": trial.config.get("alpha"), "repeat": trial.config.get("repeat", 0),
+             "init": trial.config.get("init", "window")},
             {k: result[k] for k in self.METRICS if isinstance(result.get(k), (int, float))},
             failed,
         )  # fmt: skip
@@ -148,7 +149,11 @@ class TrialLogger(Callback):
         """``β = 0.3 (trial 1a2b3c4d, repeat 1)``: what the terminal says about a trial."""
         symbol = {"beta": "β", "alpha": "α"}.get(self.searched, self.searched)
         repeat = int(trial.config.get("repeat", 0))
-        return (f"{symbol} = {trial.config.get(self.searched):g} (trial {trial.trial_id}"
+        value = trial.config.get(self.searched)
+        shown = f"{value:g}" if isinstance(value, (int, float)) else str(value)
+        if self.searched == "init" and "alpha" in trial.config:
+            shown += f", α = {trial.config['alpha']:g}"  # plain MTT: the random subset, α = 1
+        return (f"{symbol} = {shown} (trial {trial.trial_id}"
                 + (f", repeat {repeat})" if repeat else ")"))  # fmt: skip
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -25,7 +25,7 @@ from selmatch.distill import DistillConfig, distill
 from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set
 from selmatch.experts import ExpertConfig, InMemoryExperts
 from selmatch.params import ParamLayout
-from selmatch.sweep import evaluate_window
+from selmatch.sweep import evaluate_random, evaluate_window
 from selmatch.window import WindowSpec
 from selmatch_tune.precompute import dataset_from_arrays
 
@@ -76,21 +76,31 @@ def _metrics(result: EvalResult, started: float, fetched: float) -> dict[str, An
 
 
 def beta_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
-    """Window subset at β → short-epoch evaluation (no distillation)."""
+    """Window subset at β → short-epoch evaluation (no distillation). With ``init="random"``:
+    the β phase's baseline, the random class-balanced subset of the same size (the one the
+    final reference and a random-initialised α phase use: its seed is the split's)."""
     started = time.perf_counter()
     set_threads(config)
     dataset, hardness, split = fetch_data(config, data)
     fetched = time.perf_counter()
-    spec = WindowSpec(config["ipc"], config["beta"], 0.0, config["beta_convention"])
     evaluation = _repeat_seeds(EvalConfig.from_dict(config["evaluation"]), config)
-    result = evaluate_window(dataset, split, hardness, spec, evaluation)
+    if config.get("init") == "random":
+        result = evaluate_random(dataset, split, config["ipc"], evaluation,
+                                 seed=config["split_seed"])  # fmt: skip
+    else:
+        spec = WindowSpec(config["ipc"], config["beta"], 0.0, config["beta_convention"])
+        result = evaluate_window(dataset, split, hardness, spec, evaluation)
     _release()
     tune.report(_metrics(result, started, fetched))
 
 
 def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
-    """SelMatch distillation at (β, α) → short-epoch evaluation of the distilled set. The set
-    goes back to storage as the trial's checkpoint, so the winner's set can be collected."""
+    """SelMatch distillation at (β, α) from the window, or at α from the random subset
+    (``init="random"``; α = 1 is then plain MTT) → short-epoch evaluation of the set with
+    combined augmentation (DSA on ``D_distill``, crop+flip on ``D_select``). α = 0 learns
+    nothing: the set is its initialisation, evaluated as the β trials evaluate it (so α = 0
+    from the window *is* the oracle window). The set goes back to storage as the trial's
+    checkpoint, so the winner's set can be collected."""
     started = time.perf_counter()
     set_threads(config)
     dataset, hardness, split = fetch_data(config, data)
@@ -104,11 +114,14 @@ def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     # The window must be read exactly as in the β search: same β convention.
     distill_config = DistillConfig.from_dict(config["distill"])
     distill_config = distill_config.replace(
-        method="selmatch", beta=config["beta"], alpha=config["alpha"], ipc=config["ipc"],
-        beta_convention=config["beta_convention"], score=config["score"],
+        method="selmatch", init=config.get("init", "window"), beta=config["beta"],
+        alpha=config["alpha"], ipc=config["ipc"], beta_convention=config["beta_convention"],
+        score=config["score"], subset_seed=config["split_seed"],
         seed=distill_config.seed + int(config.get("repeat", 0)),
     )  # fmt: skip
     evaluation = _repeat_seeds(EvalConfig.from_dict(config["evaluation"]), config)
+    if config["alpha"] > 0:  # α = 0 is the oracle window (or the random subset) as it was
+        evaluation = evaluation.replace(train=evaluation.train.replace(augment="combined"))
     with tempfile.TemporaryDirectory() as directory:
         synthetic = distill(distill_config, dataset, split, experts, hardness, directory,
                             device=evaluation.device, progress=False)  # fmt: skip

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from selmatch.augment import DEFAULT_DSA_STRATEGY
 from selmatch.cli import common
-from selmatch.distill import METHODS, DistillConfig, distill
+from selmatch.distill import INITS, METHODS, DistillConfig, distill
 from selmatch.experts import ExpertSet
 from selmatch.matching import MODES
 
@@ -36,10 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="expert folder from `selmatch experts` (default: runs/experts/<dataset>)",
     )  # fmt: skip
     sel = parser.add_argument_group("SelMatch")
+    sel.add_argument(
+        "--init", default="window", choices=INITS,
+        help="window: start from the difficulty window at β (the method); random: from a "
+        "random class-balanced subset (--subset-seed), what the search falls back to when it "
+        "beats every window; its D_distill is a random α share (default: window)",
+    )  # fmt: skip
     sel.add_argument("--beta", type=float, default=0.0, help="window start β (default: 0)")
     sel.add_argument(
         "--alpha", type=float, default=0.5,
-        help="share of the window that is learned (D_distill), in (0, 1] (default: 0.5)",
+        help="share of the window that is learned (D_distill), in [0, 1]; 0 = selection only "
+        "(default: 0.5)",
     )  # fmt: skip
     sel.add_argument(
         "--merge", action="store_true",
@@ -90,6 +97,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--checkpoint-every", type=int, default=50, help="iterations (default: 50)")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     run.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    run.add_argument(
+        "--subset-seed", type=int, default=None,
+        help="seed of a random initial subset (mtt, seqmatch, --init random) (default: --seed)",
+    )  # fmt: skip
     common.add_device_options(run)
     common.add_data_options(parser)
     parser.add_argument(
@@ -101,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_distill(args: argparse.Namespace) -> int:
     config = DistillConfig(
-        method=args.method, ipc=args.ipc, beta=args.beta,
+        method=args.method, ipc=args.ipc, init=args.init, beta=args.beta,
         alpha=1.0 if args.method != "selmatch" else args.alpha,
         beta_convention=args.beta_convention, score=args.score, subsets=args.subsets,
         merge=args.merge, n_student_steps=args.student_steps, expert_epochs=args.expert_epochs,
@@ -110,11 +121,12 @@ def run_distill(args: argparse.Namespace) -> int:
         iterations=args.iterations, lr_images=args.lr_images,
         momentum_images=args.momentum_images, lr_init=args.lr_init, lr_lr=args.lr_lr,
         momentum_lr=args.momentum_lr, dsa_strategy=args.dsa_strategy, mode=args.memory,
-        checkpoint_every=args.checkpoint_every, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, subset_seed=args.subset_seed,
     )  # fmt: skip
     dataset, split = common.load_data(args)
     experts = ExpertSet.load(args.experts or Path("runs") / "experts" / common.slug(dataset.name))
-    hardness = common.load_hardness(args, dataset, split) if config.method == "selmatch" else None
+    needs_scores = config.method == "selmatch" and config.init == "window"
+    hardness = common.load_hardness(args, dataset, split) if needs_scores else None
     out = args.out or Path("runs") / "distill" / (
         f"{common.slug(dataset.name)}-{config.method}-ipc{config.ipc}"
     )

@@ -138,3 +138,25 @@ def test_a_repeated_point_is_a_new_draw_of_the_noise() -> None:
         search.on_trial_complete(f"t{number}", {"val_accuracy": score})
     assert all(repeats == list(range(len(repeats))) for repeats in seen.values()), seen
     assert max(len(r) for r in seen.values()) > 1  # the close top was re-evaluated
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_anchors_are_evaluated_first_and_the_answer_is_never_below_them(parallel) -> None:
+    values = grid(11)
+    rng = random.Random(5)
+    for seed in range(30):
+        curve = random_concave_curve(values, rng)
+        # a curve whose interior peak is lower than one end: the search must still answer
+        # with that end (the α search's 0 and 1: selection only, every image learned)
+        end = values[0] if seed % 2 else values[-1]
+        shifted = lambda x, c=curve, e=end: c(x) + (1.0 if x == e else 0.0)  # noqa: E731
+        result = simulate(shifted, values, parallel=parallel, anchors=(0.0, 1.0), seed=seed,
+                          top_repeats=0)  # fmt: skip
+        assert {0.0, 1.0} <= set(result.evaluated)
+        assert result.pick == end
+    sampler = ConcaveGridSampler(name="x", grid=values, anchors=(0.0, 1.0))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    dist = optuna.distributions.CategoricalDistribution(values)
+    assert {study.ask({"x": dist}).params["x"] for _ in range(2)} == {0.0, 1.0}  # asked first
+    with pytest.raises(ValueError, match="anchors must be values of the grid"):
+        ConcaveGridSampler(name="x", grid=values, anchors=(0.05,))

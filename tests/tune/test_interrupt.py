@@ -60,6 +60,8 @@ def test_ctrl_c_inside_a_tune_experiment_then_resume(tmp_path) -> None:
         filter_string=f"tags.mlflow.parentRunId = '{state['parent_run_id']}'",
     )
     ids = [c.data.tags["trial_id"] for c in children]
-    assert len(ids) == len(set(ids)) == entry["beta"]["trials"] + entry["alpha"]["trials"]
+    baselines = entry["beta"]["random"]["n"] + entry["alpha"].get("mtt", {}).get("n", 0)
+    trials = entry["beta"]["trials"] + entry["alpha"]["trials"] + baselines
+    assert len(ids) == len(set(ids)) == trials
     assert before <= set(ids)  # the trials finished before Ctrl-C were kept, not rerun
     assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"

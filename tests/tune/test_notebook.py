@@ -84,9 +84,12 @@ def test_the_notebook_runs_on_a_smoke_search(
     state = json.loads((smoke_run / "search_state.json").read_text())
     ipcs = sorted(int(ipc) for ipc in state["ipcs"])
     assert ipcs == list(smoke().ipcs)
-    # (a) one row per trial of the search, as search_state.json counts them
-    expected = {f"{p}-{ipc}": state["ipcs"][str(ipc)][p]["trials"] for ipc in ipcs
-                for p in ("beta", "alpha")}  # fmt: skip
+    # (a) one row per trial of the search, as search_state.json counts them: the grid's and
+    # the baselines' (the random subset in the β phase, plain MTT in the α phase)
+    entries = {ipc: state["ipcs"][str(ipc)] for ipc in ipcs}
+    expected = {f"{p}-{ipc}": e[p]["trials"] + e[p].get(b, {}).get("n", 0)
+                for ipc, e in entries.items()
+                for p, b in (("beta", "random"), ("alpha", "mtt"))}  # fmt: skip
     assert probe(executed) == {"rows": sum(expected.values()), "groups": expected}
     # (b) the curves, (d) one grid per winner
     assert images(tagged(executed, "curves")) == 1

@@ -40,7 +40,7 @@ def test_a_state_without_final_evaluations_has_no_correlation() -> None:
 
 
 def row(ipc: int, final: float, random: float | str) -> dict[str, object]:
-    return {"ipc": ipc, "beta": 0.4, "alpha": 0.2, "short_val_accuracy": 0.7,
+    return {"ipc": ipc, "init": "window", "beta": 0.4, "alpha": 0.2, "short_val_accuracy": 0.7,
             "final_test_mean": final, "final_test_std": 0.001, "random_test_mean": random,
             "random_test_std": 0.002 if random != "" else "", "beta_trials": 5,
             "beta_grid_size": 5, "alpha_trials": 4, "alpha_grid_size": 2}  # fmt: skip
@@ -56,4 +56,5 @@ def test_a_winner_below_the_random_subset_is_warned_about() -> None:
     table = format_table(rows).splitlines()
     assert "random test %" in table[0]
     assert "87.56 ± 0.20" in table[2]
-    assert table[3].split()[7] == "–"  # not evaluated (--no-random-reference)
+    assert table[3].split()[8] == "–"  # not evaluated (--no-random-reference)
+    assert table[2].split()[:4] == ["600", "window", "0.4", "0.2"]  # IPC, init, β, α

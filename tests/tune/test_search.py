@@ -48,11 +48,12 @@ def test_smoke_search_writes_the_table_sets_and_curves(smoke_run) -> None:
         saved = SyntheticSet.load(row["set_dir"])
         assert saved.manifest["method"] == "selmatch"
         assert saved.manifest["distill"]["alpha"] == float(row["alpha"])
-        # the α search read its window exactly as the β search did
-        assert saved.manifest["window"] == {
-            "ipc": int(row["ipc"]), "beta": float(row["beta"]), "alpha": float(row["alpha"]),
-            "beta_convention": config.beta_convention,
-        }  # fmt: skip
+        assert saved.manifest["init"] == row["init"]  # the table and the set agree
+        if row["init"] == "window":  # the α search read its window exactly as the β search
+            assert saved.manifest["window"] == {
+                "ipc": int(row["ipc"]), "beta": float(row["beta"]),
+                "alpha": float(row["alpha"]), "beta_convention": config.beta_convention,
+            }  # fmt: skip
         assert saved.manifest["distill"]["score"] == config.score
         assert saved.manifest["experts"]["directory"].startswith(
             str((out.parent / "cache").resolve())
@@ -76,6 +77,8 @@ def test_trials_are_ranked_on_validation_and_logged_to_mlflow(smoke_run) -> None
         filter_string=f"tags.mlflow.parentRunId = '{state['parent_run_id']}'",
     )
     expected = sum(e[p]["trials"] for e in state["ipcs"].values() for p in ("beta", "alpha"))
+    expected += sum(e["beta"]["random"]["n"] + e["alpha"].get("mtt", {}).get("n", 0)
+                    for e in state["ipcs"].values())  # the baselines are trials too  # fmt: skip
     assert len(children) == expected
     assert {c.data.tags["phase"] for c in children} == {"beta", "alpha"}
     assert all("val_accuracy" in c.data.metrics and "test_accuracy" in c.data.metrics
@@ -95,6 +98,49 @@ def test_trials_are_ranked_on_validation_and_logged_to_mlflow(smoke_run) -> None
     assert {"best_hparams.csv", "search_state.json", "curves", "sets"} <= artifacts
     # the artifacts live under --out, not in ./mlruns of the current directory
     assert list((out / "mlartifacts").rglob("best_hparams.csv"))
+
+
+def test_the_search_space_contains_its_baselines(smoke_run) -> None:
+    out, rows = smoke_run
+    config = smoke()
+    state = json.loads((out / "search_state.json").read_text())
+    for row in rows:
+        entry = state["ipcs"][str(row["ipc"])]
+        beta, alpha = entry["beta"], entry["alpha"]
+        # the random subset was a β candidate, with the repeats of a close top
+        assert beta["random"]["n"] == 1 + config.top_repeats
+        best_window = beta["curve"][str(beta["best"])]["val"]
+        assert beta["init"] == ("random" if beta["random"]["val"] > best_window else "window")
+        assert alpha["init"] == beta["init"]
+        mtt_won = entry["winner"]["candidate"] == "mtt"
+        assert entry["winner"]["init"] == ("random" if mtt_won else beta["init"])
+        # α's ends were evaluated whatever the monotone bound said
+        assert {"0.0", "1.0"} <= set(alpha["curve"])
+        if beta["init"] == "window":
+            # α = 0 from the window is the oracle window itself: same set, seeds, augmentation
+            assert alpha["curve"]["0.0"]["val"] == pytest.approx(best_window, abs=1e-12)
+            assert alpha["mtt"]["n"] == 1  # plain MTT was a candidate
+        candidates = [alpha["curve"][v]["val"] for v in alpha["curve"]]
+        candidates += [alpha["mtt"]["val"]] if "mtt" in alpha else []
+        assert row["short_val_accuracy"] == max(candidates)  # never below a baseline
+        assert row["random_short_val"] == beta["random"]["val"]
+
+
+def test_a_random_subset_that_beats_every_window_starts_the_alpha_phase(local_ray, tmp_path):
+    # the hardest window (β = 0) of a tiny budget loses to the random subset (deterministic:
+    # every seed is fixed); the α phase then starts from that random subset
+    config = smoke().replace(ipcs=(4,), beta_grid=(0.0,), alpha_grid=(0.0, 1.0))
+    rows = run_search(config, tmp_path / "random-init", log=lambda *_: None)
+    state = json.loads((tmp_path / "random-init" / "search_state.json").read_text())
+    entry = state["ipcs"]["4"]
+    assert entry["beta"]["init"] == "random" and entry["alpha"]["init"] == "random"
+    assert "mtt" not in entry["alpha"]  # α = 1 from the random subset is MTT already
+    # α = 0 from the random subset is the β phase's random candidate, evaluated alike
+    assert entry["alpha"]["curve"]["0.0"]["val"] == pytest.approx(entry["beta"]["random"]["val"])
+    assert rows[0]["init"] == "random"
+    saved = SyntheticSet.load(rows[0]["set_dir"])
+    assert saved.manifest["init"] == "random" and "window" not in saved.manifest
+    assert saved.manifest["subset_seed"] == config.experts.split_seed
 
 
 def test_a_second_run_in_the_same_folder_needs_resume(smoke_run, tmp_path) -> None:
@@ -170,7 +216,8 @@ def test_resume_after_an_interruption_loses_and_duplicates_nothing(
         filter_string=f"tags.mlflow.parentRunId = '{state['parent_run_id']}'",
     )
     entry = state["ipcs"]["2"]
-    assert len(children) == entry["beta"]["trials"] + entry["alpha"]["trials"]
+    baselines = entry["beta"]["random"]["n"] + entry["alpha"].get("mtt", {}).get("n", 0)
+    assert len(children) == entry["beta"]["trials"] + entry["alpha"]["trials"] + baselines
     assert len({c.data.tags["trial_id"] for c in children}) == len(children)
     # a finished search grows by IPCs on resume (a study run in chunks); nothing else changes
     with pytest.raises(ConfigError, match=r"other settings \(noise\); use the same ones"):
@@ -266,12 +313,22 @@ def test_an_abandoned_experiment_is_removed_from_a_folder_or_a_uri(tmp_path) -> 
     search_module._remove_experiment((tmp_path / "never-made").as_uri())  # nothing to remove
 
 
-def test_resized_datasets_get_their_own_expert_cache() -> None:
+def test_resized_datasets_and_other_architectures_get_their_own_cache() -> None:
+    from selmatch.models import build_model
+    from selmatch.params import ParamLayout
     from selmatch_tune.precompute import cache_key
 
     experts = smoke().experts
-    assert cache_key(experts) == cache_key(experts, None)  # earlier caches stay valid
+    assert cache_key(experts) == cache_key(experts, None)
     assert cache_key(experts, 32) != cache_key(experts) != cache_key(experts.replace(epochs=9))
+    # the same settings on another architecture (e.g. the ConvNet's padding on 28x28) never
+    # reuse networks of the old one
+    layouts = [ParamLayout.of(build_model(experts.model, shape, 10))
+               for shape in ((1, 28, 28), (1, 24, 24))]  # fmt: skip
+    assert cache_key(experts, None, layouts[0]) != cache_key(experts, None, layouts[1])
+    consistency = smoke().consistency
+    assert cache_key(consistency).startswith("consistency-fashion-mnist-")
+    assert cache_key(consistency) != cache_key(consistency.replace(epochs=3))
     args = build_parser().parse_args(["--image-size", "64"])
     assert apply_overrides(smoke(), args).image_size == 64
     with pytest.raises(ConfigError, match="--image-size must be an integer in"):
@@ -297,3 +354,27 @@ def test_a_trial_logger_pickled_by_an_older_version_still_restores() -> None:
     old = TrialLogger.__new__(TrialLogger)
     old.__dict__.update(tracker=None, phase="beta", ipc=2, searched="beta")  # no `log` yet
     assert pickle.loads(pickle.dumps(old)).log is print
+
+
+def test_an_imported_score_table_is_checked_against_the_data_and_split(tmp_path, fashion):
+    import torch
+
+    from selmatch.scores import ScoreTable
+    from selmatch_tune.precompute import read_score_table
+
+    experts = smoke().experts
+    values = torch.rand(len(fashion.train_labels), dtype=torch.float64)
+    ScoreTable({"cscore": values}, {"cscore": False}, {"dataset": "fashion-mnist"}).save(
+        tmp_path / "ok"
+    )
+    table = read_score_table(tmp_path / "ok", fashion, experts)
+    assert torch.equal(table.hardness("cscore"), -values)  # C-score: low = hard
+    ScoreTable({"cscore": values}, {"cscore": False}, {"dataset": "cifar10"}).save(tmp_path / "c")
+    with pytest.raises(ConfigError, match="--score-table .* is for cifar10, not fashion-mnist"):
+        read_score_table(tmp_path / "c", fashion, experts)
+    info = {"dataset": "fashion-mnist", "val_fraction": 0.1, "split_seed": 0}
+    ScoreTable({"cscore": values}, {"cscore": False}, info).save(tmp_path / "s")
+    with pytest.raises(ConfigError, match="made with --val-fraction 0.1 --split-seed 0"):
+        read_score_table(tmp_path / "s", fashion, experts)
+    args = build_parser().parse_args(["--score", "cscore", "--score-table", str(tmp_path)])
+    assert apply_overrides(smoke(), args).score_table == str(tmp_path)
