@@ -38,7 +38,7 @@ BIN = Path(sys.executable).parent
 RESULTS_ROOT = ROOT / "experiments" / "results"
 ABLATION_IPC = 60
 CONVENTION = "data-fraction"
-EVAL = ["--width", "32", "--epochs", "full:2", "--seeds", "3", "--no-progress"]
+EVAL = ["--width", "32", "--seeds", "3", "--no-progress"]  # and the plan's --epochs
 DISTILL = ["--student-steps", "20", "--expert-epochs", "2", "--syn-batch", "100",
            "--checkpoint-every", "25", "--no-progress"]  # fmt: skip
 ITERATIONS = 200
@@ -55,6 +55,9 @@ class Plan:
     expert_epochs: int
     matching: tuple[str, ...]  # the distillation's start-epoch range and pixel lr
     summary: dict[str, str]
+    score: str = "el2n"  # the difficulty score the search and every window rank by
+    score_options: tuple[str, ...] = ()  # the search's settings of that score
+    evaluation: str = "full:2"  # every evaluation's budget (``selmatch evaluate --epochs``)
 
     @property
     def results(self) -> Path:
@@ -116,6 +119,32 @@ PLANS = {
         },
     ),
 }
+# issue 19: the consistency score (a hold-out C-score estimate) instead of EL2N, the fidelity
+# fixes (ConvNet padding on 28x28, black crop padding, per-image DSA in combined augmentation,
+# SelMatch's lr init 0.001: in the code), a search whose space contains random, MTT and the
+# oracle window; v2's experts and matching settings
+CONSISTENCY_OPTIONS = ("--set", "consistency.model.width=32", "--set", "consistency.epochs=6",
+                       "--set", "consistency.per_class=null")  # fmt: skip
+PLANS["v3"] = Plan(
+    "v3",
+    "fmnist-study-v3",
+    (60, 300, 600),
+    15,
+    PLANS["v2"].matching,
+    {
+        **COMMON,
+        "score": "consistency (hold-out C-score estimate): 4 ConvNet-D3 width 32, each trained "
+        "6 epochs (SGD 0.1 cosine, crop+flip) on a class-balanced half of the pool, every "
+        "sample held out twice",
+        "experts": PLANS["v2"].summary["experts"],
+        "distillation": PLANS["v2"].summary["distillation"] + "; SelMatch from the search's "
+        "initialisation (window at β*, or the random subset when it won the β phase)",
+        "search": COMMON["search"] + "; the random subset a β candidate, α's 0 and 1 always "
+        "evaluated, plain MTT an α candidate",
+    },
+    score="consistency",
+    score_options=CONSISTENCY_OPTIONS,
+)
 RESULTS = PLANS["v1"].results  # the first study (read by the budget probe)
 
 
@@ -123,7 +152,8 @@ def search_command(out: Path, ipcs: tuple[int, ...], plan: Plan = PLANS["v1"]) -
     return [
         str(BIN / "python"), str(ROOT / "tune" / "search_alpha_beta.py"), "--preset", "quick",
         "--out", str(out), "--ipcs", ",".join(map(str, ipcs)), "--width", "32",
-        "--experts", "2", "--expert-epochs", str(plan.expert_epochs), "--score", "el2n",
+        "--experts", "2", "--expert-epochs", str(plan.expert_epochs), "--score", plan.score,
+        *plan.score_options,
         "--set", "experts.per_class=null", "--set", "experts.el2n_epoch=2",
         "--student-steps", "20", *plan.search_matching(), "--syn-batch", "100",
         "--iterations", "50", "--set", "short.full_epochs=0.4", "--set", "final.full_epochs=2",
@@ -166,12 +196,12 @@ class Study:
 
 def distill_step(study: Study, method: str, ipc: int, beta: float, alpha: float,
                  experts: str, out: Path, *, iterations: int = ITERATIONS,
-                 extra: tuple[str, ...] = ()) -> bool:  # fmt: skip
+                 extra: tuple[str, ...] = (), scores: str | None = None) -> bool:  # fmt: skip
     """``extra`` options follow the plan's (a later value of an option wins)."""
     iterations = iterations // 2 if method == "seqmatch" else iterations
     command = study.selmatch(
         "distill", "--method", method, "--ipc", str(ipc), "--experts", experts,
-        "--scores", experts, "--score", "el2n", "--beta", f"{beta:g}",
+        "--scores", scores or experts, "--score", study.plan.score, "--beta", f"{beta:g}",
         "--beta-convention", CONVENTION, "--alpha", f"{alpha:g}", "--subsets", "2",
         *DISTILL, *study.plan.matching, *extra, "--iterations", str(iterations), "--out", str(out),
     )  # fmt: skip
@@ -187,18 +217,25 @@ def evaluate_step(study: Study, name: str, *what: str, result: Path | None = Non
     ``result`` (default ``OUT/eval-NAME.json``) unless it exists."""
     result = result or study.out / f"eval-{name}.json"
     return study.run(f"evaluate {name}", study.selmatch(
-        "evaluate", *what, *EVAL, "--out", str(result)), result)  # fmt: skip
+        "evaluate", *what, *EVAL, "--epochs", study.plan.evaluation, "--out", str(result),
+    ), result)  # fmt: skip
 
 
 def winners(search: Path) -> dict[int, dict[str, Any]]:
+    """The search's winners, with the folders of its experts and of its score table (both in
+    the search's cache: retrained there, deterministically, on another machine)."""
     with open(search / "best_hparams.csv", newline="") as handle:
         rows = {int(r["ipc"]): r for r in csv.DictReader(handle)}
+    state = json.loads((search / "search_state.json").read_text())
     for row in rows.values():
         manifest = json.loads((Path(row["set_dir"]) / "manifest.json").read_text())
         experts = Path(manifest["experts"]["directory"])
         if not experts.is_dir():  # restored on another machine: the search's cache, retrained
             experts = search.parent / "cache" / experts.name
         row["experts"] = str(experts)
+        scores = Path(state.get("score_dir", experts))
+        row["scores"] = str(scores if scores.is_dir() else search.parent / "cache" / scores.name)
+        row.setdefault("init", "window")  # a search from before the random candidate
     return rows
 
 
@@ -272,18 +309,31 @@ def restore(out: Path, search: Path, results: Path) -> None:
 def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
     """Each set is evaluated as soon as it is made, so a chunk that stops early leaves finished
     rows, not a stack of unevaluated sets."""
-    out, experts = study.out, row["experts"]
+    out, experts, score = study.out, row["experts"], study.plan.score
+    scores = row.get("scores", experts)  # the experts' own table unless the search said else
     beta, alpha = float(row["beta"]), float(row["alpha"])
+    # SelMatch as searched: from the window at β*, or from the random subset (seed: the split's)
+    init = ("--init", "random", "--subset-seed", "0") if row.get("init") == "random" else ()
     ok = evaluate_step(study, f"random-ipc{ipc}", "--ipc", str(ipc))
     window = out / f"window-ipc{ipc}"
     ok = ok and study.run(f"window ipc{ipc}", study.selmatch(
-        "window", "--scores", experts, "--score", "el2n", "--ipc", str(ipc), "--beta",
+        "window", "--scores", scores, "--score", score, "--ipc", str(ipc), "--beta",
         f"{beta:g}", "--beta-convention", CONVENTION, "--out", str(window),
     ), window / "set.safetensors", out / f"eval-{window.name}.json")  # fmt: skip
     ok = ok and evaluate_step(study, window.name, "--set", str(window))
     distilled = {m: out / f"distill-{m}-ipc{ipc}" for m in ("selmatch", "mtt", "seqmatch")}
     for method, directory in distilled.items():
-        ok = ok and distill_step(study, method, ipc, beta, alpha, experts, directory)
+        ok = ok and distill_step(
+            study,
+            method,
+            ipc,
+            beta,
+            alpha,
+            experts,
+            directory,
+            extra=init if method == "selmatch" else (),
+            scores=scores,
+        )
         ok = ok and evaluate_step(study, directory.name, "--set", str(directory))
     if ipc != ABLATION_IPC:
         return ok
@@ -292,13 +342,13 @@ def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
     dsa_only = ("--set", str(distilled["selmatch"]), "--augment", "dsa")
     ok = ok and evaluate_step(study, f"ablation-dsa-ipc{ipc}", *dsa_only)
     ablation = out / f"ablation-init-ipc{ipc}"
-    ok = ok and distill_step(study, "selmatch", ipc, beta, 1.0, experts, ablation)
+    ok = ok and distill_step(study, "selmatch", ipc, beta, 1.0, experts, ablation, scores=scores)
     ok = ok and evaluate_step(study, ablation.name, "--set", str(ablation))
     for method in ("selmatch", "mtt"):
         coverage = out / f"coverage-{method}-ipc{ipc}.json"
         ok = ok and study.run(f"coverage {method}", study.selmatch(
             "coverage", "--set", str(distilled[method]), "--experts", experts, "--scores",
-            experts, "--score", "el2n", "--out", str(coverage),
+            scores, "--score", score, "--out", str(coverage),
         ), coverage)  # fmt: skip
     return ok
 
@@ -425,14 +475,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", choices=sorted(PLANS), default="v1",
                         help="compute plan: v1, the first study (experts 2 x 5 epochs, start "
                         "epochs [0, 3), pixel lr 1000), or v2, the budget probe's best "
-                        "(experts 2 x 15 epochs, start epochs [8, 13), pixel lr 100) "
+                        "(experts 2 x 15 epochs, start epochs [8, 13), pixel lr 100), or v3, "
+                        "v2 ranked by the consistency score with issue 19's fixes and a "
+                        "search that contains random, MTT and the oracle window "
                         "(default: v1)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None,
                         help="working folder (default: runs/fmnist-study for v1, "
-                        "runs/fmnist-study-v2 for v2)")  # fmt: skip
+                        "runs/fmnist-study-v2 for v2, runs/fmnist-study-v3 for v3)")  # fmt: skip
     parser.add_argument("--ipcs", default=None,
                         help="IPCs to study in this chunk (default: all of the plan's: "
-                        "60,120,300,600 for v1, 60,300,600 for v2)")  # fmt: skip
+                        "60,120,300,600 for v1, 60,300,600 for v2 and v3)")  # fmt: skip
     parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
                         help="start no new step after this many minutes")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")

@@ -244,3 +244,24 @@ def test_the_probe_command_line_plans_its_steps_and_names_a_bad_ipc(probe, tmp_p
     with pytest.raises(SystemExit):
         probe.main(["--out", out, "--ipc", "61", "--dry-run"])
     assert "--ipc: invalid choice: 61" in capsys.readouterr().err
+
+
+def test_plan_v3_ranks_by_consistency_and_starts_selmatch_where_the_search_said(
+    study, tmp_path, capsys
+) -> None:
+    v3 = study.PLANS["v3"]
+    command = " ".join(study.search_command(tmp_path / "search", (60,), v3))
+    assert "--score consistency" in command and "consistency.epochs=6" in command
+    assert "consistency.per_class=null" in command and "--lr-images" not in command
+    runner = study.Study(tmp_path / "run", dry_run=True, stop_after=None, plan=v3)
+    row = {"experts": "experts", "scores": "consistency-dir", "beta": "0.4", "alpha": "0.5",
+           "init": "random"}  # fmt: skip
+    assert study.study_ipc(runner, 300, row)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "[study]" in line]
+    selmatch = next(line for line in lines if "distill distill-selmatch" in line)
+    assert "--init random --subset-seed 0" in selmatch
+    assert "--scores consistency-dir --score consistency" in selmatch
+    mtt = next(line for line in lines if "distill distill-mtt" in line)
+    assert "--init" not in mtt  # only SelMatch follows the search's initialisation
+    window = next(line for line in lines if "window ipc300" in line)
+    assert "--score consistency" in window  # the oracle window is the window at β* still
