@@ -56,7 +56,7 @@ class Plan:
     matching: tuple[str, ...]  # the distillation's start-epoch range and pixel lr
     summary: dict[str, str]
     score: str = "el2n"  # the difficulty score the search and every window rank by
-    score_options: tuple[str, ...] = ()  # the search's settings of that score
+    search_options: tuple[str, ...] = ()  # the search's settings of that score, its α grid
     evaluation: str = "full:2"  # every evaluation's budget (``selmatch evaluate --epochs``)
 
     @property
@@ -123,8 +123,9 @@ PLANS = {
 # fixes (ConvNet padding on 28x28, black crop padding, per-image DSA in combined augmentation,
 # SelMatch's lr init 0.001: in the code), a search whose space contains random, MTT and the
 # oracle window; v2's experts and matching settings
-CONSISTENCY_OPTIONS = ("--set", "consistency.model.width=32", "--set", "consistency.epochs=6",
-                       "--set", "consistency.per_class=null")  # fmt: skip
+V3_SEARCH = ("--set", "consistency.model.width=32", "--set", "consistency.epochs=6",
+             "--set", "consistency.per_class=null",
+             "--alpha-grid", "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1")  # fmt: skip
 PLANS["v3"] = Plan(
     "v3",
     "fmnist-study-v3",
@@ -143,7 +144,7 @@ PLANS["v3"] = Plan(
         "evaluated, plain MTT an α candidate",
     },
     score="consistency",
-    score_options=CONSISTENCY_OPTIONS,
+    search_options=V3_SEARCH,
 )
 RESULTS = PLANS["v1"].results  # the first study (read by the budget probe)
 
@@ -153,7 +154,7 @@ def search_command(out: Path, ipcs: tuple[int, ...], plan: Plan = PLANS["v1"]) -
         str(BIN / "python"), str(ROOT / "tune" / "search_alpha_beta.py"), "--preset", "quick",
         "--out", str(out), "--ipcs", ",".join(map(str, ipcs)), "--width", "32",
         "--experts", "2", "--expert-epochs", str(plan.expert_epochs), "--score", plan.score,
-        *plan.score_options,
+        *plan.search_options,
         "--set", "experts.per_class=null", "--set", "experts.el2n_epoch=2",
         "--student-steps", "20", *plan.search_matching(), "--syn-batch", "100",
         "--iterations", "50", "--set", "short.full_epochs=0.4", "--set", "final.full_epochs=2",

@@ -157,6 +157,22 @@ class ScoreTable:
         directions = info.pop("directions_higher_is_harder")
         return cls(load_file(str(directory / SCORES_FILE)), directions, info)
 
+    def checked(
+        self, flag: str, directory: Path, dataset: str, val_fraction: float, split_seed: int
+    ) -> ScoreTable:
+        """This table, after checking it scores ``dataset`` and was made on the same hold-out
+        split (so the validation slice stays unseen); ``flag`` names the option in errors."""
+        if self.info.get("dataset") not in (None, dataset):
+            raise ConfigError(f"{flag} {directory} is for {self.info['dataset']}, not {dataset}")
+        made_with = (self.info.get("val_fraction"), self.info.get("split_seed"))
+        if made_with[0] is not None and made_with != (val_fraction, split_seed):
+            raise ConfigError(
+                f"{flag} {directory} was made with --val-fraction {made_with[0]} --split-seed "
+                f"{made_with[1]}; use the same values ({val_fraction} / {split_seed} here) so "
+                "validation stays unseen"
+            )
+        return self
+
     def merged(self, other: ScoreTable) -> ScoreTable:
         return ScoreTable(
             {**self.scores, **other.scores},

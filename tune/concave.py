@@ -27,8 +27,10 @@ sampler holds no hidden state and survives pickling and ``Tuner.restore``):
    evaluated point on each side by more than ``tolerance`` — the data contradict unimodality and
    the sampler falls back to covering the rest of the grid, coarse to fine (largest gaps first).
 5. **Anchors.** Grid values given as ``anchors`` (the α search's 0 and 1: selection only, every
-   image learned) are evaluated first, whatever the bracket says, so the search's answer is
-   never worse on validation than they are; after that they are ordinary evaluated points.
+   image learned) are evaluated first, whatever the bracket says, so the search's answer —
+   the best of every evaluated point — is never worse on validation than they are. They stand
+   outside the unimodal model: the bracket, the fit and the valley test use the other points
+   (α = 0 is a different protocol, no distillation, and need not continue the curve).
 6. **Done.** ``status`` is ``"finished"`` once the bracket is one step wide with its repeats done,
    or the grid is covered; :func:`best_value` is then the grid point with the best mean.
 
@@ -116,16 +118,23 @@ class ConcaveGridSampler(BaseSampler):
         if not wanted:
             return "finished"
         running = self._running(study, exclude=None)
-        return "ready" if any(self._free(i, scores, running) for i in wanted) else "wait"
+        model = self._model(scores)
+        return "ready" if any(self._free(i, model, running) for i in wanted) else "wait"
 
     def next_index(self, study: optuna.Study, *, exclude: int | None = None) -> int | None:
         """The grid index the next trial should evaluate (``None`` if none is useful now)."""
         scores = self._scores(study)
         running = self._running(study, exclude=exclude)
+        model = self._model(scores)
         for index in self._wanted(scores):
-            if self._free(index, scores, running):
+            if self._free(index, model, running):
                 return index
         return None
+
+    def _model(self, scores: dict[int, list[float]]) -> dict[int, list[float]]:
+        """The scores the unimodal model sees: all but the anchors'."""
+        anchors = set(getattr(self, "anchors", ()))
+        return {i: v for i, v in scores.items() if i not in anchors}
 
     def best_value(self, study: optuna.Study) -> float | None:
         """The grid value with the best mean score so far (``None`` before any score)."""
@@ -163,10 +172,11 @@ class ConcaveGridSampler(BaseSampler):
     def _wanted(self, scores: dict[int, list[float]]) -> list[int]:
         """Grid indices that still need a score, most useful first."""
         # getattr: a sampler pickled before anchors existed has none
-        anchors = [i for i in getattr(self, "anchors", ()) if i not in scores]
-        if anchors:
-            return anchors + [i for i in self._unanchored(scores) if i not in anchors]
-        return self._unanchored(scores)
+        anchors = set(getattr(self, "anchors", ()))
+        if not anchors:
+            return self._unanchored(scores)
+        first = [i for i in sorted(anchors) if i not in scores]
+        return first + [i for i in self._unanchored(self._model(scores)) if i not in anchors]
 
     def _unanchored(self, scores: dict[int, list[float]]) -> list[int]:
         if not scores:

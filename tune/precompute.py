@@ -229,22 +229,11 @@ def precompute(
 
 def read_score_table(directory: Path, dataset: ImageDataset, config: ExpertConfig) -> Any:
     """A score table from ``directory``, checked to be of this dataset and this split."""
-    from selmatch.config import ConfigError
     from selmatch.scores import ScoreTable
 
-    table = ScoreTable.load(directory)
-    if table.info.get("dataset") not in (None, dataset.name):
-        raise ConfigError(
-            f"--score-table {directory} is for {table.info['dataset']}, not {dataset.name}"
-        )
-    made_with = (table.info.get("val_fraction"), table.info.get("split_seed"))
-    if made_with[0] is not None and made_with != (config.val_fraction, config.split_seed):
-        raise ConfigError(
-            f"--score-table {directory} was made with --val-fraction {made_with[0]} "
-            f"--split-seed {made_with[1]}; the search uses {config.val_fraction} / "
-            f"{config.split_seed}"
-        )
-    return table
+    return ScoreTable.load(directory).checked(
+        "--score-table", directory, dataset.name, config.val_fraction, config.split_seed
+    )
 
 
 def _submit_consistency(

@@ -462,19 +462,29 @@ def collect_winner(grid: Any, best_alpha: float, target: Path) -> Path:
 def final_evaluation(
     config: SearchConfig, entry: dict[str, Any], data: dict[str, Any], fixed: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
-    """The winner with the full budget, and the top β points too (short vs full ranking)."""
+    """The winner with the full budget, and the top β points too (short vs full ranking). A
+    winner that learned nothing (α = 0) *is* a window or the random subset: its evaluation is
+    that one's (the same images, seeds and augmentation), never computed twice."""
     from selmatch.synthetic import SyntheticSet
 
     task = _final_remote(config)
-    saved = SyntheticSet.load(entry["set_dir"])
-    winner = task.remote(data, fixed, {
-        "kind": "set", "images": saved.images.numpy(), "labels": saved.labels.numpy(),
-        "mask": saved.distill_mask.numpy(),
-    }, config.final.to_dict())  # fmt: skip
     curve = entry["beta"]["curve"]
     top = sorted(curve, key=lambda b: curve[b]["val"], reverse=True)[: config.full_eval_top]
     windows = {b: task.remote(data, fixed, {"kind": "window", "beta": float(b)},
                               config.final.to_dict()) for b in top}  # fmt: skip
+    chosen = entry.get("winner", {"init": "window", "alpha": entry["alpha"]["best"]})
+    best_window = str(entry["beta"]["best"])
+    if chosen["alpha"] == 0 and chosen["init"] == "window" and best_window in windows:
+        winner = windows[best_window]
+    elif chosen["alpha"] == 0 and chosen["init"] == "random":
+        winner = task.remote(data, fixed, {"kind": "random", "seed": fixed["split_seed"]},
+                             config.final.to_dict())  # fmt: skip
+    else:
+        saved = SyntheticSet.load(entry["set_dir"])
+        winner = task.remote(data, fixed, {
+            "kind": "set", "images": saved.images.numpy(), "labels": saved.labels.numpy(),
+            "mask": saved.distill_mask.numpy(),
+        }, config.final.to_dict())  # fmt: skip
     result = ray.get(winner)
     full = {b: ray.get(ref) for b, ref in windows.items()}
     return {
@@ -536,7 +546,7 @@ def search_ipc(
         log(f"IPC {ipc}: random subset val {100 * entry['beta']['random']['val']:.2f} % vs the "
             f"best window (β = {entry['beta']['best']:g}) "
             f"{100 * entry['beta']['curve'][str(entry['beta']['best'])]['val']:.2f} %: the α "
-            f"phase starts from the {entry['beta']['init']}")  # fmt: skip
+            f"phase starts from {START[entry['beta']['init']]}")  # fmt: skip
         save_state(out, state)
     if "alpha" not in entry:
         search_alpha(ipc, config, pre, entry, fixed, out, markers, bounds[1], common)
@@ -544,7 +554,9 @@ def search_ipc(
     # the reference runs beside the final evaluation (submitted first), or alone for a search
     # finished before it existed
     reference = None
-    if config.random_reference and "random" not in entry.get("final", {}):
+    is_random = entry.get("winner", {}).get("init") == "random"
+    selection_only = is_random and entry["winner"]["alpha"] == 0  # the winner is the reference
+    if config.random_reference and "random" not in entry.get("final", {}) and not selection_only:
         reference = _random_reference(config, data, fixed)
     if "final" not in entry:
         also = " and of a random subset of the same size" if reference is not None else ""
@@ -558,12 +570,18 @@ def search_ipc(
     if reference is not None:
         entry["final"]["random"] = _reference_summary(ray.get(reference))
         save_state(out, state)
+    elif config.random_reference and selection_only and "random" not in entry["final"]:
+        entry["final"]["random"] = _reference_summary(entry["final"])  # the same evaluation
+        save_state(out, state)
     for name in ("beta", "alpha"):
         xlabel = f"β ({config.beta_convention})" if name == "beta" else "α (distilled share)"
         path = save_phase_plot(out / f"{name}-ipc{ipc}.png", entry[name], name=name, ipc=ipc,
                                title=title, xlabel=xlabel)  # fmt: skip
         tracker.log_artifact(path, "curves")
     tracker.log_artifact(Path(entry["set_dir"]) / "grid.png", f"sets/ipc{ipc}")
+
+
+START = {"window": "the window", "random": "the random subset"}
 
 
 def beta_winner(beta: dict[str, Any]) -> str:
@@ -614,7 +632,7 @@ def search_alpha(
         if mtt_val > best_val:
             winner, results = {"init": "random", "alpha": 1.0, "candidate": "mtt"}, mtt_results
     entry["winner"] = winner
-    common["log"](f"IPC {ipc}: the winner starts from the {winner['init']}"
+    common["log"](f"IPC {ipc}: the winner starts from {START[winner['init']]}"
                   + (f" (β = {entry['beta']['best']:g})" if winner["init"] == "window" else "")
                   + f", α = {winner['alpha']:g}"
                   + (" (plain MTT)" if winner["candidate"] == "mtt" else ""))  # fmt: skip

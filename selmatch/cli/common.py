@@ -192,15 +192,7 @@ def add_score_options(parser: argparse.ArgumentParser) -> None:
 def load_hardness(args: argparse.Namespace, dataset: ImageDataset, split: HoldoutSplit) -> Any:
     """The chosen score as "higher is harder", after checking it belongs to this data split."""
     directory = args.scores or Path("runs") / "experts" / slug(dataset.name)
-    table = ScoreTable.load(directory)
-    if table.info.get("dataset") not in (None, dataset.name):
-        raise ConfigError(
-            f"--scores {directory} is for {table.info['dataset']}, not {dataset.name}"
-        )
-    made_with = (table.info.get("val_fraction"), table.info.get("split_seed"))
-    if made_with[0] is not None and made_with != (split.val_fraction, split.seed):
-        raise ConfigError(
-            f"--scores {directory} come from experts trained with --val-fraction {made_with[0]} "
-            f"--split-seed {made_with[1]}; use the same values so validation stays unseen"
-        )
+    table = ScoreTable.load(directory).checked(
+        "--scores", directory, dataset.name, split.val_fraction, split.seed
+    )
     return table.hardness(args.score)

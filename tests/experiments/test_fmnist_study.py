@@ -253,6 +253,7 @@ def test_plan_v3_ranks_by_consistency_and_starts_selmatch_where_the_search_said(
     command = " ".join(study.search_command(tmp_path / "search", (60,), v3))
     assert "--score consistency" in command and "consistency.epochs=6" in command
     assert "consistency.per_class=null" in command and "--lr-images" not in command
+    assert "--alpha-grid 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1" in command  # tenths, with 0
     runner = study.Study(tmp_path / "run", dry_run=True, stop_after=None, plan=v3)
     row = {"experts": "experts", "scores": "consistency-dir", "beta": "0.4", "alpha": "0.5",
            "init": "random"}  # fmt: skip

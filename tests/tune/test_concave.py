@@ -160,3 +160,16 @@ def test_anchors_are_evaluated_first_and_the_answer_is_never_below_them(parallel
     assert {study.ask({"x": dist}).params["x"] for _ in range(2)} == {0.0, 1.0}  # asked first
     with pytest.raises(ValueError, match="anchors must be values of the grid"):
         ConcaveGridSampler(name="x", grid=values, anchors=(0.05,))
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_anchors_stand_outside_the_unimodal_model(parallel) -> None:
+    # a curve whose end is far off the interior's concave shape (α = 0: no distillation at
+    # all) must not read as a contradicted concavity and send the search over the whole grid
+    values = grid(11)
+    for peak in values[2:-2]:
+        curve = lambda x, p=peak: 10.0 if x == 0.0 else -abs(x - p)  # noqa: E731
+        result = simulate(curve, values, parallel=parallel, anchors=(0.0, 1.0), top_repeats=0)
+        assert result.pick == 0.0
+        assert result.trials <= 8 + parallel, result.evaluated  # not all 11 points
+        assert result.max_in_flight_duplicates == 0

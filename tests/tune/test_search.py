@@ -141,6 +141,8 @@ def test_a_random_subset_that_beats_every_window_starts_the_alpha_phase(local_ra
     saved = SyntheticSet.load(rows[0]["set_dir"])
     assert saved.manifest["init"] == "random" and "window" not in saved.manifest
     assert saved.manifest["subset_seed"] == config.experts.split_seed
+    if rows[0]["alpha"] == 0:  # the winner is the random subset: one evaluation serves both
+        assert rows[0]["random_test_mean"] == rows[0]["final_test_mean"]
 
 
 def test_a_second_run_in_the_same_folder_needs_resume(smoke_run, tmp_path) -> None:
