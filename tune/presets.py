@@ -3,8 +3,9 @@
 - ``smoke``: seconds of work on Fashion-MNIST (tiny networks, 2 IPCs); what the tests run.
 - ``quick``: ``make demo`` — Fashion-MNIST at IPC 10 and 50 on 2 CPU cores in about ten
   minutes. The model (ConvNet width 16), the experts (2 × 4 epochs on 1,000 images per
-  class), N, b, the iterations (30) and the evaluation budgets are all shrunk, and the output
-  says so: its numbers are a demonstration, not the paper's.
+  class), the consistency score (4 networks × 4 epochs on half of those), the α grid
+  (quarters), N, b, the iterations (30) and the evaluation budgets are all shrunk, and the
+  output says so: its numbers are a demonstration, not the paper's.
 - ``paper``: the SelMatch paper's CIFAR-10 settings (Table 5, METHOD.md) for a GPU cluster,
   with one stated reduction: each α trial distils for 2,000 iterations instead of 10,000
   (a winner can be distilled longer with `selmatch distill`, its manifest's settings and

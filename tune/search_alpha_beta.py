@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(PRESETS),
         default="quick",
         help="starting settings: smoke (about a minute, for tests), quick (the CPU demo: "
-        "6-13 min on 2 cores), paper (CIFAR-10 settings of the paper, for GPUs) "
+        "about 10 min on 2 cores), paper (CIFAR-10 settings of the paper, for GPUs) "
         "(default: quick)",
     )
     p.add_argument(
