@@ -103,7 +103,8 @@ def summary() -> str:
     lines = ["| score | cost (s, 2 cores) | " + " | ".join(
         f"IPC {i}: best β (val) | val % | test %" for i in IPCS) + " |",
         "|---|---|" + "---|---|---|" * len(IPCS)]  # fmt: skip
-    randoms = {i: json.loads((OUT / f"random-ipc{i}.json").read_text()) for i in IPCS}
+    randoms = {i: json.loads((OUT / f"random-ipc{i}.json").read_text()) for i in IPCS
+               if (OUT / f"random-ipc{i}.json").exists()}  # fmt: skip
     names = ["el2n-quick-experts", *CONSISTENCY]
     for name in names:
         cells, cost = [], ""
@@ -120,6 +121,9 @@ def summary() -> str:
         lines.append(f"| {name} | {cost} | " + " | ".join(cells) + " |")
     cells = []
     for ipc in IPCS:
+        if ipc not in randoms:
+            cells += ["—", "—", "—"]
+            continue
         runs = randoms[ipc]["results"]
         val = sum(r["val_mean"] for r in runs) / len(runs)
         test = sum(r["test_mean"] for r in runs) / len(runs)
