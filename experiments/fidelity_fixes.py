@@ -134,9 +134,7 @@ def main() -> int:
 def lr_init_check(dataset: Any, split: Any) -> None:
     experts_dir = ROOT / "runs" / "fidelity-fixes" / "experts-w16"
     config = ExpertConfig(model=ModelConfig(width=16), num_experts=2, epochs=4, per_class=1000)
-    if len(ExpertSet.load(experts_dir).finished if (experts_dir / "manifest.json").exists()
-           else []) < config.num_experts:  # fmt: skip
-        train_experts(dataset, config, experts_dir, progress=False)
+    train_experts(dataset, config, experts_dir, progress=False)  # trains only what is missing
     experts = ExpertSet.load(experts_dir)
     from selmatch.scores import ScoreTable
 

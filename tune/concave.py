@@ -131,9 +131,13 @@ class ConcaveGridSampler(BaseSampler):
                 return index
         return None
 
+    def _anchor_indices(self) -> set[int]:
+        # getattr: a sampler pickled before anchors existed has none
+        return set(getattr(self, "anchors", ()))
+
     def _model(self, scores: dict[int, list[float]]) -> dict[int, list[float]]:
         """The scores the unimodal model sees: all but the anchors'."""
-        anchors = set(getattr(self, "anchors", ()))
+        anchors = self._anchor_indices()
         return {i: v for i, v in scores.items() if i not in anchors}
 
     def best_value(self, study: optuna.Study) -> float | None:
@@ -171,8 +175,7 @@ class ConcaveGridSampler(BaseSampler):
 
     def _wanted(self, scores: dict[int, list[float]]) -> list[int]:
         """Grid indices that still need a score, most useful first."""
-        # getattr: a sampler pickled before anchors existed has none
-        anchors = set(getattr(self, "anchors", ()))
+        anchors = self._anchor_indices()
         if not anchors:
             return self._unanchored(scores)
         first = [i for i in sorted(anchors) if i not in scores]

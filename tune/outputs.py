@@ -18,6 +18,10 @@ COLUMNS = (
 )  # fmt: skip
 
 
+#: What an initialisation is called in the log and on the plots.
+START = {"window": "the window", "random": "the random subset"}
+
+
 def winner_of(entry: dict[str, Any]) -> dict[str, Any]:
     """Which initialisation and α won an IPC, and its short-budget scores. A search from
     before the baselines were candidates won with its window and its α phase's best."""
@@ -113,8 +117,7 @@ def save_phase_plot(
         if key in summary:
             baselines += [(f"{label}, val", summary[key]["val"]),
                           (f"{label}, test", summary[key]["test"])]  # fmt: skip
-    origin = {"window": "the window", "random": "the random subset"}
-    start = f", from {origin[summary['init']]}" if name == "alpha" and "init" in summary else ""
+    start = f", from {START[summary['init']]}" if name == "alpha" and "init" in summary else ""
     return save_curve(
         xs, [("val (short)", [curve[str(x)]["val"] for x in xs]),
              ("test (short)", [curve[str(x)]["test"] for x in xs])],

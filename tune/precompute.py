@@ -29,7 +29,6 @@ import torch
 from safetensors.torch import save_file
 
 from selmatch import consistency as consistency_score
-from selmatch.config import Config
 from selmatch.consistency import ConsistencyConfig
 from selmatch.data import HoldoutSplit, ImageDataset, holdout_split
 from selmatch.experts import (
@@ -54,7 +53,7 @@ def cache_key(
     their settings (for experts, all but their number: more may be added), the images' size
     when the dataset is resized, and the network's parameter layout (so a change of the
     architecture never reuses networks of the old one)."""
-    identity = config.identity() if isinstance(config, ExpertConfig) else _settings(config)
+    identity = config.identity() if isinstance(config, ExpertConfig) else config.to_dict()
     if image_size is not None:
         identity = {**identity, "image_size": image_size}
     if layout is not None:
@@ -62,10 +61,6 @@ def cache_key(
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     prefix = "consistency-" if isinstance(config, ConsistencyConfig) else ""
     return f"{prefix}{config.dataset.replace(':', '_').replace('/', '_')}-{digest[:12]}"
-
-
-def _settings(config: Config) -> dict[str, Any]:
-    return config.to_dict()
 
 
 def _layout(dataset: ImageDataset, config: ExpertConfig | ConsistencyConfig) -> ParamLayout:
@@ -190,14 +185,16 @@ def precompute(
         expert_refs = {i: task.remote(config.to_dict(), i, dataset_ref, threads) for i in missing}
     else:
         log(f"reusing {config.num_experts} cached expert(s) from {cache_dir}")
-    score_dir, networks = cache_dir, {}
+    score_dir = cache_dir
+    networks: dict[int, Any] = {}
+    seconds: dict[str, float] = {}
     if score == consistency_score.SCORE_NAME:
         if consistency is None:
             raise ValueError("score 'consistency' needs its ConsistencyConfig")
         score_dir = cache_root / cache_key(consistency, image_size, _layout(dataset, consistency))
-        networks = _submit_consistency(consistency, dataset_ref, score_dir, resources, threads,
-                                       log)  # fmt: skip
-    _collect(expert_refs, networks, cache_dir, consistency, score_dir, log)
+        networks, seconds = _submit_consistency(consistency, dataset_ref, score_dir, resources,
+                                                threads, log)  # fmt: skip
+    _collect(expert_refs, networks, cache_dir, consistency, score_dir, seconds, log)
     table = write_expert_scores(cache_dir, config)
     if score == consistency_score.SCORE_NAME:
         assert consistency is not None
@@ -239,31 +236,32 @@ def read_score_table(directory: Path, dataset: ImageDataset, config: ExpertConfi
 def _submit_consistency(
     config: ConsistencyConfig, dataset_ref: Any, directory: Path, resources: dict[str, float],
     threads: int, log: Any,
-) -> dict[int, Any]:  # fmt: skip
-    """Submit the consistency networks not yet in ``directory``: {network: its task}."""
+) -> tuple[dict[int, Any], dict[str, float]]:  # fmt: skip
+    """Submit the consistency networks not yet in ``directory``: {network: its task}, and the
+    seconds of the networks already there."""
     seconds = consistency_score.prepare_directory(directory, config)
     consistency_score.write_manifest(directory, config, seconds)
     missing = [k for k in range(config.num_networks)
                if not consistency_score.network_file(directory, k).is_file()]  # fmt: skip
     if not missing:
         log(f"reusing {config.num_networks} cached consistency network(s) from {directory}")
-        return {}
+        return {}, seconds
     log(f"training {len(missing)} consistency network(s) as Ray tasks beside the experts "
         f"({config.describe()}); cache: {directory}")  # fmt: skip
     task = ray.remote(_consistency_task).options(**resources)
-    return {k: task.remote(config.to_dict(), k, dataset_ref, threads) for k in missing}
+    return {k: task.remote(config.to_dict(), k, dataset_ref, threads) for k in missing}, seconds
 
 
 def _collect(
     experts: dict[int, Any], networks: dict[int, Any], cache_dir: Path,
-    consistency: ConsistencyConfig | None, score_dir: Path, log: Any,
+    consistency: ConsistencyConfig | None, score_dir: Path, seconds: dict[str, float],
+    log: Any,
 ) -> None:  # fmt: skip
     """Write each task's result into its cache as soon as the task returns (in the order
-    they finish), so an interruption loses only the tasks still running."""
+    they finish), so an interruption loses only the tasks still running; ``seconds`` (the
+    consistency networks' times so far) grows in their manifest."""
     pending = {ref: ("expert", i) for i, ref in experts.items()}
     pending |= {ref: ("consistency", k) for k, ref in networks.items()}
-    seconds = (consistency_score.prepare_directory(score_dir, consistency)
-               if consistency is not None and networks else {})  # fmt: skip
     while pending:
         (ref,), _ = ray.wait(list(pending), num_returns=1)
         kind, index = pending.pop(ref)
@@ -287,7 +285,7 @@ def _collect(
 
 
 def _write_cache_manifest(directory: Path, dataset: ImageDataset, config: ExpertConfig) -> None:
-    layout = ParamLayout.of(build_model(config.model, dataset.image_shape, dataset.num_classes))
+    layout = _layout(dataset, config)
     train_indices, val_indices = expert_training_indices(dataset, config)
     save_file(
         {"train_indices": train_indices, "val_indices": val_indices},

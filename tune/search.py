@@ -191,19 +191,51 @@ def search_finished(phase: Phase, config: SearchConfig, grid: Any) -> bool:
     return sampler.status(study) == "finished"
 
 
+def _fit_experiment(
+    trial: Callable[..., None], param_space: dict[str, Any], name: str, logger: TrialLogger,
+    config: SearchConfig, data: dict[str, Any], storage: str, *, resume: bool, log: Log,
+    what: str, search: Callable[[], dict[str, Any]] = dict,
+) -> Any:  # fmt: skip
+    """Restore the interrupted Tune experiment ``name`` under ``storage`` (with ``resume``), or
+    start it anew (``search()`` gives a new experiment's search settings); its ResultGrid."""
+    trainable = tune.with_resources(
+        tune.with_parameters(trial, data=data),
+        {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
+    )
+    path = f"{storage.rstrip('/')}/{name}"  # a folder, or a URI such as s3://bucket/ray
+    if resume and tune.Tuner.can_restore(path):
+        log(f"restoring the interrupted {what}")
+        tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
+                                   resume_errored=True)  # fmt: skip
+    else:
+        _remove_experiment(path)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=config.max_concurrent,
+                # Reusing trial processes saves a process start and the torch import (seconds)
+                # per trial; trials free their memory themselves when they end.
+                reuse_actors=True,
+                **search(),
+            ),
+            run_config=tune.RunConfig(
+                # One line per trial comes from the logger; Tune's own boxes stay off.
+                name=name, storage_path=storage, callbacks=[logger], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            ),
+        )  # fmt: skip
+    return tuner.fit()
+
+
 def run_phase(
     phase: Phase, config: SearchConfig, data: dict[str, Any], storage: str,
     tracker: Tracker, *, markers: Path, resume: bool, log: Log,
 ) -> tuple[dict[str, Any], Any]:  # fmt: skip
     """Run (or restore) one Tune experiment; returns its summary and its ResultGrid."""
     searched = phase.name
-    trainable = tune.with_resources(
-        tune.with_parameters(beta_trial if searched == "beta" else alpha_trial, data=data),
-        {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
-    )
     param_space = {searched: tune.choice(list(phase.grid)), **phase.fixed}
     name = f"{searched}-ipc{phase.ipc}"
-    path = f"{storage.rstrip('/')}/{name}"  # a folder, or a URI such as s3://bucket/ray
     logger = TrialLogger(tracker, phase=searched, ipc=phase.ipc, searched=searched, log=log)
     full = len(config.beta_grid if searched == "beta" else config.alpha_grid)
     kept = " and the anchors " + ", ".join(f"{a:g}" for a in phase.anchors) if phase.anchors else ""
@@ -212,33 +244,21 @@ def run_phase(
     log(f"IPC {phase.ipc}: searching {searched} over {len(phase.grid)} grid values{bounded}, "
         f"{config.max_concurrent} trial(s) at a time")  # fmt: skip
     marker = markers / f"{name}.finished"
-    if resume and tune.Tuner.can_restore(path):
-        log(f"restoring the interrupted {searched} search at IPC {phase.ipc}")
-        tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
-                                   resume_errored=True)  # fmt: skip
-    else:
-        _remove_experiment(path)
+
+    def concave_search() -> dict[str, Any]:
         marker.unlink(missing_ok=True)
-        sampler = _sampler(phase, config)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                search_alg=ConcaveSearch(sampler, metric=METRIC, mode="max",
-                                         marker=str(marker)),
-                num_samples=_cap(phase),  # the search finishes itself before this
-                max_concurrent_trials=config.max_concurrent,
-                # Reusing trial processes saves a process start and the torch import (seconds)
-                # per trial; trials free their memory themselves when they end.
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                # One line per trial comes from the logger; Tune's own boxes stay off.
-                name=name, storage_path=storage, callbacks=[logger], verbose=0,
-                failure_config=tune.FailureConfig(max_failures=config.max_failures),
-            ),
-        )  # fmt: skip
-    grid = tuner.fit()
+        return {
+            "search_alg": ConcaveSearch(_sampler(phase, config), metric=METRIC, mode="max",
+                                        marker=str(marker)),
+            "num_samples": _cap(phase),  # the search finishes itself before this
+        }  # fmt: skip
+
+    grid = _fit_experiment(
+        beta_trial if searched == "beta" else alpha_trial, param_space, name, logger, config,
+        data, storage, resume=resume, log=log,
+        what=f"{searched} search at IPC {phase.ipc}", search=concave_search,
+    )  # fmt: skip
+    path = f"{storage.rstrip('/')}/{name}"
     # Tune ends fit() quietly on Ctrl-C with the trials so far; never take those for a result.
     # Finished: the searcher said so (the marker), or Tune ran out of samples; the replay of
     # the stopping rule covers experiments begun before the marker existed.
@@ -264,29 +284,11 @@ def run_baseline(
     """A fixed candidate of a phase (the random subset, plain MTT), evaluated ``repeats``
     times (seeds offset by the repeat, as a grid point's repeats are) in a Tune experiment of
     its own: logged to MLflow like every trial, restored on resume."""
-    trainable = tune.with_resources(
-        tune.with_parameters(trial, data=data),
-        {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
-    )
     param_space = {**fixed, "repeat": tune.grid_search(list(range(repeats)))}
     path = f"{storage.rstrip('/')}/{name}"
     logger = TrialLogger(tracker, phase=phase, ipc=fixed["ipc"], searched="init", log=log)
-    if resume and tune.Tuner.can_restore(path):
-        log(f"restoring the interrupted {name} experiment")
-        tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
-                                   resume_errored=True)  # fmt: skip
-    else:
-        _remove_experiment(path)
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=config.max_concurrent,
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage, callbacks=[logger], verbose=0,
-                failure_config=tune.FailureConfig(max_failures=config.max_failures),
-            ),
-        )  # fmt: skip
-    grid = tuner.fit()
+    grid = _fit_experiment(trial, param_space, name, logger, config, data, storage,
+                           resume=resume, log=log, what=f"{name} experiment")  # fmt: skip
     results = [grid[i] for i in range(len(grid))]
     scored = [r for r in results if r.error is None and r.metrics and METRIC in r.metrics]
     if len(results) < repeats or any(r.error is None and r not in scored for r in results):
@@ -472,11 +474,11 @@ def final_evaluation(
     top = sorted(curve, key=lambda b: curve[b]["val"], reverse=True)[: config.full_eval_top]
     windows = {b: task.remote(data, fixed, {"kind": "window", "beta": float(b)},
                               config.final.to_dict()) for b in top}  # fmt: skip
-    chosen = entry.get("winner", {"init": "window", "alpha": entry["alpha"]["best"]})
+    selected = selected_as_is(entry)
     best_window = str(entry["beta"]["best"])
-    if chosen["alpha"] == 0 and chosen["init"] == "window" and best_window in windows:
+    if selected == "window" and best_window in windows:
         winner = windows[best_window]
-    elif chosen["alpha"] == 0 and chosen["init"] == "random":
+    elif selected == "random":
         winner = task.remote(data, fixed, {"kind": "random", "seed": fixed["split_seed"]},
                              config.final.to_dict())  # fmt: skip
     else:
@@ -520,7 +522,7 @@ def search_ipc(
 ) -> None:  # fmt: skip
     """β search (and the random subset beside it), α search from the β phase's winner (and
     plain MTT beside it), full evaluation: each step once (state-tracked)."""
-    from selmatch_tune.outputs import save_phase_plot
+    from selmatch_tune.outputs import START, save_phase_plot
 
     entry = state["ipcs"].setdefault(str(ipc), {})
     markers = out / "phases"
@@ -554,8 +556,7 @@ def search_ipc(
     # the reference runs beside the final evaluation (submitted first), or alone for a search
     # finished before it existed
     reference = None
-    is_random = entry.get("winner", {}).get("init") == "random"
-    selection_only = is_random and entry["winner"]["alpha"] == 0  # the winner is the reference
+    selection_only = selected_as_is(entry) == "random"  # the winner is the reference itself
     if config.random_reference and "random" not in entry.get("final", {}) and not selection_only:
         reference = _random_reference(config, data, fixed)
     if "final" not in entry:
@@ -581,7 +582,11 @@ def search_ipc(
     tracker.log_artifact(Path(entry["set_dir"]) / "grid.png", f"sets/ipc{ipc}")
 
 
-START = {"window": "the window", "random": "the random subset"}
+def selected_as_is(entry: dict[str, Any]) -> str | None:
+    """``"window"`` or ``"random"`` when an IPC's winner learned nothing (α = 0) and so is that
+    selection itself, else ``None``. A search from before the baselines won with its window."""
+    winner = entry.get("winner", {"init": "window", "alpha": entry["alpha"]["best"]})
+    return winner["init"] if winner["alpha"] == 0 else None
 
 
 def beta_winner(beta: dict[str, Any]) -> str:
@@ -598,6 +603,8 @@ def search_alpha(
 ) -> None:  # fmt: skip
     """The α phase from the β phase's winner (its grid's 0 and 1 always evaluated), plain MTT
     beside it when it starts from a window, and the winner's set collected."""
+    from selmatch_tune.outputs import START
+
     init = entry["beta"].get("init", "window")
     distill = config.distill.replace(  # as the trials run it (α is set per trial)
         method="selmatch", init=init, ipc=ipc, beta=entry["beta"]["best"],
