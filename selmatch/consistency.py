@@ -25,7 +25,6 @@ under the name ``consistency``.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -36,7 +35,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from selmatch.config import Config, ConfigError, check_float, check_int
 from selmatch.data import (
@@ -46,7 +45,7 @@ from selmatch.data import (
     indices_by_class,
     smallest_class_size,
 )
-from selmatch.io import atomic_write, versions, write_json
+from selmatch.io import atomic_write, read_json, read_safetensors, versions, write_json
 from selmatch.models import ModelConfig, build_model
 from selmatch.progress import progress_bar
 from selmatch.scores import SCORES_FILE, ScoreTable
@@ -211,7 +210,7 @@ def prepare_directory(directory: Path, config: ConsistencyConfig) -> dict[str, f
     path = directory / MANIFEST
     if not path.is_file():
         return {}
-    saved = json.loads(path.read_text())
+    saved = read_json(path)
     previous = ConsistencyConfig.from_dict(saved["config"])
     if previous.replace(num_networks=config.num_networks) != config:
         changed = sorted(k for k, v in previous.to_dict().items()
@@ -234,7 +233,7 @@ def write_manifest(
 
 def finish(directory: Path, dataset: ImageDataset, config: ConsistencyConfig) -> ScoreTable:
     """Combine the saved networks into the score and merge it into the folder's table."""
-    results = [load_file(str(network_file(directory, k))) for k in range(config.num_networks)]
+    results = [read_safetensors(network_file(directory, k)) for k in range(config.num_networks)]
     score, count = combine_consistency(len(dataset.train_labels), results)
     scored = count > 0
     table = ScoreTable(

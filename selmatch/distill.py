@@ -23,7 +23,6 @@ written, so the last checkpoint and the output folder always hold a good state.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from selmatch.augment import DEFAULT_DSA_STRATEGY, DSAConfig
 from selmatch.config import Config, ConfigError, SelmatchError, check_choice, check_float, check_int
 from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset
 from selmatch.experts import ExpertSet, InMemoryExperts
-from selmatch.io import atomic_write, write_json
+from selmatch.io import atomic_write, read_json, read_safetensors, write_json
 from selmatch.matching import MODES, SyntheticTensors, plan_student_steps, student_template
 from selmatch.models import build_model
 from selmatch.params import ParamLayout
@@ -264,7 +263,7 @@ def _load_checkpoint(directory: Path, config: DistillConfig) -> DistillState | N
     folder = directory / CHECKPOINT_DIR
     if not (folder / "state.json").is_file():
         return None
-    saved = json.loads((folder / "state.json").read_text())
+    saved = read_json(folder / "state.json")
     previous = DistillConfig.from_dict(saved["config"])
     # More iterations, or lower learning rates after a divergence, continue the same run.
     resumable = {name: getattr(config, name) for name in RESUMABLE}
@@ -274,7 +273,7 @@ def _load_checkpoint(directory: Path, config: DistillConfig) -> DistillState | N
             f"--resume: {directory} was distilled with other settings ({', '.join(changed)}); "
             "only --iterations, --lr-images, --lr-lr and --checkpoint-every may change on resume"
         )
-    tensors = load_file(str(folder / "state.safetensors"))
+    tensors = read_safetensors(folder / "state.safetensors")
     return DistillState(
         images=tensors["images"], syn_lr=tensors["syn_lr"][0], stage=saved["stage"],
         iteration=saved["iteration"], losses=saved["losses"],

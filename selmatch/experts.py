@@ -36,7 +36,7 @@ from torch import nn
 
 from selmatch.config import Config, ConfigError, SelmatchError, check_int
 from selmatch.data import ImageDataset, balanced_subset, holdout_split, smallest_class_size
-from selmatch.io import atomic_write, versions, write_json
+from selmatch.io import atomic_write, read_json, read_safetensors, versions, write_json
 from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
 from selmatch.progress import progress_bar
@@ -155,7 +155,7 @@ def _check_directory(directory: Path, config: ExpertConfig) -> None:
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         return
-    saved = json.loads(manifest_path.read_text())
+    saved = read_json(manifest_path)
     previous = ExpertConfig.from_dict(saved["config"]).identity()
     if previous != config.identity():
         changed = sorted(k for k in previous if previous[k] != config.identity().get(k))
@@ -280,9 +280,12 @@ class ExpertSet:
         path = directory / MANIFEST
         if not path.is_file():
             raise SelmatchError(f"--experts {directory} holds no experts (no {MANIFEST})")
-        manifest = json.loads(path.read_text())
-        if manifest.get("kind") != "selmatch-experts":
+        manifest = read_json(path)
+        if not isinstance(manifest, dict) or manifest.get("kind") != "selmatch-experts":
             raise SelmatchError(f"{path} is not a selmatch experts manifest")
+        missing = [k for k in ("config", "layout") if not isinstance(manifest.get(k), dict)]
+        if missing:
+            raise SelmatchError(f"{path} lacks {', '.join(missing)}")
         config = ExpertConfig.from_dict(manifest["config"])
         return cls(directory, config, ParamLayout.from_dict(manifest["layout"]), manifest)
 
@@ -294,7 +297,7 @@ class ExpertSet:
 
     def trajectory(self, index: int) -> torch.Tensor:
         """Expert ``index``'s parameters, one row per epoch: ``(epochs + 1, num_params)``."""
-        tensors = load_file(str(expert_file(self.directory, index)))
+        tensors = read_safetensors(expert_file(self.directory, index))
         epochs = sorted(k for k in tensors if k.startswith("epoch_"))
         return torch.stack([tensors[k] for k in epochs])
 

@@ -1,4 +1,5 @@
-"""Small file helpers shared by every artifact writer: atomic writes and provenance."""
+"""Small file helpers shared by every artifact writer and reader: atomic writes, provenance,
+and reads of saved files that fail with one line naming the file."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from selmatch.config import SelmatchError
+
+
+class CorruptFileError(SelmatchError):
+    """A saved file cannot be read as what it should be: not UTF-8 JSON, or a truncated or
+    corrupt safetensors file. The message names the file."""
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
@@ -41,3 +51,35 @@ def versions() -> dict[str, str]:
     from selmatch import __version__
 
     return {"selmatch": __version__, "torch": torch.__version__}
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value in ``path``; a missing, unreadable or malformed file is a
+    :class:`CorruptFileError` naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CorruptFileError(f"{path} is not UTF-8 text, so not JSON") from None
+    except OSError as error:
+        raise CorruptFileError(f"{path} cannot be read ({error.strerror or error})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CorruptFileError(
+            f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
+        ) from None
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors in ``path`` (safetensors: no pickle, nothing executed); a truncated or
+    corrupt file is a :class:`CorruptFileError` naming it."""
+    path = Path(path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CorruptFileError(
+            f"{path} is not a readable safetensors file ({reason}); it may be truncated or "
+            "corrupt: write it again"
+        ) from None

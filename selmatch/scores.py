@@ -17,7 +17,6 @@ this direction wrong is the most reported selection bug of this field, hence a c
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from selmatch.config import ConfigError, SelmatchError
-from selmatch.io import atomic_write, write_json
+from selmatch.io import atomic_write, read_json, read_safetensors, write_json
 
 #: Score kinds and whether a *higher* value means a *harder* sample.
 HIGHER_IS_HARDER: dict[str, bool] = {
@@ -153,9 +152,11 @@ class ScoreTable:
                 f"--scores {directory} holds no {SCORES_FILE}; make one with `selmatch experts` "
                 "or import one with `selmatch scores --import FILE.npy`"
             )
-        info = json.loads((directory / SCORES_MANIFEST).read_text())
-        directions = info.pop("directions_higher_is_harder")
-        return cls(load_file(str(directory / SCORES_FILE)), directions, info)
+        info, key = read_json(directory / SCORES_MANIFEST), "directions_higher_is_harder"
+        if not isinstance(info, dict) or not isinstance(info.get(key), dict):
+            raise SelmatchError(f"{directory / SCORES_MANIFEST} lacks {key} (an object)")
+        directions = info.pop(key)
+        return cls(read_safetensors(directory / SCORES_FILE), directions, info)
 
     def checked(
         self, flag: str, directory: Path, dataset: str, val_fraction: float, split_seed: int
@@ -190,8 +191,9 @@ def import_score_file(path: str | Path, *, num_samples: int) -> torch.Tensor:
         raise ConfigError(f"--import {path}: no such file")
     try:
         values = np.load(path, allow_pickle=False)
-    except ValueError as error:
-        raise ConfigError(f"--import {path}: not a plain numeric .npy file ({error})") from None
+    except (ValueError, EOFError, OSError) as error:  # EOFError: an empty file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"--import {path}: not a plain numeric .npy file ({reason})") from None
     if values.ndim != 1 or values.shape[0] != num_samples:
         raise ConfigError(
             f"--import {path} holds shape {values.shape}; expected one score per training "

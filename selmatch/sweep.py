@@ -10,7 +10,6 @@ running the same sweep again skips them (resume).
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from selmatch.config import Config, ConfigError, check_choice, check_int
 from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset
 from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set
-from selmatch.io import write_json
+from selmatch.io import read_json, write_json
 from selmatch.plots import save_curve
 from selmatch.progress import progress_bar
 from selmatch.window import BETA_CONVENTIONS, WindowSpec, select_window
@@ -113,7 +112,7 @@ def _load_previous(
 ) -> tuple[dict[float, Any], dict[str, Any] | None]:
     if not path.is_file():
         return {}, None
-    saved = json.loads(path.read_text())
+    saved = read_json(path)
     previous = SweepConfig.from_dict(saved["config"])
     if previous.replace(betas=config.betas) != config:
         raise ConfigError(

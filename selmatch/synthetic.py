@@ -15,16 +15,15 @@ leaves a half-written set that looks complete.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from selmatch.config import SelmatchError
-from selmatch.io import atomic_write, versions, write_json
+from selmatch.io import atomic_write, read_json, read_safetensors, versions, write_json
 
 FORMAT_VERSION = 1
 TENSOR_FILE = "set.safetensors"
@@ -86,27 +85,69 @@ class SyntheticSet:
 
     @classmethod
     def load(cls, directory: str | Path) -> SyntheticSet:
+        """Read a set written by :meth:`save`. Every way the files can be wrong (missing, not
+        JSON, keys or tensors missing, a truncated safetensors file) is a one-line
+        :class:`~selmatch.config.SelmatchError` naming the file."""
         directory = Path(directory)
         tensor_path, manifest_path = directory / TENSOR_FILE, directory / MANIFEST_FILE
         if not tensor_path.is_file() or not manifest_path.is_file():
             raise SyntheticSetError(
                 f"--set {directory} is not a saved set (needs {TENSOR_FILE} and {MANIFEST_FILE})"
             )
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("kind") != "selmatch-set":
-            raise SyntheticSetError(f"{manifest_path} is not a selmatch set manifest")
-        if manifest.get("format_version", 0) > FORMAT_VERSION:
+        manifest = _checked_manifest(read_json(manifest_path), manifest_path)
+        tensors = read_safetensors(tensor_path)
+        missing = [k for k in ("images", "labels", "distill_mask") if k not in tensors]
+        if missing:
+            raise SyntheticSetError(f"{tensor_path} lacks the tensor(s) {', '.join(missing)}")
+        images, lr = tensors["images"], tensors.get("learned_lr")
+        if images.dim() != 4 or not images.is_floating_point():
             raise SyntheticSetError(
-                f"{directory} was written by a newer selmatch (format "
-                f"{manifest['format_version']}); upgrade to read it"
+                f"{tensor_path}: images must be float (N, C, H, W), got {images.dtype} "
+                f"{tuple(images.shape)}"
             )
-        tensors = load_file(str(tensor_path))
-        lr = tensors.get("learned_lr")
-        return cls(
-            images=tensors["images"],
-            labels=tensors["labels"],
-            distill_mask=tensors["distill_mask"].to(torch.bool),
-            manifest=manifest,
-            learned_lr=None if lr is None else float(lr[0]),
-            source_indices=tensors.get("source_indices"),
+        if not len(manifest["mean"]) == len(manifest["std"]) == images.shape[1]:
+            raise SyntheticSetError(
+                f"{manifest_path}: mean and std need one value per image channel "
+                f"({images.shape[1]} in {tensor_path.name})"
+            )
+        if tensors["labels"].is_floating_point():
+            raise SyntheticSetError(f"{tensor_path}: labels must be integers")
+        try:
+            return cls(
+                images=images,
+                labels=tensors["labels"],
+                distill_mask=tensors["distill_mask"].to(torch.bool),
+                manifest=manifest,
+                learned_lr=None if lr is None or lr.numel() == 0 else float(lr.flatten()[0]),
+                source_indices=tensors.get("source_indices"),
+            )
+        except SyntheticSetError as error:
+            raise SyntheticSetError(f"{directory}: {error}") from None
+
+
+def _checked_manifest(manifest: Any, path: Path) -> dict[str, Any]:
+    """``manifest`` if it is a set manifest this version reads, with the keys every reader of a
+    set relies on (the dataset and its normalisation checked for their kinds)."""
+    if not isinstance(manifest, dict) or manifest.get("kind") != "selmatch-set":
+        raise SyntheticSetError(f"{path} is not a selmatch set manifest (no kind: selmatch-set)")
+    version = manifest.get("format_version", 0)
+    if not isinstance(version, int):
+        raise SyntheticSetError(f"{path}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise SyntheticSetError(
+            f"{path.parent} was written by a newer selmatch (format {version}); upgrade to read it"
         )
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise SyntheticSetError(f"{path} lacks {', '.join(missing)}")
+    for key in ("mean", "std"):
+        value = manifest[key]
+        if not isinstance(value, list) or not value or not all(_is_number(v) for v in value):
+            raise SyntheticSetError(f"{path}: {key} must be a list of numbers, got {value!r}")
+    if not isinstance(manifest["dataset"], str):
+        raise SyntheticSetError(f"{path}: dataset must be a string, got {manifest['dataset']!r}")
+    return manifest
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module with ``register(subparsers)``; it parses flags, builds
 the stage's config, calls one library function and says where the results went. Errors the
-package raises on purpose (bad settings, missing data) are printed as one line, exit code 2.
+package raises on purpose (bad settings, missing data, unreadable files) and usage errors are
+printed as one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import sys
 from collections.abc import Sequence
 
 from selmatch import __version__
-from selmatch.cli import coverage, distill, evaluate, experts, export, scores, window
+from selmatch.cli import common, coverage, distill, evaluate, experts, export, scores, window
 from selmatch.config import SelmatchError
 
 SUBCOMMANDS = (experts, scores, window, distill, evaluate, coverage, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = common.OneLineParser(
         prog="selmatch",
         description=(
             "Shrink an image classification training set into a small synthetic one "

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 from selmatch.augment import AUGMENTATIONS, DEFAULT_DSA_STRATEGY, DSAConfig
 from selmatch.config import ConfigError
@@ -16,6 +17,31 @@ from selmatch.models import MODELS, NORMS, ModelConfig
 from selmatch.scores import ScoreTable
 from selmatch.train import SCHEDULES, TrainConfig
 from selmatch.window import BETA_CONVENTIONS
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other error of the command:
+    ``TOOL: error: MESSAGE (see PROG --help)``, exit code 2, instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        tool = Path(self.prog.split()[0]).stem  # "selmatch", or "search_alpha_beta"
+        self.exit(2, f"{tool}: error: {message} (see {self.prog} --help)\n")
+
+
+def check_output(path: Path | None, kind: Literal["folder", "file", "any"]) -> None:
+    """Refuse, before any work, an ``--out`` that cannot be written: a folder output that is an
+    existing file, a file output that is an existing folder, or a path below a file."""
+    if path is None:
+        return
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"--out {path} is a file; give a folder (a new one, or one this command wrote)"
+        )
+    if kind == "file" and path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; give a file name, e.g. {path / 'out.json'}")
+    below = next((p for p in path.parents if p.exists() or p.is_symlink()), None)
+    if below is not None and not below.is_dir():
+        raise ConfigError(f"--out {path} lies below {below}, which is a file, not a folder")
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +64,11 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
         help="resize imagefolder images to PX x PX (needed when their sizes differ)",
     )  # fmt: skip
     group.add_argument(
+        "--skip-bad-images", action="store_true",
+        help="leave out image files that cannot be decoded (truncated, unreadable, not images) "
+        "and say how many, naming the first (default: stop at the first one, naming it)",
+    )  # fmt: skip
+    group.add_argument(
         "--val-fraction", type=float, default=0.02, metavar="F",
         help="fraction of each class of the training set held out as the validation slice that "
         "every model-selection decision uses; the test set only reports (default: 0.02)",
@@ -48,10 +79,24 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def load_data(args: argparse.Namespace) -> tuple[ImageDataset, HoldoutSplit]:
+def load_images(args: argparse.Namespace) -> ImageDataset:
+    """The dataset the data options name; says how many files --skip-bad-images left out."""
     dataset = load_dataset(
-        args.dataset, data_root=args.data_root, download=args.download, image_size=args.image_size
-    )
+        args.dataset, data_root=args.data_root, download=args.download,
+        image_size=args.image_size, skip_bad_images=args.skip_bad_images,
+    )  # fmt: skip
+    if dataset.skipped_files:
+        count = len(dataset.skipped_files)
+        print(
+            f"selmatch: warning: --skip-bad-images left out {count} image file(s) that cannot "
+            f"be read; the first: {dataset.skipped_files[0]}",
+            file=sys.stderr,
+        )
+    return dataset
+
+
+def load_data(args: argparse.Namespace) -> tuple[ImageDataset, HoldoutSplit]:
+    dataset = load_images(args)
     split = holdout_split(
         dataset.train_labels, dataset.num_classes, val_fraction=args.val_fraction,
         seed=args.split_seed,

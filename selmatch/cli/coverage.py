@@ -48,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    common.check_output(args.out, "file")
     saved = SyntheticSet.load(args.set)
     args.dataset = saved.manifest["dataset"]
     dataset, split = common.load_data(args)

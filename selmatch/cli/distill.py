@@ -111,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> int:
+    common.check_output(args.out, "folder")
     config = DistillConfig(
         method=args.method, ipc=args.ipc, init=args.init, beta=args.beta,
         alpha=1.0 if args.method != "selmatch" else args.alpha,

@@ -76,6 +76,7 @@ def _load_set(args: argparse.Namespace) -> SyntheticSet:
 
 
 def run(args: argparse.Namespace) -> int:
+    common.check_output(args.out, "file")
     check_float("val_fraction", args.val_fraction, 0.0, 0.5)
     saved = _load_set(args) if args.set is not None else None
     dataset, split = common.load_data(args)

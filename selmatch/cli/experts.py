@@ -63,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    common.check_output(args.out, "folder")
     config = ExpertConfig(
         dataset=args.dataset, model=common.model_config(args), num_experts=args.experts,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, momentum=args.momentum,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from selmatch.cli import common
 from selmatch.export import FORMATS, export_set
 
 SUMMARY = "write a saved set as PNG class folders (ImageFolder) or a .npz, for other tools"
@@ -51,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    common.check_output(args.out, "any")  # export_set checks the target itself
     exported = export_set(args.set_dir, args.out, args.format, overwrite=args.overwrite)
     selected = exported.count - exported.num_distill
     print(

@@ -12,7 +12,6 @@ import torch
 from selmatch.cli import common
 from selmatch.config import ConfigError
 from selmatch.consistency import ConsistencyConfig, estimate_consistency
-from selmatch.data import load_dataset
 from selmatch.scores import SCORES_FILE, ScoreTable, import_score_file
 
 SUMMARY = (
@@ -95,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _estimate(args: argparse.Namespace, directory: Path) -> None:
-    dataset = load_dataset(args.dataset, data_root=args.data_root, image_size=args.image_size)
+    dataset = common.load_images(args)
     config = ConsistencyConfig(
         dataset=dataset.name, model=common.model_config(args), num_networks=args.networks,
         train_fraction=args.train_fraction, epochs=args.epochs, per_class=args.per_class,
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if args.estimate is not None:
         _estimate(args, directory)
     if args.import_file is not None:
-        dataset = load_dataset(args.dataset, data_root=args.data_root, image_size=args.image_size)
+        dataset = common.load_images(args)
         values = import_score_file(args.import_file, num_samples=len(dataset.train_labels))
         higher = (args.hardest or ("low" if args.name == "cscore" else "high")) == "high"
         imported = ScoreTable(

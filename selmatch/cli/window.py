@@ -83,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_window(args: argparse.Namespace) -> int:
+    common.check_output(args.out, "folder")
     spec = WindowSpec(args.ipc, args.beta, args.alpha, args.beta_convention)
     dataset, split = common.load_data(args)
     hardness = common.load_hardness(args, dataset, split)
@@ -122,6 +123,7 @@ def parse_betas(text: str) -> tuple[float, ...]:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    common.check_output(args.out, "folder")
     dataset, split = common.load_data(args)
     hardness = common.load_hardness(args, dataset, split)
     epochs = common.parse_epochs(args.epochs, args.ipc * dataset.num_classes, len(split.pool))

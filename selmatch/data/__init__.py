@@ -16,8 +16,10 @@ from selmatch.data.dataset import (
     load_dataset,
     register_dataset,
 )
+from selmatch.data.readers import BadImageError
 
 __all__ = [
+    "BadImageError",
     "DatasetNotFoundError",
     "HoldoutSplit",
     "ImageDataset",

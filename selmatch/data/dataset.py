@@ -46,6 +46,9 @@ class ImageDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str
+    #: image files left out because they could not be decoded (``skip_bad_images``), each as
+    #: ``"path: reason"``
+    skipped_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for part in ("train", "test"):
@@ -96,6 +99,7 @@ class DataOptions:
     data_root: Path | None = None
     download: bool = False
     image_size: int | None = None
+    skip_bad_images: bool = False  # leave out image files that cannot be decoded
 
 
 Loader = Callable[[DataOptions], ImageDataset]
@@ -148,16 +152,21 @@ def load_dataset(
     data_root: str | Path | None = None,
     download: bool = False,
     image_size: int | None = None,
+    skip_bad_images: bool = False,
 ) -> ImageDataset:
     """Load a registered dataset (or ``imagefolder:<path>``) into memory.
 
     ``data_root`` defaults to ``$SELMATCH_DATA_ROOT``. ``download`` lets torchvision fetch the
-    files when a network exists; nothing is downloaded unless asked.
+    files when a network exists; nothing is downloaded unless asked. An image file that cannot
+    be decoded (image folders, Tiny ImageNet) is an error naming it, unless ``skip_bad_images``:
+    then it is left out and listed in the dataset's ``skipped_files``.
     """
     from selmatch.data.readers import load_image_folder  # avoids a circular import
 
     root = Path(data_root) if data_root is not None else default_data_root()
-    options = DataOptions(data_root=root, download=download, image_size=image_size)
+    options = DataOptions(
+        data_root=root, download=download, image_size=image_size, skip_bad_images=skip_bad_images
+    )
     if name.startswith(IMAGEFOLDER_PREFIX):
         path = Path(name[len(IMAGEFOLDER_PREFIX) :]).expanduser()
         return load_image_folder(path, options)

@@ -10,18 +10,19 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from selmatch.config import ConfigError
+from selmatch.config import ConfigError, SelmatchError
 from selmatch.data.dataset import DataOptions, DatasetNotFoundError, ImageDataset, register_dataset
+from selmatch.io import CorruptFileError, atomic_write, read_json, read_safetensors, write_json
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -205,32 +206,74 @@ def _list_images(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _read_images(paths: Sequence[Path], image_size: int | None, what: str) -> torch.Tensor:
-    """Read image files into one uint8 (N, C, H, W) tensor (RGB unless all are grayscale)."""
-    from PIL import Image
+class BadImageError(SelmatchError):
+    """An image file of a dataset cannot be decoded: unreadable, truncated or not an image."""
 
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(
+            f"cannot read image {path}: {reason}; fix or delete it, or pass --skip-bad-images "
+            "to leave out the files that cannot be read"
+        )
+        self.path, self.reason = path, reason
+
+
+def _decode(path: Path, image_size: int | None) -> np.ndarray:
+    """One image file as uint8 ``(H, W)`` (grayscale) or ``(H, W, 3)``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as original:  # one open file at a time
+            picture = original.convert("L" if original.mode in ("L", "1") else "RGB")
+    except UnidentifiedImageError:
+        raise BadImageError(path, "not an image file Pillow can identify") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        # Pillow reports a damaged file with any of these; OSError also covers permissions.
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        raise BadImageError(path, reason.splitlines()[0]) from None
+    if image_size is not None:
+        picture = _resize_center_crop(picture, image_size)
+    return np.asarray(picture, dtype=np.uint8)
+
+
+def _read_images(
+    paths: Sequence[Path], image_size: int | None, what: str, *, skip_bad: bool = False
+) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+    """Read image files into one uint8 (N, C, H, W) tensor (RGB unless all are grayscale).
+
+    Returns the tensor, the indices into ``paths`` it holds, and the ``(path, reason)`` of the
+    files left out: none unless ``skip_bad``; without it a bad file is a :class:`BadImageError`.
+    """
     if not paths:
         raise DatasetNotFoundError(f"no image files found in {what}")
     arrays: list[np.ndarray] = []
-    for path in paths:
-        with Image.open(path) as original:  # one open file at a time
-            picture = original.convert("L" if original.mode in ("L", "1") else "RGB")
-        if image_size is not None:
-            picture = _resize_center_crop(picture, image_size)
-        array = np.asarray(picture, dtype=np.uint8)
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    for index, path in enumerate(paths):
+        try:
+            array = _decode(path, image_size)
+        except BadImageError as error:
+            if not skip_bad:
+                raise
+            skipped.append((str(path), error.reason))
+            continue
         if arrays and array.shape[:2] != arrays[0].shape[:2]:
+            first = paths[kept[0]].name
             raise ConfigError(
                 f"images in {what} have different sizes ({path.name} is {array.shape[1]}x"
-                f"{array.shape[0]}, {paths[0].name} is {arrays[0].shape[1]}x{arrays[0].shape[0]})"
+                f"{array.shape[0]}, {first} is {arrays[0].shape[1]}x{arrays[0].shape[0]})"
                 "; pass --image-size to resize them"
             )
         arrays.append(array)
+        kept.append(index)
+    if not arrays:
+        raise DatasetNotFoundError(f"no readable image files in {what} ({len(skipped)} skipped)")
     if any(a.ndim == 3 for a in arrays):  # mixed: promote the grayscale ones to RGB
         arrays = [a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in arrays]
     stacked = np.stack(arrays)
     if stacked.ndim == 3:
         stacked = stacked[:, :, :, None]
-    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+    images = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+    return images, kept, skipped
 
 
 def _resize_center_crop(picture: Any, size: int) -> Any:
@@ -261,18 +304,63 @@ def _cached(
     cache_dir = Path.home() / ".cache" / "selmatch"
     path = cache_dir / f"images-{_fingerprint(files, image_size)}.safetensors"
     if path.is_file():
-        tensors = load_file(str(path))
-        with open(path.with_suffix(".json")) as handle:
-            return tensors, json.load(handle)
+        try:
+            return read_safetensors(path), read_json(path.with_suffix(".json"))
+        except CorruptFileError:
+            pass  # a damaged cache entry is built again
     tensors, info = build()
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path))
-        with open(path.with_suffix(".json"), "w") as handle:
-            json.dump(info, handle)
+        write_json(path.with_suffix(".json"), info)  # first: the tensors mark a complete entry
+        atomic_write(path, lambda p: save_file(tensors, p))
     except OSError:
         pass  # an unwritable cache only costs time on the next load
     return tensors, info
+
+
+@dataclass(frozen=True)
+class _Splits:
+    """Decoded train and test images, with the labels of the files they hold."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    skipped: tuple[str, ...]  # "path: reason" of every file left out
+
+
+def _read_splits(
+    train: tuple[Sequence[Path], Sequence[int], str],
+    test: tuple[Sequence[Path], Sequence[int], str],
+    options: DataOptions,
+    info: dict[str, Any],
+) -> _Splits:
+    """Both splits' ``(files, labels, where)`` decoded, or read back from the cache."""
+
+    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors: dict[str, torch.Tensor] = {}
+        skipped: list[tuple[str, str]] = []
+        for part, (files, _, what) in (("train", train), ("test", test)):
+            images, kept, bad = _read_images(
+                files, options.image_size, what, skip_bad=options.skip_bad_images
+            )
+            tensors[f"{part}_images"] = images
+            tensors[f"{part}_kept"] = torch.tensor(kept, dtype=torch.int64)
+            skipped += bad
+        return tensors, {**info, "skipped": skipped}
+
+    tensors, saved = _cached([*train[0], *test[0]], options.image_size, build)
+    skipped = [(str(path), str(reason)) for path, reason in saved.get("skipped", [])]
+    if skipped and not options.skip_bad_images:  # cached by a run that skipped them
+        raise BadImageError(Path(skipped[0][0]), skipped[0][1])
+    labels = {}
+    for part, (files, part_labels, _) in (("train", train), ("test", test)):
+        # Caches from before --skip-bad-images hold every file.
+        kept = tensors.get(f"{part}_kept", torch.arange(len(files)))
+        labels[part] = torch.tensor(part_labels, dtype=torch.int64)[kept]
+    return _Splits(
+        tensors["train_images"], labels["train"], tensors["test_images"], labels["test"],
+        tuple(f"{path}: {reason}" for path, reason in skipped),
+    )  # fmt: skip
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -304,32 +392,27 @@ def load_image_folder(path: Path, options: DataOptions) -> ImageDataset:
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
     if len(classes) < 2:
         raise DatasetNotFoundError(f"{train_dir} must hold at least two class folders")
-    train_files, train_labels = _folder_split(train_dir, classes)
-    test_files, test_labels = _folder_split(test_dir, classes)
-
-    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors = {
-            "train_images": _read_images(train_files, options.image_size, str(train_dir)),
-            "test_images": _read_images(test_files, options.image_size, str(test_dir)),
-        }
-        return tensors, {"classes": classes}
-
-    tensors, _ = _cached(train_files + test_files, options.image_size, build)
-    if tensors["train_images"].shape[1:] != tensors["test_images"].shape[1:]:
+    splits = _read_splits(
+        (*_folder_split(train_dir, classes), str(train_dir)),
+        (*_folder_split(test_dir, classes), str(test_dir)),
+        options, {"classes": classes},
+    )  # fmt: skip
+    if splits.train_images.shape[1:] != splits.test_images.shape[1:]:
         raise ConfigError(
             f"train and {test_dir.name} images of {path} differ in shape; pass --image-size"
         )
-    mean, std = _channel_stats(tensors["train_images"])
+    mean, std = _channel_stats(splits.train_images)
     return ImageDataset(
         name=f"imagefolder:{path}",
-        train_images=tensors["train_images"],
-        train_labels=torch.tensor(train_labels, dtype=torch.int64),
-        test_images=tensors["test_images"],
-        test_labels=torch.tensor(test_labels, dtype=torch.int64),
+        train_images=splits.train_images,
+        train_labels=splits.train_labels,
+        test_images=splits.test_images,
+        test_labels=splits.test_labels,
         class_names=tuple(classes),
         mean=mean,
         std=std,
         source=str(path),
+        skipped_files=splits.skipped,
     )
 
 
@@ -371,21 +454,19 @@ def load_tiny_imagenet(options: DataOptions) -> ImageDataset:
     test_files = [base / "val" / "images" / name for name, _ in val_pairs]
     test_labels = [wnids.index(wnid) for _, wnid in val_pairs]
 
-    def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        return {
-            "train_images": _read_images(train_files, options.image_size, f"{base}/train"),
-            "test_images": _read_images(test_files, options.image_size, f"{base}/val"),
-        }, {}
-
-    tensors, _ = _cached(train_files + test_files, options.image_size, build)
+    splits = _read_splits(
+        (train_files, train_labels, f"{base}/train"), (test_files, test_labels, f"{base}/val"),
+        options, {},
+    )  # fmt: skip
     return ImageDataset(
         name="tiny-imagenet",
-        train_images=tensors["train_images"],
-        train_labels=torch.tensor(train_labels, dtype=torch.int64),
-        test_images=tensors["test_images"],
-        test_labels=torch.tensor(test_labels, dtype=torch.int64),
+        train_images=splits.train_images,
+        train_labels=splits.train_labels,
+        test_images=splits.test_images,
+        test_labels=splits.test_labels,
         class_names=tuple(words.get(w, w) for w in wnids),
         mean=(0.485, 0.456, 0.406),  # ImageNet statistics, as in MTT and SelMatch
         std=(0.229, 0.224, 0.225),
         source=str(base),
+        skipped_files=splits.skipped,
     )

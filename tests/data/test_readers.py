@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from selmatch.config import ConfigError
-from selmatch.data import DatasetNotFoundError, load_dataset
+from selmatch.data import BadImageError, DatasetNotFoundError, load_dataset
 from selmatch.data.readers import _NumpyOnlyUnpickler
 
 
@@ -51,6 +51,54 @@ def test_image_folder_mixed_sizes_need_image_size(tmp_path) -> None:
 def test_image_folder_missing_layout_says_what_it_needs(tmp_path) -> None:
     with pytest.raises(DatasetNotFoundError, match="needs .*train.*val"):
         load_dataset(f"imagefolder:{tmp_path}")
+
+
+def _folder_with_a_truncated_image(root):
+    for split, count in (("train", 3), ("val", 2)):
+        for name in ("cat", "dog"):
+            for i in range(count):
+                write_png(root / split / name / f"{i}.png", value=i)
+    bad = root / "train" / "dog" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    return bad
+
+
+def test_a_truncated_image_is_an_error_naming_it_unless_skipped(tmp_path) -> None:
+    bad = _folder_with_a_truncated_image(tmp_path)
+    with pytest.raises(BadImageError, match=f"cannot read image {bad}: .*--skip-bad-images"):
+        load_dataset(f"imagefolder:{tmp_path}")
+    data = load_dataset(f"imagefolder:{tmp_path}", skip_bad_images=True)
+    assert data.train_labels.tolist() == [0, 0, 0, 1, 1]  # the labels follow the kept files
+    assert data.test_labels.tolist() == [0, 0, 1, 1]
+    assert len(data.skipped_files) == 1 and data.skipped_files[0].startswith(f"{bad}: ")
+    again = load_dataset(f"imagefolder:{tmp_path}", skip_bad_images=True)  # from the cache
+    assert torch.equal(again.train_images, data.train_images)
+    assert again.skipped_files == data.skipped_files
+    with pytest.raises(BadImageError, match=str(bad)):  # the cache does not hide the bad file
+        load_dataset(f"imagefolder:{tmp_path}")
+
+
+def test_not_an_image_or_nothing_readable_is_a_clear_error(tmp_path) -> None:
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            write_png(tmp_path / split / name / "0.png")
+    for name in ("cat", "dog"):
+        (tmp_path / "val" / name / "0.png").write_text("not an image")
+    with pytest.raises(BadImageError, match="cat/0.png: not an image file Pillow can identify"):
+        load_dataset(f"imagefolder:{tmp_path}")
+    with pytest.raises(DatasetNotFoundError, match="no readable image files in .*2 skipped"):
+        load_dataset(f"imagefolder:{tmp_path}", skip_bad_images=True)
+
+
+def test_a_damaged_cache_entry_is_built_again(tmp_path) -> None:
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            write_png(tmp_path / "data" / split / name / "0.png")
+    data = load_dataset(f"imagefolder:{tmp_path / 'data'}")
+    (entry,) = (tmp_path / "home" / ".cache" / "selmatch").glob("*.safetensors")
+    entry.write_bytes(entry.read_bytes()[:100])
+    again = load_dataset(f"imagefolder:{tmp_path / 'data'}")
+    assert torch.equal(again.train_images, data.train_images)
 
 
 def _cifar_arrays(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
