@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from selmatch.config import Config, ConfigError, check_float, check_int
 from selmatch.consistency import ConsistencyConfig
+from selmatch.data import holdout_split, smallest_class_size
 from selmatch.distill import DistillConfig
 from selmatch.evaluate import EvalConfig
 from selmatch.experts import ExpertConfig
@@ -89,3 +92,55 @@ def _check_grid(name: str, grid: tuple[float, ...], low: float, high: float | No
         raise ConfigError(f"--{name.replace('_', '-')} must be distinct increasing values")
     for value in grid:
         check_float(name, value, low, high, low_open=low_open)
+
+
+def fit_to_data(
+    config: SearchConfig, labels: torch.Tensor, num_classes: int
+) -> tuple[SearchConfig, list[str]]:
+    """``config`` with every setting sized in images per class clamped to what the dataset
+    has (the experts' and the consistency networks' ``per_class``, the IPCs searched and
+    predicted), and one line per change saying what and why; a preset made for
+    Fashion-MNIST's 6,000 images per class then runs on a folder of 150."""
+    split = holdout_split(labels, num_classes, val_fraction=config.experts.val_fraction,
+                          seed=config.experts.split_seed)  # fmt: skip
+    have = smallest_class_size(labels, num_classes, split.pool)
+    where = f"the {have} images per class of the pool (its smallest class, validation held out)"
+    changes, fitted = [], config
+    experts, consistency = config.experts, config.consistency
+    if experts.per_class is not None and experts.per_class > have:
+        changes.append(f"experts.per_class {experts.per_class} → {have}: {where}")
+        experts = experts.replace(per_class=have)
+    if consistency.per_class is not None and consistency.per_class > have:
+        changes.append(f"consistency.per_class {consistency.per_class} → {have}: {where}")
+        consistency = consistency.replace(per_class=have)
+    ipcs = tuple(ipc for ipc in config.ipcs if ipc <= have)
+    if not ipcs:
+        raise ConfigError(f"--ipcs must be at most {have} ({where}), got {list(config.ipcs)}")
+    if ipcs != config.ipcs:
+        dropped = ", ".join(str(i) for i in config.ipcs if i not in ipcs)
+        changes.append(f"IPCs {dropped} dropped: more than {where}")
+    predict = tuple(ipc for ipc in config.predict_ipcs if ipc <= have)
+    if predict != config.predict_ipcs:
+        dropped = ", ".join(str(i) for i in config.predict_ipcs if i not in predict)
+        changes.append(f"predicted IPCs {dropped} dropped: more than {where}")
+    if changes:
+        fitted = config.replace(experts=experts, consistency=consistency, ipcs=ipcs,
+                                predict_ipcs=predict)  # fmt: skip
+    return fitted, changes
+
+
+def validation_warning(config: SearchConfig, val_size: int) -> str | None:
+    """A warning when one validation image moves the accuracy by more than the sampler's
+    margin (``noise``): grid points the search tells apart then differ by a few images."""
+    if val_size == 0:
+        return None
+    step = 1.0 / val_size
+    if step <= config.noise:
+        return None
+    return (
+        f"WARNING: the validation slice holds {val_size} images, so one image moves a "
+        f"trial's accuracy by {100 * step:.2f} points, more than the sampler's margin "
+        f"(noise {100 * config.noise:.2f} points): neighbouring grid points are told apart by "
+        "a few images; hold out more (--set experts.val_fraction=… and "
+        "consistency.val_fraction=…) or raise --noise"
+    )

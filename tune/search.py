@@ -32,11 +32,11 @@ import ray
 from ray import tune
 
 from selmatch.config import ConfigError, SelmatchError
-from selmatch.data import load_dataset
+from selmatch.data import ImageDataset, holdout_split, load_dataset
 from selmatch.io import write_json
 from selmatch_tune.concave import ConcaveGridSampler
-from selmatch_tune.config import SearchConfig
-from selmatch_tune.precompute import Precomputed, precompute
+from selmatch_tune.config import SearchConfig, fit_to_data, validation_warning
+from selmatch_tune.precompute import Precomputed, get_interruptibly, precompute
 from selmatch_tune.searcher import ConcaveSearch
 from selmatch_tune.tracking import Tracker, TrialLogger, flatten
 from selmatch_tune.trials import alpha_trial, beta_trial
@@ -316,18 +316,27 @@ def _experiments_root(state: dict[str, Any], out: Path, storage: str | None) -> 
     return f"{root}/{state['storage_id']}" if state["storage_id"] else root
 
 
-def load_state(out: Path, config: SearchConfig, resume: bool) -> dict[str, Any]:
+def load_state(out: Path, config: SearchConfig, resume: bool, log: Log = print) -> dict[str, Any]:
+    """The search's state in ``out``: a new one, or (``resume``) the one saved there. A folder
+    holds a search once its precompute has finished (``started``); before that, nothing a
+    trial made is in it, so a start that failed (bad settings, missing data, Ctrl-C while the
+    experts train, whose finished networks are cached beside the folder) never blocks the same
+    command, with or without ``--resume``."""
     path = out / STATE
+    new = {"config": config.to_dict(), "ipcs": {}, "started": False}
     if not path.is_file():
         if resume:
             raise ConfigError(
                 f"--resume: {out} holds no search (no {STATE}); give the --out of the search "
                 "to continue"
             )
-        return {"config": config.to_dict(), "ipcs": {}}
+        return new
+    state = json.loads(path.read_text())
+    if not state.get("started", True):  # states from before this flag had begun their trials
+        log(f"{out} holds a search that stopped before its first trial: starting it anew")
+        return new
     if not resume:
         raise ConfigError(f"--out {out} holds a search already; add --resume or pick another --out")
-    state = json.loads(path.read_text())
     previous = SearchConfig.from_dict(state["config"])
     if previous.replace(ipcs=config.ipcs) != config:
         now = flatten(config.to_dict())
@@ -360,19 +369,23 @@ def save_state(out: Path, state: dict[str, Any]) -> None:
 
 
 def connect(address: str | None, log: Log) -> None:
+    """Attach to ``address`` (or ``RAY_ADDRESS``, as a driver of a Ray job has it), else start
+    a new local Ray on loopback (selmatch_tune.network)."""
+    from selmatch_tune.network import start_local_ray
+
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, log_to_driver=False)
         log(f"connected to the Ray cluster at {address}")
     else:
-        ray.init(log_to_driver=False)
-        log(f"started a local Ray instance ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
+        local = start_local_ray(log_to_driver=False)
+        log(f"started a local Ray instance ({ray.cluster_resources().get('CPU', 0):g} CPUs, "
+            f"{local.describe()})")  # fmt: skip
 
 
-def precompute_all(config: SearchConfig, out: Path, data_root: str | None, log: Log) -> Precomputed:
-    dataset = load_dataset(config.dataset, data_root=data_root, image_size=config.image_size)
-    log(dataset.describe())
+def precompute_all(config: SearchConfig, dataset: ImageDataset, out: Path, log: Log) -> Precomputed:
     started = time.perf_counter()
     gpus_per_expert = 1.0 if ray.cluster_resources().get("GPU", 0.0) >= 1 else 0.0
     pre = precompute(
@@ -487,8 +500,8 @@ def final_evaluation(
             "kind": "set", "images": saved.images.numpy(), "labels": saved.labels.numpy(),
             "mask": saved.distill_mask.numpy(),
         }, config.final.to_dict())  # fmt: skip
-    result = ray.get(winner)
-    full = {b: ray.get(ref) for b, ref in windows.items()}
+    result = get_interruptibly(winner)
+    full = {b: get_interruptibly(ref) for b, ref in windows.items()}
     return {
         "test_mean": result["test_mean"], "test_std": result["test_std"],
         "val_mean": result["val_mean"], "seeds": result["seeds"], "epochs": result["epochs"],
@@ -569,7 +582,7 @@ def search_ipc(
     elif reference is not None:
         log(f"IPC {ipc}: final evaluation of a random subset of the same size (the reference)")
     if reference is not None:
-        entry["final"]["random"] = _reference_summary(ray.get(reference))
+        entry["final"]["random"] = _reference_summary(get_interruptibly(reference))
         save_state(out, state)
     elif config.random_reference and selection_only and "random" not in entry["final"]:
         entry["final"]["random"] = _reference_summary(entry["final"])  # the same evaluation
@@ -646,10 +659,41 @@ def search_alpha(
     entry["set_dir"] = str(collect_winner(results, winner["alpha"], out / "sets" / f"ipc{ipc}"))
 
 
+def prepare(
+    config: SearchConfig, out: Path, *, resume: bool, data_root: str | None,
+    skip_bad_images: bool = False, log: Log = print,
+) -> tuple[SearchConfig, ImageDataset, dict[str, Any]]:  # fmt: skip
+    """What a search checks before it starts anything: the data loads (``skip_bad_images``:
+    leaving out, and counting, the image files that cannot be decoded), the settings are
+    fitted to it (``fit_to_data``), and ``out`` holds no search or (``resume``) this one.
+    Nothing is written."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder (new or holding this search)")
+    dataset = load_dataset(config.dataset, data_root=data_root, image_size=config.image_size,
+                           skip_bad_images=skip_bad_images)  # fmt: skip
+    log(dataset.describe())
+    if dataset.skipped_files:
+        log(f"WARNING: --skip-bad-images left out {len(dataset.skipped_files)} image file(s) "
+            f"that cannot be read; the first: {dataset.skipped_files[0]}")  # fmt: skip
+    config, changes = fit_to_data(config, dataset.train_labels, dataset.num_classes)
+    for change in changes:
+        log(f"fitted to {config.dataset}: {change}")
+    split = holdout_split(
+        dataset.train_labels,
+        dataset.num_classes,
+        val_fraction=config.experts.val_fraction,
+        seed=config.experts.split_seed,
+    )
+    warning = validation_warning(config, len(split.val))
+    if warning:
+        log(warning)
+    return config, dataset, load_state(out, config, resume, log=log)
+
+
 def run_search(
     config: SearchConfig, out: Path, *, resume: bool = False, tracking_uri: str | None = None,
     address: str | None = None, data_root: str | None = None, storage: str | None = None,
-    wait_for_resources: float = 0.0, log: Log = print,
+    wait_for_resources: float = 0.0, skip_bad_images: bool = False, log: Log = print,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The whole search; returns the per-IPC rows of ``best_hparams.csv``."""
     from selmatch_tune.outputs import (
@@ -664,8 +708,9 @@ def run_search(
     from selmatch_tune.tracking import default_tracking_uri
 
     out = out.resolve()
+    config, dataset, state = prepare(config, out, resume=resume, data_root=data_root,
+                                     skip_bad_images=skip_bad_images, log=log)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    state = load_state(out, config, resume)
     _quiet_tune()
     connect(address, log)
     check_resources(config, wait=wait_for_resources, log=log)
@@ -683,8 +728,9 @@ def run_search(
     save_state(out, state)
     started = time.perf_counter()
     try:
-        pre = precompute_all(config, out, data_root, log)
+        pre = precompute_all(config, dataset, out, log)
         state["score_dir"] = str(pre.score_dir)  # where the ranking came from (a study reads it)
+        state["started"] = True  # from here on, the folder holds a search
         data = trial_data(pre)
         storage_path = _experiments_root(state, out, storage)
         save_state(out, state)  # the experiments' folder must be found again on --resume
@@ -729,14 +775,17 @@ def run_search(
         for ipc, rho in by_ipc.items()
     )  # fmt: skip
     log(f"rank correlation of short vs full evaluation of the β points, within each IPC: {ranks}")
-    if config.predict_ipcs:
-        searched = {int(r["ipc"]): r for r in rows}
-        betas = predict({k: r["beta"] for k, r in searched.items()}, config.predict_ipcs)
-        alphas = predict({k: r["alpha"] for k, r in searched.items()}, config.predict_ipcs)
+    searched = {int(r["ipc"]): r for r in rows}
+    unsearched = tuple(ipc for ipc in config.predict_ipcs if ipc not in searched)
+    if unsearched:
+        betas = predict({k: r["beta"] for k, r in searched.items()}, unsearched)
+        alphas = predict({k: r["alpha"] for k, r in searched.items()}, unsearched)
         log("WARNING: predicted, not searched (the paper calls predicting α*, β* an open problem):")
-        for ipc in config.predict_ipcs:
+        for ipc in unsearched:
             log(f"  IPC {ipc}: β ≈ {betas[ipc]:.3g}, α ≈ {alphas[ipc]:.3g}")
     log(f"table: {table}; distilled sets: {out / 'sets'}; curves: {out}/*-ipc*.png")
     log(f"MLflow: {tracker.uri} (experiment {tracker.experiment_id}, parent run "
         f"{tracker.parent_id}); Ray results: {storage_path}")  # fmt: skip
+    for line in tracker.ui_hint():
+        log(line)
     return rows

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from selmatch.cli.common import OneLineParser, check_output
 from selmatch.config import ConfigError, SelmatchError
 from selmatch_tune.config import SearchConfig
 from selmatch_tune.presets import PRESETS
@@ -36,8 +37,9 @@ def numbers(kind: type) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = OneLineParser(
+        prog="search_alpha_beta.py", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Options left out take the preset's values; docs/configuration.md lists every\n"
         "setting with its value in each preset, and --set KEY=VALUE reaches any of them.\n"
         "The search prints the values that differ from the preset.",
@@ -57,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder (default: a new folder runs/search-<preset>-<time>)",
     )
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="load the data, fit the settings to it, check --out and print what the search "
+        "would run; start nothing and write nothing",
+    )  # fmt: skip
     p.add_argument(
         "--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
         help="on an autoscaling cluster whose GPU (or CPU) workers are not up yet: ask the "
@@ -84,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder holding the dataset files: cifar-10-batches-py/, cifar-100-python/, "
         "tiny-imagenet-200/ (default: $SELMATCH_DATA_ROOT; Fashion-MNIST falls back to "
         "/usr/share/datasets/fashion-mnist)",
+    )  # fmt: skip
+    p.add_argument(
+        "--skip-bad-images", action="store_true",
+        help="leave out image files of an imagefolder (or Tiny ImageNet) that cannot be decoded "
+        "(truncated, unreadable, not images) and say how many, naming the first (default: stop "
+        "at the first one, naming it)",
     )  # fmt: skip
     g = p.add_argument_group("what to search (override the preset)")
     g.add_argument(
@@ -275,12 +288,36 @@ def overridden(preset: SearchConfig, config: SearchConfig) -> str:
     return ", ".join(f"{k}={after[k]}" for k in after if before.get(k) != after[k])
 
 
+def dry_run(
+    config: SearchConfig, out: Path, *, resume: bool, data_root: str | None,
+    skip_bad_images: bool,
+) -> None:  # fmt: skip
+    """``--dry-run``: the checks ``run_search`` makes before it starts, then what it would run."""
+    from selmatch_tune.search import prepare
+
+    config, _, state = prepare(config, out.resolve(), resume=resume, data_root=data_root,
+                               skip_bad_images=skip_bad_images)  # fmt: skip
+    begun = ", ".join(state["ipcs"]) or "none"
+    print(
+        f"would search IPCs {list(config.ipcs)} into {out} "
+        + (f"(resuming; IPCs begun: {begun})" if state["started"] else "(a new search)")
+    )
+    print(f"  β grid {list(config.beta_grid)} ({config.beta_convention}) and the random subset, "
+          f"then α grid {list(config.alpha_grid)}"
+          + (" and plain MTT" if config.mtt_candidate else "")
+          + f"; {config.max_concurrent} trial(s) at a time")  # fmt: skip
+    print(f"  ranked by {config.score}; trials {config.short.budget()}, final "
+          f"{config.final.budget()} with {config.final.num_seeds} seed(s)")  # fmt: skip
+    print("dry run: nothing was started or written")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from selmatch_tune.search import SearchInterrupted, run_search
 
     out = args.out
     try:
+        check_output(out, "folder")
         config = apply_sets(apply_overrides(PRESETS[args.preset](), args), args.set)
         out = out or Path("runs") / f"search-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"preset {config.preset}: {config.dataset}, IPCs {list(config.ipcs)}")
@@ -289,10 +326,14 @@ def main(argv: list[str] | None = None) -> int:
         changed = overridden(PRESETS[args.preset](), config)
         if changed:
             print(f"overridden (the values in force, kept in the manifest): {changed}")
+        if args.dry_run:
+            dry_run(config, out, resume=args.resume, data_root=args.data_root,
+                    skip_bad_images=args.skip_bad_images)  # fmt: skip
+            return 0
         run_search(
             config, out, resume=args.resume, tracking_uri=args.tracking_uri,
             address=args.address, data_root=args.data_root, storage=args.storage,
-            wait_for_resources=args.wait_for_resources,
+            wait_for_resources=args.wait_for_resources, skip_bad_images=args.skip_bad_images,
         )  # fmt: skip
     except SearchInterrupted as error:
         print(f"search_alpha_beta: {error}; continue with the same command and --out {out} "

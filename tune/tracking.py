@@ -12,6 +12,8 @@ logs a trial twice.
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,27 @@ EXPERIMENT = "selmatch-search"
 
 def default_tracking_uri(out: Path) -> str:
     return f"sqlite:///{(out / 'mlflow.db').resolve()}"
+
+
+UI_ADDRESS = "http://127.0.0.1:5000"
+
+
+def ui_hint(uri: str, experiment_id: str) -> list[str]:
+    """How to see an experiment's runs table in the MLflow UI: for a store (SQLite), the
+    command that serves it on this machine only, light (2 processes instead of about 15: no
+    job runner, one worker), then the address; for a server, the address. MLflow 3.17 opens
+    an experiment on its GenAI overview; ``#/experiments/<id>/runs`` is the runs table (a route
+    of its UI bundle)."""
+    runs = f"#/experiments/{experiment_id}/runs"
+    if uri.startswith(("http://", "https://")):
+        return [f"MLflow UI: open {uri.rstrip('/')}/{runs}"]
+    beside = Path(sys.executable).parent / "mlflow"  # the environment running the search
+    mlflow = str(beside) if beside.is_file() else "mlflow"
+    command = (
+        f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false {shlex.quote(mlflow)} ui --workers 1 "
+        f"--backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 --port 5000"
+    )
+    return [f"MLflow UI: {command}", f"  then open {UI_ADDRESS}/{runs}"]
 
 
 class Tracker:
@@ -102,6 +125,9 @@ class Tracker:
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         assert self.parent_id is not None
         self.client.log_artifact(self.parent_id, str(path), artifact_path=folder)
+
+    def ui_hint(self) -> list[str]:
+        return ui_hint(self.uri, self.experiment_id)
 
     def finish(self, failed: bool = False) -> None:
         if self.parent_id is not None:

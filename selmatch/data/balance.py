@@ -58,13 +58,21 @@ class HoldoutSplit:
     seed: int
 
 
+#: the fewest validation images per class (where the class has twice as many)
+VAL_FLOOR = 10
+
+
 def holdout_split(
     labels: torch.Tensor, num_classes: int, *, val_fraction: float = 0.02, seed: int = 0
 ) -> HoldoutSplit:
-    """Hold out ``val_fraction`` of every class (at least one sample each) for validation.
+    """Hold out ``val_fraction`` of every class for validation, and at least ``VAL_FLOOR``
+    images of it (half of a class smaller than twice that).
 
-    The test set is never used to choose anything; this slice of the *training* set is.
-    ``val_fraction = 0`` disables it (then validation accuracy is not available).
+    The test set is never used to choose anything; this slice of the *training* set is. The
+    floor keeps a small dataset's validation accuracy from moving in steps coarser than the
+    differences the search has to tell apart (2 % of 140 images per class would be 3: steps
+    of 3.3 points per class). ``val_fraction = 0`` disables it (then validation accuracy is
+    not available).
     """
     check_float("val_fraction", val_fraction, 0.0, 0.5)
     groups = indices_by_class(labels, num_classes)
@@ -73,7 +81,7 @@ def holdout_split(
     generator = torch.Generator().manual_seed(seed)
     val_parts = []
     for group in groups:
-        count = max(1, round(val_fraction * len(group)))
+        count = max(1, round(val_fraction * len(group)), min(VAL_FLOOR, len(group) // 2))
         if count >= len(group):
             raise ConfigError(
                 f"--val-fraction {val_fraction:g} leaves no training sample in a class of "

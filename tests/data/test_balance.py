@@ -3,6 +3,7 @@ import torch
 
 from selmatch.config import ConfigError
 from selmatch.data import balanced_subset, holdout_split, indices_by_class
+from selmatch.data.balance import VAL_FLOOR
 
 
 def labels_with(counts: list[int]) -> torch.Tensor:
@@ -41,12 +42,19 @@ def test_ipc_larger_than_a_class_is_a_clear_error() -> None:
 
 
 def test_holdout_split_is_class_balanced_disjoint_and_deterministic() -> None:
-    labels = labels_with([100, 200, 50])
+    labels = labels_with([100, 200, 500])
     split = holdout_split(labels, 3, val_fraction=0.1, seed=3)
-    assert torch.bincount(labels[split.val]).tolist() == [10, 20, 5]
+    assert torch.bincount(labels[split.val]).tolist() == [10, 20, 50]
     assert set(split.val.tolist()).isdisjoint(split.pool.tolist())
     assert len(split.val) + len(split.pool) == len(labels)
     assert torch.equal(split.val, holdout_split(labels, 3, val_fraction=0.1, seed=3).val)
+
+
+def test_a_small_class_still_gets_the_validation_floor() -> None:
+    # 2 % of 140 would be 3 images: steps of 33 points in a class's validation accuracy
+    labels = labels_with([140, 6000, 12])
+    split = holdout_split(labels, 3, val_fraction=0.02, seed=0)
+    assert torch.bincount(labels[split.val]).tolist() == [VAL_FLOOR, 120, 6]  # half of 12
 
 
 def test_holdout_can_be_disabled_and_rejects_bad_fractions() -> None:

@@ -233,6 +233,38 @@ def test_resume_after_an_interruption_loses_and_duplicates_nothing(
     assert grown["ipcs"]["4"]["beta"]["best"] <= grown["ipcs"]["2"]["beta"]["best"]
 
 
+def test_own_small_data_fits_the_preset_and_a_failed_start_blocks_nothing(
+    local_ray, own_folder, tmp_path, monkeypatch
+) -> None:
+    # settings sized for Fashion-MNIST's 6,000 images per class, on a folder of 150
+    config = smoke().replace(
+        dataset=own_folder, ipcs=(2, 200), predict_ipcs=(2, 3, 500),
+        experts=smoke().experts.replace(dataset=own_folder, per_class=1000),
+        consistency=smoke().consistency.replace(dataset=own_folder, per_class=1000),
+    )  # fmt: skip
+    out = tmp_path / "own"
+
+    def failed(*args, **kwargs):
+        raise RuntimeError("injected: the node training the experts died")
+
+    real = search_module.precompute_all
+    monkeypatch.setattr(search_module, "precompute_all", failed)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_search(config, out, log=lambda *_: None)
+    monkeypatch.setattr(search_module, "precompute_all", real)
+    lines: list[str] = []
+    rows = run_search(config, out, log=lines.append)  # the same call: no --resume needed
+    assert any("stopped before its first trial: starting it anew" in line for line in lines)
+    fitted = [line for line in lines if line.startswith(f"fitted to {own_folder}: ")]
+    assert len(fitted) == 4, fitted  # experts, consistency, an IPC, a predicted IPC
+    assert [r["ipc"] for r in rows] == [2]
+    state = json.loads((out / "search_state.json").read_text())
+    assert state["started"] is True and state["config"]["experts"]["per_class"] == 140
+    # predictions only for the IPCs not searched
+    predicted = [line.strip() for line in lines if line.startswith("  IPC ") and "≈" in line]
+    assert [line.split(":")[0] for line in predicted] == ["IPC 3"]
+
+
 def test_asking_for_gpus_on_a_cpu_cluster_is_an_error(local_ray) -> None:
     with pytest.raises(
         ConfigError, match=r"--gpus-per-trial 1 asks for GPUs, but the Ray cluster has 0"
