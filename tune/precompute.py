@@ -252,21 +252,6 @@ def _submit_consistency(
     return {k: task.remote(config.to_dict(), k, dataset_ref, threads) for k in missing}, seconds
 
 
-def next_ready(refs: list[Any], poll_seconds: float = 1.0) -> Any:
-    """The first of ``refs`` to finish. Waits in short polls, so that Ctrl-C (SIGINT) reaches
-    the driver as a KeyboardInterrupt between two polls: a wait without a timeout can hold the
-    signal until a task returns, and the search would not stop while experts train."""
-    while True:
-        ready, _ = ray.wait(refs, num_returns=1, timeout=poll_seconds)
-        if ready:
-            return ready[0]
-
-
-def get_interruptibly(ref: Any) -> Any:
-    """``ray.get`` of one reference, waiting in short polls (see :func:`next_ready`)."""
-    return ray.get(next_ready([ref]))
-
-
 def _collect(
     experts: dict[int, Any], networks: dict[int, Any], cache_dir: Path,
     consistency: ConsistencyConfig | None, score_dir: Path, seconds: dict[str, float],
@@ -278,7 +263,7 @@ def _collect(
     pending = {ref: ("expert", i) for i, ref in experts.items()}
     pending |= {ref: ("consistency", k) for k, ref in networks.items()}
     while pending:
-        ref = next_ready(list(pending))
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
         kind, index = pending.pop(ref)
         result = ray.get(ref)
         if kind == "expert":

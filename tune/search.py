@@ -36,7 +36,7 @@ from selmatch.data import ImageDataset, holdout_split, load_dataset
 from selmatch.io import write_json
 from selmatch_tune.concave import ConcaveGridSampler
 from selmatch_tune.config import SearchConfig, fit_to_data, validation_warning
-from selmatch_tune.precompute import Precomputed, get_interruptibly, precompute
+from selmatch_tune.precompute import Precomputed, precompute
 from selmatch_tune.searcher import ConcaveSearch
 from selmatch_tune.tracking import Tracker, TrialLogger, flatten
 from selmatch_tune.trials import alpha_trial, beta_trial
@@ -500,8 +500,8 @@ def final_evaluation(
             "kind": "set", "images": saved.images.numpy(), "labels": saved.labels.numpy(),
             "mask": saved.distill_mask.numpy(),
         }, config.final.to_dict())  # fmt: skip
-    result = get_interruptibly(winner)
-    full = {b: get_interruptibly(ref) for b, ref in windows.items()}
+    result = ray.get(winner)
+    full = {b: ray.get(ref) for b, ref in windows.items()}
     return {
         "test_mean": result["test_mean"], "test_std": result["test_std"],
         "val_mean": result["val_mean"], "seeds": result["seeds"], "epochs": result["epochs"],
@@ -582,7 +582,7 @@ def search_ipc(
     elif reference is not None:
         log(f"IPC {ipc}: final evaluation of a random subset of the same size (the reference)")
     if reference is not None:
-        entry["final"]["random"] = _reference_summary(get_interruptibly(reference))
+        entry["final"]["random"] = _reference_summary(ray.get(reference))
         save_state(out, state)
     elif config.random_reference and selection_only and "random" not in entry["final"]:
         entry["final"]["random"] = _reference_summary(entry["final"])  # the same evaluation

@@ -239,6 +239,7 @@ def test_own_small_data_fits_the_preset_and_a_failed_start_blocks_nothing(
     # settings sized for Fashion-MNIST's 6,000 images per class, on a folder of 150
     config = smoke().replace(
         dataset=own_folder, ipcs=(2, 200), predict_ipcs=(2, 3, 500),
+        beta_grid=(0.0, 0.6), alpha_grid=(0.0, 1.0),
         experts=smoke().experts.replace(dataset=own_folder, per_class=1000),
         consistency=smoke().consistency.replace(dataset=own_folder, per_class=1000),
     )  # fmt: skip
