@@ -8,7 +8,7 @@ import torch
 
 from selmatch.config import Config, ConfigError, check_float, check_int
 from selmatch.consistency import ConsistencyConfig
-from selmatch.data import holdout_split, smallest_class_size
+from selmatch.data import HoldoutSplit, smallest_class_size
 from selmatch.distill import DistillConfig
 from selmatch.evaluate import EvalConfig
 from selmatch.experts import ExpertConfig
@@ -95,14 +95,13 @@ def _check_grid(name: str, grid: tuple[float, ...], low: float, high: float | No
 
 
 def fit_to_data(
-    config: SearchConfig, labels: torch.Tensor, num_classes: int
+    config: SearchConfig, labels: torch.Tensor, num_classes: int, split: HoldoutSplit
 ) -> tuple[SearchConfig, list[str]]:
     """``config`` with every setting sized in images per class clamped to what the dataset
     has (the experts' and the consistency networks' ``per_class``, the IPCs searched and
     predicted), and one line per change saying what and why; a preset made for
-    Fashion-MNIST's 6,000 images per class then runs on a folder of 150."""
-    split = holdout_split(labels, num_classes, val_fraction=config.experts.val_fraction,
-                          seed=config.experts.split_seed)  # fmt: skip
+    Fashion-MNIST's 6,000 images per class then runs on a folder of 150. ``split`` is the
+    experts' hold-out of ``labels`` (the pool is what the settings must fit)."""
     have = smallest_class_size(labels, num_classes, split.pool)
     where = f"the {have} images per class of the pool (its smallest class, validation held out)"
     changes, fitted = [], config

@@ -31,6 +31,7 @@ import optuna
 import ray
 from ray import tune
 
+from selmatch.cli.common import check_output
 from selmatch.config import ConfigError, SelmatchError
 from selmatch.data import ImageDataset, holdout_split, load_dataset
 from selmatch.io import write_json
@@ -667,23 +668,20 @@ def prepare(
     leaving out, and counting, the image files that cannot be decoded), the settings are
     fitted to it (``fit_to_data``), and ``out`` holds no search or (``resume``) this one.
     Nothing is written."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder (new or holding this search)")
+    check_output(out, "folder")
     dataset = load_dataset(config.dataset, data_root=data_root, image_size=config.image_size,
                            skip_bad_images=skip_bad_images)  # fmt: skip
     log(dataset.describe())
-    if dataset.skipped_files:
-        log(f"WARNING: --skip-bad-images left out {len(dataset.skipped_files)} image file(s) "
-            f"that cannot be read; the first: {dataset.skipped_files[0]}")  # fmt: skip
-    config, changes = fit_to_data(config, dataset.train_labels, dataset.num_classes)
+    skipped = dataset.skipped_summary()
+    if skipped:
+        log(f"WARNING: {skipped}")
+    # fitting changes no setting of the split: the experts' one holds for the fitted config
+    split = holdout_split(dataset.train_labels, dataset.num_classes,
+                          val_fraction=config.experts.val_fraction,
+                          seed=config.experts.split_seed)  # fmt: skip
+    config, changes = fit_to_data(config, dataset.train_labels, dataset.num_classes, split)
     for change in changes:
         log(f"fitted to {config.dataset}: {change}")
-    split = holdout_split(
-        dataset.train_labels,
-        dataset.num_classes,
-        val_fraction=config.experts.val_fraction,
-        seed=config.experts.split_seed,
-    )
     warning = validation_warning(config, len(split.val))
     if warning:
         log(warning)

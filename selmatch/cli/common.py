@@ -85,13 +85,9 @@ def load_images(args: argparse.Namespace) -> ImageDataset:
         args.dataset, data_root=args.data_root, download=args.download,
         image_size=args.image_size, skip_bad_images=args.skip_bad_images,
     )  # fmt: skip
-    if dataset.skipped_files:
-        count = len(dataset.skipped_files)
-        print(
-            f"selmatch: warning: --skip-bad-images left out {count} image file(s) that cannot "
-            f"be read; the first: {dataset.skipped_files[0]}",
-            file=sys.stderr,
-        )
+    skipped = dataset.skipped_summary()
+    if skipped:
+        print(f"selmatch: warning: {skipped}", file=sys.stderr)
     return dataset
 
 

@@ -91,6 +91,15 @@ class ImageDataset:
             f"{self.num_classes} classes, {c}x{h}x{w}, from {self.source}"
         )
 
+    def skipped_summary(self) -> str | None:
+        """What ``skip_bad_images`` left out, in one line (None when nothing was)."""
+        if not self.skipped_files:
+            return None
+        return (
+            f"--skip-bad-images left out {len(self.skipped_files)} image file(s) that cannot "
+            f"be read; the first: {self.skipped_files[0]}"
+        )
+
 
 @dataclass(frozen=True)
 class DataOptions:

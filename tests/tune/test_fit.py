@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from selmatch.config import ConfigError
+from selmatch.data import holdout_split
 from selmatch_tune.config import fit_to_data, validation_warning
 from selmatch_tune.presets import quick
 from selmatch_tune.search import STATE, load_state, save_state
@@ -26,9 +27,17 @@ def _labels(per_class: int, classes: int = 10) -> torch.Tensor:
     return torch.arange(classes).repeat_interleave(per_class)
 
 
+def _fit(config, per_class: int):
+    """``fit_to_data`` on 10 classes of ``per_class`` images, with the experts' hold-out."""
+    labels = _labels(per_class)
+    split = holdout_split(labels, 10, val_fraction=config.experts.val_fraction,
+                          seed=config.experts.split_seed)  # fmt: skip
+    return fit_to_data(config, labels, 10, split)
+
+
 def test_quick_preset_fits_a_folder_of_150_images_per_class() -> None:
     config = quick().replace(ipcs=(10, 50, 200), predict_ipcs=(100, 300))
-    fitted, changes = fit_to_data(config, _labels(150), 10)
+    fitted, changes = _fit(config, 150)
     # the pool keeps 150 - 10 (the validation floor) images of each class
     assert fitted.experts.per_class == 140
     assert fitted.consistency.per_class == 140
@@ -38,17 +47,17 @@ def test_quick_preset_fits_a_folder_of_150_images_per_class() -> None:
     assert any("IPCs 200 dropped" in line for line in changes)
     assert any("predicted IPCs 300 dropped" in line for line in changes)
     # fitting again changes nothing: a resumed search compares the same settings
-    assert fit_to_data(fitted, _labels(150), 10) == (fitted, [])
+    assert _fit(fitted, 150) == (fitted, [])
 
 
 def test_a_large_dataset_is_left_as_it_is() -> None:
     config = quick()
-    assert fit_to_data(config, _labels(6000), 10) == (config, [])
+    assert _fit(config, 6000) == (config, [])
 
 
 def test_no_ipc_left_is_an_error_naming_the_flag() -> None:
     with pytest.raises(ConfigError, match=r"--ipcs must be at most 140 .*got \[200, 300\]"):
-        fit_to_data(quick().replace(ipcs=(200, 300)), _labels(150), 10)
+        _fit(quick().replace(ipcs=(200, 300)), 150)
 
 
 def test_validation_warning_compares_one_image_with_the_margin() -> None:
