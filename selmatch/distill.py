@@ -9,10 +9,13 @@ part of it is learnable at each stage:
   the student trains on ``D_distill`` alone and ``D_select`` is merged back afterwards.
 - ``mtt``: a random class-balanced real subset, all of it learnable (α = 1).
 - ``seqmatch``: K subsets (near-equal per class) learned one after another; at stage k the
-  student trains on S_1..S_k with S_1..S_{k-1} frozen. Stage k matches the k-th segment of
-  the expert trajectories (start epochs in [k·T+/K, (k+1)·T+/K)): the *segment*
-  approximation of the SeqMatch paper's description. The authors' code instead retrains
-  experts on the earlier subsets first (``METHOD.md``); that variant is not implemented.
+  student trains on S_1..S_k with S_1..S_{k-1} frozen. Two variants of what stage k matches
+  (``seqmatch_experts``): ``segment`` (the paper's description, cheap) matches the k-th of K
+  segments of [T−, T+) of the ordinary experts, the learned lr carrying on from stage to
+  stage; ``retrained`` (the authors' code, METHOD.md) matches the start of new experts that
+  first learnt S_1..S_{k-1} (:mod:`selmatch.seqmatch`), the learned lr restarting at
+  ``lr_init`` each stage. Each stage's learned lr is kept (``stage_lrs``) for sequential
+  evaluation.
 
 Frozen images receive no gradient and no optimiser state. Checkpoints (every
 ``checkpoint_every`` iterations) hold everything needed to continue bit-for-bit: the
@@ -25,7 +28,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +47,15 @@ from selmatch.models import build_model
 from selmatch.params import ParamLayout
 from selmatch.plots import save_curve, save_set_grid
 from selmatch.progress import progress_bar
+from selmatch.seqmatch import EarlierSubsets, cached_stage_experts, stage_expert_config
 from selmatch.synthetic import SyntheticSet
 from selmatch.train import resolve_device
 from selmatch.window import BETA_CONVENTION_TEXT, BETA_CONVENTIONS, WindowSpec, select_window
 
 METHODS = ("selmatch", "mtt", "seqmatch")
+#: What SeqMatch's stage k matches: a later segment of the ordinary experts, or experts
+#: retrained on the earlier subsets first (module docstring).
+SEQMATCH_EXPERTS = ("segment", "retrained")
 #: SelMatch's initialisations: the difficulty window at β, or a random class-balanced subset
 #: (what the search falls back to when a random subset beats every window on validation).
 INITS = ("window", "random")
@@ -54,6 +63,7 @@ INITS = ("window", "random")
 DEFAULT_LR_INIT = {"selmatch": 0.001, "mtt": 0.01, "seqmatch": 0.01}
 Experts = ExpertSet | InMemoryExperts
 CHECKPOINT_DIR = "checkpoint"
+STAGE_CACHE_DIR = "stage-experts"
 
 
 class DistillationDivergedError(SelmatchError, ArithmeticError):
@@ -78,6 +88,12 @@ class DistillConfig(Config):
     #: ``None`` = ``seed``, as before this setting existed
     subset_seed: int | None = None
     subsets: int = 2
+    seqmatch_experts: str = "segment"
+    #: retrained variant: experts per stage k > 1, epochs on each earlier-subset step, and
+    #: real-data epochs recorded (``None`` = T+ + M, the least the start window needs)
+    stage_experts: int = 2
+    stage_prefix_epochs: int = 100
+    stage_expert_epochs: int | None = None
     merge: bool = False
     n_student_steps: int = 20
     expert_epochs: int = 2
@@ -129,6 +145,26 @@ class DistillConfig(Config):
             DSAConfig(strategy=self.dsa_strategy)
         if self.merge and self.method != "selmatch":
             raise ConfigError("--merge is an ablation of --method selmatch only")
+        self._check_seqmatch_experts()
+
+    def _check_seqmatch_experts(self) -> None:
+        check_choice("seqmatch_experts", self.seqmatch_experts, SEQMATCH_EXPERTS)
+        if self.seqmatch_experts == "segment":
+            return
+        if self.method != "seqmatch":
+            raise ConfigError("--seqmatch-experts retrained applies to --method seqmatch only")
+        check_int("stage_experts", self.stage_experts, 1, 10_000)
+        check_int("stage_prefix_epochs", self.stage_prefix_epochs, 1, 1_000_000)
+        if self.stage_expert_epochs is None:
+            object.__setattr__(
+                self, "stage_expert_epochs", self.max_start_epoch + self.expert_epochs
+            )
+        least = self.min_start_epoch + self.expert_epochs
+        check_int("stage_expert_epochs", self.stage_expert_epochs, least, 10_000)
+
+    @property
+    def retrained(self) -> bool:
+        return self.method == "seqmatch" and self.seqmatch_experts == "retrained"
 
     @property
     def random_subset_seed(self) -> int:
@@ -167,6 +203,8 @@ class DistillState:
     lr_momentum: torch.Tensor | None = None
     generator_state: torch.Tensor | None = None
     seconds: float = 0.0
+    #: the learned lr at the end of each finished stage
+    stage_lrs: list[float] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- initialisation
@@ -227,16 +265,32 @@ def stages_of(config: DistillConfig, initial: Initial) -> list[Stage]:
             torch.empty(0, dtype=torch.int64) if config.merge else everything[~initial.distill_mask]
         )
         return [Stage(learnable, frozen, (config.min_start_epoch, config.max_start_epoch))]
+    windows = _retrained_windows(config) if config.retrained else _segment_windows(config)
+    return [
+        Stage(everything[initial.subset_ids == k], everything[initial.subset_ids < k], window)
+        for k, window in enumerate(windows)
+    ]
+
+
+def _segment_windows(config: DistillConfig) -> list[tuple[int, int]]:
+    """The segment variant: stage k draws from the k-th of K equal parts of [T−, T+)."""
     cuts = torch.linspace(config.min_start_epoch, config.max_start_epoch, config.subsets + 1)
     edges = cuts.round().long().tolist()
-    return [
-        Stage(
-            everything[initial.subset_ids == k],
-            everything[initial.subset_ids < k],
-            (edges[k], max(edges[k] + 1, edges[k + 1])),
-        )
-        for k in range(config.subsets)
-    ]
+    return [(edges[k], max(edges[k] + 1, edges[k + 1])) for k in range(config.subsets)]
+
+
+def _retrained_windows(config: DistillConfig) -> list[tuple[int, int]]:
+    """The retrained variant, after the authors' code: every stage matches the *start* of
+    its own experts, [T−, T+) (stage 1, the ordinary experts; stages k > 1 clipped to what
+    their recorded epochs hold), the last stage of several only the first half of it (their
+    [0, 10) after [0, 20))."""
+    low, high = config.min_start_epoch, config.max_start_epoch
+    assert config.stage_expert_epochs is not None  # resolved in __post_init__
+    later = min(high, config.stage_expert_epochs - config.expert_epochs + 1)
+    if config.subsets == 1:
+        return [(low, high)]
+    last = low + max(1, (later - low + 1) // 2)
+    return [(low, high)] + [(low, later)] * (config.subsets - 2) + [(low, last)]
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -251,7 +305,7 @@ def _save_checkpoint(directory: Path, config: DistillConfig, state: DistillState
     atomic_write(folder / "state.safetensors", lambda p: save_file(tensors, p))
     write_json(folder / "state.json", {
         "config": config.to_dict(), "stage": state.stage, "iteration": state.iteration,
-        "losses": state.losses, "seconds": state.seconds,
+        "losses": state.losses, "seconds": state.seconds, "stage_lrs": state.stage_lrs,
     })  # fmt: skip
 
 
@@ -279,6 +333,7 @@ def _load_checkpoint(directory: Path, config: DistillConfig) -> DistillState | N
         iteration=saved["iteration"], losses=saved["losses"],
         image_momentum=tensors.get("image_momentum"), lr_momentum=tensors.get("lr_momentum"),
         generator_state=tensors.get("generator_state"), seconds=saved["seconds"],
+        stage_lrs=saved.get("stage_lrs", []),
     )  # fmt: skip
 
 
@@ -417,8 +472,11 @@ def distill(
     device: str = "auto",
     resume: bool = False,
     progress: bool = True,
+    stage_cache: str | Path | None = None,
 ) -> SyntheticSet:
-    """Distil a set as ``config`` says, writing checkpoints and the result to ``directory``."""
+    """Distil a set as ``config`` says, writing checkpoints and the result to ``directory``.
+    SeqMatch's retrained stage experts are kept in ``stage_cache`` (default
+    ``directory/stage-experts``)."""
     directory = Path(directory)
     check_experts(config, experts, split)
     torch_device = resolve_device(device)
@@ -448,20 +506,75 @@ def distill(
     )
     if state.generator_state is not None:
         generator.set_state(state.generator_state)
-    while state.stage < len(stages):
-        _run_stage(run, stages[state.stage], state, generator)
-        if state.stage + 1 < len(stages):
-            state.stage, state.iteration = state.stage + 1, 0
-            state.image_momentum = state.lr_momentum = None
-            state.generator_state = generator.get_state()
-            _save_checkpoint(directory, config, state)
-        else:
-            break
-    return _write_result(run, dataset, experts, initial, state)
+    cache = Path(stage_cache) if stage_cache is not None else directory / STAGE_CACHE_DIR
+    stage_runs = partial(_stage_run, run, dataset, experts, initial, cache)
+    stage_folders = _run_stages(run, stages, state, generator, stage_runs)
+    return _write_result(run, dataset, experts, initial, state, stage_folders)
+
+
+def _run_stages(
+    run: _Run,
+    stages: list[Stage],
+    state: DistillState,
+    generator: torch.Generator,
+    stage_run: Callable[[DistillState], tuple[_Run, Path | None]],
+) -> list[str]:
+    """Run the stages from ``state.stage`` on, checkpointing at every boundary (a resume
+    starts there), and return the retrained stage experts' folders used."""
+    config, folders = run.config, []
+    while True:
+        this_run, folder = stage_run(state)
+        if folder is not None:
+            folders.append(str(folder.resolve()))
+        _run_stage(this_run, stages[state.stage], state, generator)
+        state.stage_lrs.append(float(state.syn_lr))
+        if state.stage + 1 >= len(stages):
+            return folders
+        state.stage, state.iteration = state.stage + 1, 0
+        state.image_momentum = state.lr_momentum = None
+        if config.retrained:  # the authors restart η at its initial value every stage
+            state.syn_lr = torch.tensor(config.initial_lr)
+        state.generator_state = generator.get_state()
+        _save_checkpoint(run.directory, config, state)
+
+
+def _stage_run(
+    run: _Run,
+    dataset: ImageDataset,
+    experts: Experts,
+    initial: Initial,
+    cache: Path,
+    state: DistillState,
+) -> tuple[_Run, Path | None]:
+    """The run of stage ``state.stage``: the ordinary experts, or (retrained SeqMatch, stage
+    k > 1) the stage experts taught the finished subsets, from the cache or trained now."""
+    config, k = run.config, state.stage
+    if not config.retrained or k == 0:
+        return run, None
+    assert config.stage_expert_epochs is not None  # resolved in __post_init__
+    earlier_rows = initial.subset_ids < k
+    earlier = EarlierSubsets(
+        state.images[earlier_rows], initial.labels[earlier_rows],
+        initial.subset_ids[earlier_rows], tuple(state.stage_lrs[:k]),
+    )  # fmt: skip
+    expert_config = stage_expert_config(
+        experts.config, config.stage_experts, config.stage_expert_epochs
+    )
+    saved = cached_stage_experts(
+        dataset, expert_config, earlier, config.stage_prefix_epochs, cache, device=run.device,
+        progress=run.progress,
+    )  # fmt: skip
+    trajectories = [saved.trajectory(i).to(run.device) for i in range(config.stage_experts)]
+    return replace(run, trajectories=trajectories), saved.directory
 
 
 def _write_result(
-    run: _Run, dataset: ImageDataset, experts: Experts, initial: Initial, state: DistillState
+    run: _Run,
+    dataset: ImageDataset,
+    experts: Experts,
+    initial: Initial,
+    state: DistillState,
+    stage_folders: list[str],
 ) -> SyntheticSet:
     config, directory = run.config, run.directory
     result = SyntheticSet(
@@ -476,13 +589,35 @@ def _write_result(
             "ipc": config.ipc, "method": config.method, "distill": config.to_dict(),
             "experts": {"directory": str(experts.directory.resolve()),
                         "config": experts.config.to_dict(), "used": experts.finished},
-            "subset_ids": initial.subset_ids.tolist() if config.method == "seqmatch" else None,
-            "seqmatch_experts": "segment" if config.method == "seqmatch" else None,
+            **_seqmatch_manifest(config, initial, state, stage_folders),
             "final_loss": state.losses[-1] if state.losses else None,
             "seconds": state.seconds, **initial.info,
         },
     )  # fmt: skip
     result.save(directory)
+    _write_loss_files(config, directory, state)
+    save_set_grid(
+        dataset.denormalize(result.images), result.labels,
+        [("D_select", ~result.distill_mask), ("D_distill", result.distill_mask)],
+        dataset.class_names, directory / "grid.png",
+    )  # fmt: skip
+    return result
+
+
+def _seqmatch_manifest(
+    config: DistillConfig, initial: Initial, state: DistillState, stage_folders: list[str]
+) -> dict[str, Any]:
+    """What sequential evaluation needs (each image's subset, each stage's learned lr) and
+    which variant made the set; ``None`` for the other methods."""
+    if config.method != "seqmatch":
+        return {"subset_ids": None, "seqmatch_experts": None, "stage_lrs": None}
+    return {
+        "subset_ids": initial.subset_ids.tolist(), "seqmatch_experts": config.seqmatch_experts,
+        "stage_lrs": list(state.stage_lrs), "stage_expert_folders": stage_folders,
+    }  # fmt: skip
+
+
+def _write_loss_files(config: DistillConfig, directory: Path, state: DistillState) -> None:
     with open(directory / "loss.csv", "w") as handle:
         handle.write("iteration,loss\n")
         handle.writelines(f"{i + 1},{loss}\n" for i, loss in enumerate(state.losses))
@@ -492,9 +627,3 @@ def _write_result(
             directory / "loss.png", xlabel="iteration", ylabel="loss", scale=1.0, marker="",
             title=f"{config.method}, IPC {config.ipc}",
         )  # fmt: skip
-    save_set_grid(
-        dataset.denormalize(result.images), result.labels,
-        [("D_select", ~result.distill_mask), ("D_distill", result.distill_mask)],
-        dataset.class_names, directory / "grid.png",
-    )  # fmt: skip
-    return result

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -97,9 +98,10 @@ class _ExpertRecorder:
     """Training hooks: the trajectory, forgetting events and the EL2N pass."""
 
     def __init__(self, dataset: ImageDataset, train_indices: torch.Tensor, config: ExpertConfig,
-                 layout: ParamLayout, device: torch.device) -> None:  # fmt: skip
+                 layout: ParamLayout, device: torch.device, *,
+                 scores: bool = True) -> None:  # fmt: skip
         self.dataset, self.train_indices, self.config = dataset, train_indices, config
-        self.layout, self.device = layout, device
+        self.layout, self.device, self.scores = layout, device, scores
         self.trajectory: list[torch.Tensor] = []
         self.forgetting = ForgettingTracker(len(train_indices))
         self.el2n: torch.Tensor | None = None
@@ -107,11 +109,12 @@ class _ExpertRecorder:
         self._last = time.perf_counter()
 
     def on_batch(self, indices: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.forgetting.update(indices, logits.argmax(dim=1) == labels)
+        if self.scores:
+            self.forgetting.update(indices, logits.argmax(dim=1) == labels)
 
     def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
         self.trajectory.append(self.layout.flatten(model).cpu())
-        if epoch == self.config.el2n_epoch:
+        if self.scores and epoch == self.config.el2n_epoch:
             idx = self.train_indices
             self.el2n = el2n_scores(
                 model, self.dataset.train_images[idx], self.dataset.train_labels[idx],
@@ -178,18 +181,42 @@ def train_one_expert(
     and scores), the seconds each epoch took, and the parameter layout."""
     seed = config.seed + index
     model = build_model(config.model, dataset.image_shape, dataset.num_classes, seed=seed)
+    return record_expert(
+        model, dataset, config, train_indices, seed=seed, device=device, progress=progress,
+        desc=f"expert {index}",
+    )  # fmt: skip
+
+
+def record_expert(
+    model: nn.Module,
+    dataset: ImageDataset,
+    config: ExpertConfig,
+    train_indices: torch.Tensor,
+    *,
+    seed: int,
+    device: torch.device,
+    progress: bool = False,
+    desc: str = "expert",
+    scores: bool = True,
+) -> tuple[dict[str, torch.Tensor], list[float], ParamLayout]:
+    """Train ``model`` from wherever it stands on the real images ``train_indices`` as
+    ``config`` says, recording its parameters before the first and after every epoch: the
+    one way an expert trajectory is made (SeqMatch's stage experts start from a network that
+    has already learnt from earlier synthetic subsets). ``scores=False`` skips the difficulty
+    scores (and EL2N's inference pass) that only the ordinary experts need."""
     layout = ParamLayout.of(model)
-    recorder = _ExpertRecorder(dataset, train_indices, config, layout, device)
+    recorder = _ExpertRecorder(dataset, train_indices, config, layout, device, scores=scores)
     recorder.trajectory.append(layout.flatten(model).cpu())
     train_network(
         model, dataset.train_images[train_indices], dataset.train_labels[train_indices],
         config.train_config(), seed=seed, device=device, normalize=dataset.normalize,
-        hooks=recorder, progress=progress, desc=f"expert {index}",
+        hooks=recorder, progress=progress, desc=desc,
     )  # fmt: skip
-    assert recorder.el2n is not None  # el2n_epoch <= epochs is checked by the config
     tensors = {f"epoch_{e:04d}": flat for e, flat in enumerate(recorder.trajectory)}
-    tensors["forgetting"] = recorder.full_length(recorder.forgetting.scores())
-    tensors["el2n"] = recorder.full_length(recorder.el2n)
+    if scores:
+        assert recorder.el2n is not None  # el2n_epoch <= epochs is checked by the config
+        tensors["forgetting"] = recorder.full_length(recorder.forgetting.scores())
+        tensors["el2n"] = recorder.full_length(recorder.el2n)
     return tensors, recorder.epoch_seconds, layout
 
 
@@ -213,18 +240,33 @@ def train_experts(
         {"train_indices": train_indices, "val_indices": val_indices}, str(directory / INDICES)
     )
     layout = ParamLayout.of(build_model(config.model, dataset.image_shape, dataset.num_classes))
+    train = partial(train_one_expert, dataset, config, train_indices=train_indices,
+                    device=torch_device, progress=progress)  # fmt: skip
+    fill_expert_folder(directory, config, layout, train, progress=progress, desc="experts")
+    write_expert_scores(directory, config)
+    return directory
+
+
+def fill_expert_folder(
+    directory: Path,
+    config: ExpertConfig,
+    layout: ParamLayout,
+    train: Callable[[int], tuple[dict[str, torch.Tensor], list[float], ParamLayout]],
+    *,
+    progress: bool,
+    desc: str,
+) -> None:
+    """Train the experts ``0 .. config.num_experts - 1`` that ``directory`` lacks with
+    ``train(index)``, writing each file atomically as it finishes (so an interruption keeps
+    the finished ones) and the manifest after each."""
     timing = _read_manifest_timing(directory)
     _write_manifest(directory, config, layout, timing)
     todo = [i for i in range(config.num_experts) if not expert_file(directory, i).is_file()]
-    for index in progress_bar(todo, desc="experts", enabled=progress):
-        tensors, seconds, _ = train_one_expert(
-            dataset, config, index, train_indices, device=torch_device, progress=progress
-        )
+    for index in progress_bar(todo, desc=desc, enabled=progress):
+        tensors, seconds, _ = train(index)
         atomic_write(expert_file(directory, index), partial(save_file, tensors))
         timing[str(index)] = seconds
         _write_manifest(directory, config, layout, timing)
-    write_expert_scores(directory, config)
-    return directory
 
 
 def _read_manifest_timing(directory: Path) -> dict[str, list[float]]:

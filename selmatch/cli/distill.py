@@ -7,7 +7,7 @@ from pathlib import Path
 
 from selmatch.augment import DEFAULT_DSA_STRATEGY
 from selmatch.cli import common
-from selmatch.distill import INITS, METHODS, DistillConfig, distill
+from selmatch.distill import INITS, METHODS, SEQMATCH_EXPERTS, DistillConfig, distill
 from selmatch.experts import ExpertSet
 from selmatch.matching import MODES
 
@@ -22,8 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Trajectory matching against saved experts. selmatch: start from the difficulty "
             "window at β, update only the easier α share (D_distill), keep D_select frozen, "
             "train the student on the whole set. mtt: random real start, everything updated. "
-            "seqmatch: K subsets learned one after another against successive segments of the "
-            "expert trajectories. Writes the set (loadable by `selmatch evaluate --set`, which "
+            "seqmatch: K subsets learned one after another, stage k against a later segment of "
+            "the expert trajectories (--seqmatch-experts segment) or against new experts first "
+            "trained on the earlier subsets (retrained, the authors' code). Writes the set "
+            "(loadable by `selmatch evaluate --set`, which "
             "then uses combined augmentation), manifest.json with every setting, loss.csv, "
             "loss.png and grid.png; checkpoints every --checkpoint-every iterations "
             "(--resume continues, bit-for-bit)."
@@ -55,6 +57,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_score_options(parser)
     seq = parser.add_argument_group("SeqMatch")
     seq.add_argument("--subsets", type=int, default=2, help="K subsets (default: 2)")
+    seq.add_argument(
+        "--seqmatch-experts", default="segment", choices=SEQMATCH_EXPERTS,
+        help="what stage k matches. segment: the k-th of K segments of [T-, T+) of the "
+        "ordinary experts (the paper's description; no extra training). retrained: as the "
+        "authors' code, new experts that first learn S1 (with S1's learned lr), then S1+S2 "
+        "(S2's), ..., then train on the real data with the experts' settings while their "
+        "trajectory is recorded; stage k matches their start epochs [T-, T+) (the last stage "
+        "the first half), the learnable lr restarting at --lr-init each stage; cached in "
+        "--stage-cache (default: segment)",
+    )  # fmt: skip
+    seq.add_argument(
+        "--stage-experts", type=int, default=2, metavar="N",
+        help="retrained: experts per stage k > 1 (default: 2, CPU-sized; the authors: 100)",
+    )  # fmt: skip
+    seq.add_argument(
+        "--stage-prefix-epochs", type=int, default=100, metavar="E",
+        help="retrained: epochs of each step on the earlier subsets (S1, then S1+S2, ...) "
+        "before the real data (default: 100)",
+    )  # fmt: skip
+    seq.add_argument(
+        "--stage-expert-epochs", type=int, default=None, metavar="E",
+        help="retrained: real-data epochs recorded per stage expert (default: T+ + M, the "
+        "least the start window needs; the authors: 20)",
+    )  # fmt: skip
+    seq.add_argument(
+        "--stage-cache", type=Path, default=None, metavar="DIR",
+        help="retrained: folder of the stage experts, one subfolder per key (their settings "
+        "and the earlier subsets' content), reused by reruns and --resume (default: "
+        "runs/stage-experts/<dataset>)",
+    )  # fmt: skip
     match = parser.add_argument_group("trajectory matching")
     match.add_argument("--student-steps", type=int, default=20, help="N (default: 20; paper 55)")
     match.add_argument("--expert-epochs", type=int, default=2, help="M (default: 2)")
@@ -116,6 +148,8 @@ def run_distill(args: argparse.Namespace) -> int:
         method=args.method, ipc=args.ipc, init=args.init, beta=args.beta,
         alpha=1.0 if args.method != "selmatch" else args.alpha,
         beta_convention=args.beta_convention, score=args.score, subsets=args.subsets,
+        seqmatch_experts=args.seqmatch_experts, stage_experts=args.stage_experts,
+        stage_prefix_epochs=args.stage_prefix_epochs, stage_expert_epochs=args.stage_expert_epochs,
         merge=args.merge, n_student_steps=args.student_steps, expert_epochs=args.expert_epochs,
         min_start_epoch=args.min_start_epoch, max_start_epoch=args.max_start_epoch,
         syn_batch=args.syn_batch,
@@ -139,15 +173,26 @@ def run_distill(args: argparse.Namespace) -> int:
         f"{config.iterations} iterations, {config.mode} mode, {len(experts.finished)} expert(s) "
         f"({experts.config.model.describe()})"
     )
+    if config.retrained:
+        print(
+            f"seqmatch, retrained stage experts: {config.stage_experts} per stage k > 1, "
+            f"{config.stage_prefix_epochs} epochs per earlier-subset step, "
+            f"{config.stage_expert_epochs} real-data epochs"
+        )
+    stage_cache = args.stage_cache or Path("runs") / "stage-experts" / common.slug(dataset.name)
     result = distill(
         config, dataset, split, experts, hardness, out, device=args.device, resume=args.resume,
-        progress=not args.no_progress,
+        progress=not args.no_progress, stage_cache=stage_cache,
     )  # fmt: skip
     print(
         f"{len(result.labels)} images ({result.num_distill} distilled), final loss "
         f"{result.manifest['final_loss']:.4f}, learned lr {result.learned_lr:.4g}, "
         f"{result.manifest['seconds']:.0f} s"
     )
+    if config.method == "seqmatch":
+        print(f"learned lr per stage: {result.manifest['stage_lrs']}")
     print(f"set, manifest.json, loss.csv, loss.png and grid.png written to {out.resolve()}")
     print(f"evaluate it with: selmatch evaluate --set {out}")
+    if config.method == "seqmatch":
+        print(f"or in SeqMatch's order: selmatch evaluate --set {out} --eval-order sequential")
     return 0

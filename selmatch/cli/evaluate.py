@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from selmatch.cli import common
 from selmatch.config import ConfigError, check_float
-from selmatch.data import balanced_subset, smallest_class_size
-from selmatch.evaluate import evaluate_set
+from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset, smallest_class_size
+from selmatch.evaluate import (
+    EVAL_ORDERS,
+    EvalConfig,
+    EvalResult,
+    evaluate_sequential,
+    evaluate_set,
+    sequential_stages,
+)
 from selmatch.io import write_json
 from selmatch.synthetic import SyntheticSet
 
@@ -55,6 +63,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "size (e.g. full:2 = 200 epochs on 1%% of the data): equal cost for every set",
         default_augment="auto",
     )
+    source.add_argument(
+        "--eval-order", default="union", choices=EVAL_ORDERS,
+        help="SeqMatch sets only. union: train on the whole set at once, like every other set "
+        "(comparable across methods); sequential: as the SeqMatch authors, train on S1, then "
+        "continue on S1+S2, ..., each step with its stage's learned lr (from the manifest, in "
+        "place of --lr) and an equal share of the steps of --epochs (step k: E/K epochs' "
+        "worth of steps over the whole set); the result says which order made it "
+        "(default: union)",
+    )  # fmt: skip
     common.add_seed_options(parser)
     parser.add_argument(
         "--out", type=Path, default=None, metavar="FILE",
@@ -79,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     common.check_output(args.out, "file")
     check_float("val_fraction", args.val_fraction, 0.0, 0.5)
     saved = _load_set(args) if args.set is not None else None
+    stages = _sequential_stages(args, saved)
     dataset, split = common.load_data(args)
     if saved is not None:
         if (
@@ -108,14 +126,13 @@ def run(args: argparse.Namespace) -> int:
     config = common.eval_config(args, common.train_config(args, epochs=epochs, augment=augment))
     print(dataset.describe())
     print(f"evaluating {what}")
+    lr = f"learned lr per stage {list(stages[1])}" if stages else f"lr {config.train.lr:g}"
     print(
-        f"{config.model.describe()}, {epochs} epochs, lr {config.train.lr:g}, batch "
+        f"{config.model.describe()}, {epochs} epochs, {lr}, batch "
         f"{config.train.batch_size}, {augment} augmentation, seeds {list(config.seeds)}"
     )
     started = time.perf_counter()
-    result = evaluate_set(
-        images, labels, dataset, config, split=split, dsa_mask=mask, progress=not args.no_progress
-    )
+    result = _evaluate(images, labels, mask, dataset, split, config, saved, stages, args)
     print(f"{dataset.name} {name}: {result.summary()}")
     out = args.out or Path("runs") / "evaluate" / f"{common.slug(dataset.name)}_{name}.json"
     payload = {
@@ -130,3 +147,41 @@ def run(args: argparse.Namespace) -> int:
     }
     print(f"result written to {write_json(out, payload).resolve()}")
     return 0
+
+
+def _sequential_stages(
+    args: argparse.Namespace, saved: SyntheticSet | None
+) -> tuple[torch.Tensor, tuple[float, ...]] | None:
+    """The subsets and learned lrs to train on in SeqMatch's sequential order, ``None`` for
+    union; refuses the sequential order for any set but a SeqMatch one."""
+    if args.eval_order != "sequential":
+        return None
+    if saved is None:
+        raise ConfigError("--eval-order sequential needs a SeqMatch set (--set), not --ipc")
+    return sequential_stages(saved)
+
+
+def _evaluate(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor | None,
+    dataset: ImageDataset,
+    split: HoldoutSplit,
+    config: EvalConfig,
+    saved: SyntheticSet | None,
+    stages: tuple[torch.Tensor, tuple[float, ...]] | None,
+    args: argparse.Namespace,
+) -> EvalResult:
+    """Sequential or union training; a SeqMatch set's result names the order either way."""
+    progress = not args.no_progress
+    if stages is not None:
+        subset_ids, lrs = stages
+        return evaluate_sequential(
+            images, labels, subset_ids, lrs, dataset, config, split=split, dsa_mask=mask,
+            progress=progress,
+        )  # fmt: skip
+    result = evaluate_set(
+        images, labels, dataset, config, split=split, dsa_mask=mask, progress=progress
+    )
+    seqmatch = saved is not None and saved.manifest["method"] == "seqmatch"
+    return replace(result, eval_order="union") if seqmatch else result

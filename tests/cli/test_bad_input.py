@@ -86,6 +86,9 @@ CASES = [
          "truncated-png/train/b/1.png", True),
     Case("selmatch evaluate --ipc 1 --dataset imagefolder:not-a-png", "not-a-png/test/a/0.png"),
     Case("selmatch evaluate --ipc 1 --dataset imagefolder:empty-folder", "empty-folder"),
+    Case("selmatch evaluate --ipc 5 --eval-order fast", "--eval-order"),
+    Case("selmatch evaluate --ipc 5 --eval-order sequential", "--eval-order"),
+    Case("selmatch evaluate --set good-set --eval-order sequential", "--eval-order"),
     # experts
     Case("selmatch experts --out a-file", "--out a-file", True),
     Case("selmatch experts --epochs 0", "--epochs"),
@@ -122,6 +125,10 @@ CASES = [
     Case("selmatch distill --ipc 5 --out a-file", "--out a-file"),
     Case("selmatch distill --ipc 5 --alpha 2", "--alpha"),
     Case("selmatch distill --ipc 5 --method dc", "--method"),
+    Case("selmatch distill --ipc 5 --method seqmatch --seqmatch-experts all", "--seqmatch-experts"),
+    Case("selmatch distill --ipc 5 --seqmatch-experts retrained", "--seqmatch-experts"),
+    Case("selmatch distill --ipc 5 --method seqmatch --seqmatch-experts retrained "
+         "--stage-experts 0", "--stage-experts"),
     Case("selmatch distill --ipc 5 --experts empty-folder", "--experts empty-folder"),
     Case("selmatch distill --ipc 5 --experts experts-not-json", "experts-not-json/manifest.json"),
     Case("selmatch distill --ipc 5 --experts experts-without-config",
