@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 from selmatch.augment import DEFAULT_DSA_STRATEGY, DSAConfig
 from selmatch.config import Config, ConfigError, SelmatchError, check_choice, check_float, check_int
 from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset
-from selmatch.experts import ExpertSet, InMemoryExperts
+from selmatch.experts import ExpertSet, InMemoryExperts, Mapper
 from selmatch.io import atomic_write, read_json, read_safetensors, write_json
 from selmatch.matching import MODES, SyntheticTensors, plan_student_steps, student_template
 from selmatch.models import build_model
@@ -473,10 +473,12 @@ def distill(
     resume: bool = False,
     progress: bool = True,
     stage_cache: str | Path | None = None,
+    stage_mapper: Mapper = map,
 ) -> SyntheticSet:
     """Distil a set as ``config`` says, writing checkpoints and the result to ``directory``.
     SeqMatch's retrained stage experts are kept in ``stage_cache`` (default
-    ``directory/stage-experts``)."""
+    ``directory/stage-experts``) and trained one after another, or as ``stage_mapper`` runs
+    them (the search: parallel Ray tasks)."""
     directory = Path(directory)
     check_experts(config, experts, split)
     torch_device = resolve_device(device)
@@ -507,7 +509,7 @@ def distill(
     if state.generator_state is not None:
         generator.set_state(state.generator_state)
     cache = Path(stage_cache) if stage_cache is not None else directory / STAGE_CACHE_DIR
-    stage_runs = partial(_stage_run, run, dataset, experts, initial, cache)
+    stage_runs = partial(_stage_run, run, dataset, experts, initial, cache, stage_mapper)
     stage_folders = _run_stages(run, stages, state, generator, stage_runs)
     return _write_result(run, dataset, experts, initial, state, stage_folders)
 
@@ -544,6 +546,7 @@ def _stage_run(
     experts: Experts,
     initial: Initial,
     cache: Path,
+    mapper: Mapper,
     state: DistillState,
 ) -> tuple[_Run, Path | None]:
     """The run of stage ``state.stage``: the ordinary experts, or (retrained SeqMatch, stage
@@ -562,7 +565,7 @@ def _stage_run(
     )
     saved = cached_stage_experts(
         dataset, expert_config, earlier, config.stage_prefix_epochs, cache, device=run.device,
-        progress=run.progress,
+        progress=run.progress, mapper=mapper,
     )  # fmt: skip
     trajectories = [saved.trajectory(i).to(run.device) for i in range(config.stage_experts)]
     return replace(run, trajectories=trajectories), saved.directory

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -45,6 +45,12 @@ from selmatch.scores import ForgettingTracker, ScoreTable, combine_expert_scores
 from selmatch.train import TrainConfig, resolve_device, train_network
 
 MANIFEST = "manifest.json"
+#: What trains one expert: its index in, (tensors, epoch seconds, layout) out.
+TrainOne = Callable[[int], tuple[dict[str, torch.Tensor], list[float], ParamLayout]]
+#: Runs a ``TrainOne`` over indices and yields the results in order (``map``, or Ray tasks).
+Mapper = Callable[
+    [TrainOne, Iterable[int]], Iterator[tuple[dict[str, torch.Tensor], list[float], ParamLayout]]
+]
 INDICES = "indices.safetensors"
 
 
@@ -251,19 +257,24 @@ def fill_expert_folder(
     directory: Path,
     config: ExpertConfig,
     layout: ParamLayout,
-    train: Callable[[int], tuple[dict[str, torch.Tensor], list[float], ParamLayout]],
+    train: TrainOne,
     *,
     progress: bool,
     desc: str,
+    mapper: Mapper = map,
 ) -> None:
     """Train the experts ``0 .. config.num_experts - 1`` that ``directory`` lacks with
     ``train(index)``, writing each file atomically as it finishes (so an interruption keeps
-    the finished ones) and the manifest after each."""
+    the finished ones) and the manifest after each. ``mapper(train, indices)`` yields the
+    results in the order of ``indices``: the built-in ``map`` trains them one after another
+    here, a search passes one that runs them as parallel Ray tasks."""
     timing = _read_manifest_timing(directory)
     _write_manifest(directory, config, layout, timing)
     todo = [i for i in range(config.num_experts) if not expert_file(directory, i).is_file()]
-    for index in progress_bar(todo, desc=desc, enabled=progress):
-        tensors, seconds, _ = train(index)
+    results = zip(todo, mapper(train, todo), strict=True)
+    for index, (tensors, seconds, _) in progress_bar(
+        results, desc=desc, enabled=progress, total=len(todo)
+    ):
         atomic_write(expert_file(directory, index), partial(save_file, tensors))
         timing[str(index)] = seconds
         _write_manifest(directory, config, layout, timing)

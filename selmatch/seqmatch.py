@@ -36,6 +36,7 @@ from selmatch.experts import (
     INDICES,
     ExpertConfig,
     ExpertSet,
+    Mapper,
     expert_training_indices,
     fill_expert_folder,
     record_expert,
@@ -142,8 +143,10 @@ def cached_stage_experts(
     *,
     device: torch.device,
     progress: bool = True,
+    mapper: Mapper = map,
 ) -> ExpertSet:
-    """The stage experts for ``earlier`` from ``cache``, training (and caching) those missing."""
+    """The stage experts for ``earlier`` from ``cache``, training (and caching) those missing,
+    one after another or as ``mapper`` runs them (a search: parallel Ray tasks)."""
     folder = cache / stage_key(config, earlier, prefix_epochs)
     folder.mkdir(parents=True, exist_ok=True)
     train_indices, val_indices = expert_training_indices(dataset, config)
@@ -159,5 +162,6 @@ def cached_stage_experts(
         prefix_epochs=prefix_epochs, device=device,
     )  # fmt: skip
     desc = f"stage {len(earlier.lrs) + 1} experts"
-    fill_expert_folder(folder, config, layout, train, progress=progress, desc=desc)
+    fill_expert_folder(folder, config, layout, train, progress=progress, desc=desc,
+                       mapper=mapper)  # fmt: skip
     return ExpertSet.load(folder)

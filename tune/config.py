@@ -6,13 +6,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from selmatch.config import Config, ConfigError, check_float, check_int
+from selmatch.config import Config, ConfigError, check_choice, check_float, check_int
 from selmatch.consistency import ConsistencyConfig
 from selmatch.data import HoldoutSplit, smallest_class_size
-from selmatch.distill import DistillConfig
+from selmatch.distill import SEQMATCH_EXPERTS, DistillConfig
 from selmatch.evaluate import EvalConfig
 from selmatch.experts import ExpertConfig
 from selmatch.window import BETA_CONVENTIONS
+
+#: The methods a search can distil with, and what ``--method`` offers.
+SEARCH_METHODS = ("selmatch", "seqmatch")
+METHOD_CHOICES = {"selmatch": ("selmatch",), "seqmatch": ("seqmatch",),
+                  "both": ("selmatch", "seqmatch")}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,15 @@ class SearchConfig(Config):
     #: window, so the winner is never below MTT on validation
     mtt_candidate: bool = True
     distill: DistillConfig = field(default_factory=DistillConfig)
+    #: what the search distils with after the β phase: ``selmatch`` (the α phase, with plain
+    #: MTT beside it) and/or ``seqmatch`` (the K phase: SeqMatch with K from ``subsets_grid``,
+    #: its stage experts as ``distill.seqmatch_experts`` says); the best on validation wins
+    methods: tuple[str, ...] = ("selmatch",)
+    subsets_grid: tuple[int, ...] = (2, 3)
+    seqmatch_experts: str = "segment"
+    #: retrained stage experts trained side by side: slots of a trial's resources reserved
+    #: beside every K trial (its placement group); 0 = trained in the trial, one by one
+    stage_parallel: int = 0
     full_eval_top: int = 2
     max_concurrent: int = 2
     cpus_per_trial: float = 1.0
@@ -64,6 +78,28 @@ class SearchConfig(Config):
             raise ConfigError(f"--beta-convention must be one of {', '.join(BETA_CONVENTIONS)}")
         _check_grid("beta_grid", self.beta_grid, 0.0, None)
         _check_grid("alpha_grid", self.alpha_grid, 0.0, 1.0)
+        if (
+            not self.methods
+            or any(m not in SEARCH_METHODS for m in self.methods)
+            or len(set(self.methods)) != len(self.methods)
+        ):
+            raise ConfigError(
+                f"--method must be one of {', '.join(METHOD_CHOICES)}, got {','.join(self.methods)}"
+            )
+        if not self.subsets_grid or list(self.subsets_grid) != sorted(set(self.subsets_grid)):
+            raise ConfigError("--subsets-grid must be distinct increasing values")
+        for k in self.subsets_grid:
+            check_int("subsets_grid", k, 2, 10)
+        check_choice("seqmatch_experts", self.seqmatch_experts, SEQMATCH_EXPERTS)
+        if not isinstance(self.stage_parallel, int) or not 0 <= self.stage_parallel <= 1000:
+            raise ConfigError(
+                f"--set stage_parallel must be an integer in [0, 1000], got {self.stage_parallel!r}"
+            )
+        if self.methods == ("seqmatch",) and min(self.subsets_grid) > min(self.ipcs):
+            raise ConfigError(
+                f"--subsets-grid must hold a K ≤ the smallest IPC ({min(self.ipcs)}) when "
+                f"SeqMatch is the only method, got {list(self.subsets_grid)}"
+            )
         if self.image_size is not None:
             check_int("image_size", self.image_size, 8, 1024)
         check_int("full_eval_top", self.full_eval_top, 0, 100)
@@ -84,6 +120,13 @@ class SearchConfig(Config):
                 f"experts' ({split[0]:g} / {split[1]}): the score must never see the validation "
                 "slice"
             )
+
+    @property
+    def stage_slots(self) -> int:
+        """Slots reserved beside each K trial for its stage experts (0 unless SeqMatch with
+        retrained experts is searched)."""
+        retrained = "seqmatch" in self.methods and self.seqmatch_experts == "retrained"
+        return self.stage_parallel if retrained else 0
 
 
 def _check_grid(name: str, grid: tuple[float, ...], low: float, high: float | None, *,

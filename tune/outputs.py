@@ -14,7 +14,8 @@ COLUMNS = (
     "dataset", "ipc", "init", "beta", "beta_convention", "alpha", "short_val_accuracy",
     "short_test_accuracy", "final_test_mean", "final_test_std", "final_val_mean",
     "random_test_mean", "random_test_std", "random_short_val", "mtt_short_val", "beta_trials",
-    "beta_grid_size", "alpha_trials", "alpha_grid_size", "set_dir",
+    "beta_grid_size", "alpha_trials", "alpha_grid_size", "method", "subsets",
+    "seqmatch_experts", "seqmatch_short_val", "subsets_trials", "subsets_grid_size", "set_dir",
 )  # fmt: skip
 
 
@@ -22,14 +23,24 @@ COLUMNS = (
 START = {"window": "the window", "random": "the random subset"}
 
 
+#: The method that made a winner, by the candidate it came from.
+METHOD_OF = {"alpha": "selmatch", "mtt": "mtt", "seqmatch": "seqmatch"}
+
+
 def winner_of(entry: dict[str, Any]) -> dict[str, Any]:
-    """Which initialisation and α won an IPC, and its short-budget scores. A search from
-    before the baselines were candidates won with its window and its α phase's best."""
-    winner = entry.get("winner", {"init": "window", "alpha": entry["alpha"]["best"],
-                                  "candidate": "alpha"})  # fmt: skip
-    alpha = entry["alpha"]
-    short = alpha["mtt"] if winner["candidate"] == "mtt" else alpha["curve"][str(alpha["best"])]
-    return winner | {"short_val": short["val"], "short_test": short["test"]}
+    """Which candidate won an IPC (the α phase's best, plain MTT or the K phase's SeqMatch),
+    its initialisation, α, method and short-budget scores. A search from before the
+    baselines were candidates won with its window and its α phase's best."""
+    winner = entry.get("winner") or {"init": "window", "alpha": entry["alpha"]["best"],
+                                     "candidate": "alpha"}  # fmt: skip
+    if winner["candidate"] == "seqmatch":
+        phase = entry["subsets"]
+        short = phase["curve"][str(phase["best"])]
+    else:
+        alpha = entry["alpha"]
+        short = alpha["mtt"] if winner["candidate"] == "mtt" else alpha["curve"][str(alpha["best"])]
+    return winner | {"short_val": short["val"], "short_test": short["test"],
+                     "method": METHOD_OF[winner["candidate"]]}  # fmt: skip
 
 
 def table_rows(dataset: str, convention: str, state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -37,7 +48,9 @@ def table_rows(dataset: str, convention: str, state: dict[str, Any]) -> list[dic
     for ipc, entry in sorted(state["ipcs"].items(), key=lambda kv: int(kv[0])):
         if "final" not in entry:
             continue
-        beta, alpha, final = entry["beta"], entry["alpha"], entry["final"]
+        beta, final = entry["beta"], entry["final"]
+        alpha = entry.get("alpha", {"trials": 0, "grid": []})  # SeqMatch alone: no α phase
+        subsets = entry.get("subsets", {})
         winner = winner_of(entry)
         random = final.get("random", {})  # "" where the reference was not evaluated
         rows.append({
@@ -52,7 +65,14 @@ def table_rows(dataset: str, convention: str, state: dict[str, Any]) -> list[dic
             "random_short_val": beta.get("random", {}).get("val", ""),
             "mtt_short_val": alpha.get("mtt", {}).get("val", ""), "beta_trials": beta["trials"],
             "beta_grid_size": len(beta["grid"]), "alpha_trials": alpha["trials"],
-            "alpha_grid_size": len(alpha["grid"]), "set_dir": entry["set_dir"],
+            "alpha_grid_size": len(alpha["grid"]), "method": winner["method"],
+            "subsets": winner.get("subsets", ""),
+            "seqmatch_experts": subsets.get("seqmatch_experts", ""),
+            "seqmatch_short_val": (subsets["curve"][str(subsets["best"])]["val"]
+                                   if subsets else ""),
+            "subsets_trials": subsets.get("trials", ""),
+            "subsets_grid_size": len(subsets["grid"]) if subsets else "",
+            "set_dir": entry["set_dir"],
         })  # fmt: skip
     return rows
 
@@ -66,23 +86,32 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'IPC':>5} {'init':>7} {'beta':>6} {'alpha':>6} {'short val %':>12} "
-             f"{'final test %':>15} {'random test %':>15} {'trials β':>9} "
-             f"{'trials α':>9}"]  # fmt: skip
+    seqmatch = any(r.get("subsets_trials", "") != "" for r in rows)
+    lines = [f"{'IPC':>5} {'method':>12} {'init':>7} {'beta':>6} {'alpha':>6} "
+             f"{'short val %':>12} {'final test %':>15} {'random test %':>15} {'trials β':>9} "
+             f"{'trials α':>9}" + (f" {'trials K':>9}" if seqmatch else "")]  # fmt: skip
     for r in rows:
         trials = (f"{r['beta_trials']:>4}/{r['beta_grid_size']:<4} "
                   f"{r['alpha_trials']:>4}/{r['alpha_grid_size']:<4}")  # fmt: skip
+        if seqmatch:
+            trials += f" {r.get('subsets_trials', ''):>4}/{r.get('subsets_grid_size', ''):<4}"
+        method = r.get("method", "selmatch")
+        if method == "seqmatch":
+            method += f" K={r['subsets']}"
         random = (f"{100 * r['random_test_mean']:>8.2f} ± {100 * r['random_test_std']:<4.2f}"
                   if r["random_test_mean"] != "" else f"{'–':>15}")  # fmt: skip
         lines.append(
-            f"{r['ipc']:>5} {r.get('init', 'window'):>7} {r['beta']:>6g} {r['alpha']:>6g} "
+            f"{r['ipc']:>5} {method:>12} {r.get('init', 'window'):>7} {r['beta']:>6g} "
+            f"{r['alpha']:>6g} "
             f"{100 * r['short_val_accuracy']:>12.2f} "
             f"{100 * r['final_test_mean']:>8.2f} ± {100 * r['final_test_std']:<4.2f} "
             f"{random} {trials}"
         )
-    lines.append("init: what the winner starts from, the window at β or the random subset "
-                 "(when it beat every window on validation, or plain MTT won); "
-                 "trials β, α: trials run / grid values searched (re-evaluations of close "
+    lines.append("method: what made the winner (selmatch, plain mtt, or seqmatch with K "
+                 "subsets, trained on their union at evaluation); "
+                 "init: what the winner starts from, the window at β or the random subset "
+                 "(when it beat every window on validation, or plain MTT or SeqMatch won); "
+                 "trials β, α, K: trials run / grid values searched (re-evaluations of close "
                  "tops count as trials; larger IPCs search only values ≤ the previous IPC's "
                  "best); random test: a random class-balanced subset of the same size, "
                  "trained like the winner")  # fmt: skip

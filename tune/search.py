@@ -34,6 +34,7 @@ from ray import tune
 from selmatch.cli.common import check_output
 from selmatch.config import ConfigError, SelmatchError
 from selmatch.data import ImageDataset, holdout_split, load_dataset
+from selmatch.distill import DEFAULT_LR_INIT, DistillConfig
 from selmatch.io import write_json
 from selmatch_tune.concave import ConcaveGridSampler
 from selmatch_tune.config import SearchConfig, fit_to_data, validation_warning
@@ -107,6 +108,15 @@ def check_resources(
         raise ConfigError(
             f"--cpus-per-trial must be ≤ {missing['CPU']:g} (the cluster's CPUs{waited}), "
             f"got {config.cpus_per_trial:g}"
+        )
+    slots = config.stage_slots
+    missing = _missing({k: v * (1 + slots) for k, v in wanted.items()}) if slots else {}
+    if missing:
+        most = int(min(missing[k] / wanted[k] for k in missing)) - 1
+        raise ConfigError(
+            f"--set stage_parallel must be ≤ {most}: each SeqMatch trial reserves its own "
+            f"resources and {slots} more slots of them, and the cluster has {missing}; got "
+            f"{slots}"
         )
     return {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
 
@@ -195,13 +205,17 @@ def search_finished(phase: Phase, config: SearchConfig, grid: Any) -> bool:
 def _fit_experiment(
     trial: Callable[..., None], param_space: dict[str, Any], name: str, logger: TrialLogger,
     config: SearchConfig, data: dict[str, Any], storage: str, *, resume: bool, log: Log,
-    what: str, search: Callable[[], dict[str, Any]] = dict,
+    what: str, search: Callable[[], dict[str, Any]] = dict, slots: int = 0,
 ) -> Any:  # fmt: skip
     """Restore the interrupted Tune experiment ``name`` under ``storage`` (with ``resume``), or
-    start it anew (``search()`` gives a new experiment's search settings); its ResultGrid."""
+    start it anew (``search()`` gives a new experiment's search settings); its ResultGrid.
+    ``slots`` more bundles of a trial's resources are reserved beside each trial, for the
+    Ray tasks it starts (SeqMatch's stage experts)."""
+    bundle = {k: v for k, v in (("CPU", config.cpus_per_trial),
+                                ("GPU", config.gpus_per_trial)) if v > 0}  # fmt: skip
     trainable = tune.with_resources(
         tune.with_parameters(trial, data=data),
-        {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
+        tune.PlacementGroupFactory([bundle] * (1 + slots)),
     )
     path = f"{storage.rstrip('/')}/{name}"  # a folder, or a URI such as s3://bucket/ray
     if resume and tune.Tuner.can_restore(path):
@@ -238,7 +252,8 @@ def run_phase(
     param_space = {searched: tune.choice(list(phase.grid)), **phase.fixed}
     name = f"{searched}-ipc{phase.ipc}"
     logger = TrialLogger(tracker, phase=searched, ipc=phase.ipc, searched=searched, log=log)
-    full = len(config.beta_grid if searched == "beta" else config.alpha_grid)
+    full = len({"beta": config.beta_grid, "alpha": config.alpha_grid,
+                "subsets": config.subsets_grid}[searched])  # fmt: skip
     kept = " and the anchors " + ", ".join(f"{a:g}" for a in phase.anchors) if phase.anchors else ""
     bounded = (f" (≤ {phase.bound:g}, the previous IPC's best{kept}: {len(phase.grid)} of {full})"
                if len(phase.grid) < full and phase.bound is not None else "")  # fmt: skip
@@ -258,6 +273,7 @@ def run_phase(
         beta_trial if searched == "beta" else alpha_trial, param_space, name, logger, config,
         data, storage, resume=resume, log=log,
         what=f"{searched} search at IPC {phase.ipc}", search=concave_search,
+        slots=int(phase.fixed.get("stage_parallel", 0)),
     )  # fmt: skip
     path = f"{storage.rstrip('/')}/{name}"
     # Tune ends fit() quietly on Ctrl-C with the trials so far; never take those for a result.
@@ -422,6 +438,7 @@ def fixed_settings(config: SearchConfig, pre: Precomputed, ipc: int) -> dict[str
         "val_fraction": pre.split.val_fraction,
         "split_seed": pre.split.seed,
         "cpus_per_trial": config.cpus_per_trial,
+        "gpus_per_trial": config.gpus_per_trial,
         "evaluation": config.short.to_dict(),
     }
 
@@ -455,17 +472,18 @@ def _final_task(data: dict[str, Any], fixed: dict[str, Any], payload: dict[str, 
     return evaluate_set(images, labels, dataset, config, split=split, dsa_mask=mask).to_dict()
 
 
-def collect_winner(grid: Any, best_alpha: float, target: Path) -> Path:
-    """Copy the distilled set of the best α trial (its checkpoint) into ``target``."""
+def collect_winner(grid: Any, value: float, target: Path, searched: str = "alpha") -> Path:
+    """Copy the distilled set of the best trial at ``searched`` = ``value`` (its checkpoint)
+    into ``target``."""
     from selmatch.synthetic import SyntheticSet
 
     candidates = [
         r for r in grid
         if r.error is None and r.metrics and METRIC in r.metrics and r.checkpoint
-        and abs(float(r.config["alpha"]) - best_alpha) < 1e-12
+        and abs(float(r.config[searched]) - value) < 1e-12
     ]  # fmt: skip
     if not candidates:
-        raise SelmatchError(f"no finished α = {best_alpha:g} trial left a distilled set")
+        raise SelmatchError(f"no finished {searched} = {value:g} trial left a distilled set")
     best = max(candidates, key=lambda r: r.metrics[METRIC])
     if target.exists():
         shutil.rmtree(target)
@@ -564,8 +582,11 @@ def search_ipc(
             f"{100 * entry['beta']['curve'][str(entry['beta']['best'])]['val']:.2f} %: the α "
             f"phase starts from {START[entry['beta']['init']]}")  # fmt: skip
         save_state(out, state)
-    if "alpha" not in entry:
+    if "alpha" not in entry and "selmatch" in config.methods:
         search_alpha(ipc, config, pre, entry, fixed, out, markers, bounds[1], common)
+        save_state(out, state)
+    if "subsets" not in entry and "seqmatch" in config.methods:
+        search_subsets(ipc, config, pre, entry, fixed, out, markers, common)
         save_state(out, state)
     # the reference runs beside the final evaluation (submitted first), or alone for a search
     # finished before it existed
@@ -588,8 +609,11 @@ def search_ipc(
     elif config.random_reference and selection_only and "random" not in entry["final"]:
         entry["final"]["random"] = _reference_summary(entry["final"])  # the same evaluation
         save_state(out, state)
-    for name in ("beta", "alpha"):
-        xlabel = f"β ({config.beta_convention})" if name == "beta" else "α (distilled share)"
+    xlabels = {"beta": f"β ({config.beta_convention})", "alpha": "α (distilled share)",
+               "subsets": "K (SeqMatch subsets)"}  # fmt: skip
+    for name, xlabel in xlabels.items():
+        if name not in entry:
+            continue
         path = save_phase_plot(out / f"{name}-ipc{ipc}.png", entry[name], name=name, ipc=ipc,
                                title=title, xlabel=xlabel)  # fmt: skip
         tracker.log_artifact(path, "curves")
@@ -599,7 +623,9 @@ def search_ipc(
 def selected_as_is(entry: dict[str, Any]) -> str | None:
     """``"window"`` or ``"random"`` when an IPC's winner learned nothing (α = 0) and so is that
     selection itself, else ``None``. A search from before the baselines won with its window."""
-    winner = entry.get("winner", {"init": "window", "alpha": entry["alpha"]["best"]})
+    from selmatch_tune.outputs import winner_of
+
+    winner = winner_of(entry)
     return winner["init"] if winner["alpha"] == 0 else None
 
 
@@ -625,11 +651,7 @@ def search_alpha(
         beta_convention=config.beta_convention, score=config.score,
         subset_seed=pre.split.seed,
     )  # fmt: skip
-    alpha_fixed = fixed | {
-        "init": init, "beta": entry["beta"]["best"], "distill": distill.to_dict(),
-        "experts": config.experts.to_dict(), "layout": pre.layout.to_dict(),
-        "experts_dir": str(pre.cache_dir),
-    }  # fmt: skip
+    alpha_fixed = _distill_fixed(config, pre, entry, fixed, distill) | {"init": init}
     anchors = tuple(a for a in (0.0, 1.0) if a in config.alpha_grid)
     grid = tuple(sorted({*_bounded(config.alpha_grid, bound), *anchors}))
     phase = Phase("alpha", ipc, grid, alpha_fixed, anchors, bound)
@@ -658,6 +680,73 @@ def search_alpha(
                   + f", α = {winner['alpha']:g}"
                   + (" (plain MTT)" if winner["candidate"] == "mtt" else ""))  # fmt: skip
     entry["set_dir"] = str(collect_winner(results, winner["alpha"], out / "sets" / f"ipc{ipc}"))
+
+
+def _distill_fixed(
+    config: SearchConfig, pre: Precomputed, entry: dict[str, Any], fixed: dict[str, Any],
+    distill: DistillConfig,
+) -> dict[str, Any]:  # fmt: skip
+    """What every distillation trial of an IPC shares: its settings, the experts' and where
+    the precompute cached them (the set's provenance)."""
+    return fixed | {
+        "beta": entry["beta"]["best"], "distill": distill.to_dict(),
+        "experts": config.experts.to_dict(), "layout": pre.layout.to_dict(),
+        "experts_dir": str(pre.cache_dir),
+    }  # fmt: skip
+
+
+def seqmatch_settings(config: SearchConfig, ipc: int, subsets: int) -> DistillConfig:
+    """SeqMatch's distillation in the K phase: the search's distillation settings with
+    SeqMatch's own learnable-lr start (MTT's 0.01) unless one was set (``--set
+    distill.lr_init``), from the random subset, every image learned."""
+    distill = config.distill
+    lr = None if distill.lr_init == DEFAULT_LR_INIT[distill.method] else distill.lr_init
+    # ``init`` is SelMatch's choice (left at its default); SeqMatch starts from random anyway
+    return distill.replace(method="seqmatch", init="window", alpha=1.0, ipc=ipc,
+                           subsets=subsets, lr_init=lr, beta_convention=config.beta_convention,
+                           score=config.score,
+                           seqmatch_experts=config.seqmatch_experts)  # fmt: skip
+
+
+def search_subsets(
+    ipc: int, config: SearchConfig, pre: Precomputed, entry: dict[str, Any],
+    fixed: dict[str, Any], out: Path, markers: Path, common: dict[str, Any],
+) -> None:  # fmt: skip
+    """SeqMatch as an alternative to the α phase: K from ``subsets_grid`` (values ≤ the IPC),
+    every trial a SeqMatch distillation from the random subset evaluated like an α trial;
+    its best replaces the α phase's winner (and its set) when it scores higher on validation,
+    or is the winner when the α phase does not run (``methods`` without selmatch)."""
+    log = common["log"]
+    grid = tuple(float(k) for k in config.subsets_grid if k <= ipc)
+    if not grid:
+        log(f"IPC {ipc}: no K of --subsets-grid {list(config.subsets_grid)} fits IPC {ipc}: "
+            "SeqMatch not searched here")  # fmt: skip
+        return
+    distill = seqmatch_settings(config, ipc, int(grid[0])).replace(subset_seed=pre.split.seed)
+    seq_fixed = _distill_fixed(config, pre, entry, fixed, distill) | {
+        "method": "seqmatch", "init": "random", "alpha": 1.0, "stage_parallel": config.stage_slots,
+    }  # fmt: skip
+    phase = Phase("subsets", ipc, grid, seq_fixed)
+    entry["subsets"], results = run_phase(phase, config, common["data"], common["storage"],
+                                          common["tracker"], markers=markers,
+                                          resume=common["resume"], log=log)  # fmt: skip
+    entry["subsets"]["seqmatch_experts"] = distill.seqmatch_experts
+    best = entry["subsets"]["best"]
+    seq_val = entry["subsets"]["curve"][str(best)]["val"]
+    if "winner" in entry:
+        from selmatch_tune.outputs import winner_of
+
+        other = winner_of(entry)
+        log(f"IPC {ipc}: SeqMatch (K = {best:g}) val {100 * seq_val:.2f} % vs the α phase's "
+            f"winner {100 * other['short_val']:.2f} %")  # fmt: skip
+        if seq_val <= other["short_val"]:  # a tie keeps SelMatch, the search's own method
+            return
+    entry["winner"] = {"init": "random", "alpha": 1.0, "candidate": "seqmatch",
+                       "subsets": int(best)}  # fmt: skip
+    log(f"IPC {ipc}: the winner is SeqMatch with K = {best:g} subsets "
+        f"({distill.seqmatch_experts} stage experts)")  # fmt: skip
+    target = out / "sets" / f"ipc{ipc}"
+    entry["set_dir"] = str(collect_winner(results, best, target, searched="subsets"))
 
 
 def prepare(
@@ -736,7 +825,7 @@ def run_search(
         for ipc in config.ipcs:
             bounds = (None, None)
             if config.monotone and previous is not None:
-                bounds = (previous["beta"]["best"], previous["alpha"]["best"])
+                bounds = (previous["beta"]["best"], previous.get("alpha", {}).get("best"))
             search_ipc(ipc, config, pre, data, state, out, storage_path, tracker,
                        bounds=bounds, resume=resume, log=log)  # fmt: skip
             previous = state["ipcs"][str(ipc)]

@@ -20,7 +20,8 @@ from typing import Any
 
 from selmatch.cli.common import OneLineParser, check_output
 from selmatch.config import ConfigError, SelmatchError
-from selmatch_tune.config import SearchConfig
+from selmatch.distill import SEQMATCH_EXPERTS
+from selmatch_tune.config import METHOD_CHOICES, SearchConfig
 from selmatch_tune.presets import PRESETS
 
 
@@ -116,6 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha-grid", type=numbers(float), default=None,
                    help="α values in [0, 1], increasing, e.g. 0,0.3,0.5,1 (share of the window "
                    "that is distilled; 0 and 1 are always evaluated when in the grid)")  # fmt: skip
+    g.add_argument(
+        "--method", choices=tuple(METHOD_CHOICES), default=None,
+        help="what distils after the β phase: selmatch (the α phase, plain MTT beside it), "
+        "seqmatch (the K phase: SeqMatch from the random subset with K from --subsets-grid) "
+        "or both (both phases; the best on validation wins and the table's method column "
+        "says which) (default: the preset's, selmatch)",
+    )  # fmt: skip
+    g.add_argument(
+        "--subsets-grid", type=numbers(int), default=None,
+        help="SeqMatch's K values, increasing, 2 to 10, e.g. 2,3 (the paper: 2 or 3); only "
+        "those ≤ an IPC are searched there (default: 2,3)",
+    )  # fmt: skip
+    g.add_argument(
+        "--seqmatch-experts", choices=SEQMATCH_EXPERTS, default=None,
+        help="what SeqMatch's stage k matches: segment (the k-th segment of the ordinary "
+        "experts, no extra training) or retrained (the authors' code: new experts first "
+        "trained on the earlier subsets, run as parallel Ray tasks, --set "
+        "distill.stage_experts=N of them per stage) (default: segment)",
+    )  # fmt: skip
     g.add_argument(
         "--beta-convention",
         choices=("ipc-units", "data-fraction"),
@@ -241,6 +261,12 @@ def apply_overrides(config: SearchConfig, args: argparse.Namespace) -> SearchCon
         top["random_reference"] = False
     if args.no_mtt_candidate:
         top["mtt_candidate"] = False
+    if args.method is not None:
+        top["methods"] = METHOD_CHOICES[args.method]
+    if args.subsets_grid is not None:
+        top["subsets_grid"] = args.subsets_grid
+    if args.seqmatch_experts is not None:
+        top["seqmatch_experts"] = args.seqmatch_experts
     experts, distill = config.experts, config.distill
     short, final = config.short, config.final
     consistency = config.consistency
@@ -306,6 +332,10 @@ def dry_run(
           f"then α grid {list(config.alpha_grid)}"
           + (" and plain MTT" if config.mtt_candidate else "")
           + f"; {config.max_concurrent} trial(s) at a time")  # fmt: skip
+    print(f"  methods {', '.join(config.methods)}" + (
+        f" (SeqMatch K grid {list(config.subsets_grid)}, "
+        f"{config.seqmatch_experts} stage experts)" if "seqmatch" in config.methods
+        else ""))  # fmt: skip
     print(f"  ranked by {config.score}; trials {config.short.budget()}, final "
           f"{config.final.budget()} with {config.final.num_seeds} seed(s)")  # fmt: skip
     print("dry run: nothing was started or written")

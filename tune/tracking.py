@@ -166,14 +166,16 @@ class TrialLogger(Callback):
             {"phase": self.phase, "ipc": str(self.ipc)},
             {"phase": self.phase, "ipc": self.ipc, "beta": trial.config.get("beta"),
              "alpha": trial.config.get("alpha"), "repeat": trial.config.get("repeat", 0),
-             "init": trial.config.get("init", "window")},
+             "init": trial.config.get("init", "window"),
+             "method": trial.config.get("method", "selmatch"),
+             "subsets": trial.config.get("subsets")},
             {k: result[k] for k in self.METRICS if isinstance(result.get(k), (int, float))},
             failed,
         )  # fmt: skip
 
     def _name(self, trial: Any) -> str:
         """``β = 0.3 (trial 1a2b3c4d, repeat 1)``: what the terminal says about a trial."""
-        symbol = {"beta": "β", "alpha": "α"}.get(self.searched, self.searched)
+        symbol = {"beta": "β", "alpha": "α", "subsets": "K"}.get(self.searched, self.searched)
         repeat = int(trial.config.get("repeat", 0))
         value = trial.config.get(self.searched)
         shown = f"{value:g}" if isinstance(value, (int, float)) else str(value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from ray import tune
 from selmatch.data import HoldoutSplit, ImageDataset
 from selmatch.distill import DistillConfig, distill
 from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set
-from selmatch.experts import ExpertConfig, InMemoryExperts
+from selmatch.experts import ExpertConfig, InMemoryExperts, Mapper, TrainOne
 from selmatch.params import ParamLayout
 from selmatch.sweep import evaluate_random, evaluate_window
 from selmatch.window import WindowSpec
@@ -94,13 +95,46 @@ def beta_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     tune.report(_metrics(result, started, fetched))
 
 
+def stage_expert_mapper(config: dict[str, Any]) -> Mapper:
+    """How a K trial trains SeqMatch's retrained stage experts: with ``stage_parallel`` = 0,
+    in the trial one after another (``map``); else as Ray tasks, one per expert, in the
+    ``stage_parallel`` slots reserved beside the trial in its placement group (each a trial's
+    CPUs and GPUs), so they can never wait on resources other trials hold."""
+    slots = int(config.get("stage_parallel", 0))
+    cpus, gpus = float(config["cpus_per_trial"]), float(config.get("gpus_per_trial", 0.0))
+    if slots == 0:
+        return map
+
+    def mapper(train: TrainOne, indices: Iterable[int]) -> Iterator[Any]:
+        task = ray.remote(_train_one).options(num_cpus=cpus, num_gpus=gpus)
+        train_ref = ray.put(train)
+        refs = [task.remote(train_ref, index, cpus) for index in indices]
+        for ref in refs:
+            yield ray.get(ref)
+
+    return mapper
+
+
+def _train_one(train: TrainOne, index: int, cpus: float) -> Any:
+    """Ray task body: one stage expert, with as many threads as the task has CPUs."""
+    torch.set_num_threads(max(1, int(cpus)))
+    result = train(index)
+    _release()
+    return result
+
+
 def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
-    """SelMatch distillation at (β, α) from the window, or at α from the random subset
-    (``init="random"``; α = 1 is then plain MTT) → short-epoch evaluation of the set with
-    combined augmentation (DSA on ``D_distill``, crop+flip on ``D_select``). α = 0 learns
-    nothing: the set is its initialisation, evaluated as the β trials evaluate it (so α = 0
-    from the window *is* the oracle window). The set goes back to storage as the trial's
-    checkpoint, so the winner's set can be collected."""
+    """A distillation → short-epoch evaluation of the set with combined augmentation (DSA on
+    ``D_distill``, crop+flip on ``D_select``); the set goes back to storage as the trial's
+    checkpoint, so the winner's set can be collected.
+
+    - ``method="selmatch"`` (the α phase): SelMatch at (β, α) from the window, or at α from
+      the random subset (``init="random"``; α = 1 is then plain MTT). α = 0 learns nothing:
+      the set is its initialisation, evaluated as the β trials evaluate it (so α = 0 from the
+      window *is* the oracle window).
+    - ``method="seqmatch"`` (the K phase): SeqMatch with ``subsets`` = K from the random
+      subset, every image learned; retrained stage experts (``distill.seqmatch_experts``)
+      are trained as parallel Ray tasks (:func:`stage_expert_mapper`)."""
     started = time.perf_counter()
     set_threads(config)
     dataset, hardness, split = fetch_data(config, data)
@@ -113,18 +147,24 @@ def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     fetched = time.perf_counter()
     # The window must be read exactly as in the β search: same β convention.
     distill_config = DistillConfig.from_dict(config["distill"])
+    method = config.get("method", "selmatch")
+    searched: dict[str, Any] = {"alpha": config["alpha"], "init": config.get("init", "window")}
+    if method == "seqmatch":
+        # SeqMatch always starts from the random subset (``init`` is SelMatch's option)
+        searched = {"subsets": int(config["subsets"]), "alpha": 1.0, "init": "window"}
     distill_config = distill_config.replace(
-        method="selmatch", init=config.get("init", "window"), beta=config["beta"],
-        alpha=config["alpha"], ipc=config["ipc"], beta_convention=config["beta_convention"],
-        score=config["score"], subset_seed=config["split_seed"],
-        seed=distill_config.seed + int(config.get("repeat", 0)),
+        method=method, beta=config["beta"], ipc=config["ipc"],
+        beta_convention=config["beta_convention"], score=config["score"],
+        subset_seed=config["split_seed"], seed=distill_config.seed + int(config.get("repeat", 0)),
+        **searched,
     )  # fmt: skip
     evaluation = _repeat_seeds(EvalConfig.from_dict(config["evaluation"]), config)
-    if config["alpha"] > 0:  # α = 0 is the oracle window (or the random subset) as it was
+    if distill_config.alpha > 0:  # α = 0 is the oracle window (or the random subset) as it was
         evaluation = evaluation.replace(train=evaluation.train.replace(augment="combined"))
-    with tempfile.TemporaryDirectory() as directory:
+    with tempfile.TemporaryDirectory() as directory, tempfile.TemporaryDirectory() as stages:
         synthetic = distill(distill_config, dataset, split, experts, hardness, directory,
-                            device=evaluation.device, progress=False)  # fmt: skip
+                            device=evaluation.device, progress=False, stage_cache=stages,
+                            stage_mapper=stage_expert_mapper(config))  # fmt: skip
         result = evaluate_set(synthetic.images, synthetic.labels, dataset, evaluation,
                               split=split, dsa_mask=synthetic.distill_mask)  # fmt: skip
         metrics = _metrics(result, started, fetched) | {

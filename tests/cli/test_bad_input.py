@@ -155,6 +155,9 @@ CASES = [
     Case(f"{SEARCH} --ipcs 10,x", "--ipcs"),
     Case(f"{SEARCH} --ipcs 10,5", "--ipcs"),
     Case(f"{SEARCH} --alpha-grid 0,2", "--alpha-grid"),
+    Case(f"{SEARCH} --method mtt", "--method"),
+    Case(f"{SEARCH} --subsets-grid 1,2", "--subsets-grid"),
+    Case(f"{SEARCH} --set stage_parallel=-1", "--set stage_parallel"),
     Case(f"{SEARCH} --set distill.lr_images", "--set"),
     Case(f"{SEARCH} --set distill.lr_image=100", "--set distill.lr_image"),
 ]

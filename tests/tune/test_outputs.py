@@ -56,5 +56,6 @@ def test_a_winner_below_the_random_subset_is_warned_about() -> None:
     table = format_table(rows).splitlines()
     assert "random test %" in table[0]
     assert "87.56 ± 0.20" in table[2]
-    assert table[3].split()[8] == "–"  # not evaluated (--no-random-reference)
-    assert table[2].split()[:4] == ["600", "window", "0.4", "0.2"]  # IPC, init, β, α
+    assert table[3].split()[9] == "–"  # not evaluated (--no-random-reference)
+    # IPC, method, init, β, α
+    assert table[2].split()[:5] == ["600", "selmatch", "window", "0.4", "0.2"]

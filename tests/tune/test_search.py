@@ -145,6 +145,60 @@ def test_a_random_subset_that_beats_every_window_starts_the_alpha_phase(local_ra
         assert rows[0]["random_test_mean"] == rows[0]["final_test_mean"]
 
 
+def test_seqmatch_competes_with_selmatch_and_its_stage_experts_run_in_ray(smoke_run):
+    # --method both with the authors' retrained stage experts; the folder sits beside the
+    # smoke search's, so it reuses its expert cache
+    out = smoke_run[0].parent / "seqmatch"
+    base = smoke()
+    config = base.replace(
+        ipcs=(4,), beta_grid=(0.0,), alpha_grid=(0.0, 1.0), methods=("selmatch", "seqmatch"),
+        subsets_grid=(2,), seqmatch_experts="retrained", stage_parallel=1,
+        distill=base.distill.replace(stage_experts=2, stage_prefix_epochs=2),
+    )  # fmt: skip
+    lines: list[str] = []
+    rows = run_search(config, out, log=lines.append)
+    entry = json.loads((out / "search_state.json").read_text())["ipcs"]["4"]
+    seq = entry["subsets"]
+    assert set(seq["curve"]) == {"2.0"} and seq["seqmatch_experts"] == "retrained"
+    # the winner is the best on validation of every candidate, and the table says which
+    alpha = entry["alpha"]
+    candidates = {"seqmatch": seq["curve"]["2.0"]["val"],
+                  **{f"alpha={a}": c["val"] for a, c in alpha["curve"].items()},
+                  **({"mtt": alpha["mtt"]["val"]} if "mtt" in alpha else {})}  # fmt: skip
+    (row,) = rows
+    assert row["short_val_accuracy"] == max(candidates.values())
+    seq_won = candidates["seqmatch"] > max(v for k, v in candidates.items() if k != "seqmatch")
+    assert (row["method"] == "seqmatch") == seq_won
+    assert row["seqmatch_short_val"] == candidates["seqmatch"] and row["subsets_trials"] == 1
+    saved = SyntheticSet.load(row["set_dir"])
+    assert saved.manifest["method"] == row["method"].replace("mtt", "selmatch")
+    # the K trial's set (its checkpoint): SeqMatch with stage experts retrained on S1
+    (manifest,) = [json.loads(p.read_text()) for p in (out / "ray" / "subsets-ipc4").rglob(
+        "manifest.json") if "stage_lrs" in p.read_text()]  # fmt: skip
+    assert manifest["method"] == "seqmatch" and manifest["seqmatch_experts"] == "retrained"
+    assert len(manifest["stage_lrs"]) == 2 and len(manifest["stage_expert_folders"]) == 1
+    assert manifest["distill"]["subsets"] == 2 and manifest["distill"]["stage_experts"] == 2
+    # logged to MLflow like every trial
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("selmatch-search")
+    (child,) = client.search_runs([experiment.experiment_id], "tags.phase = 'subsets'")
+    assert child.data.params["method"] == "seqmatch" and child.data.params["subsets"] == "2.0"
+    assert any("SeqMatch (K = 2) val" in line for line in lines)
+    assert (out / "subsets-ipc4.png").stat().st_size > 5000
+
+
+def test_stage_experts_map_onto_ray_tasks_in_order(local_ray) -> None:
+    import os
+
+    from selmatch_tune.trials import stage_expert_mapper
+
+    assert stage_expert_mapper({"cpus_per_trial": 1, "stage_parallel": 0}) is map  # in the trial
+    mapper = stage_expert_mapper({"cpus_per_trial": 1, "gpus_per_trial": 0, "stage_parallel": 1})
+    results = list(mapper(lambda index: (index, os.getpid()), [3, 1, 2]))
+    assert [index for index, _ in results] == [3, 1, 2]
+    assert all(pid != os.getpid() for _, pid in results)  # trained in Ray workers
+
+
 def test_a_second_run_in_the_same_folder_needs_resume(smoke_run, tmp_path) -> None:
     out, _ = smoke_run
     with pytest.raises(ConfigError, match="add --resume"):
