@@ -266,3 +266,11 @@ def test_plan_v3_ranks_by_consistency_and_starts_selmatch_where_the_search_said(
     assert "--init" not in mtt  # only SelMatch follows the search's initialisation
     window = next(line for line in lines if "window ipc300" in line)
     assert "--score consistency" in window  # the oracle window is the window at β* still
+    # issue 21: SeqMatch with retrained stage experts, and both variants in sequential order
+    retrained = next(line for line in lines if "distill distill-seqmatch-retrained" in line)
+    assert "--method seqmatch" in retrained and "--seqmatch-experts retrained" in retrained
+    assert "--stage-experts 2" in retrained and "--stage-cache" in retrained
+    sequential = [line for line in lines if "--eval-order sequential" in line]
+    assert [line.split()[2].rstrip(":") for line in sequential] == [
+        "distill-seqmatch-sequential-ipc300", "distill-seqmatch-retrained-sequential-ipc300",
+    ]  # fmt: skip
