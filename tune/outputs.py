@@ -133,16 +133,21 @@ def below_random(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+PHASE_TITLE = {"subsets": "SeqMatch K"}
+
+
 def save_phase_plot(
     path: Path, summary: dict[str, Any], *, name: str, ipc: int, title: str, xlabel: str
 ) -> Path:
     """The phase's curve (validation and test at the short budget), its candidates beside
     the grid as dashed lines of the same colours (the random subset on the β curve, as the
-    paper's Figure 3 draws it; plain MTT on the α curve), the best grid value dotted."""
+    paper's Figure 3 draws it; plain MTT on the α curve; the α phase's winner on the K curve),
+    the best grid value dotted."""
     xs = sorted(float(v) for v in summary["curve"])
     curve = summary["curve"]
     baselines = []
-    for key, label in (("random", "random subset"), ("mtt", "plain MTT")):
+    for key, label in (("random", "random subset"), ("mtt", "plain MTT"),
+                       ("against", "the α phase's winner")):  # fmt: skip
         if key in summary:
             baselines += [(f"{label}, val", summary[key]["val"]),
                           (f"{label}, test", summary[key]["test"])]  # fmt: skip
@@ -150,7 +155,8 @@ def save_phase_plot(
     return save_curve(
         xs, [("val (short)", [curve[str(x)]["val"] for x in xs]),
              ("test (short)", [curve[str(x)]["test"] for x in xs])],
-        path, xlabel=xlabel, title=f"{name} search, IPC {ipc}{start}\n{title}",
+        path, xlabel=xlabel,
+        title=f"{PHASE_TITLE.get(name, name)} search, IPC {ipc}{start}\n{title}",
         best_x=summary["best"], baselines=baselines,
     )  # fmt: skip
 

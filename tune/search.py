@@ -257,7 +257,8 @@ def run_phase(
     kept = " and the anchors " + ", ".join(f"{a:g}" for a in phase.anchors) if phase.anchors else ""
     bounded = (f" (≤ {phase.bound:g}, the previous IPC's best{kept}: {len(phase.grid)} of {full})"
                if len(phase.grid) < full and phase.bound is not None else "")  # fmt: skip
-    log(f"IPC {phase.ipc}: searching {searched} over {len(phase.grid)} grid values{bounded}, "
+    shown = {"subsets": "SeqMatch's K"}.get(searched, searched)
+    log(f"IPC {phase.ipc}: searching {shown} over {len(phase.grid)} grid values{bounded}, "
         f"{config.max_concurrent} trial(s) at a time")  # fmt: skip
     marker = markers / f"{name}.finished"
 
@@ -287,7 +288,7 @@ def run_phase(
         )
     summary = _phase_results(grid, searched)
     summary["grid"] = list(phase.grid)
-    log(f"IPC {phase.ipc}: best {searched} = {summary['best']:g} "
+    log(f"IPC {phase.ipc}: best {shown} = {summary['best']:g} "
         f"({summary['trials']} trials for {len(phase.grid)} grid values, "
         f"{summary['failed']} failed)")  # fmt: skip
     return summary, grid
@@ -737,6 +738,7 @@ def search_subsets(
         from selmatch_tune.outputs import winner_of
 
         other = winner_of(entry)
+        entry["subsets"]["against"] = {"val": other["short_val"], "test": other["short_test"]}
         log(f"IPC {ipc}: SeqMatch (K = {best:g}) val {100 * seq_val:.2f} % vs the α phase's "
             f"winner {100 * other['short_val']:.2f} %")  # fmt: skip
         if seq_val <= other["short_val"]:  # a tie keeps SelMatch, the search's own method
