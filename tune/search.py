@@ -578,10 +578,15 @@ def search_ipc(
             **common,
         )  # fmt: skip
         entry["beta"]["init"] = beta_winner(entry["beta"])
+        then = (
+            f"the α phase starts from {START[entry['beta']['init']]}"
+            if "selmatch" in config.methods
+            else "no α phase (--method seqmatch)"
+        )
         log(f"IPC {ipc}: random subset val {100 * entry['beta']['random']['val']:.2f} % vs the "
             f"best window (β = {entry['beta']['best']:g}) "
-            f"{100 * entry['beta']['curve'][str(entry['beta']['best'])]['val']:.2f} %: the α "
-            f"phase starts from {START[entry['beta']['init']]}")  # fmt: skip
+            f"{100 * entry['beta']['curve'][str(entry['beta']['best'])]['val']:.2f} %: "
+            f"{then}")  # fmt: skip
         save_state(out, state)
     if "alpha" not in entry and "selmatch" in config.methods:
         search_alpha(ipc, config, pre, entry, fixed, out, markers, bounds[1], common)

@@ -59,3 +59,10 @@ def test_a_winner_below_the_random_subset_is_warned_about() -> None:
     assert table[3].split()[9] == "–"  # not evaluated (--no-random-reference)
     # IPC, method, init, β, α
     assert table[2].split()[:5] == ["600", "selmatch", "window", "0.4", "0.2"]
+    assert "beat or tied that subset on validation" in warnings[0]
+    # SeqMatch searched alone: no α phase, so the random subset was no candidate
+    alone = row(600, 0.7953, 0.8756) | {"alpha_trials": 0, "alpha_grid_size": 0,
+                                        "method": "seqmatch", "subsets": 2}  # fmt: skip
+    (warning,) = below_random([alone])
+    assert "no candidate of this search (--method seqmatch" in warning
+    assert "seqmatch K=2" in format_table([alone]).splitlines()[1]
