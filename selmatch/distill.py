@@ -42,7 +42,14 @@ from selmatch.config import Config, ConfigError, SelmatchError, check_choice, ch
 from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset
 from selmatch.experts import ExpertSet, InMemoryExperts, Mapper
 from selmatch.io import atomic_write, read_json, read_safetensors, write_json
-from selmatch.matching import MODES, SyntheticTensors, plan_student_steps, student_template
+from selmatch.matching import (
+    MODES,
+    StudentPlan,
+    SyntheticTensors,
+    match_trajectories,
+    plan_student_steps,
+    student_template,
+)
 from selmatch.models import build_model
 from selmatch.params import ParamLayout
 from selmatch.plots import save_curve, save_set_grid
@@ -110,6 +117,9 @@ class DistillConfig(Config):
     momentum_lr: float = 0.5
     dsa_strategy: str = DEFAULT_DSA_STRATEGY
     mode: str = "unrolled"
+    #: E: trajectories (expert, start epoch, student batches) matched per iteration, in one
+    #: batched computation; the image and lr update follows the mean of their E losses
+    trajectories_per_step: int = 1
     checkpoint_every: int = 50
     seed: int = 0
 
@@ -140,6 +150,7 @@ class DistillConfig(Config):
         check_float("lr_lr", self.lr_lr, 0.0)
         check_float("momentum_lr", self.momentum_lr, 0.0, 1.0, high_open=True)
         check_choice("mode", self.mode, MODES)
+        check_int("trajectories_per_step", self.trajectories_per_step, 1, 1024)
         check_int("checkpoint_every", self.checkpoint_every, 1)
         if self.dsa_strategy != "none":
             DSAConfig(strategy=self.dsa_strategy)
@@ -413,6 +424,25 @@ def sample_expert_segment(
     return trajectory[epoch], trajectory[epoch + run.config.expert_epochs]
 
 
+def sample_trajectories(
+    run: _Run, start_epochs: tuple[int, int], set_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, list[StudentPlan]]:
+    """E = ``trajectories_per_step`` draws of (segment, student plan), one after another from
+    ``generator``: exactly the draws E one-trajectory iterations would make. Returns the
+    (E, P) starts and targets and the E plans."""
+    config = run.config
+    starts, targets, plans = [], [], []
+    for _ in range(config.trajectories_per_step):
+        start, target = sample_expert_segment(run, start_epochs, generator)
+        plans.append(plan_student_steps(
+            set_size, config.n_student_steps, config.syn_batch, run.image_size, run.dsa,
+            generator, run.device,
+        ))  # fmt: skip
+        starts.append(start)
+        targets.append(target)
+    return torch.stack(starts), torch.stack(targets), plans
+
+
 def _run_stage(run: _Run, stage: Stage, state: DistillState, generator: torch.Generator) -> None:
     config = run.config
     if len(stage.learnable) == 0:  # α = 0, selection only: nothing to learn
@@ -426,19 +456,16 @@ def _run_stage(run: _Run, stage: Stage, state: DistillState, generator: torch.Ge
     lr_opt = torch.optim.SGD([syn_lr], lr=config.lr_lr, momentum=config.momentum_lr)
     _restore_momentum(image_opt, state.image_momentum)
     _restore_momentum(lr_opt, state.lr_momentum)
-    match = MODES[config.mode]
     desc = f"stage {state.stage + 1}/{config.stages}" if config.stages > 1 else "distill"
     todo = range(state.iteration, config.iterations)
     bar = progress_bar(todo, desc=desc, enabled=run.progress, initial=state.iteration,
                        total=config.iterations)  # fmt: skip
     for iteration in bar:
         started = time.perf_counter()
-        start, target = sample_expert_segment(run, stage.start_epochs, generator)
-        plan = plan_student_steps(
-            len(labels), config.n_student_steps, config.syn_batch, run.image_size, run.dsa,
-            generator, run.device,
-        )  # fmt: skip
-        result = match(run.template, run.layout, start, target, synthetic, syn_lr, plan)
+        starts, targets, plans = sample_trajectories(run, stage.start_epochs, len(labels),
+                                                     generator)  # fmt: skip
+        result = match_trajectories(config.mode, run.template, run.layout, starts, targets,
+                                    synthetic, syn_lr, plans)  # fmt: skip
         _check_finite(iteration, result.loss, [result.grad_learnable, result.grad_lr],
                       float(syn_lr.detach()), run.directory)  # fmt: skip
         learnable.grad, syn_lr.grad = result.grad_learnable, result.grad_lr.reshape(syn_lr.shape)

@@ -27,6 +27,14 @@ Both only track gradients for the *learnable* images (``D_distill``): frozen ima
 is spent on them. Every random choice of an iteration (batches, augmentation draws) is made
 up front in a :class:`StudentPlan`, so both modes (and the benchmark's plain reference) see
 exactly the same steps.
+
+Several trajectories per iteration (:func:`match_trajectories`, ``--trajectories-per-step E``):
+E students, each from its own θ*_t (its own expert and start epoch) with its own plan, run in
+one batched computation — :func:`torch.func.vmap` of the functional student over the stacked
+start parameters, the E augmented batches and their labels — and the loss is the mean of the E
+matching losses, so its gradient is the mean of the E gradients. Each trajectory's BatchNorm
+uses the statistics of its own batch, as a single student does (vmap normalises each vmapped
+slice on its own). E = 1 calls the single-trajectory function itself (bit for bit).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from selmatch.augment import DSAConfig, DSADraw, apply_dsa, sample_dsa
 from selmatch.params import ParamLayout
@@ -229,3 +237,169 @@ def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 
 
 MODES = {"unrolled": unrolled_match, "checkpointed": checkpointed_match}
+
+
+# --------------------------------------------------------------------------- E trajectories
+def _check_plans(starts: torch.Tensor, targets: torch.Tensor, plans: list[StudentPlan]) -> None:
+    if not plans or starts.shape != targets.shape or starts.shape[0] != len(plans):
+        raise ValueError(
+            f"expected E start and target vectors for E = {len(plans)} plans, got "
+            f"{tuple(starts.shape)} and {tuple(targets.shape)}"
+        )
+    sizes = [[len(b) for b in plan.batches] for plan in plans]
+    if any(s != sizes[0] for s in sizes):
+        raise ValueError("the E plans must have the same number of steps and batch sizes")
+
+
+def _batched_step_loss_fn(
+    template: nn.Module,
+    layout: ParamLayout,
+    synthetic: SyntheticTensors,
+    plans: list[StudentPlan],
+) -> StepLoss:
+    """``loss(params, n)`` for ``params`` of shape (E, P): the *sum* of the E students'
+    cross-entropies on their own step-n batches (trajectory e's loss depends on row e alone,
+    so the gradient's row e is student e's gradient). Each batch is gathered and augmented
+    with its own DSA draw as a single student's would be (draws may pick different operations,
+    so this part is a loop); the network runs once, vmapped over the E students, with the
+    batch axis at dim 1 so the grouped convolutions and BatchNorm see it without a copy."""
+
+    def one(params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(template, layout.unflatten(params), (x,)), y)
+
+    students = vmap(one, in_dims=(0, 1, 1))
+
+    def loss(params: torch.Tensor, n: int) -> torch.Tensor:
+        batches = []
+        for plan in plans:
+            x = synthetic.batch(plan.batches[n])
+            draw = plan.draws[n]
+            batches.append(x if draw is None else apply_dsa(x, draw))
+        labels = torch.stack([synthetic.labels[plan.batches[n]] for plan in plans], 1)
+        return students(params, torch.stack(batches, 1), labels).sum()
+
+    return loss
+
+
+def _distances(starts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (starts - targets).square().sum(1)
+
+
+def batched_unrolled_match(
+    template: nn.Module,
+    layout: ParamLayout,
+    starts: torch.Tensor,
+    targets: torch.Tensor,
+    synthetic: SyntheticTensors,
+    syn_lr: torch.Tensor,
+    plans: list[StudentPlan],
+) -> MatchResult:
+    """:func:`unrolled_match` of E trajectories at once (``starts``, ``targets``: (E, P)); the
+    loss and gradients are the mean over the E trajectories."""
+    _check_plans(starts, targets, plans)
+    step_loss = _batched_step_loss_fn(template, layout, synthetic, plans)
+    params = starts.detach().clone().requires_grad_(True)
+    for n in range(len(plans[0].batches)):
+        (grad,) = torch.autograd.grad(step_loss(params, n), params, create_graph=True)
+        params = params - syn_lr * grad
+    loss = ((params - targets).square().sum(1) / _distances(starts, targets)).mean()
+    inputs = [t for t in (synthetic.learnable, syn_lr) if t.requires_grad]
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True) if inputs else ()
+    by_input = dict(zip((id(t) for t in inputs), grads, strict=True))
+    return MatchResult(
+        float(loss.detach()),
+        _or_zeros(by_input.get(id(synthetic.learnable)), synthetic.learnable),
+        _or_zeros(by_input.get(id(syn_lr)), syn_lr),
+    )
+
+
+def batched_checkpointed_match(
+    template: nn.Module,
+    layout: ParamLayout,
+    starts: torch.Tensor,
+    targets: torch.Tensor,
+    synthetic: SyntheticTensors,
+    syn_lr: torch.Tensor,
+    plans: list[StudentPlan],
+) -> MatchResult:
+    """:func:`checkpointed_match` of E trajectories at once: N + 1 parameter matrices (E, P),
+    one adjoint per trajectory, λ_N = 2 (θ̂_N − θ*_{t+M}) / (E ‖θ*_t − θ*_{t+M}‖²) row by row."""
+    _check_plans(starts, targets, plans)
+    step_loss = _batched_step_loss_fn(template, layout, synthetic, plans)
+    lr = syn_lr.detach()
+    trajectory = [starts.detach()]
+    with torch.no_grad():
+        frozen_view = SyntheticTensors(
+            synthetic.frozen, synthetic.learnable.detach(), synthetic.labels
+        )
+        forward_loss = _batched_step_loss_fn(template, layout, frozen_view, plans)
+        for n in range(len(plans[0].batches)):
+            params = trajectory[-1].clone().requires_grad_(True)
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(forward_loss(params, n), params)
+            trajectory.append(trajectory[-1] - lr * grad)
+    distances = _distances(starts, targets)
+    final = trajectory[-1]
+    loss = ((final - targets).square().sum(1) / distances).mean()
+    adjoint = 2.0 * (final - targets) / (len(plans) * distances[:, None])
+    grad_images = torch.zeros_like(synthetic.learnable)
+    grad_lr = torch.zeros_like(lr)
+    wants_images = synthetic.learnable.requires_grad and len(synthetic.learnable) > 0
+    for n in reversed(range(len(plans[0].batches))):
+        params = trajectory[n].clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(step_loss(params, n), params, create_graph=True)
+        inner = (grad * adjoint).sum()
+        wrt = (params, synthetic.learnable) if wants_images else (params,)
+        pieces = torch.autograd.grad(inner, wrt, allow_unused=True)
+        grad_lr -= inner.detach()
+        if wants_images and pieces[1] is not None:
+            grad_images -= lr * pieces[1]
+        adjoint = adjoint - lr * pieces[0]
+    return MatchResult(float(loss), grad_images, grad_lr)
+
+
+BATCHED_MODES = {"unrolled": batched_unrolled_match, "checkpointed": batched_checkpointed_match}
+
+
+def match_trajectories(
+    mode: str,
+    template: nn.Module,
+    layout: ParamLayout,
+    starts: torch.Tensor,
+    targets: torch.Tensor,
+    synthetic: SyntheticTensors,
+    syn_lr: torch.Tensor,
+    plans: list[StudentPlan],
+) -> MatchResult:
+    """The mean matching loss of E = ``len(plans)`` trajectories and its gradients, in one
+    batched computation (``starts``, ``targets``: (E, P)). E = 1 is ``MODES[mode]`` itself,
+    so a one-trajectory iteration is bit for bit what it was before this option existed."""
+    if len(plans) == 1:
+        _check_plans(starts, targets, plans)
+        return MODES[mode](template, layout, starts[0], targets[0], synthetic, syn_lr, plans[0])
+    return BATCHED_MODES[mode](template, layout, starts, targets, synthetic, syn_lr, plans)
+
+
+def sequential_match(
+    mode: str,
+    template: nn.Module,
+    layout: ParamLayout,
+    starts: torch.Tensor,
+    targets: torch.Tensor,
+    synthetic: SyntheticTensors,
+    syn_lr: torch.Tensor,
+    plans: list[StudentPlan],
+) -> MatchResult:
+    """The same mean as :func:`match_trajectories` by E single-trajectory calls, one after
+    another (the reference of the tests and the benchmark)."""
+    _check_plans(starts, targets, plans)
+    results = [
+        MODES[mode](template, layout, start, target, synthetic, syn_lr, plan)
+        for start, target, plan in zip(starts, targets, plans, strict=True)
+    ]
+    count = len(results)
+    return MatchResult(
+        sum(r.loss for r in results) / count,
+        torch.stack([r.grad_learnable for r in results]).sum(0) / count,
+        torch.stack([r.grad_lr for r in results]).sum(0) / count,
+    )

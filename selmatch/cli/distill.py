@@ -125,6 +125,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="unrolled: keep the graph of all N steps (fast); checkpointed: recompute one step "
         "at a time, peak memory independent of N (default: unrolled)",
     )  # fmt: skip
+    match.add_argument(
+        "--trajectories-per-step", type=int, default=1, metavar="E",
+        help="E: expert trajectories (each its own expert, start epoch and student batches) "
+        "matched per iteration in one batched computation; the images and η are updated "
+        "with the mean of the E losses, an E-trajectory mini-batch per update (default: 1)",
+    )  # fmt: skip
     run = parser.add_argument_group("run")
     run.add_argument("--checkpoint-every", type=int, default=50, help="iterations (default: 50)")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -156,6 +162,7 @@ def run_distill(args: argparse.Namespace) -> int:
         iterations=args.iterations, lr_images=args.lr_images,
         momentum_images=args.momentum_images, lr_init=args.lr_init, lr_lr=args.lr_lr,
         momentum_lr=args.momentum_lr, dsa_strategy=args.dsa_strategy, mode=args.memory,
+        trajectories_per_step=args.trajectories_per_step,
         checkpoint_every=args.checkpoint_every, seed=args.seed, subset_seed=args.subset_seed,
     )  # fmt: skip
     dataset, split = common.load_data(args)

@@ -122,6 +122,7 @@ CASES = [
     Case("selmatch window-sweep --ipc 5 --dataset imagefolder:not-a-png",
          "not-a-png/test/a/0.png"),
     # distill
+    Case("selmatch distill --ipc 5 --trajectories-per-step 0", "--trajectories-per-step"),
     Case("selmatch distill --ipc 5 --out a-file", "--out a-file"),
     Case("selmatch distill --ipc 5 --alpha 2", "--alpha"),
     Case("selmatch distill --ipc 5 --method dc", "--method"),
