@@ -178,14 +178,7 @@ def unrolled_match(
         (grad,) = torch.autograd.grad(step_loss(params, n), params, create_graph=True)
         params = params - syn_lr * grad
     loss = (params - target).square().sum() / _distance(start, target)
-    inputs = [t for t in (synthetic.learnable, syn_lr) if t.requires_grad]
-    grads = torch.autograd.grad(loss, inputs, allow_unused=True) if inputs else ()
-    by_input = dict(zip((id(t) for t in inputs), grads, strict=True))
-    return MatchResult(
-        float(loss.detach()),
-        _or_zeros(by_input.get(id(synthetic.learnable)), synthetic.learnable),
-        _or_zeros(by_input.get(id(syn_lr)), syn_lr),
-    )
+    return _backward(loss, synthetic, syn_lr)
 
 
 def checkpointed_match(
@@ -201,35 +194,68 @@ def checkpointed_match(
     step's graph plus N+1 parameter vectors, whatever N is."""
     step_loss = _step_loss_fn(template, layout, synthetic, plan)
     lr = syn_lr.detach()
-    trajectory = [start.detach()]
-    with torch.no_grad():
-        frozen_view = SyntheticTensors(
-            synthetic.frozen, synthetic.learnable.detach(), synthetic.labels
-        )
-        forward_loss = _step_loss_fn(template, layout, frozen_view, plan)
-        for n in range(len(plan.batches)):
-            params = trajectory[-1].clone().requires_grad_(True)
-            with torch.enable_grad():
-                (grad,) = torch.autograd.grad(forward_loss(params, n), params)
-            trajectory.append(trajectory[-1] - lr * grad)
+    frozen_view = SyntheticTensors(synthetic.frozen, synthetic.learnable.detach(), synthetic.labels)
+    forward_loss = _step_loss_fn(template, layout, frozen_view, plan)
+    trajectory = _forward_trajectory(forward_loss, start, lr, len(plan.batches))
     distance = _distance(start, target)
     final = trajectory[-1]
     loss = (final - target).square().sum() / distance
     adjoint = 2.0 * (final - target) / distance
+    grad_images, grad_lr = _reverse_sweep(step_loss, trajectory, adjoint, synthetic, lr)
+    return MatchResult(float(loss), grad_images, grad_lr)
+
+
+def _backward(loss: torch.Tensor, synthetic: SyntheticTensors, syn_lr: torch.Tensor) -> MatchResult:
+    """The unrolled modes' result: ``loss`` and its gradients wrt the learnable images and
+    the lr (zeros for what does not require one)."""
+    inputs = [t for t in (synthetic.learnable, syn_lr) if t.requires_grad]
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True) if inputs else ()
+    by_input = dict(zip((id(t) for t in inputs), grads, strict=True))
+    return MatchResult(
+        float(loss.detach()),
+        _or_zeros(by_input.get(id(synthetic.learnable)), synthetic.learnable),
+        _or_zeros(by_input.get(id(syn_lr)), syn_lr),
+    )
+
+
+def _forward_trajectory(
+    forward_loss: StepLoss, start: torch.Tensor, lr: torch.Tensor, steps: int
+) -> list[torch.Tensor]:
+    """The checkpointed modes' forward pass without a graph: the ``steps`` + 1 parameter
+    vectors (or (E, P) matrices) of the student."""
+    trajectory = [start.detach()]
+    with torch.no_grad():
+        for n in range(steps):
+            params = trajectory[-1].clone().requires_grad_(True)
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(forward_loss(params, n), params)
+            trajectory.append(trajectory[-1] - lr * grad)
+    return trajectory
+
+
+def _reverse_sweep(
+    step_loss: StepLoss,
+    trajectory: list[torch.Tensor],
+    adjoint: torch.Tensor,
+    synthetic: SyntheticTensors,
+    lr: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checkpointed modes' reverse recomputation from the final adjoint: the gradients
+    wrt the learnable images and the lr, one step's graph at a time."""
     grad_images = torch.zeros_like(synthetic.learnable)
     grad_lr = torch.zeros_like(lr)
     wants_images = synthetic.learnable.requires_grad and len(synthetic.learnable) > 0
-    for n in reversed(range(len(plan.batches))):
+    for n in reversed(range(len(trajectory) - 1)):
         params = trajectory[n].clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(step_loss(params, n), params, create_graph=True)
         inner = (grad * adjoint).sum()
-        targets = (params, synthetic.learnable) if wants_images else (params,)
-        pieces = torch.autograd.grad(inner, targets, allow_unused=True)
+        wrt = (params, synthetic.learnable) if wants_images else (params,)
+        pieces = torch.autograd.grad(inner, wrt, allow_unused=True)
         grad_lr -= inner.detach()
         if wants_images and pieces[1] is not None:
             grad_images -= lr * pieces[1]
         adjoint = adjoint - lr * pieces[0]
-    return MatchResult(float(loss), grad_images, grad_lr)
+    return grad_images, grad_lr
 
 
 def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -303,14 +329,7 @@ def batched_unrolled_match(
         (grad,) = torch.autograd.grad(step_loss(params, n), params, create_graph=True)
         params = params - syn_lr * grad
     loss = ((params - targets).square().sum(1) / _distances(starts, targets)).mean()
-    inputs = [t for t in (synthetic.learnable, syn_lr) if t.requires_grad]
-    grads = torch.autograd.grad(loss, inputs, allow_unused=True) if inputs else ()
-    by_input = dict(zip((id(t) for t in inputs), grads, strict=True))
-    return MatchResult(
-        float(loss.detach()),
-        _or_zeros(by_input.get(id(synthetic.learnable)), synthetic.learnable),
-        _or_zeros(by_input.get(id(syn_lr)), syn_lr),
-    )
+    return _backward(loss, synthetic, syn_lr)
 
 
 def batched_checkpointed_match(
@@ -327,34 +346,14 @@ def batched_checkpointed_match(
     _check_plans(starts, targets, plans)
     step_loss = _batched_step_loss_fn(template, layout, synthetic, plans)
     lr = syn_lr.detach()
-    trajectory = [starts.detach()]
-    with torch.no_grad():
-        frozen_view = SyntheticTensors(
-            synthetic.frozen, synthetic.learnable.detach(), synthetic.labels
-        )
-        forward_loss = _batched_step_loss_fn(template, layout, frozen_view, plans)
-        for n in range(len(plans[0].batches)):
-            params = trajectory[-1].clone().requires_grad_(True)
-            with torch.enable_grad():
-                (grad,) = torch.autograd.grad(forward_loss(params, n), params)
-            trajectory.append(trajectory[-1] - lr * grad)
+    frozen_view = SyntheticTensors(synthetic.frozen, synthetic.learnable.detach(), synthetic.labels)
+    forward_loss = _batched_step_loss_fn(template, layout, frozen_view, plans)
+    trajectory = _forward_trajectory(forward_loss, starts, lr, len(plans[0].batches))
     distances = _distances(starts, targets)
     final = trajectory[-1]
     loss = ((final - targets).square().sum(1) / distances).mean()
     adjoint = 2.0 * (final - targets) / (len(plans) * distances[:, None])
-    grad_images = torch.zeros_like(synthetic.learnable)
-    grad_lr = torch.zeros_like(lr)
-    wants_images = synthetic.learnable.requires_grad and len(synthetic.learnable) > 0
-    for n in reversed(range(len(plans[0].batches))):
-        params = trajectory[n].clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(step_loss(params, n), params, create_graph=True)
-        inner = (grad * adjoint).sum()
-        wrt = (params, synthetic.learnable) if wants_images else (params,)
-        pieces = torch.autograd.grad(inner, wrt, allow_unused=True)
-        grad_lr -= inner.detach()
-        if wants_images and pieces[1] is not None:
-            grad_images -= lr * pieces[1]
-        adjoint = adjoint - lr * pieces[0]
+    grad_images, grad_lr = _reverse_sweep(step_loss, trajectory, adjoint, synthetic, lr)
     return MatchResult(float(loss), grad_images, grad_lr)
 
 
