@@ -7,17 +7,19 @@ output folder, addressed by an absolute URI; ``--tracking-uri`` points at a serv
 
 Child runs are created when a trial ends (completed or errored), tagged with the Tune trial
 id; before creating one, the adapter looks for a run with that tag, so a resumed search never
-logs a trial twice.
+logs a trial twice (a run that a kill left half-written, still RUNNING, is replaced).
 """
 
 from __future__ import annotations
 
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
@@ -90,7 +92,7 @@ class Tracker:
         except MlflowException:
             return False
 
-    def child_exists(self, trial_id: str) -> bool:
+    def _child(self, trial_id: str) -> Any | None:
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=(
@@ -98,23 +100,37 @@ class Tracker:
             ),
             max_results=1,
         )
-        return bool(runs)
+        return runs[0] if runs else None
+
+    def child_exists(self, trial_id: str) -> bool:
+        """A complete child run: one that a kill cut short between its creation and its end
+        (still RUNNING: its params or metrics may be missing) does not count."""
+        run = self._child(trial_id)
+        return run is not None and run.info.status != "RUNNING"
 
     def log_child(
         self, trial_id: str, name: str, tags: dict[str, str], params: dict[str, Any],
         metrics: dict[str, float], failed: bool,
     ) -> None:  # fmt: skip
-        if self.parent_id is None or self.child_exists(trial_id):
+        if self.parent_id is None:
             return
+        existing = self._child(trial_id)
+        if existing is not None:
+            if existing.info.status != "RUNNING":
+                return  # logged already (a resumed search)
+            self.client.delete_run(existing.info.run_id)  # cut short by a kill: log it afresh
         run = self.client.create_run(
             self.experiment_id, run_name=name,
             tags={"mlflow.parentRunId": self.parent_id, "trial_id": trial_id, **tags},
         )  # fmt: skip
         run_id = run.info.run_id
-        for key, value in params.items():
-            self.client.log_param(run_id, key, _short(value))
-        for key, value in metrics.items():
-            self.client.log_metric(run_id, key, float(value))
+        now = int(time.time() * 1000)
+        batch = [Param(key, _short(value)) for key, value in params.items()]
+        for start in range(0, max(len(batch), 1), 100):  # MLflow takes 100 params a batch
+            self.client.log_batch(
+                run_id, params=batch[start : start + 100],
+                metrics=[] if start else [Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            )  # fmt: skip
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
     def log_parent_metrics(self, metrics: dict[str, float]) -> None:
