@@ -272,5 +272,24 @@ def test_plan_v3_ranks_by_consistency_and_starts_selmatch_where_the_search_said(
     assert "--stage-experts 2" in retrained and "--stage-cache" in retrained
     sequential = [line for line in lines if "--eval-order sequential" in line]
     assert [line.split()[2].rstrip(":") for line in sequential] == [
-        "distill-seqmatch-sequential-ipc300", "distill-seqmatch-retrained-sequential-ipc300",
+        "distill-seqmatch-retrained-sequential-ipc300", "distill-seqmatch-sequential-ipc300",
     ]  # fmt: skip
+
+
+def test_a_segment_set_without_per_stage_lrs_is_distilled_again_for_its_sequential_row(
+    study, tmp_path, capsys
+) -> None:
+    runner = study.Study(tmp_path / "run", dry_run=True, stop_after=None, plan=study.PLANS["v3"])
+    segment = tmp_path / "run" / "distill-seqmatch-ipc60"
+    segment.mkdir(parents=True)
+    (segment / "manifest.json").write_text('{"method": "seqmatch"}')  # an earlier version's
+    assert study.seqmatch_variants(runner, 60, "experts", "scores", segment)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "[study]" in line]
+    assert any("distill distill-seqmatch-staged-ipc60" in line for line in lines)
+    sequential = next(line for line in lines if "evaluate distill-seqmatch-sequential" in line)
+    assert "distill-seqmatch-staged-ipc60 --eval-order sequential" in sequential
+    (segment / "manifest.json").write_text('{"method": "seqmatch", "stage_lrs": [0.01, 0.02]}')
+    assert study.seqmatch_variants(runner, 60, "experts", "scores", segment)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "[study]" in line]
+    assert not any("staged" in line for line in lines)
+    assert any(f"--set {segment} --eval-order sequential" in line for line in lines)
