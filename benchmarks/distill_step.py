@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from plain_mtt import plain_match
 
 from selmatch.augment import DSAConfig
 from selmatch.matching import (
+    MatchResult,
     SyntheticTensors,
     checkpointed_match,
     plan_student_steps,
@@ -39,7 +41,9 @@ from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
 
 SHAPES = {"fmnist": (1, 28, 28), "cifar": (3, 32, 32)}
-IMPLEMENTATIONS = {"plain": plain_match, "default": unrolled_match, "saving": checkpointed_match}
+IMPLEMENTATIONS: dict[str, Callable[..., MatchResult]] = {
+    "plain": plain_match, "default": unrolled_match, "saving": checkpointed_match,
+}  # fmt: skip
 
 
 def make_case(shape, width, set_size, alpha, n_steps, batch, device, dtype=torch.float32, seed=0):

@@ -12,6 +12,7 @@ message names the argument the way the CLI spells it (``--ipc``) and states the 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
@@ -66,6 +67,13 @@ def check_float(
     return number
 
 
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is ``True`` or ``False`` (not 1, 0 or "false"), else raise."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{flag(name)} must be true or false, got {value!r}")
+    return value
+
+
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``choices``, else raise a one-line error."""
     options = tuple(choices)
@@ -75,17 +83,23 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
 
 
 class Config:
-    """Mixin for frozen dataclass configs: ``to_dict`` / ``from_dict`` with strict keys."""
+    """Mixin for dataclass configs and records: ``to_dict`` / ``from_dict`` with strict keys.
+
+    ``from_dict`` follows the field's type: a nested :class:`Config` (also inside ``X | None``,
+    a ``tuple[X, ...]`` or a ``dict[K, X]``) is rebuilt, a ``dict`` keyed by numbers gets its
+    keys back from JSON's strings, a list becomes a tuple. ``to_dict`` is its inverse (keys
+    that are not strings are written as ``str(key)``); a class whose ``OMIT_NONE`` is true
+    leaves its ``None`` fields out (a record's not-yet-known parts)."""
+
+    OMIT_NONE: typing.ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, field.name)
-            if isinstance(value, Config):
-                value = value.to_dict()
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[field.name] = value
+            if value is None and self.OMIT_NONE:
+                continue
+            out[field.name] = _plain(value)
         return out
 
     @classmethod
@@ -98,16 +112,38 @@ class Config:
                 f"known: {', '.join(sorted(names))}"
             )
         hints = typing.get_type_hints(cls)
-        kwargs: dict[str, Any] = {}
-        for name, value in data.items():
-            hint = hints.get(name)
-            if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, Mapping):
-                value = hint.from_dict(value)
-            elif isinstance(value, list):
-                value = tuple(value)
-            kwargs[name] = value
-        return cls(**kwargs)
+        return cls(**{name: _typed(hints.get(name), value) for name, value in data.items()})
 
     def replace(self: C, **changes: Any) -> C:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON holds it (the inverse of :func:`_typed`)."""
+    if isinstance(value, Config):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _typed(hint: Any, value: Any) -> Any:
+    """``value`` (as JSON holds it) rebuilt as the type ``hint`` says."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if value is None or len(inner) != 1:
+            return tuple(value) if isinstance(value, list) else value
+        return _typed(inner[0], value)
+    if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, Mapping):
+        return hint.from_dict(value)
+    if origin is dict and isinstance(value, Mapping) and len(args) == 2:
+        key = args[0] if args[0] in (int, float) else (lambda k: k)
+        return {key(k): _typed(args[1], v) for k, v in value.items()}
+    if isinstance(value, list):
+        item = args[0] if origin is tuple and len(args) == 2 and args[1] is Ellipsis else None
+        return tuple(_typed(item, v) for v in value)
+    return value

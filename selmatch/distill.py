@@ -42,6 +42,7 @@ from selmatch.config import Config, ConfigError, SelmatchError, check_choice, ch
 from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset
 from selmatch.experts import ExpertSet, InMemoryExperts, Mapper
 from selmatch.io import atomic_write, read_json, read_safetensors, write_json
+from selmatch.levers import Levers, StudentStep
 from selmatch.matching import (
     MODES,
     StudentPlan,
@@ -120,6 +121,11 @@ class DistillConfig(Config):
     #: E: trajectories (expert, start epoch, student batches) matched per iteration, in one
     #: batched computation; the image and lr update follows the mean of their E losses
     trajectories_per_step: int = 1
+    #: speed levers of the student step (:mod:`selmatch.levers`), all off by default
+    compile: bool = False
+    cuda_graphs: bool = False
+    precision: str = "default"
+    channels_last: bool = False
     checkpoint_every: int = 50
     seed: int = 0
 
@@ -151,6 +157,8 @@ class DistillConfig(Config):
         check_float("momentum_lr", self.momentum_lr, 0.0, 1.0, high_open=True)
         check_choice("mode", self.mode, MODES)
         check_int("trajectories_per_step", self.trajectories_per_step, 1, 1024)
+        if self.levers.channels_last and self.trajectories_per_step > 1:
+            raise ConfigError("--channels-last applies to --trajectories-per-step 1 only")
         check_int("checkpoint_every", self.checkpoint_every, 1)
         if self.dsa_strategy != "none":
             DSAConfig(strategy=self.dsa_strategy)
@@ -172,6 +180,11 @@ class DistillConfig(Config):
             )
         least = self.min_start_epoch + self.expert_epochs
         check_int("stage_expert_epochs", self.stage_expert_epochs, least, 10_000)
+
+    @property
+    def levers(self) -> Levers:
+        return Levers(compile=self.compile, cuda_graphs=self.cuda_graphs,
+                      precision=self.precision, channels_last=self.channels_last)  # fmt: skip
 
     @property
     def retrained(self) -> bool:
@@ -411,6 +424,8 @@ class _Run:
     dsa: DSAConfig | None
     device: torch.device
     progress: bool
+    #: the student step under the speed levers; ``None`` when all are off
+    step: StudentStep | None = None
 
 
 def sample_expert_segment(
@@ -465,7 +480,7 @@ def _run_stage(run: _Run, stage: Stage, state: DistillState, generator: torch.Ge
         starts, targets, plans = sample_trajectories(run, stage.start_epochs, len(labels),
                                                      generator)  # fmt: skip
         result = match_trajectories(config.mode, run.template, run.layout, starts, targets,
-                                    synthetic, syn_lr, plans)  # fmt: skip
+                                    synthetic, syn_lr, plans, run.step)  # fmt: skip
         _check_finite(iteration, result.loss, [result.grad_learnable, result.grad_lr],
                       float(syn_lr.detach()), run.directory)  # fmt: skip
         learnable.grad, syn_lr.grad = result.grad_learnable, result.grad_lr.reshape(syn_lr.shape)
@@ -509,6 +524,7 @@ def distill(
     directory = Path(directory)
     check_experts(config, experts, split)
     torch_device = resolve_device(device)
+    config.levers.check_device(torch_device)
     initial = initial_set(config, dataset, split, hardness)
     stages = stages_of(config, initial)
     existing = _load_checkpoint(directory, config)
@@ -527,6 +543,7 @@ def distill(
         (dataset.image_shape[1], dataset.image_shape[2]),
         None if config.dsa_strategy == "none" else DSAConfig(strategy=config.dsa_strategy),
         torch_device, progress,
+        StudentStep(template, experts.layout, config.levers) if config.levers.active else None,
     )  # fmt: skip
     generator = torch.Generator().manual_seed(config.seed)
     state = existing or DistillState(

@@ -35,19 +35,24 @@ start parameters, the E augmented batches and their labels — and the loss is t
 matching losses, so its gradient is the mean of the E gradients. Each trajectory's BatchNorm
 uses the statistics of its own batch, as a single student does (vmap normalises each vmapped
 slice on its own). E = 1 calls the single-trajectory function itself (bit for bit).
+
+Speed levers (``torch.compile``, CUDA graphs, precision, channels-last): every matching function
+takes an optional :class:`selmatch.levers.StudentStep` that computes each step's gradient under
+them; without one (the default) the code below is the code that ran before the levers existed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
 
 from selmatch.augment import DSAConfig, DSADraw, apply_dsa, sample_dsa
+from selmatch.levers import StudentStep, student_loss
 from selmatch.params import ParamLayout
 
 
@@ -137,6 +142,21 @@ class MatchResult:
 
 
 StepLoss = Callable[[torch.Tensor, int], torch.Tensor]
+#: ``grad(params, n, create_graph)``: the gradient of step n's loss at ``params``
+StepGrad = Callable[[torch.Tensor, int, bool], torch.Tensor]
+#: ``inputs(n)``: step n's augmented batch and its labels
+StepInputs = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _step_inputs_fn(synthetic: SyntheticTensors, plan: StudentPlan) -> StepInputs:
+    def inputs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = synthetic.batch(plan.batches[n])
+        draw = plan.draws[n]
+        if draw is not None:
+            x = apply_dsa(x, draw)
+        return x, synthetic.labels[plan.batches[n]]
+
+    return inputs
 
 
 def _step_loss_fn(
@@ -146,16 +166,36 @@ def _step_loss_fn(
     plan: StudentPlan,
 ) -> StepLoss:
     """``loss(params, n)``: the student's cross-entropy on step n's augmented batch."""
+    inputs, network = _step_inputs_fn(synthetic, plan), student_loss(template, layout)
+    return lambda params, n: network(params, *inputs(n))
 
-    def loss(params: torch.Tensor, n: int) -> torch.Tensor:
-        x = synthetic.batch(plan.batches[n])
-        draw = plan.draws[n]
-        if draw is not None:
-            x = apply_dsa(x, draw)
-        logits = functional_call(template, layout.unflatten(params), (x,))
-        return F.cross_entropy(logits, synthetic.labels[plan.batches[n]])
 
-    return loss
+def _step_grad_fn(
+    step_loss: StepLoss,
+    inputs: StepInputs,
+    step: StudentStep | None,
+    *,
+    slots: bool = False,
+) -> StepGrad:
+    """``grad(params, n, create_graph)``: by autograd on ``step_loss`` without levers, else
+    by ``step`` on ``inputs(n)`` (``slots``: the unrolled loop, one CUDA graph per step)."""
+    if step is None:
+
+        def grad(params: torch.Tensor, n: int, create_graph: bool) -> torch.Tensor:
+            (g,) = torch.autograd.grad(step_loss(params, n), params, create_graph=create_graph)
+            return g
+
+        return grad
+
+    def levered(params: torch.Tensor, n: int, create_graph: bool) -> torch.Tensor:
+        x, y = inputs(n)
+        return step.gradient(params, x, y, create_graph=create_graph, slot=n if slots else None)
+
+    return levered
+
+
+def _scope(step: StudentStep | None) -> AbstractContextManager[Any]:
+    return nullcontext() if step is None else step.scope()
 
 
 def _distance(start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -170,15 +210,17 @@ def unrolled_match(
     synthetic: SyntheticTensors,
     syn_lr: torch.Tensor,
     plan: StudentPlan,
+    step: StudentStep | None = None,
 ) -> MatchResult:
     """Default mode: unroll N student steps with their graph, back-propagate once."""
-    step_loss = _step_loss_fn(template, layout, synthetic, plan)
-    params = start.detach().clone().requires_grad_(True)
-    for n in range(len(plan.batches)):
-        (grad,) = torch.autograd.grad(step_loss(params, n), params, create_graph=True)
-        params = params - syn_lr * grad
-    loss = (params - target).square().sum() / _distance(start, target)
-    return _backward(loss, synthetic, syn_lr)
+    step_grad = _step_grad_fn(_step_loss_fn(template, layout, synthetic, plan),
+                              _step_inputs_fn(synthetic, plan), step, slots=True)  # fmt: skip
+    with _scope(step):
+        params = start.detach().clone().requires_grad_(True)
+        for n in range(len(plan.batches)):
+            params = params - syn_lr * step_grad(params, n, True)
+        loss = (params - target).square().sum() / _distance(start, target)
+        return _backward(loss, synthetic, syn_lr)
 
 
 def checkpointed_match(
@@ -189,19 +231,23 @@ def checkpointed_match(
     synthetic: SyntheticTensors,
     syn_lr: torch.Tensor,
     plan: StudentPlan,
+    step: StudentStep | None = None,
 ) -> MatchResult:
     """Memory-saving mode: the same gradient by reverse recomputation; peak memory is one
     step's graph plus N+1 parameter vectors, whatever N is."""
-    step_loss = _step_loss_fn(template, layout, synthetic, plan)
+    step_grad = _step_grad_fn(_step_loss_fn(template, layout, synthetic, plan),
+                              _step_inputs_fn(synthetic, plan), step)  # fmt: skip
     lr = syn_lr.detach()
     frozen_view = SyntheticTensors(synthetic.frozen, synthetic.learnable.detach(), synthetic.labels)
-    forward_loss = _step_loss_fn(template, layout, frozen_view, plan)
-    trajectory = _forward_trajectory(forward_loss, start, lr, len(plan.batches))
-    distance = _distance(start, target)
-    final = trajectory[-1]
-    loss = (final - target).square().sum() / distance
-    adjoint = 2.0 * (final - target) / distance
-    grad_images, grad_lr = _reverse_sweep(step_loss, trajectory, adjoint, synthetic, lr)
+    forward_grad = _step_grad_fn(_step_loss_fn(template, layout, frozen_view, plan),
+                                 _step_inputs_fn(frozen_view, plan), step)  # fmt: skip
+    with _scope(step):
+        trajectory = _forward_trajectory(forward_grad, start, lr, len(plan.batches))
+        distance = _distance(start, target)
+        final = trajectory[-1]
+        loss = (final - target).square().sum() / distance
+        adjoint = 2.0 * (final - target) / distance
+        grad_images, grad_lr = _reverse_sweep(step_grad, trajectory, adjoint, synthetic, lr)
     return MatchResult(float(loss), grad_images, grad_lr)
 
 
@@ -219,7 +265,7 @@ def _backward(loss: torch.Tensor, synthetic: SyntheticTensors, syn_lr: torch.Ten
 
 
 def _forward_trajectory(
-    forward_loss: StepLoss, start: torch.Tensor, lr: torch.Tensor, steps: int
+    forward_grad: StepGrad, start: torch.Tensor, lr: torch.Tensor, steps: int
 ) -> list[torch.Tensor]:
     """The checkpointed modes' forward pass without a graph: the ``steps`` + 1 parameter
     vectors (or (E, P) matrices) of the student."""
@@ -228,13 +274,13 @@ def _forward_trajectory(
         for n in range(steps):
             params = trajectory[-1].clone().requires_grad_(True)
             with torch.enable_grad():
-                (grad,) = torch.autograd.grad(forward_loss(params, n), params)
+                grad = forward_grad(params, n, False)
             trajectory.append(trajectory[-1] - lr * grad)
     return trajectory
 
 
 def _reverse_sweep(
-    step_loss: StepLoss,
+    step_grad: StepGrad,
     trajectory: list[torch.Tensor],
     adjoint: torch.Tensor,
     synthetic: SyntheticTensors,
@@ -247,7 +293,7 @@ def _reverse_sweep(
     wants_images = synthetic.learnable.requires_grad and len(synthetic.learnable) > 0
     for n in reversed(range(len(trajectory) - 1)):
         params = trajectory[n].clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(step_loss(params, n), params, create_graph=True)
+        grad = step_grad(params, n, True)
         inner = (grad * adjoint).sum()
         wrt = (params, synthetic.learnable) if wants_images else (params,)
         pieces = torch.autograd.grad(inner, wrt, allow_unused=True)
@@ -277,6 +323,19 @@ def _check_plans(starts: torch.Tensor, targets: torch.Tensor, plans: list[Studen
         raise ValueError("the E plans must have the same number of steps and batch sizes")
 
 
+def _batched_step_inputs_fn(synthetic: SyntheticTensors, plans: list[StudentPlan]) -> StepInputs:
+    """Step n's E batches stacked at dim 1, (b, E, ...), and their labels (b, E). Each batch is
+    gathered and augmented with its own DSA draw as a single student's would be (draws may
+    pick different operations, so this part is a loop)."""
+    singles = [_step_inputs_fn(synthetic, plan) for plan in plans]
+
+    def inputs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [single(n) for single in singles]
+        return torch.stack([x for x, _ in pairs], 1), torch.stack([y for _, y in pairs], 1)
+
+    return inputs
+
+
 def _batched_step_loss_fn(
     template: nn.Module,
     layout: ParamLayout,
@@ -285,26 +344,11 @@ def _batched_step_loss_fn(
 ) -> StepLoss:
     """``loss(params, n)`` for ``params`` of shape (E, P): the *sum* of the E students'
     cross-entropies on their own step-n batches (trajectory e's loss depends on row e alone,
-    so the gradient's row e is student e's gradient). Each batch is gathered and augmented
-    with its own DSA draw as a single student's would be (draws may pick different operations,
-    so this part is a loop); the network runs once, vmapped over the E students, with the
-    batch axis at dim 1 so the grouped convolutions and BatchNorm see it without a copy."""
-
-    def one(params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(functional_call(template, layout.unflatten(params), (x,)), y)
-
-    students = vmap(one, in_dims=(0, 1, 1))
-
-    def loss(params: torch.Tensor, n: int) -> torch.Tensor:
-        batches = []
-        for plan in plans:
-            x = synthetic.batch(plan.batches[n])
-            draw = plan.draws[n]
-            batches.append(x if draw is None else apply_dsa(x, draw))
-        labels = torch.stack([synthetic.labels[plan.batches[n]] for plan in plans], 1)
-        return students(params, torch.stack(batches, 1), labels).sum()
-
-    return loss
+    so the gradient's row e is student e's gradient); the network runs once, vmapped over
+    the E students (:func:`selmatch.levers.student_loss`)."""
+    inputs = _batched_step_inputs_fn(synthetic, plans)
+    network = student_loss(template, layout, batched=True)
+    return lambda params, n: network(params, *inputs(n))
 
 
 def _distances(starts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -319,17 +363,20 @@ def batched_unrolled_match(
     synthetic: SyntheticTensors,
     syn_lr: torch.Tensor,
     plans: list[StudentPlan],
+    step: StudentStep | None = None,
 ) -> MatchResult:
     """:func:`unrolled_match` of E trajectories at once (``starts``, ``targets``: (E, P)); the
     loss and gradients are the mean over the E trajectories."""
     _check_plans(starts, targets, plans)
-    step_loss = _batched_step_loss_fn(template, layout, synthetic, plans)
-    params = starts.detach().clone().requires_grad_(True)
-    for n in range(len(plans[0].batches)):
-        (grad,) = torch.autograd.grad(step_loss(params, n), params, create_graph=True)
-        params = params - syn_lr * grad
-    loss = ((params - targets).square().sum(1) / _distances(starts, targets)).mean()
-    return _backward(loss, synthetic, syn_lr)
+    step_grad = _step_grad_fn(_batched_step_loss_fn(template, layout, synthetic, plans),
+                              _batched_step_inputs_fn(synthetic, plans), step,
+                              slots=True)  # fmt: skip
+    with _scope(step):
+        params = starts.detach().clone().requires_grad_(True)
+        for n in range(len(plans[0].batches)):
+            params = params - syn_lr * step_grad(params, n, True)
+        loss = ((params - targets).square().sum(1) / _distances(starts, targets)).mean()
+        return _backward(loss, synthetic, syn_lr)
 
 
 def batched_checkpointed_match(
@@ -340,20 +387,24 @@ def batched_checkpointed_match(
     synthetic: SyntheticTensors,
     syn_lr: torch.Tensor,
     plans: list[StudentPlan],
+    step: StudentStep | None = None,
 ) -> MatchResult:
     """:func:`checkpointed_match` of E trajectories at once: N + 1 parameter matrices (E, P),
     one adjoint per trajectory, λ_N = 2 (θ̂_N − θ*_{t+M}) / (E ‖θ*_t − θ*_{t+M}‖²) row by row."""
     _check_plans(starts, targets, plans)
-    step_loss = _batched_step_loss_fn(template, layout, synthetic, plans)
+    step_grad = _step_grad_fn(_batched_step_loss_fn(template, layout, synthetic, plans),
+                              _batched_step_inputs_fn(synthetic, plans), step)  # fmt: skip
     lr = syn_lr.detach()
     frozen_view = SyntheticTensors(synthetic.frozen, synthetic.learnable.detach(), synthetic.labels)
-    forward_loss = _batched_step_loss_fn(template, layout, frozen_view, plans)
-    trajectory = _forward_trajectory(forward_loss, starts, lr, len(plans[0].batches))
-    distances = _distances(starts, targets)
-    final = trajectory[-1]
-    loss = ((final - targets).square().sum(1) / distances).mean()
-    adjoint = 2.0 * (final - targets) / (len(plans) * distances[:, None])
-    grad_images, grad_lr = _reverse_sweep(step_loss, trajectory, adjoint, synthetic, lr)
+    forward_grad = _step_grad_fn(_batched_step_loss_fn(template, layout, frozen_view, plans),
+                                 _batched_step_inputs_fn(frozen_view, plans), step)  # fmt: skip
+    with _scope(step):
+        trajectory = _forward_trajectory(forward_grad, starts, lr, len(plans[0].batches))
+        distances = _distances(starts, targets)
+        final = trajectory[-1]
+        loss = ((final - targets).square().sum(1) / distances).mean()
+        adjoint = 2.0 * (final - targets) / (len(plans) * distances[:, None])
+        grad_images, grad_lr = _reverse_sweep(step_grad, trajectory, adjoint, synthetic, lr)
     return MatchResult(float(loss), grad_images, grad_lr)
 
 
@@ -369,14 +420,17 @@ def match_trajectories(
     synthetic: SyntheticTensors,
     syn_lr: torch.Tensor,
     plans: list[StudentPlan],
+    step: StudentStep | None = None,
 ) -> MatchResult:
     """The mean matching loss of E = ``len(plans)`` trajectories and its gradients, in one
     batched computation (``starts``, ``targets``: (E, P)). E = 1 is ``MODES[mode]`` itself,
-    so a one-trajectory iteration is bit for bit what it was before this option existed."""
+    so a one-trajectory iteration is bit for bit what it was before this option existed.
+    ``step``: the speed levers' student step (:mod:`selmatch.levers`); ``None``: none."""
     if len(plans) == 1:
         _check_plans(starts, targets, plans)
-        return MODES[mode](template, layout, starts[0], targets[0], synthetic, syn_lr, plans[0])
-    return BATCHED_MODES[mode](template, layout, starts, targets, synthetic, syn_lr, plans)
+        return MODES[mode](template, layout, starts[0], targets[0], synthetic, syn_lr, plans[0],
+                           step)  # fmt: skip
+    return BATCHED_MODES[mode](template, layout, starts, targets, synthetic, syn_lr, plans, step)
 
 
 def sequential_match(
@@ -388,12 +442,13 @@ def sequential_match(
     synthetic: SyntheticTensors,
     syn_lr: torch.Tensor,
     plans: list[StudentPlan],
+    step: StudentStep | None = None,
 ) -> MatchResult:
     """The same mean as :func:`match_trajectories` by E single-trajectory calls, one after
     another (the reference of the tests and the benchmark)."""
     _check_plans(starts, targets, plans)
     results = [
-        MODES[mode](template, layout, start, target, synthetic, syn_lr, plan)
+        MODES[mode](template, layout, start, target, synthetic, syn_lr, plan, step)
         for start, target, plan in zip(starts, targets, plans, strict=True)
     ]
     count = len(results)

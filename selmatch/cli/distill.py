@@ -9,7 +9,9 @@ from selmatch.augment import DEFAULT_DSA_STRATEGY
 from selmatch.cli import common
 from selmatch.distill import INITS, METHODS, SEQMATCH_EXPERTS, DistillConfig, distill
 from selmatch.experts import ExpertSet
+from selmatch.levers import PRECISIONS
 from selmatch.matching import MODES
+from selmatch.train import resolve_device
 
 SUMMARY = "distil a synthetic set by trajectory matching (selmatch, mtt or seqmatch)"
 
@@ -131,6 +133,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "matched per iteration in one batched computation; the images and η are updated "
         "with the mean of the E losses, an E-trajectory mini-batch per update (default: 1)",
     )  # fmt: skip
+    levers = parser.add_argument_group(
+        "speed levers of the student step (off by default; docs/distillation.md)"
+    )
+    levers.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile each student step's gradient (torch.func.grad of its loss as one "
+        "graph; the matching back-propagates through it once). The first iterations pay the "
+        "compilation; on CPU its float32 gradient moved by ~1e-2 at width 32 (inductor goes "
+        "channels-last: docs/distillation.md) (default: off)",
+    )  # fmt: skip
+    levers.add_argument(
+        "--cuda-graphs", action="store_true",
+        help="replay each student step's gradient and its backward from CUDA graphs captured "
+        "at the first iteration (one per step with --memory unrolled, one per batch shape "
+        "with checkpointed); batch gathering, DSA and the update stay outside. CUDA only: an "
+        "error on another device (default: off)",
+    )  # fmt: skip
+    levers.add_argument(
+        "--precision", default="default", choices=PRECISIONS,
+        help="float precision of the matching. default: PyTorch's settings (on CUDA, TF32 "
+        "convolutions in cuDNN and IEEE float32 matrix products); fp32: IEEE float32 in both; "
+        "tf32: TF32 in both (fp32 and tf32 are CUDA settings and change nothing on CPU); bf16: "
+        "the student's forward under bfloat16 autocast, loss and updates in float32 (its "
+        "gradient differs from float32 by more than 1e-3: docs/distillation.md) "
+        "(default: default)",
+    )  # fmt: skip
+    levers.add_argument(
+        "--channels-last", action="store_true",
+        help="the student's batches and conv weights in channels-last (NHWC) memory format; "
+        "--trajectories-per-step 1 only; on CPU its float32 gradient moved by ~1e-2 at width "
+        "32 (CPU BatchNorm statistics in that layout: docs/distillation.md) (default: off)",
+    )  # fmt: skip
     run = parser.add_argument_group("run")
     run.add_argument("--checkpoint-every", type=int, default=50, help="iterations (default: 50)")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -162,9 +196,11 @@ def run_distill(args: argparse.Namespace) -> int:
         iterations=args.iterations, lr_images=args.lr_images,
         momentum_images=args.momentum_images, lr_init=args.lr_init, lr_lr=args.lr_lr,
         momentum_lr=args.momentum_lr, dsa_strategy=args.dsa_strategy, mode=args.memory,
-        trajectories_per_step=args.trajectories_per_step,
+        trajectories_per_step=args.trajectories_per_step, compile=args.compile,
+        cuda_graphs=args.cuda_graphs, precision=args.precision, channels_last=args.channels_last,
         checkpoint_every=args.checkpoint_every, seed=args.seed, subset_seed=args.subset_seed,
     )  # fmt: skip
+    config.levers.check_device(resolve_device(args.device))  # before any loading
     dataset, split = common.load_data(args)
     experts = ExpertSet.load(args.experts or Path("runs") / "experts" / common.slug(dataset.name))
     needs_scores = config.method == "selmatch" and config.init == "window"
@@ -180,6 +216,8 @@ def run_distill(args: argparse.Namespace) -> int:
         f"{config.iterations} iterations, {config.mode} mode, {len(experts.finished)} expert(s) "
         f"({experts.config.model.describe()})"
     )
+    if config.levers.active:
+        print(f"speed levers: {config.levers.describe()}")
     if config.retrained:
         print(
             f"seqmatch, retrained stage experts: {config.stage_experts} per stage k > 1, "

@@ -123,6 +123,9 @@ CASES = [
          "not-a-png/test/a/0.png"),
     # distill
     Case("selmatch distill --ipc 5 --trajectories-per-step 0", "--trajectories-per-step"),
+    Case("selmatch distill --ipc 5 --precision fp16", "--precision"),
+    Case("selmatch distill --ipc 5 --cuda-graphs --device cpu", "--cuda-graphs"),
+    Case("selmatch distill --ipc 5 --channels-last --trajectories-per-step 2", "--channels-last"),
     Case("selmatch distill --ipc 5 --out a-file", "--out a-file"),
     Case("selmatch distill --ipc 5 --alpha 2", "--alpha"),
     Case("selmatch distill --ipc 5 --method dc", "--method"),

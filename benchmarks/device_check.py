@@ -1,0 +1,611 @@
+"""One prepared device check: the distillation step at the paper's CIFAR shapes in every mode and
+with every speed lever, its FLOP floor, an expert epoch, a ResNet-18 evaluation epoch and the
+quick-preset search, within 8 minutes on one H100/H200; one JSON and one Markdown table.
+
+    bash benchmarks/device_check.sh                      # a GPU: CIFAR shapes, at most 8 min
+    bash benchmarks/device_check.sh --tiny --out DIR     # CPU, tiny shapes (the tests run it)
+
+Step rows, each at N = 20 and N = 55 (ConvNet-128-BN on 3×32×32, b = 125, a set of 5,000 =
+CIFAR-10 IPC 500 with α = 0.2 learnable, DSA on every step: Table 5 of the paper): ``plain``
+(benchmarks/plain_mtt.py), ``default`` (unrolled), ``memory-saving`` (checkpointed), and the
+default mode with one lever of selmatch.levers each: ``fp32``, ``tf32``, ``bf16``,
+``channels-last``, ``compile``, ``cuda-graphs``. Every row sees the same starts, targets,
+batches and DSA draws. Per row: the first call, timed on its own (compilation and graph capture
+happen there); seconds per iteration, the median of repeats fitted to a per-row time budget;
+the ratio to ``default`` measured in the same run; the peak GPU memory of the row
+(``torch.cuda.max_memory_allocated`` growth); the relative error of the matching loss, the
+image gradient and the lr gradient against the ``fp32`` row (IEEE float32 everywhere).
+
+FLOP floor: the FLOPs of one default-mode iteration as ``torch.utils.flop_counter`` counts them
+(convolutions and matrix products, forward and every backward) ÷ the device's dense bf16 peak
+(``PEAK_TFLOPS``); a row's "× floor" is its seconds over that floor. On CPU (no peak) it is null.
+
+Every section (and every row) is wrapped: a failure is written into the JSON as that section's
+error and the rest still runs. The JSON is rewritten after every row, so a run stopped from
+outside keeps what it measured. A time budget (``--budget-s``, default 450 s) guards the
+whole: rows are skipped once too little is left, the search gets what remains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plain_mtt import plain_match
+
+from selmatch.augment import DSAConfig
+from selmatch.experts import ExpertConfig
+from selmatch.levers import Levers, StudentStep
+from selmatch.matching import (
+    MatchResult,
+    StudentPlan,
+    SyntheticTensors,
+    match_trajectories,
+    plan_student_steps,
+    student_template,
+)
+from selmatch.models import ModelConfig, build_model
+from selmatch.params import ParamLayout
+from selmatch.train import TrainConfig, train_network
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Dense (no sparsity) peak TFLOP/s by device name, from NVIDIA's datasheets. H100 SXM5 — and
+#: the H200 SXM, the same chip: FP32 67, TF32 tensor core 494.7, BF16 989.4 (the datasheets'
+#: 989 and 1,979 are with 2:4 sparsity); H100 PCIe: 51, 378, 756; H100 NVL and H200 NVL: 60,
+#: 417.5, 835.5; A100: 19.5, 156, 312. The first name contained in the device's name wins.
+PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H200 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5}),
+    ("H200", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4}),
+    ("H100 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5}),
+    ("H100 PCIe", {"fp32": 51.0, "tf32": 378.0, "bf16": 756.0}),
+    ("H100", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4}),
+    ("A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0}),
+)
+
+#: The step rows: (matching mode or "plain", the lever of the row)
+ROWS: dict[str, tuple[str, Levers | None]] = {
+    "plain": ("plain", None),
+    "default": ("unrolled", None),
+    "memory-saving": ("checkpointed", None),
+    "fp32": ("unrolled", Levers(precision="fp32")),
+    "tf32": ("unrolled", Levers(precision="tf32")),
+    "bf16": ("unrolled", Levers(precision="bf16")),
+    "channels-last": ("unrolled", Levers(channels_last=True)),
+    "compile": ("unrolled", Levers(compile=True)),
+    "cuda-graphs": ("unrolled", Levers(cuda_graphs=True)),
+}
+REFERENCE = "fp32"
+SECTIONS = ("environment", "flops", "step", "expert_epoch", "eval_epoch", "search")
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """What is measured; ``PAPER`` on a GPU, ``TINY`` for the CPU run of the tests."""
+
+    width: int
+    depth: int
+    image: tuple[int, int, int]
+    set_size: int
+    alpha: float
+    batch: int
+    steps: tuple[int, ...]
+    expert_images: int
+    eval_images: int
+    row_seconds: float
+    max_repeats: int
+
+
+PAPER = Shapes(width=128, depth=3, image=(3, 32, 32), set_size=5000, alpha=0.2, batch=125,
+               steps=(20, 55), expert_images=50_000, eval_images=5_000, row_seconds=6.0,
+               max_repeats=10)  # fmt: skip
+TINY = Shapes(width=8, depth=1, image=(3, 8, 8), set_size=20, alpha=0.5, batch=10,
+              steps=(2, 3), expert_images=200, eval_images=40, row_seconds=0.5,
+              max_repeats=2)  # fmt: skip
+
+
+class Clock:
+    def __init__(self, budget_s: float) -> None:
+        self.started, self.budget_s = time.perf_counter(), budget_s
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed()
+
+
+class Report:
+    """The JSON being built, written to disk after every change."""
+
+    def __init__(self, out: Path, settings: dict[str, Any]) -> None:
+        self.out = out
+        self.data: dict[str, Any] = {"settings": settings, "sections": {}, "rows": []}
+
+    def section(self, name: str, value: dict[str, Any]) -> None:
+        self.data["sections"][name] = value
+        self.save()
+
+    def row(self, value: dict[str, Any]) -> None:
+        self.data["rows"].append(value)
+        self.save()
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "device_check.json").write_text(json.dumps(self.data, indent=2))
+
+
+def guarded(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``work()`` with status ok, or its error as one line (and the traceback's tail)."""
+    try:
+        return {"status": "ok", **work()}
+    except Exception as error:
+        tail = traceback.format_exc().strip().splitlines()[-6:]
+        return {"status": "error", "error": f"{type(error).__name__}: {error}".splitlines()[0],
+                "traceback": tail}  # fmt: skip
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------- environment
+def device_peak(device: torch.device) -> tuple[str, dict[str, float] | None]:
+    if device.type != "cuda":
+        return platform.processor() or platform.machine(), None
+    name = torch.cuda.get_device_name(device)
+    return name, next((peak for key, peak in PEAK_TFLOPS if key in name), None)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    name, peak = device_peak(device)
+    info: dict[str, Any] = {
+        "device": str(device), "device_name": name, "peak_tflops": peak,
+        "torch": torch.__version__, "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cudnn_conv_fp32_precision": getattr(
+            getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None
+        ),
+    }  # fmt: skip
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        info |= {"cuda": torch.version.cuda, "capability": list(torch.cuda.get_device_capability()),
+                 "memory_gib": properties.total_memory / 2**30,
+                 "multiprocessors": properties.multi_processor_count}  # fmt: skip
+    return info
+
+
+# --------------------------------------------------------------------------- the step
+@dataclass
+class Case:
+    """One model, start, target and set for every row; plans per N."""
+
+    model: torch.nn.Module
+    template: torch.nn.Module
+    layout: ParamLayout
+    start: torch.Tensor
+    target: torch.Tensor
+    synthetic: SyntheticTensors
+    syn_lr: torch.Tensor
+
+    def plan(self, shapes: Shapes, n_steps: int, device: torch.device) -> StudentPlan:
+        generator = torch.Generator().manual_seed(n_steps)
+        return plan_student_steps(len(self.synthetic), n_steps, shapes.batch, shapes.image[1:],
+                                  DSAConfig(), generator, device)  # fmt: skip
+
+
+def build_case(shapes: Shapes, device: torch.device) -> Case:
+    generator = torch.Generator().manual_seed(0)
+    model_config = ModelConfig(width=shapes.width, depth=shapes.depth)
+    model = build_model(model_config, shapes.image, 10, seed=0).to(device)
+    template = student_template(model)
+    layout = ParamLayout.of(template)
+    start = layout.flatten(model).to(device)
+    target = start + 0.01 * torch.randn(start.shape, generator=generator).to(device)
+    images = torch.randn(shapes.set_size, *shapes.image, generator=generator).to(device)
+    n_frozen = shapes.set_size - round(shapes.alpha * shapes.set_size)
+    synthetic = SyntheticTensors(
+        images[:n_frozen], images[n_frozen:].clone().requires_grad_(True),
+        (torch.arange(shapes.set_size) % 10).to(device),
+    )  # fmt: skip
+    syn_lr = torch.tensor(0.01, device=device, requires_grad=True)
+    return Case(model, template, layout, start, target, synthetic, syn_lr)
+
+
+def step_call(
+    name: str, case: Case, plan: StudentPlan, steps: dict[str, StudentStep]
+) -> Callable[[], MatchResult]:
+    """One iteration of row ``name``; the rows' StudentSteps live across N (one compilation)."""
+    mode, levers = ROWS[name]
+    args = (case.start[None], case.target[None], case.synthetic, case.syn_lr, [plan])
+    if mode == "plain":
+        return lambda: plain_match(case.model, case.layout, case.start, case.target,
+                                   case.synthetic, case.syn_lr, plan)  # fmt: skip
+    if levers is not None and name not in steps:
+        steps[name] = StudentStep(case.template, case.layout, levers)
+    step = steps.get(name)
+    return lambda: match_trajectories(mode, case.template, case.layout, *args, step)
+
+
+def time_calls(
+    call: Callable[[], MatchResult], device: torch.device, shapes: Shapes
+) -> tuple[MatchResult, dict[str, Any]]:
+    """The first call on its own, then repeats until the row's time budget is spent."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    synchronize(device)
+    started = time.perf_counter()
+    result = call()
+    synchronize(device)
+    first = time.perf_counter() - started
+    times: list[float] = []
+    while len(times) < shapes.max_repeats and (not times or sum(times) < shapes.row_seconds):
+        started = time.perf_counter()
+        call()
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    peak = None
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    return result, {"first_call_s": first, "seconds": statistics.median(times),
+                    "repeats": len(times), "peak_mib": peak}  # fmt: skip
+
+
+def errors(result: MatchResult, reference: MatchResult) -> dict[str, float]:
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a.double() - b.double()).norm() / b.double().norm())
+
+    out = {
+        "loss_rel_err": abs(result.loss - reference.loss) / abs(reference.loss),
+        "image_grad_rel_err": rel(result.grad_learnable, reference.grad_learnable),
+        "lr_grad_rel_err": rel(result.grad_lr, reference.grad_lr),
+    }
+    out["within_1e-3"] = out["loss_rel_err"] <= 1e-3 and out["image_grad_rel_err"] <= 1e-3
+    return out
+
+
+def count_flops(call: Callable[[], MatchResult]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        call()
+    return int(counter.get_total_flops())
+
+
+def flops_section(case: Case, shapes: Shapes, device: torch.device) -> dict[str, Any]:
+    """FLOPs of one iteration per mode and N, and the floor: default's FLOPs ÷ the peak."""
+    _, peak = device_peak(device)
+    per_n: dict[str, Any] = {}
+    for n_steps in shapes.steps:
+        plan = case.plan(shapes, n_steps, device)
+        counts = {name: count_flops(step_call(name, case, plan, {}))
+                  for name in ("default", "memory-saving", "plain")}  # fmt: skip
+        floors = None if peak is None else {
+            precision: counts["default"] / (tflops * 1e12) for precision, tflops in peak.items()
+        }  # fmt: skip
+        per_n[str(n_steps)] = {"flops": counts, "floor_s": floors}
+    return {"per_n": per_n, "peak_tflops": peak,
+            "floor_definition": "FLOPs of one default-mode iteration (FlopCounterMode) / the "
+            "device's dense peak; rows are compared with the bf16 floor"}  # fmt: skip
+
+
+def step_rows(
+    report: Report, case: Case, shapes: Shapes, device: torch.device, clock: Clock, reserve: float
+) -> dict[str, Any]:
+    """Every row at every N, the reference row first; one row's failure is that row's error."""
+    steps: dict[str, StudentStep] = {}
+    floors = report.data["sections"].get("flops", {}).get("per_n", {})
+    order = [REFERENCE, *(name for name in ROWS if name != REFERENCE)]
+    for n_steps in shapes.steps:
+        plan = case.plan(shapes, n_steps, device)
+        results: dict[str, MatchResult] = {}
+        for name in order:
+            row: dict[str, Any] = {"row": name, "n_steps": n_steps}
+            if clock.left() < reserve:
+                report.row(row | {"status": "skipped", "error": "time budget spent"})
+                continue
+            call = step_call(name, case, plan, steps)
+            row |= guarded(partial(_measure, name, call, device, shapes, results))
+            if row["status"] != "ok":  # free what a failed lever holds (graphs, compiled code)
+                steps.pop(name, None)
+                _free(device)
+            report.row(row)
+        _compare(report, n_steps, results, floors.get(str(n_steps), {}).get("floor_s"))
+        results.clear()
+        _free(device)
+    steps.clear()
+    _free(device)
+    return {"rows": len(report.data["rows"])}
+
+
+def _free(device: torch.device) -> None:
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _measure(
+    name: str, call: Callable[[], MatchResult], device: torch.device, shapes: Shapes,
+    results: dict[str, MatchResult],
+) -> dict[str, Any]:  # fmt: skip
+    result, timing = time_calls(call, device, shapes)
+    results[name] = result
+    return timing
+
+
+def _compare(
+    report: Report, n_steps: int, results: dict[str, MatchResult], floors: dict | None
+) -> None:
+    """Errors against the reference, speed against default, × floor: filled into the rows."""
+    reference = results.get(REFERENCE, results.get("default"))
+    rows = [r for r in report.data["rows"] if r["n_steps"] == n_steps and r["status"] == "ok"]
+    default = next((r["seconds"] for r in rows if r["row"] == "default"), None)
+    for row in rows:
+        if reference is not None and row["row"] in results:
+            row |= errors(results[row["row"]], reference)
+        row["speedup_vs_default"] = None if default is None else default / row["seconds"]
+        row["x_floor"] = None if not floors else row["seconds"] / floors["bf16"]
+    report.save()
+
+
+# --------------------------------------------------------------------------- epochs
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return (x.float() / 255 - 0.5) / 0.25
+
+
+def expert_epoch(shapes: Shapes, device: torch.device) -> dict[str, Any]:
+    """One epoch of a ConvNet-BN expert (the experts' settings: SGD lr 0.01, batch 256, DSA) on
+    random uint8 images of the CIFAR shape, after a two-batch warm-up."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (shapes.expert_images, *shapes.image), dtype=torch.uint8,
+                           generator=generator)  # fmt: skip
+    labels = torch.randint(0, 10, (shapes.expert_images,), generator=generator)
+    model_config = ModelConfig(width=shapes.width, depth=shapes.depth)
+    train = ExpertConfig(model=model_config).train_config().replace(epochs=1)
+    model = build_model(model_config, shapes.image, 10, seed=0)
+    warm = 2 * train.batch_size
+    train_network(model, images[:warm], labels[:warm], train, seed=0, device=device,
+                  normalize=_normalize)  # fmt: skip
+    stats = train_network(model, images, labels, train, seed=0, device=device,
+                          normalize=_normalize)  # fmt: skip
+    return {"model": model_config.describe(), "images": shapes.expert_images,
+            "batch": train.batch_size, "seconds": stats.seconds,
+            "images_per_s": shapes.expert_images / stats.seconds}  # fmt: skip
+
+
+def eval_epoch(shapes: Shapes, device: torch.device) -> dict[str, Any]:
+    """One epoch of the evaluation protocol (ResNet-18, SGD momentum 0.9, batch 128, combined
+    augmentation: DSA on the α share, crop+flip on the rest) over a set of the CIFAR-10 IPC 500
+    size, after a two-batch warm-up."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(shapes.eval_images, *shapes.image, generator=generator)
+    labels = torch.randint(0, 10, (shapes.eval_images,), generator=generator)
+    mask = torch.rand(shapes.eval_images, generator=generator) < shapes.alpha
+    train = TrainConfig(epochs=1, augment="combined")
+    model = build_model(ModelConfig(name="resnet18"), shapes.image, 10, seed=0)
+    warm = 2 * train.batch_size
+    train_network(model, images[:warm], labels[:warm], train, seed=0, device=device,
+                  dsa_mask=mask[:warm])  # fmt: skip
+    stats = train_network(model, images, labels, train, seed=0, device=device, dsa_mask=mask)
+    return {"model": "resnet18", "images": shapes.eval_images, "batch": train.batch_size,
+            "seconds": stats.seconds,
+            "images_per_s": shapes.eval_images / stats.seconds}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the search
+SEARCH_PACKAGES = ("ray", "optuna", "mlflow")
+
+
+def search_section(args: argparse.Namespace, device: torch.device, clock: Clock) -> dict[str, Any]:
+    """The search as its command runs it: ``quick`` (or ``smoke``) end to end, or ``dry``
+    (``--dry-run`` of the smoke preset with the levers set: the settings reach the search)."""
+    if args.search == "skip":
+        return {"status": "skipped", "error": "--search skip"}
+    missing = [p for p in SEARCH_PACKAGES if importlib.util.find_spec(p) is None]
+    if missing:
+        return {"status": "skipped", "error": f"not installed here: {', '.join(missing)}"}
+    folder = Path(args.search_out or tempfile.mkdtemp(prefix="device-check-search-")) / "search"
+    command = [sys.executable, str(ROOT / "tune" / "search_alpha_beta.py"), "--out", str(folder)]
+    if args.search == "dry":
+        command += ["--preset", "smoke", "--dry-run", "--set", "distill.precision=tf32",
+                    "--set", "distill.channels_last=true"]  # fmt: skip
+    else:
+        command += ["--preset", args.search]
+        if device.type == "cuda":
+            command += ["--gpus-per-trial", "0.5", "--cpus-per-trial", "4"]
+    if args.data_root:
+        command += ["--data-root", args.data_root]
+    timeout = clock.left() - 10
+    if timeout < (20 if args.search == "dry" else 90):
+        return {"status": "skipped", "error": f"time budget: {max(timeout, 0):.0f} s left"}
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired as expired:
+        raw = expired.stdout or b""  # bytes, whatever text= says
+        output = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        return {"status": "error", "error": f"timed out after {timeout:.0f} s",
+                "command": command[1:], "output_tail": output.splitlines()[-30:]}  # fmt: skip
+    table = folder / "best_hparams.csv"
+    return {
+        "status": "ok" if done.returncode == 0 else "error",
+        **({} if done.returncode == 0 else {"error": f"exit code {done.returncode}"}),
+        "command": command[1:], "seconds": time.perf_counter() - started,
+        "best_hparams": table.read_text().splitlines() if table.is_file() else None,
+        "output_tail": (done.stdout + done.stderr).splitlines()[-30:],
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- Markdown
+def _f(value: Any, form: str) -> str:
+    return "—" if value is None else format(value, form)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    sections, settings = data["sections"], data["settings"]
+    env = sections.get("environment", {})
+    lines = [
+        "# Device check", "",
+        f"{env.get('device_name')} ({env.get('device')}), torch {env.get('torch')}, "
+        f"{settings['shapes_name']} shapes: ConvNet-D{settings['shapes']['depth']} width "
+        f"{settings['shapes']['width']} (BatchNorm), "
+        f"{'×'.join(map(str, settings['shapes']['image']))}, b {settings['shapes']['batch']}, "
+        f"set {settings['shapes']['set_size']} (α {settings['shapes']['alpha']}), DSA; errors "
+        f"against the {REFERENCE} row; {data.get('seconds', 0):.0f} s in all.", "",
+        "| N | row | status | first call s | s / iteration | vs default | peak MiB | × floor "
+        "| loss err | image-grad err | lr-grad err | within 1e-3 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for row in data["rows"]:
+        status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row.get('error')}"
+        lines.append(
+            f"| {row['n_steps']} | {row['row']} | {status} | {_f(row.get('first_call_s'), '.3f')} "
+            f"| {_f(row.get('seconds'), '.4f')} | {_f(row.get('speedup_vs_default'), '.2f')}× "
+            f"| {_f(row.get('peak_mib'), '.0f')} | {_f(row.get('x_floor'), '.1f')} "
+            f"| {_f(row.get('loss_rel_err'), '.1e')} | {_f(row.get('image_grad_rel_err'), '.1e')} "
+            f"| {_f(row.get('lr_grad_rel_err'), '.1e')} | {row.get('within_1e-3', '—')} |"
+        )
+    lines += ["", "| section | status | figures |", "|---|---|---|"]
+    for name in ("flops", "expert_epoch", "eval_epoch", "search"):
+        section = sections.get(name, {"status": "not run"})
+        lines.append(f"| {name} | {section.get('status')} | {_summary(name, section)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _summary(name: str, section: dict[str, Any]) -> str:
+    if section.get("status") != "ok":
+        return str(section.get("error", "")).replace("|", "/")
+    if name == "flops":
+        return "; ".join(
+            f"N {n}: {v['flops']['default'] / 1e9:.3g} GFLOP default, "
+            f"{v['flops']['memory-saving'] / 1e9:.3g} memory-saving, "
+            f"{v['flops']['plain'] / 1e9:.3g} plain; floor "
+            + (_f(v["floor_s"] and v["floor_s"]["bf16"], ".3g") + " s (bf16 peak)")
+            for n, v in section["per_n"].items()
+        )
+    if name == "search":
+        table = section.get("best_hparams") or section.get("output_tail", [])[-1:]
+        return f"{section['seconds']:.0f} s: " + " / ".join(table).replace("|", "/")
+    return f"{section['model']}: {section['images']} images in {section['seconds']:.2f} s " \
+        f"({section['images_per_s']:.0f} images/s)"  # fmt: skip
+
+
+# --------------------------------------------------------------------------- main
+def resized(shapes: Shapes, args: argparse.Namespace) -> Shapes:
+    """``shapes`` with the step's sizes given on the command line (a CPU measurement between
+    tiny and the paper's)."""
+    changes: dict[str, Any] = {
+        name: getattr(args, name) for name in ("width", "depth", "batch", "set_size")
+        if getattr(args, name) is not None
+    }  # fmt: skip
+    if args.steps:
+        changes["steps"] = tuple(int(n) for n in args.steps.split(","))
+    if args.image_size:
+        changes["image"] = (3, args.image_size, args.image_size)
+    if args.repeats:
+        changes |= {"max_repeats": args.repeats, "row_seconds": float("inf")}
+    return replace(shapes, **changes)
+
+
+def step_sections(
+    report: Report, shapes: Shapes, device: torch.device, clock: Clock, reserve: float
+) -> None:
+    """The FLOP count and the step rows on one case, freed afterwards."""
+    case = build_case(shapes, device)
+    report.section("flops", guarded(partial(flops_section, case, shapes, device)))
+    report.section("step", guarded(partial(step_rows, report, case, shapes, device, clock,
+                                           reserve)))  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    clock = Clock(args.budget_s)
+    shapes = resized(TINY if args.tiny else PAPER, args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = "tiny" if args.tiny else "paper CIFAR"
+    if shapes != (TINY if args.tiny else PAPER):
+        name = f"resized {name}"
+    settings = {"shapes_name": name, "shapes": asdict(shapes),
+                "budget_s": args.budget_s, "search": args.search, "rows": list(ROWS),
+                "argv": sys.argv[1:]}  # fmt: skip
+    report = Report(args.out, settings)
+    report.section("environment", guarded(partial(environment, device)))
+    # the epochs need about a minute on a GPU; the search wants 90 s more
+    reserve = 20.0 if args.tiny else 150.0
+    step_sections(report, shapes, device, clock, reserve)
+    for name, work in (("expert_epoch", expert_epoch), ("eval_epoch", eval_epoch)):
+        if clock.left() < reserve / 3:
+            report.section(name, {"status": "skipped", "error": "time budget spent"})
+        else:
+            report.section(name, guarded(partial(work, shapes, device)))
+    report.section("search", search_section(args, device, clock))
+    report.data["seconds"] = clock.elapsed()
+    report.save()
+    (args.out / "device_check.md").write_text(markdown(report.data))
+    return report.data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny shapes for a CPU (width 8, 3×8×8, N 2 and 3, b 10); the "
+                        "search only as a dry run (default: the paper's CIFAR shapes)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/device-check",
+                        help="folder of device_check.json and device_check.md "
+                        "(default: benchmarks/results/device-check)")  # fmt: skip
+    parser.add_argument("--device", default=None, help="default: cuda if there is one, else cpu")
+    parser.add_argument("--budget-s", type=float, default=450.0,
+                        help="seconds for everything; rows are skipped and the search cut when "
+                        "it runs out (default: 450, inside 8 minutes with start-up)")  # fmt: skip
+    parser.add_argument("--search", default=None, choices=("quick", "smoke", "dry", "skip"),
+                        help="the search to run: quick (the preset end to end), smoke, dry "
+                        "(--dry-run of smoke with levers set) or skip (default: quick, dry "
+                        "with --tiny)")  # fmt: skip
+    parser.add_argument("--search-out", default=None,
+                        help="parent folder of the search's output (default: a new temporary "
+                        "folder; only best_hparams.csv goes into the JSON)")  # fmt: skip
+    parser.add_argument("--data-root", default=None, help="passed to the search")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    sizes = parser.add_argument_group("step sizes (override the shapes chosen by --tiny or not)")
+    sizes.add_argument("--width", type=int, default=None, help="ConvNet width")
+    sizes.add_argument("--depth", type=int, default=None, help="ConvNet depth")
+    sizes.add_argument("--batch", type=int, default=None, help="b, synthetic batch")
+    sizes.add_argument("--steps", default=None, help="values of N, comma-separated")
+    sizes.add_argument("--set-size", type=int, default=None, help="synthetic set size")
+    sizes.add_argument("--image-size", type=int, default=None, help="PX: 3×PX×PX images")
+    sizes.add_argument("--repeats", type=int, default=None,
+                       help="timed repeats per row, whatever they take (default: as many as "
+                       "fit the row's time budget, at most 10; 2 with --tiny)")  # fmt: skip
+    args = parser.parse_args()
+    if args.search is None:
+        args.search = "dry" if args.tiny else "quick"
+    if args.budget_s <= 0:
+        parser.error(f"--budget-s must be a positive number of seconds, got {args.budget_s:g}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    data = run(args)
+    print((args.out / "device_check.md").read_text())
+    bad = [f"{r['row']} N={r['n_steps']}" for r in data["rows"] if r["status"] == "error"]
+    bad += [name for name, s in data["sections"].items() if s.get("status") == "error"]
+    print(f"errors: {', '.join(bad) or 'none'}; written to {args.out}/device_check.json and .md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The prepared device check runs on CPU with --tiny, as the GPU run would, so it cannot rot:
+every step row and every section is in its JSON, and the Markdown table is written."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from device_check import ROWS, SECTIONS, TINY  # noqa: E402
+
+
+def test_the_tiny_device_check_writes_every_row_and_section(tmp_path) -> None:
+    out = tmp_path / "device-check"
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--tiny", "--threads", "1",
+         "--out", str(out), "--search-out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((out / "device_check.json").read_text())
+    assert set(data["sections"]) == set(SECTIONS)
+    rows = {(r["row"], r["n_steps"]): r for r in data["rows"]}
+    assert set(rows) == {(name, n) for name in ROWS for n in TINY.steps}
+    for (name, _), row in rows.items():
+        if name == "cuda-graphs":  # a CUDA-only lever: refused on CPU, the error recorded
+            assert row["status"] == "error" and "needs a CUDA device" in row["error"]
+            continue
+        assert row["status"] == "ok", row
+        assert row["seconds"] > 0 and row["speedup_vs_default"] > 0
+        assert row["peak_mib"] is None and row["x_floor"] is None  # no GPU, no peak
+        limit = 0.5 if name == "bf16" else 1e-5  # float32 rounding; bf16 is far coarser
+        assert row["image_grad_rel_err"] < limit, row
+    assert rows[("default", TINY.steps[0])]["speedup_vs_default"] == 1.0
+    for section in ("environment", "flops", "step", "expert_epoch", "eval_epoch", "search"):
+        assert data["sections"][section]["status"] == "ok", data["sections"][section]
+    assert data["sections"]["environment"]["peak_tflops"] is None
+    flops = data["sections"]["flops"]["per_n"][str(TINY.steps[0])]["flops"]
+    assert flops["memory-saving"] > flops["default"] > 0
+    assert "dry run: nothing was started or written" in data["sections"]["search"]["output_tail"]
+    table = (out / "device_check.md").read_text()
+    assert "| N | row | status |" in table and table.count("| cuda-graphs |") == len(TINY.steps)
