@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selmatch_tune.record import SearchRecord
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS_ROOT = ROOT / "experiments" / "results"
@@ -227,14 +229,14 @@ def winners(search: Path) -> dict[int, dict[str, Any]]:
     the search's cache: retrained there, deterministically, on another machine)."""
     with open(search / "best_hparams.csv", newline="") as handle:
         rows = {int(r["ipc"]): r for r in csv.DictReader(handle)}
-    state = json.loads((search / "search_state.json").read_text())
+    record = SearchRecord.load(search)
     for row in rows.values():
         manifest = json.loads((Path(row["set_dir"]) / "manifest.json").read_text())
         experts = Path(manifest["experts"]["directory"])
         if not experts.is_dir():  # restored on another machine: the search's cache, retrained
             experts = search.parent / "cache" / experts.name
         row["experts"] = str(experts)
-        scores = Path(state.get("score_dir", experts))
+        scores = Path(record.score_dir or experts)
         row["scores"] = str(scores if scores.is_dir() else search.parent / "cache" / scores.name)
         row.setdefault("init", "window")  # a search from before the random candidate
     return rows
@@ -298,10 +300,11 @@ def restore(out: Path, search: Path, results: Path) -> None:
         copied += 1
     if (results / "search_state.json").exists() and not (search / "search_state.json").exists():
         search.mkdir(parents=True, exist_ok=True)
-        state = json.loads((results / "search_state.json").read_text())
-        for ipc, entry in state["ipcs"].items():  # where the restored winners now are
-            entry["set_dir"] = str(search / "sets" / f"ipc{ipc}")
-        (search / "search_state.json").write_text(json.dumps(state, indent=2) + "\n")
+        record = SearchRecord.load(results)
+        for ipc, entry in record.ipcs.items():  # where the restored winners now are
+            if entry.set_dir is not None:
+                entry.set_dir = str(search / "sets" / f"ipc{ipc}")
+        record.save(search)
         copied += 1
     if copied:
         print(f"[study] restored {copied} file(s) from {results} into {out}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from selmatch.plots import save_curve
+from selmatch_tune.record import PhaseResult, SearchRecord
 
 COLUMNS = (
     "dataset", "ipc", "init", "beta", "beta_convention", "alpha", "short_val_accuracy",
@@ -23,56 +24,36 @@ COLUMNS = (
 START = {"window": "the window", "random": "the random subset"}
 
 
-#: The method that made a winner, by the candidate it came from.
-METHOD_OF = {"alpha": "selmatch", "mtt": "mtt", "seqmatch": "seqmatch"}
-
-
-def winner_of(entry: dict[str, Any]) -> dict[str, Any]:
-    """Which candidate won an IPC (the α phase's best, plain MTT or the K phase's SeqMatch),
-    its initialisation, α, method and short-budget scores. A search from before the
-    baselines were candidates won with its window and its α phase's best."""
-    winner = entry.get("winner") or {"init": "window", "alpha": entry["alpha"]["best"],
-                                     "candidate": "alpha"}  # fmt: skip
-    if winner["candidate"] == "seqmatch":
-        phase = entry["subsets"]
-        short = phase["curve"][str(phase["best"])]
-    else:
-        alpha = entry["alpha"]
-        short = alpha["mtt"] if winner["candidate"] == "mtt" else alpha["curve"][str(alpha["best"])]
-    return winner | {"short_val": short["val"], "short_test": short["test"],
-                     "method": METHOD_OF[winner["candidate"]]}  # fmt: skip
-
-
-def table_rows(dataset: str, convention: str, state: dict[str, Any]) -> list[dict[str, Any]]:
+def table_rows(dataset: str, convention: str, record: SearchRecord) -> list[dict[str, Any]]:
+    """One row of ``best_hparams.csv`` per IPC whose final evaluation is done."""
     rows = []
-    for ipc, entry in sorted(state["ipcs"].items(), key=lambda kv: int(kv[0])):
-        if "final" not in entry:
+    for ipc, entry in sorted(record.ipcs.items()):
+        if entry.final is None:
             continue
-        beta, final = entry["beta"], entry["final"]
-        alpha = entry.get("alpha", {"trials": 0, "grid": []})  # SeqMatch alone: no α phase
-        subsets = entry.get("subsets", {})
-        winner = winner_of(entry)
-        random = final.get("random", {})  # "" where the reference was not evaluated
+        beta, final, alpha, subsets = entry.beta, entry.final, entry.alpha, entry.subsets
+        assert beta is not None and entry.set_dir is not None
+        winner, short = entry.winner_or_default(), entry.winner_scores()
+        random = final.random  # "" where the reference was not evaluated
         rows.append({
-            "dataset": dataset, "ipc": int(ipc), "init": winner["init"], "beta": beta["best"],
-            "beta_convention": convention, "alpha": winner["alpha"],
-            "short_val_accuracy": winner["short_val"],
-            "short_test_accuracy": winner["short_test"],
-            "final_test_mean": final["test_mean"], "final_test_std": final["test_std"],
-            "final_val_mean": final["val_mean"],
-            "random_test_mean": random.get("test_mean", ""),
-            "random_test_std": random.get("test_std", ""),
-            "random_short_val": beta.get("random", {}).get("val", ""),
-            "mtt_short_val": alpha.get("mtt", {}).get("val", ""), "beta_trials": beta["trials"],
-            "beta_grid_size": len(beta["grid"]), "alpha_trials": alpha["trials"],
-            "alpha_grid_size": len(alpha["grid"]), "method": winner["method"],
-            "subsets": winner.get("subsets", ""),
-            "seqmatch_experts": subsets.get("seqmatch_experts", ""),
-            "seqmatch_short_val": (subsets["curve"][str(subsets["best"])]["val"]
-                                   if subsets else ""),
-            "subsets_trials": subsets.get("trials", ""),
-            "subsets_grid_size": len(subsets["grid"]) if subsets else "",
-            "set_dir": entry["set_dir"],
+            "dataset": dataset, "ipc": ipc, "init": winner.init, "beta": beta.best,
+            "beta_convention": convention, "alpha": winner.alpha,
+            "short_val_accuracy": short.val, "short_test_accuracy": short.test,
+            "final_test_mean": final.test_mean, "final_test_std": final.test_std,
+            "final_val_mean": final.val_mean,
+            "random_test_mean": random.test_mean if random else "",
+            "random_test_std": random.test_std if random else "",
+            "random_short_val": beta.random.val if beta.random else "",
+            # SeqMatch alone: no α phase
+            "mtt_short_val": alpha.mtt.val if alpha and alpha.mtt else "",
+            "beta_trials": beta.trials, "beta_grid_size": len(beta.grid),
+            "alpha_trials": alpha.trials if alpha else 0,
+            "alpha_grid_size": len(alpha.grid) if alpha else 0, "method": winner.method,
+            "subsets": winner.subsets if winner.subsets is not None else "",
+            "seqmatch_experts": (subsets.seqmatch_experts or "") if subsets else "",
+            "seqmatch_short_val": subsets.best_point.val if subsets else "",
+            "subsets_trials": subsets.trials if subsets else "",
+            "subsets_grid_size": len(subsets.grid) if subsets else "",
+            "set_dir": entry.set_dir,
         })  # fmt: skip
     return rows
 
@@ -145,27 +126,26 @@ PHASE_TITLE = {"subsets": "SeqMatch K"}
 
 
 def save_phase_plot(
-    path: Path, summary: dict[str, Any], *, name: str, ipc: int, title: str, xlabel: str
+    path: Path, summary: PhaseResult, *, name: str, ipc: int, title: str, xlabel: str
 ) -> Path:
     """The phase's curve (validation and test at the short budget), its candidates beside
     the grid as dashed lines of the same colours (the random subset on the β curve, as the
     paper's Figure 3 draws it; plain MTT on the α curve; the α phase's winner on the K curve),
     the best grid value dotted."""
-    xs = sorted(float(v) for v in summary["curve"])
-    curve = summary["curve"]
+    xs = sorted(summary.curve)
+    curve = summary.curve
     baselines = []
-    for key, label in (("random", "random subset"), ("mtt", "plain MTT"),
-                       ("against", "the α phase's winner")):  # fmt: skip
-        if key in summary:
-            baselines += [(f"{label}, val", summary[key]["val"]),
-                          (f"{label}, test", summary[key]["test"])]  # fmt: skip
-    start = f", from {START[summary['init']]}" if name == "alpha" and "init" in summary else ""
+    for other, label in ((summary.random, "random subset"), (summary.mtt, "plain MTT"),
+                         (summary.against, "the α phase's winner")):  # fmt: skip
+        if other is not None:
+            baselines += [(f"{label}, val", other.val), (f"{label}, test", other.test)]
+    start = f", from {START[summary.init]}" if name == "alpha" and summary.init else ""
     return save_curve(
-        xs, [("val (short)", [curve[str(x)]["val"] for x in xs]),
-             ("test (short)", [curve[str(x)]["test"] for x in xs])],
+        xs, [("val (short)", [curve[x].val for x in xs]),
+             ("test (short)", [curve[x].test for x in xs])],
         path, xlabel=xlabel,
         title=f"{PHASE_TITLE.get(name, name)} search, IPC {ipc}{start}\n{title}",
-        best_x=summary["best"], baselines=baselines,
+        best_x=summary.best, baselines=baselines,
     )  # fmt: skip
 
 
@@ -195,20 +175,20 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
     return cov / (sx * sy) if sx and sy else math.nan
 
 
-def rank_correlations(state: dict[str, Any]) -> dict[str, float | None]:
+def rank_correlations(record: SearchRecord) -> dict[int, float | None]:
     """Spearman's ρ of short vs full validation accuracy over the β points evaluated both ways,
     within each IPC ({IPC: ρ}; None below 3 points). Appendix E's claim is that short training
     *ranks the windows of one IPC* like full training; points of different IPCs are never
     pooled, since their accuracies differ by the IPC itself."""
-    out: dict[str, float | None] = {}
-    for ipc, entry in state["ipcs"].items():
-        points = list(entry.get("final", {}).get("beta_full", {}).values())
-        rho = spearman([p["short_val"] for p in points], [p["full_val"] for p in points])
+    out: dict[int, float | None] = {}
+    for ipc, entry in record.ipcs.items():
+        points = list(entry.final.beta_full.values()) if entry.final else []
+        rho = spearman([p.short_val for p in points], [p.full_val for p in points])
         out[ipc] = None if rho != rho else rho
     return out
 
 
-def mean_rank_correlation(by_ipc: dict[str, float | None]) -> float | None:
+def mean_rank_correlation(by_ipc: dict[int, float | None]) -> float | None:
     """The mean of the defined per-IPC correlations, or None."""
     values = [v for v in by_ipc.values() if v is not None]
     return sum(values) / len(values) if values else None

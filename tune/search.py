@@ -9,13 +9,13 @@ the α grid's ends 0 (selection only) and 1 (every image learned) are always eva
 when the α phase starts from a window, plain MTT (the random subset, α = 1) is one more
 candidate. So the winner is never worse on validation than the oracle window, the random
 subset or MTT at the same budget. Every finished stage is recorded in
-``OUT/search_state.json``; with ``resume=True`` finished stages are skipped and an interrupted
-Tune experiment is restored (``Tuner.restore``) rather than started again.
+``OUT/search_state.json`` (a :class:`~selmatch_tune.record.SearchRecord`); with ``resume=True``
+finished stages are skipped and an interrupted Tune experiment is restored (``Tuner.restore``)
+rather than started again.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -35,16 +35,28 @@ from selmatch.cli.common import check_output
 from selmatch.config import ConfigError, SelmatchError
 from selmatch.data import ImageDataset, holdout_split, load_dataset
 from selmatch.distill import DEFAULT_LR_INIT, DistillConfig
-from selmatch.io import write_json
 from selmatch_tune.concave import ConcaveGridSampler
 from selmatch_tune.config import SearchConfig, fit_to_data, validation_warning
 from selmatch_tune.precompute import Precomputed, precompute
+from selmatch_tune.record import (
+    STATE,
+    Baseline,
+    FinalResult,
+    FullPoint,
+    IpcRecord,
+    PhaseResult,
+    Point,
+    Reference,
+    Score,
+    SearchRecord,
+    Winner,
+    open_record,
+)
 from selmatch_tune.searcher import ConcaveSearch
-from selmatch_tune.tracking import Tracker, TrialLogger, flatten
+from selmatch_tune.tracking import Tracker, TrialLogger
 from selmatch_tune.trials import alpha_trial, beta_trial
 
 Log = Callable[[str], None]
-STATE = "search_state.json"
 METRIC = "val_accuracy"
 
 
@@ -136,7 +148,7 @@ def _bounded(grid: tuple[float, ...], bound: float | None) -> tuple[float, ...]:
     return kept or grid[:1]
 
 
-def _phase_results(grid: Any, searched: str) -> dict[str, Any]:
+def _phase_results(grid: Any, searched: str) -> PhaseResult:
     """Per grid value: mean validation/test accuracy over its completed trials; the
     failed trials are counted but never scored."""
     points: dict[float, list[dict[str, float]]] = {}
@@ -148,20 +160,20 @@ def _phase_results(grid: Any, searched: str) -> dict[str, Any]:
         value = float(result.config[searched])
         points.setdefault(value, []).append(result.metrics)
     curve = {
-        value: {
-            "val": sum(m["val_accuracy"] for m in ms) / len(ms),
-            "test": sum(m["test_accuracy"] for m in ms) / len(ms),
-            "n": len(ms),
-            "fetch_seconds": max(m.get("fetch_seconds", 0.0) for m in ms),
-            "work_seconds": max(m.get("work_seconds", 0.0) for m in ms),
-        }
+        value: Point(
+            val=sum(m["val_accuracy"] for m in ms) / len(ms),
+            test=sum(m["test_accuracy"] for m in ms) / len(ms),
+            n=len(ms),
+            fetch_seconds=max(m.get("fetch_seconds", 0.0) for m in ms),
+            work_seconds=max(m.get("work_seconds", 0.0) for m in ms),
+        )
         for value, ms in sorted(points.items())
     }
     if not curve:
         raise SelmatchError(f"every {searched} trial failed; see the Ray log above")
-    best = max(curve, key=lambda v: (curve[v]["val"], -v))
-    return {"curve": {str(v): c for v, c in curve.items()}, "best": best,
-            "trials": sum(c["n"] for c in curve.values()) + failed, "failed": failed}  # fmt: skip
+    best = max(curve, key=lambda v: (curve[v].val, -v))
+    return PhaseResult(curve=curve, best=best, failed=failed,
+                       trials=sum(c.n for c in curve.values()) + failed)  # fmt: skip
 
 
 def _remove_experiment(path: str) -> None:
@@ -246,7 +258,7 @@ def _fit_experiment(
 def run_phase(
     phase: Phase, config: SearchConfig, data: dict[str, Any], storage: str,
     tracker: Tracker, *, markers: Path, resume: bool, log: Log,
-) -> tuple[dict[str, Any], Any]:  # fmt: skip
+) -> tuple[PhaseResult, Any]:  # fmt: skip
     """Run (or restore) one Tune experiment; returns its summary and its ResultGrid."""
     searched = phase.name
     param_space = {searched: tune.choice(list(phase.grid)), **phase.fixed}
@@ -287,10 +299,10 @@ def run_phase(
             f"trial(s); its state is saved in {path}"
         )
     summary = _phase_results(grid, searched)
-    summary["grid"] = list(phase.grid)
-    log(f"IPC {phase.ipc}: best {shown} = {summary['best']:g} "
-        f"({summary['trials']} trials for {len(phase.grid)} grid values, "
-        f"{summary['failed']} failed)")  # fmt: skip
+    summary.grid = phase.grid
+    log(f"IPC {phase.ipc}: best {shown} = {summary.best:g} "
+        f"({summary.trials} trials for {len(phase.grid)} grid values, "
+        f"{summary.failed} failed)")  # fmt: skip
     return summary, grid
 
 
@@ -298,7 +310,7 @@ def run_baseline(
     name: str, phase: str, trial: Callable[..., None], fixed: dict[str, Any], repeats: int,
     config: SearchConfig, data: dict[str, Any], storage: str, tracker: Tracker, *,
     resume: bool, log: Log,
-) -> tuple[dict[str, Any], Any]:  # fmt: skip
+) -> tuple[Baseline, Any]:  # fmt: skip
     """A fixed candidate of a phase (the random subset, plain MTT), evaluated ``repeats``
     times (seeds offset by the repeat, as a grid point's repeats are) in a Tune experiment of
     its own: logged to MLflow like every trial, restored on resume."""
@@ -315,75 +327,23 @@ def run_baseline(
     if not scored:
         raise SelmatchError(f"every trial of {name} failed; see the Ray log above")
     metrics = [r.metrics for r in scored if r.metrics is not None]
-    return {
-        "val": sum(m["val_accuracy"] for m in metrics) / len(metrics),
-        "test": sum(m["test_accuracy"] for m in metrics) / len(metrics),
-        "n": len(metrics), "failed": len(results) - len(metrics),
-        "work_seconds": max(m.get("work_seconds", 0.0) for m in metrics),
-    }, grid  # fmt: skip
+    return Baseline(
+        val=sum(m["val_accuracy"] for m in metrics) / len(metrics),
+        test=sum(m["test_accuracy"] for m in metrics) / len(metrics),
+        n=len(metrics), failed=len(results) - len(metrics),
+        work_seconds=max(m.get("work_seconds", 0.0) for m in metrics),
+    ), grid  # fmt: skip
 
 
-def _experiments_root(state: dict[str, Any], out: Path, storage: str | None) -> str:
+def _experiments_root(record: SearchRecord, out: Path, storage: str | None) -> str:
     """Where this search's Tune experiments live: ``OUT/ray``, or a folder of its own under a
     shared ``--storage`` (searches sharing one must never restore or delete each other's)."""
     if not storage:
         return str(out / "ray")
-    if "storage_id" not in state:  # new searches get an id; older states kept the bare path
-        state["storage_id"] = "" if state["ipcs"] else f"{out.name}-{uuid.uuid4().hex[:8]}"
+    if record.storage_id is None:  # new searches get an id; older records kept the bare path
+        record.storage_id = "" if record.ipcs else f"{out.name}-{uuid.uuid4().hex[:8]}"
     root = storage.rstrip("/")
-    return f"{root}/{state['storage_id']}" if state["storage_id"] else root
-
-
-def load_state(out: Path, config: SearchConfig, resume: bool, log: Log = print) -> dict[str, Any]:
-    """The search's state in ``out``: a new one, or (``resume``) the one saved there. A folder
-    holds a search once its precompute has finished (``started``); before that, nothing a
-    trial made is in it, so a start that failed (bad settings, missing data, Ctrl-C while the
-    experts train, whose finished networks are cached beside the folder) never blocks the same
-    command, with or without ``--resume``."""
-    path = out / STATE
-    new = {"config": config.to_dict(), "ipcs": {}, "started": False}
-    if not path.is_file():
-        if resume:
-            raise ConfigError(
-                f"--resume: {out} holds no search (no {STATE}); give the --out of the search "
-                "to continue"
-            )
-        return new
-    state = json.loads(path.read_text())
-    if not state.get("started", True):  # states from before this flag had begun their trials
-        log(f"{out} holds a search that stopped before its first trial: starting it anew")
-        return new
-    if not resume:
-        raise ConfigError(f"--out {out} holds a search already; add --resume or pick another --out")
-    previous = SearchConfig.from_dict(state["config"])
-    if previous.replace(ipcs=config.ipcs) != config:
-        now = flatten(config.to_dict())
-        changed = [k for k, v in flatten(previous.to_dict()).items()
-                   if k != "ipcs" and now.get(k) != v]  # fmt: skip
-        raise ConfigError(
-            f"--resume: {out} was searched with other settings ({', '.join(changed)}); "
-            "use the same ones (only --ipcs may grow)"
-        )
-    # More IPCs may be added on resume (a search extended in chunks); the ones already
-    # begun must come first, in the same order, so that monotonicity sees the same history.
-    begun = sorted(int(k) for k in state["ipcs"])
-    if list(config.ipcs[: len(begun)]) != begun:
-        raise ConfigError(
-            f"--resume: --ipcs must start with the IPCs {out} has begun "
-            f"({','.join(map(str, begun))}), got {','.join(map(str, config.ipcs))}"
-        )
-    # A search folder may have moved (a copy of --out, another machine): its winners' sets are
-    # found again under the new --out.
-    for ipc, entry in state["ipcs"].items():
-        moved = out / "sets" / f"ipc{ipc}"
-        if "set_dir" in entry and not Path(entry["set_dir"]).exists() and moved.is_dir():
-            entry["set_dir"] = str(moved)
-    state["config"] = config.to_dict()
-    return state
-
-
-def save_state(out: Path, state: dict[str, Any]) -> None:
-    write_json(out / STATE, state)
+    return f"{root}/{record.storage_id}" if record.storage_id else root
 
 
 def connect(address: str | None, log: Log) -> None:
@@ -495,39 +455,40 @@ def collect_winner(grid: Any, value: float, target: Path, searched: str = "alpha
 
 
 def final_evaluation(
-    config: SearchConfig, entry: dict[str, Any], data: dict[str, Any], fixed: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+    config: SearchConfig, entry: IpcRecord, data: dict[str, Any], fixed: dict[str, Any],
+) -> FinalResult:  # fmt: skip
     """The winner with the full budget, and the top β points too (short vs full ranking). A
     winner that learned nothing (α = 0) *is* a window or the random subset: its evaluation is
     that one's (the same images, seeds and augmentation), never computed twice."""
     from selmatch.synthetic import SyntheticSet
 
     task = _final_remote(config)
-    curve = entry["beta"]["curve"]
-    top = sorted(curve, key=lambda b: curve[b]["val"], reverse=True)[: config.full_eval_top]
-    windows = {b: task.remote(data, fixed, {"kind": "window", "beta": float(b)},
+    assert entry.beta is not None
+    curve = entry.beta.curve
+    top = sorted(curve, key=lambda b: curve[b].val, reverse=True)[: config.full_eval_top]
+    windows = {b: task.remote(data, fixed, {"kind": "window", "beta": b},
                               config.final.to_dict()) for b in top}  # fmt: skip
-    selected = selected_as_is(entry)
-    best_window = str(entry["beta"]["best"])
-    if selected == "window" and best_window in windows:
-        winner = windows[best_window]
+    selected = entry.selected_as_is()
+    if selected == "window" and entry.beta.best in windows:
+        winner = windows[entry.beta.best]
     elif selected == "random":
         winner = task.remote(data, fixed, {"kind": "random", "seed": fixed["split_seed"]},
                              config.final.to_dict())  # fmt: skip
     else:
-        saved = SyntheticSet.load(entry["set_dir"])
+        assert entry.set_dir is not None
+        saved = SyntheticSet.load(entry.set_dir)
         winner = task.remote(data, fixed, {
             "kind": "set", "images": saved.images.numpy(), "labels": saved.labels.numpy(),
             "mask": saved.distill_mask.numpy(),
         }, config.final.to_dict())  # fmt: skip
     result = ray.get(winner)
     full = {b: ray.get(ref) for b, ref in windows.items()}
-    return {
-        "test_mean": result["test_mean"], "test_std": result["test_std"],
-        "val_mean": result["val_mean"], "seeds": result["seeds"], "epochs": result["epochs"],
-        "beta_full": {b: {"short_val": curve[b]["val"], "full_val": r["val_mean"],
-                          "full_test": r["test_mean"]} for b, r in full.items()},
-    }  # fmt: skip
+    return FinalResult(
+        test_mean=result["test_mean"], test_std=result["test_std"],
+        val_mean=result["val_mean"], seeds=tuple(result["seeds"]), epochs=result["epochs"],
+        beta_full={b: FullPoint(short_val=curve[b].val, full_val=r["val_mean"],
+                                full_test=r["test_mean"]) for b, r in full.items()},
+    )  # fmt: skip
 
 
 def _final_remote(config: SearchConfig) -> Any:
@@ -543,107 +504,102 @@ def _random_reference(config: SearchConfig, data: dict[str, Any], fixed: dict[st
     return _final_remote(config).remote(data, fixed, payload, config.final.to_dict())
 
 
-def _reference_summary(result: dict[str, Any]) -> dict[str, Any]:
-    return {"test_mean": result["test_mean"], "test_std": result["test_std"],
-            "val_mean": result["val_mean"], "seeds": result["seeds"]}  # fmt: skip
+def _reference_summary(result: dict[str, Any] | FinalResult) -> Reference:
+    if isinstance(result, FinalResult):
+        result = result.to_dict()
+    return Reference(test_mean=result["test_mean"], test_std=result["test_std"],
+                     val_mean=result["val_mean"], seeds=tuple(result["seeds"]))  # fmt: skip
 
 
 def search_ipc(
     ipc: int, config: SearchConfig, pre: Precomputed, data: dict[str, Any],
-    state: dict[str, Any], out: Path, storage: str, tracker: Tracker, *,
+    record: SearchRecord, out: Path, storage: str, tracker: Tracker, *,
     bounds: tuple[float | None, float | None], resume: bool, log: Log,
 ) -> None:  # fmt: skip
     """β search (and the random subset beside it), α search from the β phase's winner (and
-    plain MTT beside it), full evaluation: each step once (state-tracked)."""
+    plain MTT beside it), full evaluation: each step once (recorded)."""
     from selmatch_tune.outputs import START, save_phase_plot
 
-    entry = state["ipcs"].setdefault(str(ipc), {})
+    entry = record.at(ipc)
     markers = out / "phases"
     fixed = fixed_settings(config, pre, ipc)
     title = f"{config.short.model.describe()}, {config.short.budget()}"
     common = {"config": config, "data": data, "storage": storage, "tracker": tracker,
               "resume": resume, "log": log}  # fmt: skip
-    if "beta" not in entry:
+    if entry.beta is None:
         phase = Phase("beta", ipc, _bounded(config.beta_grid, bounds[0]), fixed, (), bounds[0])
-        entry["beta"], _ = run_phase(phase, config, data, storage, tracker, markers=markers,
-                                     resume=resume, log=log)  # fmt: skip
-        save_state(out, state)
+        entry.beta, _ = run_phase(phase, config, data, storage, tracker, markers=markers,
+                                  resume=resume, log=log)  # fmt: skip
+        record.save(out)
+    beta = entry.beta
     # a search begun before the random candidate existed keeps the α phase it has
-    if "alpha" not in entry and "random" not in entry["beta"]:
+    if entry.alpha is None and beta.random is None:
         repeats = 1 + config.top_repeats  # as many as a close top gets
         log(f"IPC {ipc}: the random class-balanced subset as a β-phase candidate "
             f"({repeats} evaluation(s), the windows' budget)")  # fmt: skip
-        entry["beta"]["random"], _ = run_baseline(
+        beta.random, _ = run_baseline(
             f"beta-random-ipc{ipc}", "beta", beta_trial, fixed | {"init": "random"}, repeats,
             **common,
         )  # fmt: skip
-        entry["beta"]["init"] = beta_winner(entry["beta"])
+        beta.init = beta_winner(beta)
         then = (
-            f"the α phase starts from {START[entry['beta']['init']]}"
+            f"the α phase starts from {START[beta.init]}"
             if "selmatch" in config.methods
             else "no α phase (--method seqmatch)"
         )
-        log(f"IPC {ipc}: random subset val {100 * entry['beta']['random']['val']:.2f} % vs the "
-            f"best window (β = {entry['beta']['best']:g}) "
-            f"{100 * entry['beta']['curve'][str(entry['beta']['best'])]['val']:.2f} %: "
-            f"{then}")  # fmt: skip
-        save_state(out, state)
-    if "alpha" not in entry and "selmatch" in config.methods:
+        log(f"IPC {ipc}: random subset val {100 * beta.random.val:.2f} % vs the best window "
+            f"(β = {beta.best:g}) {100 * beta.best_point.val:.2f} %: {then}")  # fmt: skip
+        record.save(out)
+    if entry.alpha is None and "selmatch" in config.methods:
         search_alpha(ipc, config, pre, entry, fixed, out, markers, bounds[1], common)
-        save_state(out, state)
-    if "subsets" not in entry and "seqmatch" in config.methods:
+        record.save(out)
+    if entry.subsets is None and "seqmatch" in config.methods:
         search_subsets(ipc, config, pre, entry, fixed, out, markers, common)
-        save_state(out, state)
+        record.save(out)
     # the reference runs beside the final evaluation (submitted first), or alone for a search
     # finished before it existed
     reference = None
-    selection_only = selected_as_is(entry) == "random"  # the winner is the reference itself
-    if config.random_reference and "random" not in entry.get("final", {}) and not selection_only:
+    selection_only = entry.selected_as_is() == "random"  # the winner is the reference itself
+    has_reference = entry.final is not None and entry.final.random is not None
+    if config.random_reference and not has_reference and not selection_only:
         reference = _random_reference(config, data, fixed)
-    if "final" not in entry:
+    if entry.final is None:
         also = " and of a random subset of the same size" if reference is not None else ""
         log(f"IPC {ipc}: final evaluation ({config.final.budget()}, "
             f"{config.final.num_seeds} seeds) of the winner, of the top "
             f"{config.full_eval_top} β windows{also}")  # fmt: skip
-        entry["final"] = final_evaluation(config, entry, data, fixed)
-        save_state(out, state)
+        entry.final = final_evaluation(config, entry, data, fixed)
+        record.save(out)
     elif reference is not None:
         log(f"IPC {ipc}: final evaluation of a random subset of the same size (the reference)")
     if reference is not None:
-        entry["final"]["random"] = _reference_summary(ray.get(reference))
-        save_state(out, state)
-    elif config.random_reference and selection_only and "random" not in entry["final"]:
-        entry["final"]["random"] = _reference_summary(entry["final"])  # the same evaluation
-        save_state(out, state)
+        entry.final.random = _reference_summary(ray.get(reference))
+        record.save(out)
+    elif config.random_reference and selection_only and entry.final.random is None:
+        entry.final.random = _reference_summary(entry.final)  # the same evaluation
+        record.save(out)
     xlabels = {"beta": f"β ({config.beta_convention})", "alpha": "α (distilled share)",
                "subsets": "K (SeqMatch subsets)"}  # fmt: skip
     for name, xlabel in xlabels.items():
-        if name not in entry:
+        summary = getattr(entry, name)
+        if summary is None:
             continue
-        path = save_phase_plot(out / f"{name}-ipc{ipc}.png", entry[name], name=name, ipc=ipc,
+        path = save_phase_plot(out / f"{name}-ipc{ipc}.png", summary, name=name, ipc=ipc,
                                title=title, xlabel=xlabel)  # fmt: skip
         tracker.log_artifact(path, "curves")
-    tracker.log_artifact(Path(entry["set_dir"]) / "grid.png", f"sets/ipc{ipc}")
+    assert entry.set_dir is not None
+    tracker.log_artifact(Path(entry.set_dir) / "grid.png", f"sets/ipc{ipc}")
 
 
-def selected_as_is(entry: dict[str, Any]) -> str | None:
-    """``"window"`` or ``"random"`` when an IPC's winner learned nothing (α = 0) and so is that
-    selection itself, else ``None``. A search from before the baselines won with its window."""
-    from selmatch_tune.outputs import winner_of
-
-    winner = winner_of(entry)
-    return winner["init"] if winner["alpha"] == 0 else None
-
-
-def beta_winner(beta: dict[str, Any]) -> str:
+def beta_winner(beta: PhaseResult) -> str:
     """``"random"`` when the random subset beats the best window on validation, else
     ``"window"`` (a tie keeps the window: the method's own initialisation)."""
-    best_window = beta["curve"][str(beta["best"])]["val"]
-    return "random" if beta["random"]["val"] > best_window else "window"
+    assert beta.random is not None
+    return "random" if beta.random.val > beta.best_point.val else "window"
 
 
 def search_alpha(
-    ipc: int, config: SearchConfig, pre: Precomputed, entry: dict[str, Any],
+    ipc: int, config: SearchConfig, pre: Precomputed, entry: IpcRecord,
     fixed: dict[str, Any], out: Path, markers: Path, bound: float | None,
     common: dict[str, Any],
 ) -> None:  # fmt: skip
@@ -651,9 +607,10 @@ def search_alpha(
     beside it when it starts from a window, and the winner's set collected."""
     from selmatch_tune.outputs import START
 
-    init = entry["beta"].get("init", "window")
+    assert entry.beta is not None
+    init = entry.beta.init or "window"
     distill = config.distill.replace(  # as the trials run it (α is set per trial)
-        method="selmatch", init=init, ipc=ipc, beta=entry["beta"]["best"],
+        method="selmatch", init=init, ipc=ipc, beta=entry.beta.best,
         beta_convention=config.beta_convention, score=config.score,
         subset_seed=pre.split.seed,
     )  # fmt: skip
@@ -661,41 +618,42 @@ def search_alpha(
     anchors = tuple(a for a in (0.0, 1.0) if a in config.alpha_grid)
     grid = tuple(sorted({*_bounded(config.alpha_grid, bound), *anchors}))
     phase = Phase("alpha", ipc, grid, alpha_fixed, anchors, bound)
-    entry["alpha"], results = run_phase(phase, config, common["data"], common["storage"],
-                                        common["tracker"], markers=markers,
-                                        resume=common["resume"], log=common["log"])  # fmt: skip
-    entry["alpha"]["init"] = init
-    winner = {"init": init, "alpha": entry["alpha"]["best"], "candidate": "alpha"}
+    alpha, results = run_phase(phase, config, common["data"], common["storage"],
+                               common["tracker"], markers=markers, resume=common["resume"],
+                               log=common["log"])  # fmt: skip
+    entry.alpha = alpha
+    alpha.init = init
+    winner = Winner(init=init, alpha=alpha.best, candidate="alpha")
     if init == "window" and config.mtt_candidate:
         common["log"](f"IPC {ipc}: plain MTT (the random subset, α = 1) as an α-phase candidate")
-        entry["alpha"]["mtt"], mtt_results = run_baseline(
+        alpha.mtt, mtt_results = run_baseline(
             f"alpha-mtt-ipc{ipc}", "alpha", alpha_trial,
             alpha_fixed | {"init": "random", "alpha": 1.0,
                            "distill": distill.replace(init="random", alpha=1.0).to_dict()},
             1, **common,
         )  # fmt: skip
-        best_val = entry["alpha"]["curve"][str(entry["alpha"]["best"])]["val"]
-        mtt_val = entry["alpha"]["mtt"]["val"]
-        common["log"](f"IPC {ipc}: plain MTT val {100 * mtt_val:.2f} % vs the best α "
-                      f"({entry['alpha']['best']:g}) {100 * best_val:.2f} %")  # fmt: skip
-        if mtt_val > best_val:
-            winner, results = {"init": "random", "alpha": 1.0, "candidate": "mtt"}, mtt_results
-    entry["winner"] = winner
-    common["log"](f"IPC {ipc}: the winner starts from {START[winner['init']]}"
-                  + (f" (β = {entry['beta']['best']:g})" if winner["init"] == "window" else "")
-                  + f", α = {winner['alpha']:g}"
-                  + (" (plain MTT)" if winner["candidate"] == "mtt" else ""))  # fmt: skip
-    entry["set_dir"] = str(collect_winner(results, winner["alpha"], out / "sets" / f"ipc{ipc}"))
+        best_val = alpha.best_point.val
+        common["log"](f"IPC {ipc}: plain MTT val {100 * alpha.mtt.val:.2f} % vs the best α "
+                      f"({alpha.best:g}) {100 * best_val:.2f} %")  # fmt: skip
+        if alpha.mtt.val > best_val:
+            winner, results = Winner(init="random", alpha=1.0, candidate="mtt"), mtt_results
+    entry.winner = winner
+    common["log"](f"IPC {ipc}: the winner starts from {START[winner.init]}"
+                  + (f" (β = {entry.beta.best:g})" if winner.init == "window" else "")
+                  + f", α = {winner.alpha:g}"
+                  + (" (plain MTT)" if winner.candidate == "mtt" else ""))  # fmt: skip
+    entry.set_dir = str(collect_winner(results, winner.alpha, out / "sets" / f"ipc{ipc}"))
 
 
 def _distill_fixed(
-    config: SearchConfig, pre: Precomputed, entry: dict[str, Any], fixed: dict[str, Any],
+    config: SearchConfig, pre: Precomputed, entry: IpcRecord, fixed: dict[str, Any],
     distill: DistillConfig,
 ) -> dict[str, Any]:  # fmt: skip
     """What every distillation trial of an IPC shares: its settings, the experts' and where
     the precompute cached them (the set's provenance)."""
+    assert entry.beta is not None
     return fixed | {
-        "beta": entry["beta"]["best"], "distill": distill.to_dict(),
+        "beta": entry.beta.best, "distill": distill.to_dict(),
         "experts": config.experts.to_dict(), "layout": pre.layout.to_dict(),
         "experts_dir": str(pre.cache_dir),
     }  # fmt: skip
@@ -715,7 +673,7 @@ def seqmatch_settings(config: SearchConfig, ipc: int, subsets: int) -> DistillCo
 
 
 def search_subsets(
-    ipc: int, config: SearchConfig, pre: Precomputed, entry: dict[str, Any],
+    ipc: int, config: SearchConfig, pre: Precomputed, entry: IpcRecord,
     fixed: dict[str, Any], out: Path, markers: Path, common: dict[str, Any],
 ) -> None:  # fmt: skip
     """SeqMatch as an alternative to the α phase: K from ``subsets_grid`` (values ≤ the IPC),
@@ -733,33 +691,30 @@ def search_subsets(
         "method": "seqmatch", "init": "random", "alpha": 1.0, "stage_parallel": config.stage_slots,
     }  # fmt: skip
     phase = Phase("subsets", ipc, grid, seq_fixed)
-    entry["subsets"], results = run_phase(phase, config, common["data"], common["storage"],
-                                          common["tracker"], markers=markers,
-                                          resume=common["resume"], log=log)  # fmt: skip
-    entry["subsets"]["seqmatch_experts"] = distill.seqmatch_experts
-    best = entry["subsets"]["best"]
-    seq_val = entry["subsets"]["curve"][str(best)]["val"]
-    if "winner" in entry:
-        from selmatch_tune.outputs import winner_of
-
-        other = winner_of(entry)
-        entry["subsets"]["against"] = {"val": other["short_val"], "test": other["short_test"]}
+    subsets, results = run_phase(phase, config, common["data"], common["storage"],
+                                 common["tracker"], markers=markers, resume=common["resume"],
+                                 log=log)  # fmt: skip
+    entry.subsets = subsets
+    subsets.seqmatch_experts = distill.seqmatch_experts
+    best, seq_val = subsets.best, subsets.best_point.val
+    if entry.winner is not None:
+        other = entry.winner_scores()
+        subsets.against = Score(val=other.val, test=other.test)
         log(f"IPC {ipc}: SeqMatch (K = {best:g}) val {100 * seq_val:.2f} % vs the α phase's "
-            f"winner {100 * other['short_val']:.2f} %")  # fmt: skip
-        if seq_val <= other["short_val"]:  # a tie keeps SelMatch, the search's own method
+            f"winner {100 * other.val:.2f} %")  # fmt: skip
+        if seq_val <= other.val:  # a tie keeps SelMatch, the search's own method
             return
-    entry["winner"] = {"init": "random", "alpha": 1.0, "candidate": "seqmatch",
-                       "subsets": int(best)}  # fmt: skip
+    entry.winner = Winner(init="random", alpha=1.0, candidate="seqmatch", subsets=int(best))
     log(f"IPC {ipc}: the winner is SeqMatch with K = {best:g} subsets "
         f"({distill.seqmatch_experts} stage experts)")  # fmt: skip
     target = out / "sets" / f"ipc{ipc}"
-    entry["set_dir"] = str(collect_winner(results, best, target, searched="subsets"))
+    entry.set_dir = str(collect_winner(results, best, target, searched="subsets"))
 
 
 def prepare(
     config: SearchConfig, out: Path, *, resume: bool, data_root: str | None,
     skip_bad_images: bool = False, log: Log = print,
-) -> tuple[SearchConfig, ImageDataset, dict[str, Any]]:  # fmt: skip
+) -> tuple[SearchConfig, ImageDataset, SearchRecord]:  # fmt: skip
     """What a search checks before it starts anything: the data loads (``skip_bad_images``:
     leaving out, and counting, the image files that cannot be decoded), the settings are
     fitted to it (``fit_to_data``), and ``out`` holds no search or (``resume``) this one.
@@ -781,7 +736,7 @@ def prepare(
     warning = validation_warning(config, len(split.val))
     if warning:
         log(warning)
-    return config, dataset, load_state(out, config, resume, log=log)
+    return config, dataset, open_record(out, config, resume, log=log)
 
 
 def run_search(
@@ -802,8 +757,8 @@ def run_search(
     from selmatch_tune.tracking import default_tracking_uri
 
     out = out.resolve()
-    config, dataset, state = prepare(config, out, resume=resume, data_root=data_root,
-                                     skip_bad_images=skip_bad_images, log=log)  # fmt: skip
+    config, dataset, record = prepare(config, out, resume=resume, data_root=data_root,
+                                      skip_bad_images=skip_bad_images, log=log)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     _quiet_tune()
     connect(address, log)
@@ -814,28 +769,28 @@ def run_search(
     uri = tracking_uri or default_tracking_uri(out)
     local = uri.startswith(("sqlite:", "file:", "/"))
     tracker = Tracker(uri, artifacts=out / "mlartifacts" if local else None)
-    state["parent_run_id"] = tracker.start_parent(
-        f"search-{config.dataset}-{config.preset}", config.to_dict(), state.get("parent_run_id")
+    record.parent_run_id = tracker.start_parent(
+        f"search-{config.dataset}-{config.preset}", config.to_dict(), record.parent_run_id
     )
     # Params are frozen at the first run; --ipcs may grow on resume, so a tag says what is now.
-    tracker.client.set_tag(state["parent_run_id"], "ipcs", ",".join(map(str, config.ipcs)))
-    save_state(out, state)
+    tracker.client.set_tag(record.parent_run_id, "ipcs", ",".join(map(str, config.ipcs)))
+    record.save(out)
     started = time.perf_counter()
     try:
         pre = precompute_all(config, dataset, out, log)
-        state["score_dir"] = str(pre.score_dir)  # where the ranking came from (a study reads it)
-        state["started"] = True  # from here on, the folder holds a search
+        record.score_dir = str(pre.score_dir)  # where the ranking came from (a study reads it)
+        record.started = True  # from here on, the folder holds a search
         data = trial_data(pre)
-        storage_path = _experiments_root(state, out, storage)
-        save_state(out, state)  # the experiments' folder must be found again on --resume
-        previous: dict[str, Any] | None = None
+        storage_path = _experiments_root(record, out, storage)
+        record.save(out)  # the experiments' folder must be found again on --resume
+        previous: IpcRecord | None = None
         for ipc in config.ipcs:
-            bounds = (None, None)
-            if config.monotone and previous is not None:
-                bounds = (previous["beta"]["best"], previous.get("alpha", {}).get("best"))
-            search_ipc(ipc, config, pre, data, state, out, storage_path, tracker,
+            bounds: tuple[float | None, float | None] = (None, None)
+            if config.monotone and previous is not None and previous.beta is not None:
+                bounds = (previous.beta.best, previous.alpha.best if previous.alpha else None)
+            search_ipc(ipc, config, pre, data, record, out, storage_path, tracker,
                        bounds=bounds, resume=resume, log=log)  # fmt: skip
-            previous = state["ipcs"][str(ipc)]
+            previous = record.ipcs[ipc]
     except BaseException:
         tracker.finish(failed=True)
         raise
@@ -844,13 +799,13 @@ def run_search(
             from ray.autoscaler.sdk import request_resources
 
             request_resources(bundles=[])
-    rows = table_rows(config.dataset, config.beta_convention, state)
+    rows = table_rows(config.dataset, config.beta_convention, record)
     table = write_table(out / "best_hparams.csv", rows)
-    by_ipc = rank_correlations(state)
-    state["rank_correlation_by_ipc"] = by_ipc
-    state["rank_correlation_short_vs_full"] = mean_rank_correlation(by_ipc)
-    state["seconds"] = state.get("seconds", 0.0) + time.perf_counter() - started
-    save_state(out, state)
+    by_ipc = rank_correlations(record)
+    record.rank_correlation_by_ipc = by_ipc
+    record.rank_correlation_short_vs_full = mean_rank_correlation(by_ipc)
+    record.seconds = (record.seconds or 0.0) + time.perf_counter() - started
+    record.save(out)
     for path in (table, out / STATE):
         tracker.log_artifact(path)
     tracker.log_parent_metrics({

@@ -321,12 +321,12 @@ def dry_run(
     """``--dry-run``: the checks ``run_search`` makes before it starts, then what it would run."""
     from selmatch_tune.search import prepare
 
-    config, _, state = prepare(config, out.resolve(), resume=resume, data_root=data_root,
-                               skip_bad_images=skip_bad_images)  # fmt: skip
-    begun = ", ".join(state["ipcs"]) or "none"
+    config, _, record = prepare(config, out.resolve(), resume=resume, data_root=data_root,
+                                skip_bad_images=skip_bad_images)  # fmt: skip
+    begun = ", ".join(map(str, record.ipcs)) or "none"
     print(
         f"would search IPCs {list(config.ipcs)} into {out} "
-        + (f"(resuming; IPCs begun: {begun})" if state["started"] else "(a new search)")
+        + (f"(resuming; IPCs begun: {begun})" if record.has_started else "(a new search)")
     )
     print(f"  β grid {list(config.beta_grid)} ({config.beta_convention}) and the random subset, "
           f"then α grid {list(config.alpha_grid)}"

@@ -40,7 +40,7 @@ def test_committed_results_restore_a_fresh_run_folder(study, tmp_path, capsys) -
     (out / "checkpoint-ipc60").mkdir()  # not a set: ignored
     (out / "eval-window-ipc60.json").write_text("{}")
     (out / "eval-distill-mtt-ipc600.json").write_text("{}")
-    state = {"ipcs": {"60": {"set_dir": str(search / "sets" / "ipc60")}}}
+    state = {"config": {}, "ipcs": {"60": {"set_dir": str(search / "sets" / "ipc60")}}}
     (search / "search_state.json").write_text(json.dumps(state))
     for path, copy in study.portable(out, search, study.RESULTS).items():
         copy.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from selmatch.config import ConfigError
 from selmatch.data import holdout_split
 from selmatch_tune.config import fit_to_data, validation_warning
 from selmatch_tune.presets import quick
-from selmatch_tune.search import STATE, load_state, save_state
+from selmatch_tune.record import STATE, open_record
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,23 +70,23 @@ def test_validation_warning_compares_one_image_with_the_margin() -> None:
 
 def test_a_start_that_never_finished_precompute_does_not_block(tmp_path) -> None:
     config, lines = quick(), []
-    state = load_state(tmp_path, config, resume=False)
-    assert state["started"] is False and not (tmp_path / STATE).exists()  # writes nothing
-    save_state(tmp_path, state)  # e.g. a run stopped while its experts trained
+    record = open_record(tmp_path, config, resume=False)
+    assert record.started is False and not (tmp_path / STATE).exists()  # writes nothing
+    record.save(tmp_path)  # e.g. a run stopped while its experts trained
     for resume in (False, True):
-        again = load_state(tmp_path, config, resume=resume, log=lines.append)
-        assert again["started"] is False and again["ipcs"] == {}
+        again = open_record(tmp_path, config, resume=resume, log=lines.append)
+        assert again.started is False and again.ipcs == {}
     assert "stopped before its first trial" in lines[0]
-    state["started"] = True
-    save_state(tmp_path, state)
+    record.started = True
+    record.save(tmp_path)
     with pytest.raises(ConfigError, match="holds a search already; add --resume"):
-        load_state(tmp_path, config, resume=False)
-    assert load_state(tmp_path, config, resume=True)["started"] is True
+        open_record(tmp_path, config, resume=False)
+    assert open_record(tmp_path, config, resume=True).started is True
 
 
 def test_resume_of_an_empty_folder_is_an_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="holds no search"):
-        load_state(tmp_path, quick(), resume=True)
+        open_record(tmp_path, quick(), resume=True)
     assert json.dumps(list(tmp_path.iterdir())) == "[]"
 
 

@@ -9,6 +9,7 @@ from selmatch_tune.outputs import (
     rank_correlations,
     spearman,
 )
+from selmatch_tune.record import SearchRecord
 
 
 def point(short: float, full: float) -> dict[str, float]:
@@ -27,16 +28,22 @@ def test_rank_correlation_never_pools_points_of_different_ipcs() -> None:
     }}  # fmt: skip
     pooled = [p for e in state["ipcs"].values() for p in e["final"]["beta_full"].values()]
     assert spearman([p["short_val"] for p in pooled], [p["full_val"] for p in pooled]) > 0.5
-    by_ipc = rank_correlations(state)
-    assert by_ipc["10"] == pytest.approx(-1.0)
-    assert by_ipc["50"] == pytest.approx(-1.0)
-    assert by_ipc["100"] is None  # one point ranks nothing
+    record = SearchRecord.from_dict({"config": {}, "ipcs": {
+        ipc: {"final": {"test_mean": 0.0, "test_std": 0.0, "val_mean": 0.0, "seeds": [0],
+                        "epochs": 1} | entry["final"]}
+        for ipc, entry in state["ipcs"].items()
+    }})  # fmt: skip
+    by_ipc = rank_correlations(record)
+    assert by_ipc[10] == pytest.approx(-1.0)
+    assert by_ipc[50] == pytest.approx(-1.0)
+    assert by_ipc[100] is None  # one point ranks nothing
     assert mean_rank_correlation(by_ipc) == pytest.approx(-1.0)
-    assert mean_rank_correlation({"100": None}) is None
+    assert mean_rank_correlation({100: None}) is None
 
 
 def test_a_state_without_final_evaluations_has_no_correlation() -> None:
-    assert rank_correlations({"ipcs": {"10": {}}}) == {"10": None}
+    record = SearchRecord.from_dict({"config": {}, "ipcs": {"10": {}}})
+    assert rank_correlations(record) == {10: None}
 
 
 def row(ipc: int, final: float, random: float | str) -> dict[str, object]:
