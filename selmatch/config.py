@@ -82,6 +82,39 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     return str(value)
 
 
+def changed_settings(
+    previous: Config, wanted: Config, *, may_change: Iterable[str] = ()
+) -> list[str]:
+    """The settings (dotted names for nested configs: ``model.width``) in which ``previous``
+    and ``wanted`` differ, leaving out those that ``may_change``; sorted."""
+    before, now = _flat(previous.to_dict()), _flat(wanted.to_dict())
+    keep = set(may_change)
+    return sorted(k for k in before.keys() | now.keys()
+                  if k.split(".")[0] not in keep and k not in keep
+                  and before.get(k) != now.get(k))  # fmt: skip
+
+
+def check_resumable(
+    previous: Config, wanted: Config, message: str, *, may_change: Iterable[str] = ()
+) -> None:
+    """The one check of a resumable folder: what it holds was made with ``wanted``'s settings
+    (but for those that ``may_change``), else a one-line error, ``message`` with ``{changed}``
+    replaced by the settings that differ."""
+    changed = changed_settings(previous, wanted, may_change=may_change)
+    if changed:
+        raise ConfigError(message.format(changed=", ".join(changed)))
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 class Config:
     """Mixin for dataclass configs and records: ``to_dict`` / ``from_dict`` with strict keys.
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from selmatch.config import Config, ConfigError, check_float, check_int
+from selmatch.config import Config, ConfigError, check_float, check_int, check_resumable
 from selmatch.data import (
     ImageDataset,
     balanced_subset,
@@ -211,14 +211,12 @@ def prepare_directory(directory: Path, config: ConsistencyConfig) -> dict[str, f
     if not path.is_file():
         return {}
     saved = read_json(path)
-    previous = ConsistencyConfig.from_dict(saved["config"])
-    if previous.replace(num_networks=config.num_networks) != config:
-        changed = sorted(k for k, v in previous.to_dict().items()
-                         if k != "num_networks" and config.to_dict()[k] != v)  # fmt: skip
-        raise ConfigError(
-            f"--out {directory} holds consistency networks made with other settings "
-            f"({', '.join(changed)}); use another folder or the same settings to resume"
-        )
+    check_resumable(
+        ConsistencyConfig.from_dict(saved["config"]), config,
+        f"--out {directory} holds consistency networks made with other settings ({{changed}}); "
+        "use another folder or the same settings to resume",
+        may_change=("num_networks",),
+    )  # fmt: skip
     return {str(k): float(v) for k, v in saved.get("seconds", {}).items()}
 
 

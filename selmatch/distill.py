@@ -38,7 +38,15 @@ import torch
 from safetensors.torch import save_file
 
 from selmatch.augment import DEFAULT_DSA_STRATEGY, DSAConfig
-from selmatch.config import Config, ConfigError, SelmatchError, check_choice, check_float, check_int
+from selmatch.config import (
+    Config,
+    ConfigError,
+    SelmatchError,
+    check_choice,
+    check_float,
+    check_int,
+    check_resumable,
+)
 from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset
 from selmatch.experts import ExpertSet, InMemoryExperts, Mapper
 from selmatch.io import atomic_write, read_json, read_safetensors, write_json
@@ -342,15 +350,13 @@ def _load_checkpoint(directory: Path, config: DistillConfig) -> DistillState | N
     if not (folder / "state.json").is_file():
         return None
     saved = read_json(folder / "state.json")
-    previous = DistillConfig.from_dict(saved["config"])
     # More iterations, or lower learning rates after a divergence, continue the same run.
-    resumable = {name: getattr(config, name) for name in RESUMABLE}
-    if previous.replace(**resumable) != config:
-        changed = sorted(k for k, v in previous.to_dict().items() if config.to_dict()[k] != v)
-        raise ConfigError(
-            f"--resume: {directory} was distilled with other settings ({', '.join(changed)}); "
-            "only --iterations, --lr-images, --lr-lr and --checkpoint-every may change on resume"
-        )
+    check_resumable(
+        DistillConfig.from_dict(saved["config"]), config,
+        f"--resume: {directory} was distilled with other settings ({{changed}}); only "
+        "--iterations, --lr-images, --lr-lr and --checkpoint-every may change on resume",
+        may_change=RESUMABLE,
+    )  # fmt: skip
     tensors = read_safetensors(folder / "state.safetensors")
     return DistillState(
         images=tensors["images"], syn_lr=tensors["syn_lr"][0], stage=saved["stage"],

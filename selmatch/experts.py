@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from selmatch.config import Config, ConfigError, SelmatchError, check_int
+from selmatch.config import Config, ConfigError, SelmatchError, check_int, check_resumable
 from selmatch.data import ImageDataset, balanced_subset, holdout_split, smallest_class_size
 from selmatch.io import atomic_write, read_json, read_safetensors, versions, write_json
 from selmatch.models import ModelConfig, build_model
@@ -165,13 +165,12 @@ def _check_directory(directory: Path, config: ExpertConfig) -> None:
     if not manifest_path.is_file():
         return
     saved = read_json(manifest_path)
-    previous = ExpertConfig.from_dict(saved["config"]).identity()
-    if previous != config.identity():
-        changed = sorted(k for k in previous if previous[k] != config.identity().get(k))
-        raise ConfigError(
-            f"--out {directory} holds experts made with other settings ({', '.join(changed)}); "
-            "use another --out or the same settings to resume"
-        )
+    check_resumable(
+        ExpertConfig.from_dict(saved["config"]), config,
+        f"--out {directory} holds experts made with other settings ({{changed}}); use another "
+        "--out or the same settings to resume",
+        may_change=("num_experts",),  # more experts may be added later
+    )  # fmt: skip
 
 
 def train_one_expert(

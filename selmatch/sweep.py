@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from selmatch.config import Config, ConfigError, check_choice, check_int
+from selmatch.config import Config, ConfigError, check_choice, check_int, check_resumable
 from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset
 from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set
 from selmatch.io import read_json, write_json
@@ -113,12 +113,12 @@ def _load_previous(
     if not path.is_file():
         return {}, None
     saved = read_json(path)
-    previous = SweepConfig.from_dict(saved["config"])
-    if previous.replace(betas=config.betas) != config:
-        raise ConfigError(
-            f"--out {path.parent} holds a sweep with other settings; use another --out or the "
-            "same settings to resume"
-        )
+    check_resumable(
+        SweepConfig.from_dict(saved["config"]), config,
+        f"--out {path.parent} holds a sweep with other settings ({{changed}}); use another "
+        "--out or the same settings to resume",
+        may_change=("betas",),
+    )  # fmt: skip
     return {float(b): row for b, row in saved["rows"].items()}, saved.get("random")
 
 

@@ -45,3 +45,21 @@ def test_bad_values_give_one_line_errors_naming_the_argument(call, message) -> N
     with pytest.raises(ConfigError, match=message) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_a_resumable_folder_names_the_nested_settings_that_changed() -> None:
+    from selmatch.config import changed_settings, check_resumable
+    from selmatch.consistency import ConsistencyConfig
+
+    before = ConsistencyConfig()
+    after = before.replace(num_networks=before.num_networks + 2, epochs=before.epochs + 1,
+                           model=before.model.replace(width=before.model.width * 2))  # fmt: skip
+    assert changed_settings(before, after) == ["epochs", "model.width", "num_networks"]
+    assert changed_settings(before, after, may_change=("num_networks",)) == [
+        "epochs", "model.width",
+    ]  # fmt: skip
+    check_resumable(before, before.replace(num_networks=9), "{changed}",
+                    may_change=["num_networks"])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^made with epochs, model.width; use the same$"):
+        check_resumable(before, after, "made with {changed}; use the same",
+                        may_change=("num_networks",))  # fmt: skip
