@@ -4,17 +4,14 @@ and distilled sets) in a real Jupyter kernel, and committed without outputs."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
-import ray
 from nbclient import NotebookClient
 
 from selmatch_tune.presets import smoke
-from selmatch_tune.search import run_search
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "compare_runs.ipynb"
 MARKER = "PROBE "
@@ -29,20 +26,9 @@ print({MARKER!r} + json.dumps({{
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def smoke_run(local_ray: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("notebook") / "smoke"
-    with pytest.MonkeyPatch.context() as patch:
-        # MLflow puts a new experiment's artifacts under ./mlruns: keep them out of the checkout
-        patch.chdir(out.parent)
-        run_search(smoke(), out, log=lambda *_: None)
-    return out
+def smoke_run(smoke_search: tuple[Path, Any]) -> Path:
+    """The session's smoke search (tests/tune/conftest.py); the notebook needs no Ray."""
+    return smoke_search[0]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import json
 import shutil
 
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
 from selmatch.config import ConfigError
@@ -16,18 +15,10 @@ from selmatch_tune.search import check_resources, run_search
 from selmatch_tune.search_alpha_beta import apply_overrides, apply_sets, build_parser, overridden
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def smoke_run(local_ray, tmp_path_factory):
-    out = tmp_path_factory.mktemp("search") / "smoke"
-    rows = run_search(smoke(), out, log=lambda *_: None)
-    return out, rows
+@pytest.fixture
+def smoke_run(local_ray, smoke_search):
+    """The session's smoke search (tests/tune/conftest.py), with this module's Ray up."""
+    return smoke_search
 
 
 def test_smoke_search_writes_the_table_sets_and_curves(smoke_run) -> None:
