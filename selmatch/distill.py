@@ -48,6 +48,7 @@ from selmatch.config import (
     check_resumable,
 )
 from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset
+from selmatch.data.dataset import denormalize
 from selmatch.experts import ExpertSet, InMemoryExperts, Mapper
 from selmatch.io import atomic_write, read_json, read_safetensors, write_json
 from selmatch.levers import Levers, StudentStep
@@ -648,12 +649,7 @@ def _write_result(
         },
     )  # fmt: skip
     result.save(directory)
-    _write_loss_files(config, directory, state)
-    save_set_grid(
-        dataset.denormalize(result.images), result.labels,
-        [("D_select", ~result.distill_mask), ("D_distill", result.distill_mask)],
-        dataset.class_names, directory / "grid.png",
-    )  # fmt: skip
+    _write_loss_file(directory, state)
     return result
 
 
@@ -670,13 +666,33 @@ def _seqmatch_manifest(
     }  # fmt: skip
 
 
-def _write_loss_files(config: DistillConfig, directory: Path, state: DistillState) -> None:
+def _write_loss_file(directory: Path, state: DistillState) -> None:
     with open(directory / "loss.csv", "w") as handle:
         handle.write("iteration,loss\n")
         handle.writelines(f"{i + 1},{loss}\n" for i, loss in enumerate(state.losses))
-    if state.losses:
-        save_curve(
-            range(1, len(state.losses) + 1), [("matching loss", state.losses)],
-            directory / "loss.png", xlabel="iteration", ylabel="loss", scale=1.0, marker="",
-            title=f"{config.method}, IPC {config.ipc}",
-        )  # fmt: skip
+
+
+def draw(directory: str | Path) -> list[Path]:
+    """The pictures of the distilled set saved in ``directory``: ``grid.png`` (a band of rows
+    for ``D_select`` and one for ``D_distill``, a column per class) and ``loss.png`` (the
+    matching loss per iteration, from ``loss.csv``). :func:`distill` draws nothing: the
+    pictures are made where someone looks at them (the command line, the search's winners),
+    not in every trial of a search. Returns the files written."""
+    directory = Path(directory)
+    saved = SyntheticSet.load(directory)
+    manifest = saved.manifest
+    mask = saved.distill_mask
+    written = [save_set_grid(
+        denormalize(saved.images, manifest["mean"], manifest["std"]), saved.labels,
+        [("D_select", ~mask), ("D_distill", mask)], manifest["class_names"],
+        directory / "grid.png",
+    )]  # fmt: skip
+    with open(directory / "loss.csv") as handle:
+        losses = [float(line.split(",")[1]) for line in list(handle)[1:]]
+    if losses:
+        written.append(save_curve(
+            range(1, len(losses) + 1), [("matching loss", losses)], directory / "loss.png",
+            xlabel="iteration", ylabel="loss", scale=1.0, marker="",
+            title=f"{manifest['method']}, IPC {manifest['ipc']}",
+        ))  # fmt: skip
+    return written

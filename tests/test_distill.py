@@ -7,7 +7,7 @@ import torch
 
 from selmatch import distill as distill_module
 from selmatch.config import ConfigError
-from selmatch.distill import DistillationDivergedError, DistillConfig, distill
+from selmatch.distill import DistillationDivergedError, DistillConfig, distill, draw
 from selmatch.experts import ExpertConfig, ExpertSet, train_experts
 from selmatch.models import ModelConfig
 from selmatch.scores import ScoreTable
@@ -50,8 +50,12 @@ def test_selmatch_changes_only_the_alpha_share(tmp_path, fashion, fashion_split,
     assert saved.manifest["distill"] == TINY.to_dict()
     assert saved.manifest["window"]["beta_convention"] == "ipc-units"
     assert saved.learned_lr == pytest.approx(result.learned_lr) and saved.learned_lr > 0
-    for name in ("loss.csv", "loss.png", "grid.png", "checkpoint/state.json"):
+    for name in ("loss.csv", "checkpoint/state.json"):
         assert (tmp_path / name).is_file(), name
+    assert not (tmp_path / "grid.png").exists()  # distill() draws nothing: draw() does
+    assert draw(tmp_path) == [tmp_path / "grid.png", tmp_path / "loss.png"]
+    for name in ("loss.png", "grid.png"):
+        assert (tmp_path / name).stat().st_size > 5000, name
 
 
 def test_alpha_zero_is_selection_only(tmp_path, fashion, fashion_split, experts, hardness):

@@ -436,7 +436,7 @@ def _final_task(data: dict[str, Any], fixed: dict[str, Any], payload: dict[str, 
 def collect_winner(grid: Any, value: float, target: Path, searched: str = "alpha") -> Path:
     """Copy the distilled set of the best trial at ``searched`` = ``value`` (its checkpoint)
     into ``target``."""
-    from selmatch.synthetic import SyntheticSet
+    from selmatch.distill import draw
 
     candidates = [
         r for r in grid
@@ -450,7 +450,7 @@ def collect_winner(grid: Any, value: float, target: Path, searched: str = "alpha
         shutil.rmtree(target)
     with best.checkpoint.as_directory() as directory:
         shutil.copytree(directory, target)
-    SyntheticSet.load(target)  # fails loudly if the copy is not a complete set
+    draw(target)  # the winner's pictures (trials draw none); fails loudly on an incomplete set
     return target
 
 

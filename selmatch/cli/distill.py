@@ -7,7 +7,7 @@ from pathlib import Path
 
 from selmatch.augment import DEFAULT_DSA_STRATEGY
 from selmatch.cli import common
-from selmatch.distill import INITS, METHODS, SEQMATCH_EXPERTS, DistillConfig, distill
+from selmatch.distill import INITS, METHODS, SEQMATCH_EXPERTS, DistillConfig, distill, draw
 from selmatch.experts import ExpertSet
 from selmatch.levers import PRECISIONS
 from selmatch.matching import MODES
@@ -229,6 +229,7 @@ def run_distill(args: argparse.Namespace) -> int:
         config, dataset, split, experts, hardness, out, device=args.device, resume=args.resume,
         progress=not args.no_progress, stage_cache=stage_cache,
     )  # fmt: skip
+    draw(out)
     print(
         f"{len(result.labels)} images ({result.num_distill} distilled), final loss "
         f"{result.manifest['final_loss']:.4f}, learned lr {result.learned_lr:.4g}, "
