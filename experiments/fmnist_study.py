@@ -244,6 +244,10 @@ def winners(search: Path) -> dict[int, dict[str, Any]]:
 
 SET_FILES = ("set.safetensors", "manifest.json", "grid.png", "loss.csv", "loss.png")
 SET_LIMIT = 5_000_000  # bytes: sets up to IPC 120 are committed whole, larger ones as pictures
+#: the search's cache that is committed: its experts and consistency networks (plan v3: 10 MB,
+#: which a fresh machine would otherwise retrain for about 50 minutes on 2 cores before the
+#: study could go on), not SeqMatch's stage experts (one set per distillation)
+CACHE_KEPT = ("fashion-mnist-", "consistency-fashion-mnist-")
 
 
 def portable(out: Path, search: Path, results: Path) -> dict[Path, Path]:
@@ -254,6 +258,10 @@ def portable(out: Path, search: Path, results: Path) -> dict[Path, Path]:
         pairs[search / "search_state.json"] = results / "search_state.json"
     for path in [*out.glob("eval-*.json"), *out.glob("coverage-*.json")]:
         pairs[path] = results / "evals" / path.name
+    for directory in sorted((search.parent / "cache").glob("*")):
+        if directory.is_dir() and directory.name.startswith(CACHE_KEPT):
+            for path in directory.iterdir():
+                pairs[path] = results / "cache" / directory.name / path.name
     sets = [d for d in out.iterdir() if d.is_dir() and "-ipc" in d.name]
     sets += [d for d in (search / "sets").glob("ipc*") if d.is_dir()]
     for directory in sets:
@@ -270,9 +278,9 @@ def portable(out: Path, search: Path, results: Path) -> dict[Path, Path]:
 
 def restore(out: Path, search: Path, results: Path) -> None:
     """Copy the committed results back into an empty or partial OUT (a fresh machine): the
-    search's state (its experts are retrained, deterministically, when it resumes), the
-    finished evaluations, the sets kept whole and the steps' durations; finished steps are
-    then skipped."""
+    search's state and its cache of experts and consistency networks (without them they are
+    retrained, deterministically, when it resumes), the finished evaluations, the sets kept
+    whole and the steps' durations; finished steps are then skipped."""
     copied = 0
     for directory in results.glob("ipc*-sets/*"):
         ipc = directory.parent.name.removesuffix("-sets")
@@ -288,6 +296,12 @@ def restore(out: Path, search: Path, results: Path) -> None:
         target.mkdir(parents=True, exist_ok=True)
         for file in directory.iterdir():
             (target / file.name).write_bytes(file.read_bytes())
+            copied += 1
+    for committed in results.glob("cache/*/*"):  # the search's experts and scores
+        target = search.parent / "cache" / committed.parent.name / committed.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(committed.read_bytes())
             copied += 1
     for committed in results.glob("evals/*.json"):
         if not (out / committed.name).exists():

@@ -40,6 +40,11 @@ def test_committed_results_restore_a_fresh_run_folder(study, tmp_path, capsys) -
     (out / "checkpoint-ipc60").mkdir()  # not a set: ignored
     (out / "eval-window-ipc60.json").write_text("{}")
     (out / "eval-distill-mtt-ipc600.json").write_text("{}")
+    # the search's cache: its experts and consistency networks are kept, stage experts are not
+    for name in ("fashion-mnist-1a/expert_000.safetensors", "consistency-fashion-mnist-2b/n.st",
+                 "stage-experts/3c/expert_000.safetensors"):  # fmt: skip
+        (out / "cache" / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / "cache" / name).write_bytes(name.encode())
     state = {"config": {}, "ipcs": {"60": {"set_dir": str(search / "sets" / "ipc60")}}}
     (search / "search_state.json").write_text(json.dumps(state))
     for path, copy in study.portable(out, search, study.RESULTS).items():
@@ -60,6 +65,9 @@ def test_committed_results_restore_a_fresh_run_folder(study, tmp_path, capsys) -
     # unevaluated one is not: it will be distilled again into an empty folder
     assert (fresh / "distill-mtt-ipc600" / "grid.png").exists()
     assert not (fresh / "distill-seqmatch-ipc600").exists()
+    for name in ("fashion-mnist-1a/expert_000.safetensors", "consistency-fashion-mnist-2b/n.st"):
+        assert (fresh / "cache" / name).read_bytes() == name.encode()  # not trained again
+    assert not (fresh / "cache" / "stage-experts").exists()
     restored = json.loads((fresh_search / "search_state.json").read_text())
     assert restored["ipcs"]["60"]["set_dir"] == str(fresh_search / "sets" / "ipc60")
     # the steps' durations go on from the committed log (collect copies OUT's log over it)
