@@ -9,7 +9,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup data demo test lint typecheck clean cluster-local-up cluster-local-smoke \
+.PHONY: setup data demo test test-slow test-all lint typecheck clean cluster-local-up cluster-local-smoke \
 	cluster-local-down
 
 setup: $(VENV)/.installed data
@@ -37,10 +37,19 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# Two tiers: `make test` (lint, types and every test not marked slow: minutes) and
+# `make test-slow` (the slow tier: Ray, searches, longer training); CI runs both (.ci/run).
 # pytest exits 5 when it collects no test: that is a failure of the suite, not a pass.
+TESTS = $(BIN)/pytest -q tests -m
+NO_TESTS = if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
 test: lint typecheck
-	$(BIN)/pytest -q tests; status=$$?; \
-	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+	$(TESTS) "not slow"; status=$$?; $(NO_TESTS)
+
+test-slow: setup
+	$(TESTS) slow; status=$$?; $(NO_TESTS)
+
+test-all: test test-slow
 
 # A multi-node Ray cluster on this machine (cluster/local.yaml, docs/cluster.md): up, the smoke
 # search on it (its trials must spread over 2+ nodes), down. Down runs even when smoke fails.

@@ -18,6 +18,18 @@ def fashion_split(fashion: ImageDataset) -> HoldoutSplit:
     return holdout_split(fashion.train_labels, fashion.num_classes)
 
 
+#: Fixtures that make a test slow whatever it asserts: a Ray instance, a search, two nodes.
+SLOW_FIXTURES = {"local_ray", "smoke_search", "smoke_run", "two_nodes"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs Ray or a search is in the slow tier (``make test-slow``; CI runs both
+    tiers), marked here rather than one by one; the others mark themselves."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _few_threads() -> None:
     # CI has 2 cores; keep torch from oversubscribing when pytest runs subprocesses too.

@@ -41,6 +41,7 @@ def small(**changes) -> ConsistencyConfig:
     return ConsistencyConfig(**(settings | changes))
 
 
+@pytest.mark.slow
 def test_flipped_labels_rank_hardest(flipped, tmp_path) -> None:
     dataset, is_wrong = flipped
     table = estimate_consistency(dataset, small(), tmp_path, device="cpu", progress=False)
@@ -93,6 +94,7 @@ def test_fewer_hold_outs_than_two_give_nan() -> None:
     assert score[1].item() == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_scores_and_another_does_not(flipped, tmp_path) -> None:
     dataset, _ = flipped
     runs = [estimate_consistency(dataset, small(epochs=1, seed=seed), tmp_path / f"{i}",
@@ -103,6 +105,7 @@ def test_the_same_seed_gives_the_same_scores_and_another_does_not(flipped, tmp_p
     assert not torch.equal(runs[0][same], runs[2][same])
 
 
+@pytest.mark.slow
 def test_a_rerun_reuses_the_finished_networks_and_trains_only_the_missing(flipped, tmp_path):
     dataset, _ = flipped
     config = small(epochs=1)

@@ -37,6 +37,7 @@ def run(config, fashion, fashion_split, experts, hardness, directory, **kwargs):
                    progress=False, **kwargs)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_selmatch_changes_only_the_alpha_share(tmp_path, fashion, fashion_split, experts,
                                                hardness) -> None:  # fmt: skip
     result = run(TINY, fashion, fashion_split, experts, hardness, tmp_path)
@@ -69,6 +70,7 @@ def test_alpha_zero_is_selection_only(tmp_path, fashion, fashion_split, experts,
     )
 
 
+@pytest.mark.slow
 def test_a_random_initialisation_learns_a_random_alpha_share(
     tmp_path, fashion, fashion_split, experts, hardness
 ) -> None:
@@ -105,6 +107,7 @@ def test_mtt_updates_everything(tmp_path, fashion, fashion_split, experts) -> No
     assert bool((result.images != initial).flatten(1).any(dim=1).all())
 
 
+@pytest.mark.slow
 def test_matching_loss_decreases_on_a_tiny_problem(tmp_path, fashion, fashion_split, experts,
                                                    hardness) -> None:  # fmt: skip
     # One start epoch, no augmentation, the whole set in every batch: a fixed objective.
@@ -183,6 +186,7 @@ def test_merge_ablation_trains_the_student_on_d_distill_alone(fashion, fashion_s
     assert len(stage.frozen) == 0 and len(stage.learnable) == int(initial.distill_mask.sum())
 
 
+@pytest.mark.slow
 def test_resume_gives_the_uninterrupted_result(tmp_path, fashion, fashion_split, experts,
                                                hardness, monkeypatch) -> None:  # fmt: skip
     straight = run(TINY, fashion, fashion_split, experts, hardness, tmp_path / "a")
@@ -220,6 +224,7 @@ def test_divergence_stops_without_writing_a_result(tmp_path, fashion, fashion_sp
         assert bool(torch.isfinite(images).all())
 
 
+@pytest.mark.slow
 def test_resume_may_lower_the_learning_rates(tmp_path, fashion, fashion_split, experts,
                                              hardness) -> None:  # fmt: skip
     """What the divergence message advises: continue from a checkpoint at a lower rate."""

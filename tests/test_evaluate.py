@@ -16,6 +16,7 @@ def test_paper_epoch_rule(ratio, epochs) -> None:
     assert paper_epochs(round(50_000 * ratio), 50_000) == epochs
 
 
+@pytest.mark.slow
 def test_short_evaluation_beats_chance_by_far(fashion, fashion_split) -> None:
     subset = balanced_subset(fashion.train_labels, 10, 10, seed=0, among=fashion_split.pool)
     config = EvalConfig(
@@ -48,6 +49,7 @@ save_file({k: v.contiguous() for k, v in model.state_dict().items()}, sys.argv[1
 """
 
 
+@pytest.mark.slow
 def test_same_seed_is_bit_identical_in_a_fresh_process(tmp_path) -> None:
     from safetensors.torch import load_file
 

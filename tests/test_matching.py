@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from selmatch.augment import DSAConfig
@@ -33,6 +34,7 @@ def small_case(n_frozen=12, n_learnable=8, steps=4, norm="batch", seed=0):
     return template, layout, start, target, synthetic, lr, plan
 
 
+@pytest.mark.slow
 def test_memory_saving_gradient_equals_the_default_one() -> None:
     for norm in ("batch", "instance", "none"):
         case = small_case(norm=norm)

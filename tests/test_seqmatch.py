@@ -53,6 +53,7 @@ def subsets(fashion, fashion_split, per_subset=(2, 2), lrs=(0.02, 0.01)) -> Earl
     return EarlierSubsets(images, fashion.train_labels[chosen], ids, lrs)
 
 
+@pytest.mark.slow
 def test_a_stage_expert_starts_where_the_earlier_subsets_lead(fashion, fashion_split) -> None:
     earlier = subsets(fashion, fashion_split)
     config = stage_expert_config(EXPERTS, num_experts=1, epochs=2)
@@ -190,6 +191,7 @@ def test_sequential_evaluation_is_the_hand_chained_training(fashion, fashion_spl
     assert "sequential order (epochs per step 4 + 2)" in result.summary()
 
 
+@pytest.mark.slow
 def test_the_cli_says_which_order_evaluated_a_seqmatch_set(tmp_path, fashion, fashion_split,
                                                            capsys) -> None:  # fmt: skip
     earlier = subsets(fashion, fashion_split)

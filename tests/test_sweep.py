@@ -20,6 +20,7 @@ def fake_hardness(fashion):
     return torch.rand(60_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
+@pytest.mark.slow
 def test_sweep_writes_table_plot_and_resumes_after_a_failure(
     tmp_path, fashion, fashion_split, fake_hardness, monkeypatch
 ) -> None:

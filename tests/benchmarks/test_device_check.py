@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from device_check import ROWS, SECTIONS, TINY  # noqa: E402
 
 
+@pytest.mark.slow
 def test_the_tiny_device_check_writes_every_row_and_section(tmp_path) -> None:
     out = tmp_path / "device-check"
     done = subprocess.run(

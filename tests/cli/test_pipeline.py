@@ -26,6 +26,7 @@ def experts_dir(tmp_path_factory):
     return directory
 
 
+@pytest.mark.slow
 def test_window_from_the_cli(experts_dir, tmp_path) -> None:
     out = selmatch("window", "--scores", str(experts_dir), "--ipc", "10", "--beta", "0.5",
                    "--alpha", "0.3", "--out", str(tmp_path / "w"))  # fmt: skip
@@ -55,6 +56,7 @@ def test_window_errors_are_one_line(experts_dir) -> None:
     assert "--score must be one of el2n, forgetting" in out.stderr
 
 
+@pytest.mark.slow
 def test_window_sweep_from_the_cli(experts_dir, tmp_path) -> None:
     out = selmatch("window-sweep", "--scores", str(experts_dir), "--score", "el2n", "--ipc", "3",
                    "--betas", "0,1", "--width", "4", "--epochs", "2", "--seeds", "1",
@@ -76,6 +78,7 @@ def test_import_external_scores(experts_dir, tmp_path) -> None:
     assert out.returncode == 2 and "expected one score per training sample: (60000,)" in out.stderr
 
 
+@pytest.mark.slow
 def test_distill_evaluate_and_coverage_from_the_cli(experts_dir, tmp_path) -> None:
     out_dir = tmp_path / "d"
     args = ["distill", "--method", "selmatch", "--ipc", "4", "--beta", "1", "--alpha", "0.5",
@@ -107,6 +110,7 @@ def test_distill_rejects_impossible_settings(experts_dir) -> None:
     assert "--max-start-epoch + --expert-epochs must be ≤ 2" in out.stderr
 
 
+@pytest.mark.slow
 def test_consistency_estimate_from_the_cli_feeds_a_window(experts_dir, tmp_path) -> None:
     scores = tmp_path / "scores"
     (scores).mkdir()

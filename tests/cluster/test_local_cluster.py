@@ -97,6 +97,7 @@ def run(state: Path, *args: str, timeout: float = 240) -> subprocess.CompletedPr
     return result
 
 
+@pytest.mark.slow
 def test_start_smoke_stop(state: Path, tmp_path: Path) -> None:
     run(state, "start", timeout=180)
     assert len(recorded(state)) >= 6  # gcs, raylets, monitor, agents of 2 nodes

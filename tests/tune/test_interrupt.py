@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +33,7 @@ def _wait_for(log: Path, process: subprocess.Popen, symbol: str) -> set[str]:
     return finished
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_beta_then_sigkill_in_alpha_then_resume(tmp_path) -> None:
     out = tmp_path / "run"
     command = [

@@ -24,6 +24,7 @@ def two_nodes():
     cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_trials_land_on_the_worker_node(two_nodes, tmp_path) -> None:
     _, worker = two_nodes
     config = smoke().replace(ipcs=(2,), beta_grid=(0.0, 0.5), alpha_grid=(0.5, 1.0))
