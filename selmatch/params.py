@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 
 @dataclass(frozen=True)
@@ -66,22 +65,3 @@ class ParamLayout:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ParamLayout:
         return cls(tuple(data["names"]), tuple(tuple(s) for s in data["shapes"]))
-
-
-def functional_forward(
-    model: nn.Module,
-    layout: ParamLayout,
-    flat: torch.Tensor,
-    x: torch.Tensor,
-    buffers: Mapping[str, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Run ``model`` on ``x`` with the parameters in ``flat`` instead of its own.
-
-    ``buffers`` (e.g. BatchNorm running statistics) default to copies of the model's, so
-    a train-mode forward never changes the module that serves as the template.
-    """
-    state: dict[str, torch.Tensor] = dict(layout.unflatten(flat))
-    if buffers is None:
-        buffers = {name: b.clone() for name, b in model.named_buffers()}
-    state.update(buffers)
-    return functional_call(model, state, (x,))

@@ -97,14 +97,6 @@ def class_rankings(
     return rankings
 
 
-def interleave(rankings: list[torch.Tensor]) -> torch.Tensor:
-    """Algorithm 1's global order: the hardest of every class, then the second hardest, ...
-    (up to the smallest class), so any run of ``k · C`` consecutive entries starting at a
-    multiple of C is class-balanced."""
-    depth = min(len(r) for r in rankings)
-    return torch.stack([r[:depth] for r in rankings], dim=1).reshape(-1)
-
-
 def select_window(
     hardness: torch.Tensor,
     labels: torch.Tensor,

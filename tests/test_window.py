@@ -5,7 +5,7 @@ import torch
 
 from selmatch.config import ConfigError
 from selmatch.scores import HIGHER_IS_HARDER, hardness
-from selmatch.window import WindowSpec, class_rankings, interleave, select_window
+from selmatch.window import WindowSpec, class_rankings, select_window
 
 NUM_CLASSES = 3
 
@@ -76,14 +76,6 @@ def test_alpha_split_sizes_and_order(alpha, distill) -> None:
         if len(select_scores) and len(distill_scores):
             assert select_scores.min() > distill_scores.max()
     assert torch.equal(window.select_mask, ~window.distill_mask)
-
-
-def test_interleaved_order_is_class_balanced_in_every_aligned_window() -> None:
-    labels, raw = toy()
-    order = interleave(class_rankings(raw, labels, NUM_CLASSES, torch.arange(len(labels))))
-    for start in range(0, len(order) - 6, 3):
-        chunk = labels[order[start : start + 6]]
-        assert torch.bincount(chunk, minlength=3).tolist() == [2, 2, 2]
 
 
 def test_unscored_and_non_pool_samples_are_never_selected() -> None:
