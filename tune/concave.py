@@ -3,8 +3,12 @@
 SelMatch's Appendix E observes that accuracy is a concave (unimodal) function of the window
 start β and of the distilled share α: start mid-range, move toward improvement, stop when the
 maximum is bracketed. :class:`ConcaveGridSampler` does that on a grid of values of one
-parameter, with these rules (all decisions are derived from the study's trials, so the
-sampler holds no hidden state and survives pickling and ``Tuner.restore``):
+parameter, with these rules. They are :class:`ConcaveRule`, a pure function of the grid's size,
+the scores so far and the trials running (:meth:`ConcaveRule.decide`), so the same decision
+is made wherever the trials are counted: by :class:`ConcaveGridSampler`, a thin Optuna sampler
+that counts them in its study (public API), and by Ray Tune's searcher
+(:class:`selmatch_tune.searcher.ConcaveSearch`), which counts the trials it was told about.
+Neither holds hidden state, so both survive pickling and ``Tuner.restore``:
 
 1. **Bracket and model.** Let ``b`` be the evaluated grid point with the best mean score, ``l``
    / ``r`` the nearest evaluated points left / right of it (or the grid ends). Under
@@ -41,7 +45,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,13 +55,185 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+#: Scores per grid index (signed so that higher is better), and trials running per grid index.
+Scores = Mapping[int, Sequence[float]]
+Running = Mapping[int, int]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the search does next: ``"ready"`` with the grid index to evaluate, ``"wait"`` (every
+    useful point is running: ask again when a trial ends) or ``"finished"``."""
+
+    status: str
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class ConcaveRule:
+    """The rules of the module docstring over a grid of ``size`` points (indices 0 … size−1);
+    every method is a pure function of its arguments."""
+
+    size: int
+    top_repeats: int = 1
+    margin: float = 0.0
+    tolerance: float = 0.0
+    anchors: tuple[int, ...] = ()
+
+    def decide(self, scores: Scores, running: Running) -> Decision:
+        """The next step given the ``scores`` so far and the trials ``running``."""
+        wanted = self.wanted(scores)
+        if not wanted:
+            return Decision("finished")
+        model = self.model(scores)
+        for index in wanted:
+            if self._free(index, model, running):
+                return Decision("ready", index)
+        return Decision("wait")
+
+    def model(self, scores: Scores) -> dict[int, Sequence[float]]:
+        """The scores the unimodal model sees: all but the anchors'."""
+        return {i: v for i, v in scores.items() if i not in self.anchors}
+
+    def best_index(self, scores: Scores) -> int | None:
+        """The grid index with the best mean score (``None`` before any score). Ties go to the
+        point nearer the middle of the grid, then the lower index."""
+        if not scores:
+            return None
+        middle = (self.size - 1) / 2
+        return max(scores, key=lambda i: (_mean(scores[i]), -abs(i - middle), -i))
+
+    def wanted(self, scores: Scores) -> list[int]:
+        """Grid indices that still need a score, most useful first."""
+        if not self.anchors:
+            return self._unanchored(scores)
+        first = [i for i in sorted(self.anchors) if i not in scores]
+        return first + [i for i in self._unanchored(self.model(scores)) if i not in self.anchors]
+
+    def _free(self, index: int, scores: Scores, running: Running) -> bool:
+        """A point is free if it needs more scores than it has plus those on their way."""
+        have = len(scores.get(index, [])) + running.get(index, 0)
+        return have < self._needed(index, scores)
+
+    def _needed(self, index: int, scores: Scores) -> int:
+        return 1 + self.top_repeats if index in self._ambiguous_top(scores) else 1
+
+    def _ambiguous_top(self, scores: Scores) -> list[int]:
+        """The best point and its better neighbour, if the bracket is closed and they are
+        closer than ``margin``; otherwise nothing."""
+        best = self.best_index(scores)
+        if best is None or not self._closed(scores):
+            return []
+        neighbours = [i for i in (best - 1, best + 1) if i in scores]
+        if not neighbours:
+            return []
+        runner_up = max(neighbours, key=lambda i: _mean(scores[i]))
+        if _mean(scores[best]) - _mean(scores[runner_up]) >= self.margin:
+            return []
+        return [best, runner_up]
+
+    def _unanchored(self, scores: Scores) -> list[int]:
+        if not scores:
+            return _split(-1, self.size)
+        if self._contradicts_concavity(scores):
+            return self._cover_order(scores)
+        best = self.best_index(scores)
+        assert best is not None
+        if self._closed(scores):
+            top = self._ambiguous_top(scores)
+            return [i for i in top if len(scores[i]) < 1 + self.top_repeats]
+        left, right = self._neighbours(best, scores)
+        order: list[int] = []
+        guess = _model_argmax(scores, left, right)
+        if guess is not None:
+            order += [guess, guess - 1, guess + 1]
+        halves = sorted([(left, best), (best, right)], key=lambda h: h[1] - h[0], reverse=True)
+        for low, high in halves:
+            order += _split(low, high)
+        seen: set[int] = set()
+        inside = [i for i in order if left < i < right and i not in scores]
+        return [i for i in inside if not (i in seen or seen.add(i))]  # type: ignore[func-returns-value]
+
+    def _closed(self, scores: Scores) -> bool:
+        best = self.best_index(scores)
+        if best is None:
+            return False
+        left, right = self._neighbours(best, scores)
+        return left == best - 1 and right == best + 1
+
+    def _neighbours(self, best: int, scores: Scores) -> tuple[int, int]:
+        left = max((i for i in scores if i < best), default=-1)
+        right = min((i for i in scores if i > best), default=self.size)
+        return left, right
+
+    def _cover_order(self, scores: Scores) -> list[int]:
+        known = sorted(scores)
+        order: list[int] = []
+        for low, high in zip([-1, *known], [*known, self.size], strict=True):
+            order += _split(low, high)
+        gaps = {i: min((abs(i - k) for k in known), default=0) for i in order}
+        return sorted(order, key=lambda i: -gaps[i])
+
+    def _contradicts_concavity(self, scores: Scores) -> bool:
+        means = [_mean(scores[i]) for i in sorted(scores)]
+        for j in range(1, len(means) - 1):
+            valley = max(means[:j]) - self.tolerance, max(means[j + 1 :]) - self.tolerance
+            if means[j] < min(valley):
+                return True
+        return False
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _split(low: int, high: int) -> list[int]:
+    """Indices strictly between ``low`` and ``high``, in bisection order (middle first, then
+    the middles of the halves, ...)."""
+    order: list[int] = []
+    queue = [(low, high)]
+    while queue:
+        queue.sort(key=lambda pair: pair[1] - pair[0], reverse=True)
+        a, b = queue.pop(0)
+        if b - a < 2:
+            continue
+        middle = (a + b) // 2
+        order.append(middle)
+        queue += [(a, middle), (middle, b)]
+    return order
+
+
+def _model_argmax(scores: Scores, left: int, right: int) -> int | None:
+    """Argmax of a concave quadratic fitted to the points in [left, right] (at least the three
+    nearest to the bracket), rounded and clipped into (left, right)."""
+    points = sorted(scores)
+    local = [i for i in points if left <= i <= right]
+    if len(local) < 3:
+        middle = (left + right) / 2
+        local = sorted(points, key=lambda i: abs(i - middle))[:3]
+    if len(set(local)) < 3:
+        return None
+    xs = np.array(local, dtype=float)
+    ys = np.array([_mean(scores[i]) for i in local])
+    a, b, _ = np.polyfit(xs, ys, 2)
+    if not a < 0:
+        return None
+    guess = int(np.rint(-b / (2 * a)))
+    return min(max(guess, left + 1), right - 1)
+
+
+def grid_index(grid: Sequence[float], value: float) -> int | None:
+    """The index of ``value`` in ``grid`` (``None`` if it is not a grid value)."""
+    distances = [abs(float(value) - g) for g in grid]
+    index = distances.index(min(distances))
+    return index if distances[index] <= 1e-9 * max(1.0, abs(float(value))) else None
+
 
 class ConcaveGridSampler(BaseSampler):
-    """Concave-aware bracketing search over ``grid`` for the parameter ``name``.
-
-    Other parameters of a trial (if any) are sampled by ``fallback`` (default: random).
-    The study's direction (maximise / minimise) is respected.
-    """
+    """:class:`ConcaveRule` over ``grid`` for the parameter ``name``, as an Optuna sampler: it
+    counts the scores and the running trials in the study (``Study.get_trials``) and asks the
+    rule. Other parameters of a trial (if any) are sampled by ``fallback`` (default: random).
+    The study's direction (maximise / minimise) is respected."""
 
     def __init__(
         self,
@@ -84,6 +261,12 @@ class ConcaveGridSampler(BaseSampler):
         self.anchors = tuple(values.index(float(a)) for a in anchors)
         self.fallback = fallback or optuna.samplers.RandomSampler(seed=0)
 
+    @property
+    def rule(self) -> ConcaveRule:
+        # built from the attributes (getattr: a sampler pickled before anchors has none)
+        return ConcaveRule(len(self.grid), self.top_repeats, self.margin, self.tolerance,
+                           tuple(getattr(self, "anchors", ())))  # fmt: skip
+
     # ------------------------------------------------------------------ Optuna API
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
@@ -106,168 +289,29 @@ class ConcaveGridSampler(BaseSampler):
             return self.fallback.sample_independent(study, trial, param_name, param_distribution)
         index = self.next_index(study, exclude=trial.number)
         if index is None:  # nothing useful is left: repeat the best (harmless, and noise-reducing)
-            index = self._best_index(self._scores(study)) or 0
+            index = self.rule.best_index(self._scores(study)) or 0
         return self._as_choice(self.grid[index], param_distribution)
 
     # ------------------------------------------------------------------ the search
     def status(self, study: optuna.Study) -> str:
         """``"ready"`` (a useful point is free), ``"wait"`` (all useful points are running)
         or ``"finished"``."""
-        scores = self._scores(study)
-        wanted = self._wanted(scores)
-        if not wanted:
-            return "finished"
-        running = self._running(study, exclude=None)
-        model = self._model(scores)
-        return "ready" if any(self._free(i, model, running) for i in wanted) else "wait"
+        return self.rule.decide(self._scores(study), self._running(study, exclude=None)).status
 
     def next_index(self, study: optuna.Study, *, exclude: int | None = None) -> int | None:
         """The grid index the next trial should evaluate (``None`` if none is useful now)."""
-        scores = self._scores(study)
-        running = self._running(study, exclude=exclude)
-        model = self._model(scores)
-        for index in self._wanted(scores):
-            if self._free(index, model, running):
-                return index
-        return None
-
-    def _anchor_indices(self) -> set[int]:
-        # getattr: a sampler pickled before anchors existed has none
-        return set(getattr(self, "anchors", ()))
-
-    def _model(self, scores: dict[int, list[float]]) -> dict[int, list[float]]:
-        """The scores the unimodal model sees: all but the anchors'."""
-        anchors = self._anchor_indices()
-        return {i: v for i, v in scores.items() if i not in anchors}
+        return self.rule.decide(self._scores(study), self._running(study, exclude=exclude)).index
 
     def best_value(self, study: optuna.Study) -> float | None:
         """The grid value with the best mean score so far (``None`` before any score)."""
-        index = self._best_index(self._scores(study))
+        index = self.rule.best_index(self._scores(study))
         return None if index is None else self.grid[index]
 
     def curve(self, study: optuna.Study) -> dict[float, tuple[float, int]]:
         """Grid value → (mean score, number of scores), for evaluated points."""
         sign = -1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else 1.0
         scores = self._scores(study)
-        return {self.grid[i]: (sign * self._mean(v), len(v)) for i, v in sorted(scores.items())}
-
-    def _free(self, index: int, scores: dict[int, list[float]], running: dict[int, int]) -> bool:
-        """A point is free if it needs more scores than it has plus those on their way."""
-        have = len(scores.get(index, [])) + running.get(index, 0)
-        return have < self._needed(index, scores)
-
-    def _needed(self, index: int, scores: dict[int, list[float]]) -> int:
-        return 1 + self.top_repeats if index in self._ambiguous_top(scores) else 1
-
-    def _ambiguous_top(self, scores: dict[int, list[float]]) -> list[int]:
-        """The best point and its better neighbour, if the bracket is closed and they are
-        closer than ``margin``; otherwise nothing."""
-        best = self._best_index(scores)
-        if best is None or not self._closed(scores):
-            return []
-        neighbours = [i for i in (best - 1, best + 1) if i in scores]
-        if not neighbours:
-            return []
-        runner_up = max(neighbours, key=lambda i: self._mean(scores[i]))
-        if self._mean(scores[best]) - self._mean(scores[runner_up]) >= self.margin:
-            return []
-        return [best, runner_up]
-
-    def _wanted(self, scores: dict[int, list[float]]) -> list[int]:
-        """Grid indices that still need a score, most useful first."""
-        anchors = self._anchor_indices()
-        if not anchors:
-            return self._unanchored(scores)
-        first = [i for i in sorted(anchors) if i not in scores]
-        return first + [i for i in self._unanchored(self._model(scores)) if i not in anchors]
-
-    def _unanchored(self, scores: dict[int, list[float]]) -> list[int]:
-        if not scores:
-            return self._split(-1, len(self.grid))
-        if self._contradicts_concavity(scores):
-            return self._cover_order(scores)
-        best = self._best_index(scores)
-        assert best is not None
-        if self._closed(scores):
-            top = self._ambiguous_top(scores)
-            return [i for i in top if len(scores[i]) < 1 + self.top_repeats]
-        left, right = self._neighbours(best, scores)
-        order: list[int] = []
-        guess = self._model_argmax(scores, left, right)
-        if guess is not None:
-            order += [guess, guess - 1, guess + 1]
-        halves = sorted([(left, best), (best, right)], key=lambda h: h[1] - h[0], reverse=True)
-        for low, high in halves:
-            order += self._split(low, high)
-        seen: set[int] = set()
-        inside = [i for i in order if left < i < right and i not in scores]
-        return [i for i in inside if not (i in seen or seen.add(i))]  # type: ignore[func-returns-value]
-
-    def _model_argmax(self, scores: dict[int, list[float]], left: int, right: int) -> int | None:
-        """Argmax of a concave quadratic fitted to the points in [left, right] (at least the
-        three nearest to the bracket), rounded and clipped into (left, right)."""
-        points = sorted(scores)
-        local = [i for i in points if left <= i <= right]
-        if len(local) < 3:
-            middle = (left + right) / 2
-            local = sorted(points, key=lambda i: abs(i - middle))[:3]
-        if len(set(local)) < 3:
-            return None
-        xs = np.array(local, dtype=float)
-        ys = np.array([self._mean(scores[i]) for i in local])
-        a, b, _ = np.polyfit(xs, ys, 2)
-        if not a < 0:
-            return None
-        guess = int(np.rint(-b / (2 * a)))
-        return min(max(guess, left + 1), right - 1)
-
-    def _closed(self, scores: dict[int, list[float]]) -> bool:
-        best = self._best_index(scores)
-        if best is None:
-            return False
-        left, right = self._neighbours(best, scores)
-        return left == best - 1 and right == best + 1
-
-    def _neighbours(self, best: int, scores: dict[int, list[float]]) -> tuple[int, int]:
-        left = max((i for i in scores if i < best), default=-1)
-        right = min((i for i in scores if i > best), default=len(self.grid))
-        return left, right
-
-    @staticmethod
-    def _split(low: int, high: int) -> list[int]:
-        """Indices strictly between ``low`` and ``high``, in bisection order (middle first,
-        then the middles of the halves, ...)."""
-        order: list[int] = []
-        queue = [(low, high)]
-        while queue:
-            queue.sort(key=lambda pair: pair[1] - pair[0], reverse=True)
-            a, b = queue.pop(0)
-            if b - a < 2:
-                continue
-            middle = (a + b) // 2
-            order.append(middle)
-            queue += [(a, middle), (middle, b)]
-        return order
-
-    def _cover_order(self, scores: dict[int, list[float]]) -> list[int]:
-        known = sorted(scores)
-        order: list[int] = []
-        for low, high in zip([-1, *known], [*known, len(self.grid)], strict=True):
-            order += self._split(low, high)
-        gaps = {i: self._gap(i, known) for i in order}
-        return sorted(order, key=lambda i: -gaps[i])
-
-    @staticmethod
-    def _gap(index: int, known: list[int]) -> int:
-        return min((abs(index - k) for k in known), default=0)
-
-    def _contradicts_concavity(self, scores: dict[int, list[float]]) -> bool:
-        means = [self._mean(scores[i]) for i in sorted(scores)]
-        for j in range(1, len(means) - 1):
-            valley = max(means[:j]) - self.tolerance, max(means[j + 1 :]) - self.tolerance
-            if means[j] < min(valley):
-                return True
-        return False
+        return {self.grid[i]: (sign * _mean(v), len(v)) for i, v in sorted(scores.items())}
 
     # ------------------------------------------------------------------ trial bookkeeping
     def _scores(self, study: optuna.Study) -> dict[int, list[float]]:
@@ -291,21 +335,7 @@ class ConcaveGridSampler(BaseSampler):
     def _index_of(self, trial: FrozenTrial) -> int | None:
         if self.name not in trial.params:
             return None
-        value = float(trial.params[self.name])
-        distances = [abs(value - g) for g in self.grid]
-        index = distances.index(min(distances))
-        return index if distances[index] <= 1e-9 * max(1.0, abs(value)) else None
-
-    def _best_index(self, scores: dict[int, list[float]]) -> int | None:
-        if not scores:
-            return None
-        # Ties go to the point nearer the middle of the grid, then the lower index.
-        middle = (len(self.grid) - 1) / 2
-        return max(scores, key=lambda i: (self._mean(scores[i]), -abs(i - middle), -i))
-
-    @staticmethod
-    def _mean(values: list[float]) -> float:
-        return sum(values) / len(values)
+        return grid_index(self.grid, trial.params[self.name])
 
     @staticmethod
     def _as_choice(value: float, distribution: BaseDistribution) -> Any:

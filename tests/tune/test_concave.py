@@ -173,3 +173,63 @@ def test_anchors_stand_outside_the_unimodal_model(parallel) -> None:
         assert result.pick == 0.0
         assert result.trials <= 8 + parallel, result.evaluated  # not all 11 points
         assert result.max_in_flight_duplicates == 0
+
+
+def test_the_rule_is_a_pure_function_of_scores_and_running() -> None:
+    from selmatch_tune.concave import ConcaveRule, Decision
+
+    rule = ConcaveRule(size=11, top_repeats=0)
+    assert rule.decide({}, {}) == Decision("ready", 5)  # the middle of the grid first
+    assert rule.decide({}, {5: 1}) == Decision("ready", 2)  # then the quartiles
+    assert rule.decide({}, {5: 1, 2: 1, 7: 1, 8: 1, 1: 1, 3: 1, 4: 1, 6: 1, 9: 1}).status in (
+        "ready", "wait",
+    )  # fmt: skip
+    peak = {i: [-abs(i - 4.0)] for i in (3, 4, 5)}  # a closed bracket around 4
+    assert rule.decide(peak, {}) == Decision("finished")
+    assert rule.decide(peak, {}) == rule.decide(dict(peak), {})  # nothing remembered
+    assert rule.best_index(peak) == 4
+
+
+def test_the_tune_searcher_decides_from_its_own_record_as_the_sampler_does() -> None:
+    """Driven like Tune (trials in flight, finishing out of order, one failing): the searcher's
+    decision, from the trials it was told about, equals the sampler's, from its Optuna study,
+    at every step; and a searcher pickled without that record (an older version) rebuilds it."""
+    from ray import tune
+    from ray.tune.search import Searcher
+
+    from selmatch_tune.searcher import ConcaveSearch
+
+    values = grid(15)
+    sampler = ConcaveGridSampler(name="beta", grid=values, top_repeats=1, margin=0.01,
+                                 tolerance=0.02)  # fmt: skip
+    search = ConcaveSearch(sampler, metric="val_accuracy", mode="max")
+    search.set_search_properties("val_accuracy", "max", {"beta": tune.choice(values)})
+    rng = random.Random(3)
+    in_flight: list[str] = []
+    number, finished = 0, False
+    while not finished and number < 60:
+        while len(in_flight) < 3:
+            expected = sampler.status(search._ot_study)  # the test may look inside; code never
+            assert search.decision().status == expected
+            config = search.suggest(f"t{number}")
+            if config is None or config == Searcher.FINISHED:
+                finished = config == Searcher.FINISHED and not in_flight
+                break
+            in_flight.append(f"t{number}")
+            number += 1
+        if not in_flight:
+            break
+        trial_id = in_flight.pop(rng.randrange(len(in_flight)))
+        beta = search.values[trial_id]
+        if trial_id == "t2":
+            search.on_trial_complete(trial_id, None, error=True)  # a crashed trial
+        else:
+            search.on_trial_complete(trial_id, {"val_accuracy": 0.8 - abs(beta - 0.3)})
+        old = pickle.loads(pickle.dumps(search))
+        del old.values, old.scores, old.failed  # as a version before the record pickled it
+        old._migrate()
+        assert (old.values, old.scores, old.failed) == (search.values, search.scores,
+                                                        search.failed)  # fmt: skip
+    assert "t2" in search.failed
+    assert search.decision().status == "finished" == sampler.status(search._ot_study)
+    assert sampler.best_value(search._ot_study) == min(values, key=lambda v: abs(v - 0.3))
