@@ -35,7 +35,7 @@ from selmatch.cli.common import check_output
 from selmatch.config import ConfigError, SelmatchError
 from selmatch.data import ImageDataset, holdout_split, load_dataset
 from selmatch.distill import DEFAULT_LR_INIT, DistillConfig
-from selmatch_tune.concave import ConcaveGridSampler
+from selmatch_tune.concave import ConcaveGridSampler, grid_index
 from selmatch_tune.config import SearchConfig, fit_to_data, validation_warning
 from selmatch_tune.precompute import Precomputed, precompute
 from selmatch_tune.record import (
@@ -199,19 +199,15 @@ def _cap(phase: Phase) -> int:
 
 
 def search_finished(phase: Phase, config: SearchConfig, grid: Any) -> bool:
-    """Whether the concave search would stop on these results: its decision depends only on
-    the completed trials' scores, so a fresh sampler replays it."""
-    sampler = _sampler(phase, config)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    distribution = optuna.distributions.CategoricalDistribution(list(phase.grid))
+    """Whether the concave search would stop on these results: its decision is a pure function
+    of the completed trials' scores (:meth:`ConcaveRule.decide`, nothing running)."""
+    scores: dict[int, list[float]] = {}
     for result in grid:
         value = (result.metrics or {}).get(METRIC) if result.error is None else None
-        if value is not None and math.isfinite(float(value)):  # as the live study scored them
-            study.add_trial(optuna.trial.create_trial(
-                params={phase.name: float(result.config[phase.name])},
-                distributions={phase.name: distribution}, value=float(value),
-            ))  # fmt: skip
-    return sampler.status(study) == "finished"
+        index = grid_index(phase.grid, float(result.config[phase.name]))
+        if value is not None and math.isfinite(float(value)) and index is not None:
+            scores.setdefault(index, []).append(float(value))  # as the live search scored them
+    return _sampler(phase, config).rule.decide(scores, {}).status == "finished"
 
 
 def _fit_experiment(
@@ -412,18 +408,14 @@ def _final_task(data: dict[str, Any], fixed: dict[str, Any], payload: dict[str, 
     import torch
 
     from selmatch.evaluate import EvalConfig, evaluate_set
-    from selmatch.sweep import evaluate_random, evaluate_window
-    from selmatch.window import WindowSpec
-    from selmatch_tune.trials import fetch_data, set_threads
+    from selmatch_tune.trials import evaluate_selection, fetch_data, set_threads
 
     set_threads(fixed)
     dataset, hardness, split = fetch_data(fixed, data)
     config = EvalConfig.from_dict(evaluation)
-    if payload["kind"] == "window":
-        spec = WindowSpec(fixed["ipc"], payload["beta"], 0.0, fixed["beta_convention"])
-        return evaluate_window(dataset, split, hardness, spec, config).to_dict()
-    if payload["kind"] == "random":
-        return evaluate_random(dataset, split, fixed["ipc"], config, seed=payload["seed"]).to_dict()
+    if payload["kind"] in ("window", "random"):  # as a β trial trains it, with the full budget
+        selection = fixed | {"init": payload["kind"], "beta": payload.get("beta", 0.0)}
+        return evaluate_selection(selection, dataset, hardness, split, config).to_dict()
     images = torch.from_numpy(np.array(payload["images"]))
     mask = torch.from_numpy(np.array(payload["mask"]))
     labels = torch.from_numpy(np.array(payload["labels"]))
@@ -472,8 +464,7 @@ def final_evaluation(
     if selected == "window" and entry.beta.best in windows:
         winner = windows[entry.beta.best]
     elif selected == "random":
-        winner = task.remote(data, fixed, {"kind": "random", "seed": fixed["split_seed"]},
-                             config.final.to_dict())  # fmt: skip
+        winner = task.remote(data, fixed, {"kind": "random"}, config.final.to_dict())
     else:
         assert entry.set_dir is not None
         saved = SyntheticSet.load(entry.set_dir)
@@ -500,8 +491,7 @@ def _final_remote(config: SearchConfig) -> Any:
 def _random_reference(config: SearchConfig, data: dict[str, Any], fixed: dict[str, Any]) -> Any:
     """A random class-balanced subset of the IPC, drawn from the same pool as the windows (its
     seed is the split's), trained like the winner: what the distilled set has to beat."""
-    payload = {"kind": "random", "seed": fixed["split_seed"]}
-    return _final_remote(config).remote(data, fixed, payload, config.final.to_dict())
+    return _final_remote(config).remote(data, fixed, {"kind": "random"}, config.final.to_dict())
 
 
 def _reference_summary(result: dict[str, Any] | FinalResult) -> Reference:

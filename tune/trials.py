@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,14 +85,23 @@ def beta_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     dataset, hardness, split = fetch_data(config, data)
     fetched = time.perf_counter()
     evaluation = _repeat_seeds(EvalConfig.from_dict(config["evaluation"]), config)
-    if config.get("init") == "random":
-        result = evaluate_random(dataset, split, config["ipc"], evaluation,
-                                 seed=config["split_seed"])  # fmt: skip
-    else:
-        spec = WindowSpec(config["ipc"], config["beta"], 0.0, config["beta_convention"])
-        result = evaluate_window(dataset, split, hardness, spec, evaluation)
+    result = evaluate_selection(config, dataset, hardness, split, evaluation)
     _release()
     tune.report(_metrics(result, started, fetched))
+
+
+def evaluate_selection(
+    config: Mapping[str, Any], dataset: ImageDataset, hardness: torch.Tensor,
+    split: HoldoutSplit, evaluation: EvalConfig,
+) -> EvalResult:  # fmt: skip
+    """A selection trained as it is: the window at ``config["beta"]`` or, with ``init =
+    "random"``, the random class-balanced subset whose seed is the split's. The one body of a
+    β trial (the short budget) and of a selection's final evaluation (the full budget)."""
+    if config.get("init") == "random":
+        return evaluate_random(dataset, split, config["ipc"], evaluation,
+                               seed=config["split_seed"])  # fmt: skip
+    spec = WindowSpec(config["ipc"], config["beta"], 0.0, config["beta_convention"])
+    return evaluate_window(dataset, split, hardness, spec, evaluation)
 
 
 def stage_expert_mapper(config: dict[str, Any]) -> Mapper:
