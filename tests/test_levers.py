@@ -4,19 +4,16 @@ one-line error where it cannot apply."""
 
 import pytest
 import torch
+from matching_cases import matching_case
 
 from selmatch import cli
-from selmatch.augment import DSAConfig
 from selmatch.config import ConfigError
 from selmatch.distill import DistillConfig, distill
 from selmatch.experts import ExpertConfig, InMemoryExperts
 from selmatch.levers import PRECISIONS, Levers, StudentStep, precision_scope
 from selmatch.matching import (
     MODES,
-    SyntheticTensors,
     match_trajectories,
-    plan_student_steps,
-    student_template,
 )
 from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
@@ -31,25 +28,9 @@ def case(trajectories=1, dtype=torch.float64, n_frozen=6, n_learnable=6, steps=3
          width=4, depth=2, seed=0):  # fmt: skip
     """A tiny ConvNet (BatchNorm) on 3×8×8 images; the set (12) is a multiple of the batch (4),
     so every step has the same shape, and batches mix frozen and learnable images."""
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(width=width, depth=depth), (3, 8, 8), 10, seed=seed)
-    template = student_template(model.to(dtype))
-    layout = ParamLayout.of(template)
-    base = layout.flatten(model).to(dtype)
-    starts = base + 0.05 * torch.randn(trajectories, layout.numel, dtype=dtype)
-    targets = starts + 0.02 * torch.randn_like(starts)
-    images = torch.randn(n_frozen + n_learnable, 3, 8, 8, dtype=dtype)
-    synthetic = SyntheticTensors(
-        images[:n_frozen], images[n_frozen:].clone().requires_grad_(True),
-        torch.arange(n_frozen + n_learnable) % 10,
-    )  # fmt: skip
-    lr = torch.tensor(0.05, dtype=dtype, requires_grad=True)
-    generator = torch.Generator().manual_seed(seed)
-    plans = [
-        plan_student_steps(len(synthetic), steps, batch, (8, 8), DSAConfig(), generator)
-        for _ in range(trajectories)
-    ]
-    return template, layout, starts, targets, synthetic, lr, plans
+    return matching_case(trajectories=trajectories, dtype=dtype, n_frozen=n_frozen,
+                         n_learnable=n_learnable, steps=steps, batch=batch, shape=(3, 8, 8),
+                         width=width, depth=depth, seed=seed)  # fmt: skip
 
 
 def run(mode, args, levers=None, step=None):

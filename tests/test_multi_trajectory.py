@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from matching_cases import matching_case
 
 from selmatch import cli
 from selmatch.augment import DSAConfig
@@ -14,11 +15,9 @@ from selmatch.distill import DistillConfig, _Run, distill, sample_trajectories
 from selmatch.experts import ExpertConfig, InMemoryExperts
 from selmatch.matching import (
     MODES,
-    SyntheticTensors,
     match_trajectories,
     plan_student_steps,
     sequential_match,
-    student_template,
 )
 from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
@@ -35,25 +34,9 @@ def _one_thread() -> None:
 def case(trajectories=3, norm="batch", n_frozen=9, n_learnable=11, steps=3, batch=7, seed=0):
     """E trajectories from different starts on a tiny ConvNet; the set (20) is not a multiple
     of the batch (7), so the plans hold short batches and mix frozen and learnable images."""
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(width=4, depth=2, norm=norm), (1, 16, 16), 10, seed=seed)
-    template = student_template(model.to(D))
-    layout = ParamLayout.of(template)
-    base = layout.flatten(model).to(D)
-    starts = base + 0.05 * torch.randn(trajectories, layout.numel, dtype=D)
-    targets = starts + 0.02 * torch.randn_like(starts)
-    images = torch.randn(n_frozen + n_learnable, 1, 16, 16, dtype=D)
-    synthetic = SyntheticTensors(
-        images[:n_frozen], images[n_frozen:].clone().requires_grad_(True),
-        torch.arange(n_frozen + n_learnable) % 10,
-    )  # fmt: skip
-    lr = torch.tensor(0.05, dtype=D, requires_grad=True)
-    generator = torch.Generator().manual_seed(seed)
-    plans = [
-        plan_student_steps(len(synthetic), steps, batch, (16, 16), DSAConfig(), generator)
-        for _ in range(trajectories)
-    ]
-    return template, layout, starts, targets, synthetic, lr, plans
+    return matching_case(trajectories=trajectories, dtype=D, n_frozen=n_frozen,
+                         n_learnable=n_learnable, steps=steps, batch=batch, shape=(1, 16, 16),
+                         norm=norm, seed=seed)  # fmt: skip
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-10) -> bool:

@@ -1,0 +1,41 @@
+"""A tiny trajectory-matching problem, shared by the tests of the batched trajectories and of
+the speed levers: a small ConvNet, E starts near its parameters, targets near the starts, a set
+of frozen and learnable images and one student plan per trajectory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from selmatch.augment import DSAConfig
+from selmatch.matching import SyntheticTensors, plan_student_steps, student_template
+from selmatch.models import ModelConfig, build_model
+from selmatch.params import ParamLayout
+
+
+def matching_case(
+    *, trajectories: int, dtype: torch.dtype, n_frozen: int, n_learnable: int, steps: int,
+    batch: int, shape: tuple[int, int, int], width: int = 4, depth: int = 2,
+    norm: str = "batch", seed: int = 0,
+) -> tuple[Any, ...]:  # fmt: skip
+    """(template, layout, starts, targets, synthetic, lr, plans) of one case."""
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(width=width, depth=depth, norm=norm), shape, 10, seed=seed)
+    template = student_template(model.to(dtype))
+    layout = ParamLayout.of(template)
+    base = layout.flatten(model).to(dtype)
+    starts = base + 0.05 * torch.randn(trajectories, layout.numel, dtype=dtype)
+    targets = starts + 0.02 * torch.randn_like(starts)
+    images = torch.randn(n_frozen + n_learnable, *shape, dtype=dtype)
+    synthetic = SyntheticTensors(
+        images[:n_frozen], images[n_frozen:].clone().requires_grad_(True),
+        torch.arange(n_frozen + n_learnable) % 10,
+    )  # fmt: skip
+    lr = torch.tensor(0.05, dtype=dtype, requires_grad=True)
+    generator = torch.Generator().manual_seed(seed)
+    plans = [
+        plan_student_steps(len(synthetic), steps, batch, shape[1:], DSAConfig(), generator)
+        for _ in range(trajectories)
+    ]
+    return template, layout, starts, targets, synthetic, lr, plans
