@@ -1,4 +1,4 @@
-# Set-up and the two jobs of the README: `make demo` and `make test`.
+# Set-up and the two jobs of the README: `make demo` and `make test-all` (`make test`: the quick tier).
 # Everything installs into .venv/ in the repository root; torch comes from the local wheel cache.
 
 PYTHON ?= python3
