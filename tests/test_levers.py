@@ -143,14 +143,19 @@ def test_compiling_the_loss_alone_cannot_be_differentiated_twice() -> None:
         torch.autograd.grad(grad.sum(), x)
 
 
-def test_cuda_graphs_on_cpu_is_a_one_line_error(tmp_path, fashion, fashion_split) -> None:
-    with pytest.raises(ConfigError, match="--cuda-graphs needs a CUDA device; this run is on cpu"):
-        Levers(cuda_graphs=True).check_device(torch.device("cpu"))
+def walk_experts(fashion) -> InMemoryExperts:
+    """One expert of a width-4 ConvNet whose trajectory is a random walk from its start."""
     expert_config = ExpertConfig(model=ModelConfig(width=4), num_experts=1, epochs=3)
     model = build_model(expert_config.model, fashion.image_shape, fashion.num_classes, seed=0)
     layout = ParamLayout.of(model)
     walk = layout.flatten(model) + 0.01 * torch.randn(4, layout.numel).cumsum(0)
-    experts = InMemoryExperts(expert_config, layout, [walk])
+    return InMemoryExperts(expert_config, layout, [walk])
+
+
+def test_cuda_graphs_on_cpu_is_a_one_line_error(tmp_path, fashion, fashion_split) -> None:
+    with pytest.raises(ConfigError, match="--cuda-graphs needs a CUDA device; this run is on cpu"):
+        Levers(cuda_graphs=True).check_device(torch.device("cpu"))
+    experts = walk_experts(fashion)
     config = DistillConfig(method="mtt", ipc=2, n_student_steps=1, expert_epochs=1,
                            max_start_epoch=2, syn_batch=5, iterations=1,
                            cuda_graphs=True)  # fmt: skip
@@ -161,11 +166,7 @@ def test_cuda_graphs_on_cpu_is_a_one_line_error(tmp_path, fashion, fashion_split
 
 
 def test_levered_distillation_runs_and_records_its_levers(tmp_path, fashion, fashion_split):
-    expert_config = ExpertConfig(model=ModelConfig(width=4), num_experts=1, epochs=3)
-    model = build_model(expert_config.model, fashion.image_shape, fashion.num_classes, seed=0)
-    layout = ParamLayout.of(model)
-    walk = layout.flatten(model) + 0.01 * torch.randn(4, layout.numel).cumsum(0)
-    experts = InMemoryExperts(expert_config, layout, [walk])
+    experts = walk_experts(fashion)
     config = DistillConfig(method="mtt", ipc=2, n_student_steps=2, expert_epochs=1,
                            max_start_epoch=2, syn_batch=5, iterations=2, lr_images=10.0,
                            channels_last=True, precision="tf32")  # fmt: skip

@@ -16,13 +16,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from selmatch.config import Config, ConfigError, check_resumable
 from selmatch.io import write_json
-
-if TYPE_CHECKING:
-    from selmatch_tune.config import SearchConfig
+from selmatch_tune.config import SearchConfig
 
 STATE = "search_state.json"
 Log = Callable[[str], None]
@@ -229,8 +227,6 @@ def open_record(out: Path, config: SearchConfig, resume: bool, log: Log = print)
     a trial made is in it, so a start that failed (bad settings, missing data, Ctrl-C while the
     experts train, whose finished networks are cached beside the folder) never blocks the same
     command, with or without ``--resume``. Nothing is written."""
-    from selmatch_tune.config import SearchConfig
-
     path = out / STATE
     new = SearchRecord(config=config.to_dict(), started=False)
     if not path.is_file():
