@@ -9,8 +9,10 @@ Step rows, each at N = 20 and N = 55 (ConvNet-128-BN on 3×32×32, b = 125, a se
 CIFAR-10 IPC 500 with α = 0.2 learnable, DSA on every step: Table 5 of the paper): ``plain``
 (benchmarks/plain_mtt.py), ``default`` (unrolled), ``memory-saving`` (checkpointed), and the
 default mode with one lever of selmatch.levers each: ``fp32``, ``tf32``, ``bf16``,
-``channels-last``, ``compile``, ``cuda-graphs``. Every row sees the same starts, targets,
-batches and DSA draws. Per row: the first call, timed on its own (compilation and graph capture
+``channels-last``, ``compile``, ``cuda-graphs``; and E = 8 trajectories per iteration in one
+batched computation (``E8``: default mode, ``memory-saving-E8``: checkpointed), compared with
+``default`` per trajectory (trajectories/s). Every one-trajectory row sees the same start,
+target, batches and DSA draws; an E-row's first trajectory is theirs. Per row: the first call, timed on its own (compilation and graph capture
 happen there); seconds per iteration, the median of repeats fitted to a per-row time budget;
 the ratio to ``default`` measured in the same run; the peak GPU memory of the row
 (``torch.cuda.max_memory_allocated`` growth); the relative error of the matching loss, the
@@ -80,18 +82,22 @@ PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
     ("A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0}),
 )
 
-#: The step rows: (matching mode or "plain", the lever of the row)
-ROWS: dict[str, tuple[str, Levers | None]] = {
-    "plain": ("plain", None),
-    "default": ("unrolled", None),
-    "memory-saving": ("checkpointed", None),
-    "fp32": ("unrolled", Levers(precision="fp32")),
-    "tf32": ("unrolled", Levers(precision="tf32")),
-    "bf16": ("unrolled", Levers(precision="bf16")),
-    "channels-last": ("unrolled", Levers(channels_last=True)),
-    "compile": ("unrolled", Levers(compile=True)),
-    "cuda-graphs": ("unrolled", Levers(cuda_graphs=True)),
+#: The step rows: (matching mode or "plain", the lever of the row, E = trajectories per
+#: iteration; E > 1 rows are ``--trajectories-per-step E``, compared per trajectory)
+ROWS: dict[str, tuple[str, Levers | None, int]] = {
+    "plain": ("plain", None, 1),
+    "default": ("unrolled", None, 1),
+    "memory-saving": ("checkpointed", None, 1),
+    "fp32": ("unrolled", Levers(precision="fp32"), 1),
+    "tf32": ("unrolled", Levers(precision="tf32"), 1),
+    "bf16": ("unrolled", Levers(precision="bf16"), 1),
+    "channels-last": ("unrolled", Levers(channels_last=True), 1),
+    "compile": ("unrolled", Levers(compile=True), 1),
+    "cuda-graphs": ("unrolled", Levers(cuda_graphs=True), 1),
+    "E8": ("unrolled", None, 8),
+    "memory-saving-E8": ("checkpointed", None, 8),
 }
+MAX_E = max(e for _, _, e in ROWS.values())
 REFERENCE = "fp32"
 SECTIONS = ("environment", "flops", "step", "expert_epoch", "eval_epoch", "search")
 
@@ -201,15 +207,20 @@ class Case:
     model: torch.nn.Module
     template: torch.nn.Module
     layout: ParamLayout
-    start: torch.Tensor
-    target: torch.Tensor
+    starts: torch.Tensor  # (MAX_E, P): row 0 is the one-trajectory rows' start
+    targets: torch.Tensor
     synthetic: SyntheticTensors
     syn_lr: torch.Tensor
 
-    def plan(self, shapes: Shapes, n_steps: int, device: torch.device) -> StudentPlan:
+    def plans(
+        self, shapes: Shapes, n_steps: int, device: torch.device, count: int = 1
+    ) -> list[StudentPlan]:
+        """``count`` plans (batches and DSA draws) for N = ``n_steps``, one generator: the
+        first is the one-trajectory rows' plan."""
         generator = torch.Generator().manual_seed(n_steps)
-        return plan_student_steps(len(self.synthetic), n_steps, shapes.batch, shapes.image[1:],
-                                  DSAConfig(), generator, device)  # fmt: skip
+        return [plan_student_steps(len(self.synthetic), n_steps, shapes.batch, shapes.image[1:],
+                                   DSAConfig(), generator, device)
+                for _ in range(count)]  # fmt: skip
 
 
 def build_case(shapes: Shapes, device: torch.device) -> Case:
@@ -219,7 +230,10 @@ def build_case(shapes: Shapes, device: torch.device) -> Case:
     template = student_template(model)
     layout = ParamLayout.of(template)
     start = layout.flatten(model).to(device)
-    target = start + 0.01 * torch.randn(start.shape, generator=generator).to(device)
+    # E different starts and targets (an expert's θ*_t stand-in, perturbed per trajectory)
+    noise = torch.randn(2, MAX_E, *start.shape, generator=generator).to(device)
+    starts = start + torch.cat([torch.zeros_like(noise[0, :1]), 0.001 * noise[0, 1:]])
+    targets = starts + 0.01 * noise[1]
     images = torch.randn(shapes.set_size, *shapes.image, generator=generator).to(device)
     n_frozen = shapes.set_size - round(shapes.alpha * shapes.set_size)
     synthetic = SyntheticTensors(
@@ -227,18 +241,20 @@ def build_case(shapes: Shapes, device: torch.device) -> Case:
         (torch.arange(shapes.set_size) % 10).to(device),
     )  # fmt: skip
     syn_lr = torch.tensor(0.01, device=device, requires_grad=True)
-    return Case(model, template, layout, start, target, synthetic, syn_lr)
+    return Case(model, template, layout, starts, targets, synthetic, syn_lr)
 
 
 def step_call(
-    name: str, case: Case, plan: StudentPlan, steps: dict[str, StudentStep]
+    name: str, case: Case, plans: list[StudentPlan], steps: dict[str, StudentStep]
 ) -> Callable[[], MatchResult]:
-    """One iteration of row ``name``; the rows' StudentSteps live across N (one compilation)."""
-    mode, levers = ROWS[name]
-    args = (case.start[None], case.target[None], case.synthetic, case.syn_lr, [plan])
+    """One iteration of row ``name`` (its E trajectories: the first E of ``plans``); the rows'
+    StudentSteps live across N (one compilation)."""
+    mode, levers, trajectories = ROWS[name]
+    args = (case.starts[:trajectories], case.targets[:trajectories], case.synthetic,
+            case.syn_lr, plans[:trajectories])  # fmt: skip
     if mode == "plain":
-        return lambda: plain_match(case.model, case.layout, case.start, case.target,
-                                   case.synthetic, case.syn_lr, plan)  # fmt: skip
+        return lambda: plain_match(case.model, case.layout, case.starts[0], case.targets[0],
+                                   case.synthetic, case.syn_lr, plans[0])  # fmt: skip
     if levers is not None and name not in steps:
         steps[name] = StudentStep(case.template, case.layout, levers)
     step = steps.get(name)
@@ -295,8 +311,8 @@ def flops_section(case: Case, shapes: Shapes, device: torch.device) -> dict[str,
     _, peak = device_peak(device)
     per_n: dict[str, Any] = {}
     for n_steps in shapes.steps:
-        plan = case.plan(shapes, n_steps, device)
-        counts = {name: count_flops(step_call(name, case, plan, {}))
+        plans = case.plans(shapes, n_steps, device)
+        counts = {name: count_flops(step_call(name, case, plans, {}))
                   for name in ("default", "memory-saving", "plain")}  # fmt: skip
         floors = None if peak is None else {
             precision: counts["default"] / (tflops * 1e12) for precision, tflops in peak.items()
@@ -315,14 +331,14 @@ def step_rows(
     floors = report.data["sections"].get("flops", {}).get("per_n", {})
     order = [REFERENCE, *(name for name in ROWS if name != REFERENCE)]
     for n_steps in shapes.steps:
-        plan = case.plan(shapes, n_steps, device)
+        plans = case.plans(shapes, n_steps, device, MAX_E)
         results: dict[str, MatchResult] = {}
         for name in order:
             row: dict[str, Any] = {"row": name, "n_steps": n_steps}
             if clock.left() < reserve:
                 report.row(row | {"status": "skipped", "error": "time budget spent"})
                 continue
-            call = step_call(name, case, plan, steps)
+            call = step_call(name, case, plans, steps)
             row |= guarded(partial(_measure, name, call, device, shapes, results))
             if row["status"] != "ok":  # free what a failed lever holds (graphs, compiled code)
                 steps.pop(name, None)
@@ -359,10 +375,16 @@ def _compare(
     rows = [r for r in report.data["rows"] if r["n_steps"] == n_steps and r["status"] == "ok"]
     default = next((r["seconds"] for r in rows if r["row"] == "default"), None)
     for row in rows:
-        if reference is not None and row["row"] in results:
+        trajectories = ROWS[row["row"]][2]
+        if reference is not None and row["row"] in results and trajectories == 1:
             row |= errors(results[row["row"]], reference)
-        row["speedup_vs_default"] = None if default is None else default / row["seconds"]
-        row["x_floor"] = None if not floors else row["seconds"] / floors["bf16"]
+        # per trajectory: an E-trajectory row does E default iterations' matching work
+        row["trajectories"] = trajectories
+        row["trajectories_per_s"] = trajectories / row["seconds"]
+        row["speedup_vs_default"] = (
+            None if default is None else default * trajectories / row["seconds"]
+        )
+        row["x_floor"] = None if not floors else row["seconds"] / (trajectories * floors["bf16"])
     report.save()
 
 
@@ -414,14 +436,78 @@ def eval_epoch(shapes: Shapes, device: torch.device) -> dict[str, Any]:
 SEARCH_PACKAGES = ("ray", "optuna", "mlflow")
 
 
+def pipeline_commands(work: Path, tiny: bool) -> list[tuple[str, list[str]]]:
+    """The quick preset's library work for one IPC 10 trial as ``selmatch`` commands: its
+    experts (2 × 4 epochs on 1,000 images per class, width 16), its consistency score (4
+    networks × 4 epochs), one SelMatch distillation (β 0.2, α 0.5, N 10, b 64, 30 iterations)
+    and its short evaluation (50 epochs, one seed); ``tiny``: the same commands, a few seconds
+    each on a CPU."""
+    per_class, epochs, iterations, eval_epochs = ("50", "1", "2", "2") if tiny else \
+        ("1000", "4", "30", "50")  # fmt: skip
+    # the distillation reads expert epochs up to max start 2 + M 2 = 4
+    expert_epochs = "4"
+    experts, distilled = str(work / "experts"), str(work / "distill")
+    return [
+        ("experts", ["experts", "--out", experts, "--width", "16", "--experts", "2",
+                     "--epochs", expert_epochs, "--per-class", per_class, "--batch-size", "256",
+                     "--el2n-epoch", "1"]),
+        ("consistency", ["scores", "--scores", experts, "--estimate", "consistency",
+                         "--networks", "4", "--epochs", epochs, "--per-class", per_class,
+                         "--width", "16"]),
+        ("distill", ["distill", "--method", "selmatch", "--ipc", "10", "--experts", experts,
+                     "--scores", experts, "--out", distilled, "--beta", "0.2", "--alpha", "0.5",
+                     "--score", "consistency", "--beta-convention", "data-fraction",
+                     "--student-steps", "10", "--expert-epochs", "2", "--max-start-epoch", "2",
+                     "--syn-batch", "64", "--iterations", iterations]),
+        ("evaluate", ["evaluate", "--set", distilled, "--width", "16", "--epochs", eval_epochs,
+                      "--seeds", "1", "--out", str(work / "eval.json")]),
+    ]  # fmt: skip
+
+
+def pipeline_section(
+    args: argparse.Namespace, device: torch.device, clock: Clock, reason: str
+) -> dict[str, Any]:
+    """Where the search's packages cannot be installed (a device machine with no registry, and
+    Ray's wheel larger than what travels to it): the library half of the quick preset — what
+    its Ray tasks and trials call — as ``selmatch`` commands on ``device``, timed per stage."""
+    work = Path(args.search_out or tempfile.mkdtemp(prefix="device-check-pipeline-")) / "pipeline"
+    stages: dict[str, float] = {}
+    for stage, command in pipeline_commands(work, args.tiny):
+        timeout = clock.left() - 10
+        if timeout < 15:
+            return {"status": "error", "error": f"time budget spent before {stage}",
+                    "reason": reason, "stages_s": stages}  # fmt: skip
+        command = [sys.executable, "-m", "selmatch", *command, "--device", str(device),
+                   "--no-progress", *(["--data-root", args.data_root] if args.data_root else [])]
+        started = time.perf_counter()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                  cwd=ROOT)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return {"status": "error", "error": f"{stage} timed out after {timeout:.0f} s",
+                    "reason": reason, "stages_s": stages}  # fmt: skip
+        stages[stage] = time.perf_counter() - started
+        if done.returncode != 0:
+            return {"status": "error", "error": f"{stage}: exit code {done.returncode}",
+                    "reason": reason, "stages_s": stages,
+                    "output_tail": (done.stdout + done.stderr).splitlines()[-20:]}  # fmt: skip
+    result = json.loads((work / "eval.json").read_text())["result"]
+    return {"kind": "pipeline", "reason": reason, "seconds": sum(stages.values()),
+            "stages_s": stages, "test_accuracy": result["test_mean"],
+            "val_accuracy": result["val_mean"],
+            "train_seconds": result["train_seconds"]}  # fmt: skip
+
+
 def search_section(args: argparse.Namespace, device: torch.device, clock: Clock) -> dict[str, Any]:
     """The search as its command runs it: ``quick`` (or ``smoke``) end to end, or ``dry``
     (``--dry-run`` of the smoke preset with the levers set: the settings reach the search)."""
     if args.search == "skip":
         return {"status": "skipped", "error": "--search skip"}
     missing = [p for p in SEARCH_PACKAGES if importlib.util.find_spec(p) is None]
-    if missing:
-        return {"status": "skipped", "error": f"not installed here: {', '.join(missing)}"}
+    if args.search == "pipeline" or missing:
+        reason = "--search pipeline" if args.search == "pipeline" else \
+            f"the search's packages are not installed here: {', '.join(missing)}"  # fmt: skip
+        return guarded(partial(pipeline_section, args, device, clock, reason))
     folder = Path(args.search_out or tempfile.mkdtemp(prefix="device-check-search-")) / "search"
     command = [sys.executable, str(ROOT / "tune" / "search_alpha_beta.py"), "--out", str(folder)]
     if args.search == "dry":
@@ -470,15 +556,17 @@ def markdown(data: dict[str, Any]) -> str:
         f"{'×'.join(map(str, settings['shapes']['image']))}, b {settings['shapes']['batch']}, "
         f"set {settings['shapes']['set_size']} (α {settings['shapes']['alpha']}), DSA; errors "
         f"against the {REFERENCE} row; {data.get('seconds', 0):.0f} s in all.", "",
-        "| N | row | status | first call s | s / iteration | vs default | peak MiB | × floor "
-        "| loss err | image-grad err | lr-grad err | within 1e-3 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| N | row | E | status | first call s | s / iteration | trajectories/s | vs default "
+        "| peak MiB | × floor | loss err | image-grad err | lr-grad err | within 1e-3 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for row in data["rows"]:
         status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row.get('error')}"
         lines.append(
-            f"| {row['n_steps']} | {row['row']} | {status} | {_f(row.get('first_call_s'), '.3f')} "
-            f"| {_f(row.get('seconds'), '.4f')} | {_f(row.get('speedup_vs_default'), '.2f')}× "
+            f"| {row['n_steps']} | {row['row']} | {ROWS[row['row']][2]} | {status} "
+            f"| {_f(row.get('first_call_s'), '.3f')} | {_f(row.get('seconds'), '.4f')} "
+            f"| {_f(row.get('trajectories_per_s'), '.2f')} "
+            f"| {_f(row.get('speedup_vs_default'), '.2f')}× "
             f"| {_f(row.get('peak_mib'), '.0f')} | {_f(row.get('x_floor'), '.1f')} "
             f"| {_f(row.get('loss_rel_err'), '.1e')} | {_f(row.get('image_grad_rel_err'), '.1e')} "
             f"| {_f(row.get('lr_grad_rel_err'), '.1e')} | {row.get('within_1e-3', '—')} |"
@@ -501,6 +589,10 @@ def _summary(name: str, section: dict[str, Any]) -> str:
             + (_f(v["floor_s"] and v["floor_s"]["bf16"], ".3g") + " s (bf16 peak)")
             for n, v in section["per_n"].items()
         )
+    if name == "search" and section.get("kind") == "pipeline":
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in section["stages_s"].items())
+        return f"library pipeline of one quick-preset IPC 10 trial ({section['reason']}): " \
+            f"{stages}; test {100 * section['test_accuracy']:.2f} %"  # fmt: skip
     if name == "search":
         table = section.get("best_hparams") or section.get("output_tail", [])[-1:]
         return f"{section['seconds']:.0f} s: " + " / ".join(table).replace("|", "/")
@@ -574,9 +666,12 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=450.0,
                         help="seconds for everything; rows are skipped and the search cut when "
                         "it runs out (default: 450, inside 8 minutes with start-up)")  # fmt: skip
-    parser.add_argument("--search", default=None, choices=("quick", "smoke", "dry", "skip"),
+    parser.add_argument("--search", default=None,
+                        choices=("quick", "smoke", "dry", "pipeline", "skip"),
                         help="the search to run: quick (the preset end to end), smoke, dry "
-                        "(--dry-run of smoke with levers set) or skip (default: quick, dry "
+                        "(--dry-run of smoke with levers set), pipeline (the quick preset's "
+                        "library work for one trial as selmatch commands, no Ray: what runs "
+                        "where Ray, Optuna or MLflow is missing) or skip (default: quick, dry "
                         "with --tiny)")  # fmt: skip
     parser.add_argument("--search-out", default=None,
                         help="parent folder of the search's output (default: a new temporary "

@@ -35,6 +35,12 @@ def test_the_tiny_device_check_writes_every_row_and_section(tmp_path) -> None:
         assert row["status"] == "ok", row
         assert row["seconds"] > 0 and row["speedup_vs_default"] > 0
         assert row["peak_mib"] is None and row["x_floor"] is None  # no GPU, no peak
+        trajectories = ROWS[name][2]
+        assert row["trajectories"] == trajectories
+        assert row["trajectories_per_s"] == pytest.approx(trajectories / row["seconds"])
+        if trajectories > 1:  # another loss (the mean of E): not compared with the fp32 row
+            assert "image_grad_rel_err" not in row
+            continue
         limit = 0.5 if name == "bf16" else 1e-5  # float32 rounding; bf16 is far coarser
         assert row["image_grad_rel_err"] < limit, row
     assert rows[("default", TINY.steps[0])]["speedup_vs_default"] == 1.0
@@ -45,4 +51,25 @@ def test_the_tiny_device_check_writes_every_row_and_section(tmp_path) -> None:
     assert flops["memory-saving"] > flops["default"] > 0
     assert "dry run: nothing was started or written" in data["sections"]["search"]["output_tail"]
     table = (out / "device_check.md").read_text()
-    assert "| N | row | status |" in table and table.count("| cuda-graphs |") == len(TINY.steps)
+    assert "| N | row | E | status |" in table
+    assert table.count("| cuda-graphs | 1 |") == table.count("| E8 | 8 |") == len(TINY.steps)
+
+
+@pytest.mark.slow
+def test_the_pipeline_fallback_runs_the_quick_trial_as_selmatch_commands(tmp_path) -> None:
+    """Where Ray cannot be installed (a device machine), ``--search pipeline`` runs the library
+    half of one quick-preset trial as selmatch commands on the real data, timed per stage."""
+    out = tmp_path / "device-check"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--tiny", "--threads", "1",
+         "--steps", "2", "--out", str(out), "--search", "pipeline", "--search-out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    search = json.loads((out / "device_check.json").read_text())["sections"]["search"]
+    assert search["status"] == "ok", search
+    assert list(search["stages_s"]) == ["experts", "consistency", "distill", "evaluate"]
+    assert all(seconds > 0 for seconds in search["stages_s"].values())
+    assert 0 <= search["test_accuracy"] <= 1
+    assert (tmp_path / "pipeline" / "distill" / "set.safetensors").is_file()
+    assert "library pipeline of one quick-preset IPC 10 trial" in (out / "device_check.md").read_text()
