@@ -12,7 +12,8 @@ default mode with one lever of selmatch.levers each: ``fp32``, ``tf32``, ``bf16`
 ``channels-last``, ``compile``, ``cuda-graphs``; and E = 8 trajectories per iteration in one
 batched computation (``E8``: default mode, ``memory-saving-E8``: checkpointed), compared with
 ``default`` per trajectory (trajectories/s). Every one-trajectory row sees the same start,
-target, batches and DSA draws; an E-row's first trajectory is theirs. Per row: the first call, timed on its own (compilation and graph capture
+target, batches and DSA draws; an E-row's first trajectory is theirs.
+Per row: the first call, timed on its own (compilation and graph capture
 happen there); seconds per iteration, the median of repeats fitted to a per-row time budget;
 the ratio to ``default`` measured in the same run; the peak GPU memory of the row
 (``torch.cuda.max_memory_allocated`` growth); the relative error of the matching loss, the
@@ -477,8 +478,9 @@ def pipeline_section(
         if timeout < 15:
             return {"status": "error", "error": f"time budget spent before {stage}",
                     "reason": reason, "stages_s": stages}  # fmt: skip
+        data = ["--data-root", args.data_root] if args.data_root else []
         command = [sys.executable, "-m", "selmatch", *command, "--device", str(device),
-                   "--no-progress", *(["--data-root", args.data_root] if args.data_root else [])]
+                   "--no-progress", *data]  # fmt: skip
         started = time.perf_counter()
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,

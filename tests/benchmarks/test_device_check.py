@@ -72,4 +72,5 @@ def test_the_pipeline_fallback_runs_the_quick_trial_as_selmatch_commands(tmp_pat
     assert all(seconds > 0 for seconds in search["stages_s"].values())
     assert 0 <= search["test_accuracy"] <= 1
     assert (tmp_path / "pipeline" / "distill" / "set.safetensors").is_file()
-    assert "library pipeline of one quick-preset IPC 10 trial" in (out / "device_check.md").read_text()
+    table = (out / "device_check.md").read_text()
+    assert "library pipeline of one quick-preset IPC 10 trial" in table
