@@ -32,6 +32,7 @@ whole: rows are skipped once too little is left, the search gets what remains.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import platform
@@ -55,7 +56,7 @@ from plain_mtt import plain_match
 
 from selmatch.augment import DSAConfig
 from selmatch.experts import ExpertConfig
-from selmatch.levers import Levers, StudentStep
+from selmatch.levers import Levers, StudentStep, precision_scope
 from selmatch.matching import (
     MatchResult,
     StudentPlan,
@@ -97,9 +98,21 @@ ROWS: dict[str, tuple[str, Levers | None, int]] = {
     "cuda-graphs": ("unrolled", Levers(cuda_graphs=True), 1),
     "E8": ("unrolled", None, 8),
     "memory-saving-E8": ("checkpointed", None, 8),
+    # combinations: the plain code and the fastest levers in IEEE float32
+    "plain-fp32": ("plain", Levers(precision="fp32"), 1),
+    "compile-fp32": ("unrolled", Levers(compile=True, precision="fp32"), 1),
+    "cuda-graphs-fp32": ("unrolled", Levers(cuda_graphs=True, precision="fp32"), 1),
+    "compile-cuda-graphs": ("unrolled", Levers(compile=True, cuda_graphs=True), 1),
+    "compile-cuda-graphs-fp32": (
+        "unrolled",
+        Levers(compile=True, cuda_graphs=True, precision="fp32"),
+        1,
+    ),
 }
 MAX_E = max(e for _, _, e in ROWS.values())
 REFERENCE = "fp32"
+#: ``--reference float64``: the default mode computed in float64 instead of the fp32 row
+FLOAT64 = "float64"
 SECTIONS = ("environment", "flops", "step", "expert_epoch", "eval_epoch", "search")
 
 
@@ -213,6 +226,18 @@ class Case:
     synthetic: SyntheticTensors
     syn_lr: torch.Tensor
 
+    def double(self) -> Case:
+        """The same case in float64 (the reference of ``--reference float64``)."""
+        model = copy.deepcopy(self.model).double()
+        synthetic = SyntheticTensors(
+            self.synthetic.frozen.double(),
+            self.synthetic.learnable.detach().double().requires_grad_(True),
+            self.synthetic.labels,
+        )  # fmt: skip
+        syn_lr = self.syn_lr.detach().double().requires_grad_(True)
+        return Case(model, student_template(model), self.layout, self.starts.double(),
+                    self.targets.double(), synthetic, syn_lr)  # fmt: skip
+
     def plans(
         self, shapes: Shapes, n_steps: int, device: torch.device, count: int = 1
     ) -> list[StudentPlan]:
@@ -254,8 +279,14 @@ def step_call(
     args = (case.starts[:trajectories], case.targets[:trajectories], case.synthetic,
             case.syn_lr, plans[:trajectories])  # fmt: skip
     if mode == "plain":
-        return lambda: plain_match(case.model, case.layout, case.starts[0], case.targets[0],
+        precision = "default" if levers is None else levers.precision
+
+        def plain() -> MatchResult:
+            with precision_scope(precision):
+                return plain_match(case.model, case.layout, case.starts[0], case.targets[0],
                                    case.synthetic, case.syn_lr, plans[0])  # fmt: skip
+
+        return plain
     if levers is not None and name not in steps:
         steps[name] = StudentStep(case.template, case.layout, levers)
     step = steps.get(name)
@@ -330,10 +361,17 @@ def step_rows(
     """Every row at every N, the reference row first; one row's failure is that row's error."""
     steps: dict[str, StudentStep] = {}
     floors = report.data["sections"].get("flops", {}).get("per_n", {})
-    order = [REFERENCE, *(name for name in ROWS if name != REFERENCE)]
+    rows = report.data["settings"]["rows"]
+    order = [name for name in (REFERENCE, *ROWS) if name in rows]
+    order = list(dict.fromkeys(order))
     for n_steps in shapes.steps:
         plans = case.plans(shapes, n_steps, device, MAX_E)
         results: dict[str, MatchResult] = {}
+        if report.data["settings"]["reference"] == FLOAT64:
+            row = {"row": FLOAT64, "n_steps": n_steps}
+            row |= guarded(partial(_float64, case, plans, results))
+            report.row(row)
+            _free(device)
         for name in order:
             row: dict[str, Any] = {"row": name, "n_steps": n_steps}
             if clock.left() < reserve:
@@ -341,7 +379,10 @@ def step_rows(
                 continue
             call = step_call(name, case, plans, steps)
             row |= guarded(partial(_measure, name, call, device, shapes, results))
-            if row["status"] != "ok":  # free what a failed lever holds (graphs, compiled code)
+            lever = ROWS[name][1]
+            if row["status"] != "ok" or (lever and lever.cuda_graphs):
+                # free what a failed lever holds (graphs, compiled code), and the graphs of
+                # every N's slots (captured anew at the next N)
                 steps.pop(name, None)
                 _free(device)
             report.row(row)
@@ -351,6 +392,16 @@ def step_rows(
     steps.clear()
     _free(device)
     return {"rows": len(report.data["rows"])}
+
+
+def _float64(case: Case, plans: list[StudentPlan], results: dict[str, MatchResult]) -> dict:
+    """The default mode's iteration in float64: the reference of every row's errors."""
+    double = case.double()
+    started = time.perf_counter()
+    results[FLOAT64] = step_call("default", double, plans, {})()
+    synchronize(double.starts.device)
+    del double
+    return {"first_call_s": time.perf_counter() - started}
 
 
 def _free(device: torch.device) -> None:
@@ -372,8 +423,9 @@ def _compare(
     report: Report, n_steps: int, results: dict[str, MatchResult], floors: dict | None
 ) -> None:
     """Errors against the reference, speed against default, × floor: filled into the rows."""
-    reference = results.get(REFERENCE, results.get("default"))
-    rows = [r for r in report.data["rows"] if r["n_steps"] == n_steps and r["status"] == "ok"]
+    reference = results.get(FLOAT64, results.get(REFERENCE, results.get("default")))
+    rows = [r for r in report.data["rows"] if r["n_steps"] == n_steps and r["status"] == "ok"
+            and r["row"] in ROWS]  # fmt: skip
     default = next((r["seconds"] for r in rows if r["row"] == "default"), None)
     for row in rows:
         trajectories = ROWS[row["row"]][2]
@@ -557,7 +609,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"{settings['shapes']['width']} (BatchNorm), "
         f"{'×'.join(map(str, settings['shapes']['image']))}, b {settings['shapes']['batch']}, "
         f"set {settings['shapes']['set_size']} (α {settings['shapes']['alpha']}), DSA; errors "
-        f"against the {REFERENCE} row; {data.get('seconds', 0):.0f} s in all.", "",
+        f"against {_reference_name(settings)}; {data.get('seconds', 0):.0f} s in all.", "",
         "| N | row | E | status | first call s | s / iteration | trajectories/s | vs default "
         "| peak MiB | × floor | loss err | image-grad err | lr-grad err | within 1e-3 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -565,7 +617,7 @@ def markdown(data: dict[str, Any]) -> str:
     for row in data["rows"]:
         status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row.get('error')}"
         lines.append(
-            f"| {row['n_steps']} | {row['row']} | {ROWS[row['row']][2]} | {status} "
+            f"| {row['n_steps']} | {row['row']} | {_trajectories(row['row'])} | {status} "
             f"| {_f(row.get('first_call_s'), '.3f')} | {_f(row.get('seconds'), '.4f')} "
             f"| {_f(row.get('trajectories_per_s'), '.2f')} "
             f"| {_f(row.get('speedup_vs_default'), '.2f')}× "
@@ -578,6 +630,16 @@ def markdown(data: dict[str, Any]) -> str:
         section = sections.get(name, {"status": "not run"})
         lines.append(f"| {name} | {section.get('status')} | {_summary(name, section)} |")
     return "\n".join(lines) + "\n"
+
+
+def _trajectories(row: str) -> int:
+    return ROWS[row][2] if row in ROWS else 1
+
+
+def _reference_name(settings: dict[str, Any]) -> str:
+    if settings.get("reference") == FLOAT64:
+        return "the default mode in float64"
+    return f"the {REFERENCE} row"
 
 
 def _summary(name: str, section: dict[str, Any]) -> str:
@@ -637,12 +699,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if shapes != (TINY if args.tiny else PAPER):
         name = f"resized {name}"
     settings = {"shapes_name": name, "shapes": asdict(shapes),
-                "budget_s": args.budget_s, "search": args.search, "rows": list(ROWS),
+                "budget_s": args.budget_s, "search": args.search, "rows": args.rows,
+                "reference": args.reference,
                 "argv": sys.argv[1:]}  # fmt: skip
     report = Report(args.out, settings)
     report.section("environment", guarded(partial(environment, device)))
-    # the epochs need about a minute on a GPU; the search wants 90 s more
-    reserve = 20.0 if args.tiny else 150.0
+    # the epochs need about a minute on a GPU; a search (or the pipeline) wants 90 s more
+    searching = args.search in ("quick", "smoke", "pipeline")
+    reserve = 20.0 if args.tiny else 150.0 if searching else 30.0
     step_sections(report, shapes, device, clock, reserve)
     for name, work in (("expert_epoch", expert_epoch), ("eval_epoch", eval_epoch)):
         if clock.left() < reserve / 3:
@@ -680,6 +744,16 @@ def main() -> None:
                         "folder; only best_hparams.csv goes into the JSON)")  # fmt: skip
     parser.add_argument("--data-root", default=None, help="passed to the search")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help="the step rows to measure, comma-separated (default: all: "
+                        f"{', '.join(ROWS)})")  # fmt: skip
+    parser.add_argument(
+        "--reference",
+        default=REFERENCE,
+        choices=(REFERENCE, FLOAT64),
+        help="what the rows' errors are measured against: the fp32 row (IEEE "
+        "float32) or the default mode computed in float64 (default: fp32)",
+    )
     sizes = parser.add_argument_group("step sizes (override the shapes chosen by --tiny or not)")
     sizes.add_argument("--width", type=int, default=None, help="ConvNet width")
     sizes.add_argument("--depth", type=int, default=None, help="ConvNet depth")
@@ -691,6 +765,11 @@ def main() -> None:
                        help="timed repeats per row, whatever they take (default: as many as "
                        "fit the row's time budget, at most 10; 2 with --tiny)")  # fmt: skip
     args = parser.parse_args()
+    rows = [row.strip() for row in args.rows.split(",") if row.strip()]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown or not rows:
+        parser.error(f"--rows must name rows among {', '.join(ROWS)}; got {args.rows!r}")
+    args.rows = rows
     if args.search is None:
         args.search = "dry" if args.tiny else "quick"
     if args.budget_s <= 0:
