@@ -224,3 +224,36 @@ def test_the_search_reaches_the_levers_by_set() -> None:
         apply_sets(smoke(), ["distill.precision=fp16"])
     with pytest.raises(ConfigError, match="--compile must be true or false"):
         apply_sets(smoke(), ["distill.compile=yes"])
+
+
+@pytest.mark.parametrize(
+    ("settings", "device", "expected"),
+    [
+        ({}, "cuda", Levers(compile=True, cuda_graphs=True)),
+        ({"precision": "fp32"}, "cuda", Levers(compile=True, cuda_graphs=True, precision="fp32")),
+        ({}, "cpu", Levers()),
+        ({"trajectories_per_step": 2}, "cuda", Levers()),
+        ({"mode": "checkpointed"}, "cuda", Levers()),
+        ({"speed": "off"}, "cuda", Levers()),
+        ({"speed": "off", "compile": True}, "cuda", Levers(compile=True)),
+    ],
+)
+def test_speed_auto_switches_on_compile_and_cuda_graphs_only_where_they_were_measured(
+    settings, device, expected
+) -> None:
+    """--speed auto adds compile and CUDA graphs on CUDA with E = 1 in unrolled mode (the
+    device check's fastest row); everywhere else the run uses exactly the levers asked for."""
+    config = DistillConfig(method="mtt", ipc=2, **settings)
+    assert config.speed == settings.get("speed", "auto")
+    assert config.levers_on(torch.device(device)) == expected
+
+
+def test_speed_is_a_setting_with_a_one_line_error_and_old_manifests_read_as_auto() -> None:
+    with pytest.raises(ConfigError) as error:
+        DistillConfig(speed="fast")
+    assert str(error.value) == "--speed must be one of auto, off; got 'fast'"
+    saved = DistillConfig(method="mtt", ipc=2).to_dict()
+    del saved["speed"]  # a manifest written before the setting existed
+    assert DistillConfig.from_dict(saved).speed == "auto"
+    args = cli.build_parser().parse_args(["distill", "--ipc", "2", "--speed", "off"])
+    assert args.speed == "off"
