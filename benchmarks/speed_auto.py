@@ -7,7 +7,9 @@ real Fashion-MNIST, experts trained by ``selmatch experts`` in the same run.
 Each speed distils twice, for ``--short`` and ``--long`` iterations, from the same experts,
 window and seed; the manifest's ``seconds`` (the matching loop, without start-up and data
 loading) gives the steady seconds per iteration, (long − short) / (long − short iterations),
-so compilation and graph capture cancel out, and the start cost, short − short × that. The
+so compilation and graph capture cancel out, and the start cost, short − short × that. Every
+run compiles into its own empty cache folder, so both runs of a speed pay the same compilation
+(with one shared cache the second compiles from disk, and the difference no longer cancels). The
 final losses of the two speeds after ``--long`` iterations are printed beside each other: the
 levers change rounding only, so they should agree to a few digits, not bit for bit.
 """
@@ -16,14 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 
-def selmatch(*arguments: str) -> None:
-    subprocess.run([sys.executable, "-m", "selmatch", *arguments], check=True)
+def selmatch(*arguments: str, cache: Path | None = None) -> None:
+    """``selmatch ARGUMENTS``; ``cache``: an empty folder for inductor's and Triton's on-disk
+    caches, so that every run compiles from nothing (a warm cache would make the second run's
+    start cheaper than the first's, and the difference of the two no longer cancel it)."""
+    env = dict(os.environ)
+    if cache is not None:
+        env |= {"TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+                "TRITON_CACHE_DIR": str(cache / "triton")}  # fmt: skip
+    subprocess.run([sys.executable, "-m", "selmatch", *arguments], check=True, env=env)
 
 
 def main() -> None:
@@ -58,7 +68,7 @@ def main() -> None:
                      "--student-steps", steps, "--expert-epochs", "2", "--max-start-epoch", "4",
                      "--syn-batch", batch, "--iterations", str(iterations), "--speed", speed,
                      "--checkpoint-every", str(args.long), "--out", str(out),
-                     *common)  # fmt: skip
+                     *common, cache=work / f"cache-{speed}-{iterations}")  # fmt: skip
             manifest = json.loads((out / "manifest.json").read_text())
             seconds[iterations], losses[iterations] = manifest["seconds"], manifest["final_loss"]
         per_iteration = (seconds[args.long] - seconds[args.short]) / (args.long - args.short)
