@@ -677,7 +677,7 @@ def resized(shapes: Shapes, args: argparse.Namespace) -> Shapes:
     if args.image_size:
         changes["image"] = (3, args.image_size, args.image_size)
     if args.repeats:
-        changes |= {"max_repeats": args.repeats, "row_seconds": float("inf")}
+        changes |= {"max_repeats": args.repeats, "row_seconds": 1e9}  # JSON has no inf
     return replace(shapes, **changes)
 
 

@@ -29,7 +29,8 @@ def test_the_tiny_device_check_writes_every_row_and_section(tmp_path) -> None:
     rows = {(r["row"], r["n_steps"]): r for r in data["rows"]}
     assert set(rows) == {(name, n) for name in ROWS for n in TINY.steps}
     for (name, _), row in rows.items():
-        if name == "cuda-graphs":  # a CUDA-only lever: refused on CPU, the error recorded
+        lever = ROWS[name][1]
+        if lever is not None and lever.cuda_graphs:  # CUDA only: refused on CPU, error kept
             assert row["status"] == "error" and "needs a CUDA device" in row["error"]
             continue
         assert row["status"] == "ok", row
@@ -74,3 +75,24 @@ def test_the_pipeline_fallback_runs_the_quick_trial_as_selmatch_commands(tmp_pat
     assert (tmp_path / "pipeline" / "distill" / "set.safetensors").is_file()
     table = (out / "device_check.md").read_text()
     assert "library pipeline of one quick-preset IPC 10 trial" in table
+
+
+@pytest.mark.slow
+def test_a_float64_reference_and_chosen_rows(tmp_path) -> None:
+    """--reference float64 adds the default mode in float64 and measures every row against it;
+    --rows keeps the run to the rows named; an unknown row is a one-line error."""
+    out = tmp_path / "device-check"
+    base = [sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--tiny", "--threads",
+            "1", "--out", str(out), "--search", "skip"]  # fmt: skip
+    done = subprocess.run([*base, "--rows", "default,plain-fp32", "--reference", "float64"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((out / "device_check.json").read_text())
+    names = [row["row"] for row in data["rows"] if row["n_steps"] == TINY.steps[0]]
+    assert names == ["float64", "default", "plain-fp32"]
+    for row in data["rows"]:
+        if row["row"] != "float64":  # float32 against float64 on the tiny case: rounding
+            assert 0 < row["image_grad_rel_err"] < 1e-5 and row["loss_rel_err"] < 1e-5, row
+    assert "errors against the default mode in float64" in (out / "device_check.md").read_text()
+    bad = subprocess.run([*base, "--rows", "default,turbo"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--rows must name rows among" in bad.stderr.splitlines()[-1]
