@@ -27,6 +27,33 @@ Log = Callable[[str], None]
 
 
 @dataclass
+class StageCost(Config):
+    """What one stage of the search cost: its wall time (in the runs that did its work; a
+    stage restored on ``--resume`` adds the resumed part), the seconds its trials spent
+    (fetching the data and working, summed over trials) and the trial slots it had."""
+
+    OMIT_NONE = True
+    seconds: float
+    trial_seconds: float | None = None
+    slots: int | None = None
+
+    @property
+    def idle(self) -> float | None:
+        """The slots' share left idle: 1 − trial seconds / (slots × wall), at least 0."""
+        if self.trial_seconds is None or not self.slots or self.seconds <= 0:
+            return None
+        return max(0.0, 1.0 - self.trial_seconds / (self.slots * self.seconds))
+
+    def plus(self, other: StageCost | None) -> StageCost:
+        """This cost and ``other``'s, one stage run in parts (an interrupted, resumed one)."""
+        if other is None:
+            return self
+        trial = None if self.trial_seconds is None and other.trial_seconds is None else \
+            (self.trial_seconds or 0.0) + (other.trial_seconds or 0.0)  # fmt: skip
+        return StageCost(self.seconds + other.seconds, trial, self.slots or other.slots)
+
+
+@dataclass
 class Point(Config):
     """One grid value of a phase: means over its completed trials (short budget)."""
 
@@ -49,6 +76,7 @@ class Baseline(Config):
     n: int
     failed: int = 0
     work_seconds: float | None = None
+    cost: StageCost | None = None
 
 
 @dataclass
@@ -77,6 +105,7 @@ class PhaseResult(Config):
     mtt: Baseline | None = None  # α: plain MTT (random subset, α = 1)
     seqmatch_experts: str | None = None  # K: the stage experts' variant
     against: Score | None = None  # K: the α phase's winner it was compared with
+    cost: StageCost | None = None  # the phase's trials (its baseline has its own)
 
     @property
     def best_point(self) -> Point:
@@ -130,6 +159,7 @@ class FinalResult(Config):
     epochs: int
     beta_full: dict[float, FullPoint] = field(default_factory=dict)
     random: Reference | None = None
+    cost: StageCost | None = None  # the winner's, the top windows' and the reference's
 
 
 @dataclass
@@ -184,6 +214,7 @@ class SearchRecord(Config):
     storage_id: str | None = None
     score_dir: str | None = None
     seconds: float | None = None
+    precompute: StageCost | None = None
     rank_correlation_by_ipc: dict[int, float | None] | None = None
     rank_correlation_short_vs_full: float | None = None
 

@@ -37,6 +37,7 @@ from selmatch.data import ImageDataset, holdout_split, load_dataset
 from selmatch.distill import DEFAULT_LR_INIT, DistillConfig
 from selmatch_tune.concave import ConcaveGridSampler, grid_index
 from selmatch_tune.config import SearchConfig, fit_to_data, validation_warning
+from selmatch_tune.costs import format_costs, stage_costs
 from selmatch_tune.precompute import Precomputed, precompute
 from selmatch_tune.record import (
     STATE,
@@ -49,6 +50,7 @@ from selmatch_tune.record import (
     Reference,
     Score,
     SearchRecord,
+    StageCost,
     Winner,
     open_record,
 )
@@ -176,6 +178,18 @@ def _phase_results(grid: Any, searched: str) -> PhaseResult:
                        trials=sum(c.n for c in curve.values()) + failed)  # fmt: skip
 
 
+def _trial_seconds(grid: Any) -> float:
+    """The seconds the trials of a ResultGrid spent fetching their data and working."""
+    return sum((r.metrics or {}).get("fetch_seconds", 0.0) + (r.metrics or {}).get(
+        "work_seconds", 0.0) for r in grid)  # fmt: skip
+
+
+def _cost(started: float, grid: Any, config: SearchConfig) -> StageCost:
+    """A Tune stage's cost: the wall time since ``started`` (a stage restored on --resume: the
+    resumed part), its trials' seconds (all of them) and its slots."""
+    return StageCost(time.perf_counter() - started, _trial_seconds(grid), config.max_concurrent)
+
+
 def _remove_experiment(path: str) -> None:
     """A Tune experiment folder left by an earlier, abandoned run (local or a URI)."""
     if "://" not in path:
@@ -278,6 +292,7 @@ def run_phase(
             "num_samples": _cap(phase),  # the search finishes itself before this
         }  # fmt: skip
 
+    started = time.perf_counter()
     grid = _fit_experiment(
         beta_trial if searched == "beta" else alpha_trial, param_space, name, logger, config,
         data, storage, resume=resume, log=log,
@@ -296,6 +311,7 @@ def run_phase(
         )
     summary = _phase_results(grid, searched)
     summary.grid = phase.grid
+    summary.cost = _cost(started, grid, config)
     log(f"IPC {phase.ipc}: best {shown} = {summary.best:g} "
         f"({summary.trials} trials for {len(phase.grid)} grid values, "
         f"{summary.failed} failed)")  # fmt: skip
@@ -313,6 +329,7 @@ def run_baseline(
     param_space = {**fixed, "repeat": tune.grid_search(list(range(repeats)))}
     path = f"{storage.rstrip('/')}/{name}"
     logger = TrialLogger(tracker, phase=phase, ipc=fixed["ipc"], searched="init", log=log)
+    started = time.perf_counter()
     grid = _fit_experiment(trial, param_space, name, logger, config, data, storage,
                            resume=resume, log=log, what=f"{name} experiment")  # fmt: skip
     results = [grid[i] for i in range(len(grid))]
@@ -328,6 +345,7 @@ def run_baseline(
         test=sum(m["test_accuracy"] for m in metrics) / len(metrics),
         n=len(metrics), failed=len(results) - len(metrics),
         work_seconds=max(m.get("work_seconds", 0.0) for m in metrics),
+        cost=_cost(started, grid, config),
     ), grid  # fmt: skip
 
 
@@ -549,10 +567,12 @@ def search_ipc(
     # the reference runs beside the final evaluation (submitted first), or alone for a search
     # finished before it existed
     reference = None
+    final_started = time.perf_counter()
     selection_only = entry.selected_as_is() == "random"  # the winner is the reference itself
     has_reference = entry.final is not None and entry.final.random is not None
     if config.random_reference and not has_reference and not selection_only:
         reference = _random_reference(config, data, fixed)
+    computed = entry.final is None or reference is not None
     if entry.final is None:
         also = " and of a random subset of the same size" if reference is not None else ""
         log(f"IPC {ipc}: final evaluation ({config.final.budget()}, "
@@ -564,6 +584,9 @@ def search_ipc(
         log(f"IPC {ipc}: final evaluation of a random subset of the same size (the reference)")
     if reference is not None:
         entry.final.random = _reference_summary(ray.get(reference))
+    if computed:
+        entry.final.cost = StageCost(time.perf_counter() - final_started).plus(entry.final.cost)
+    if reference is not None or computed:
         record.save(out)
     elif config.random_reference and selection_only and entry.final.random is None:
         entry.final.random = _reference_summary(entry.final)  # the same evaluation
@@ -768,6 +791,7 @@ def run_search(
     started = time.perf_counter()
     try:
         pre = precompute_all(config, dataset, out, log)
+        record.precompute = StageCost(time.perf_counter() - started).plus(record.precompute)
         record.score_dir = str(pre.score_dir)  # where the ranking came from (a study reads it)
         record.started = True  # from here on, the folder holds a search
         data = trial_data(pre)
@@ -796,7 +820,10 @@ def run_search(
     record.rank_correlation_short_vs_full = mean_rank_correlation(by_ipc)
     record.seconds = (record.seconds or 0.0) + time.perf_counter() - started
     record.save(out)
-    for path in (table, out / STATE):
+    cost_table = format_costs(stage_costs(record))
+    costs = out / "costs.md"
+    costs.write_text(f"# What this search cost, by stage\n\n{cost_table}\n")
+    for path in (table, out / STATE, costs):
         tracker.log_artifact(path)
     tracker.log_parent_metrics({
         **{f"final_test_ipc{r['ipc']}": r["final_test_mean"] for r in rows},
@@ -822,7 +849,8 @@ def run_search(
         log("WARNING: predicted, not searched (the paper calls predicting α*, β* an open problem):")
         for ipc in unsearched:
             log(f"  IPC {ipc}: β ≈ {betas[ipc]:.3g}, α ≈ {alphas[ipc]:.3g}")
-    log(f"table: {table}; distilled sets: {out / 'sets'}; curves: {out}/*-ipc*.png")
+    log(f"cost by stage (wall seconds over the whole search):\n{cost_table}")
+    log(f"table: {table}; distilled sets: {out / 'sets'}; curves: {out}/*-ipc*.png; costs: {costs}")
     log(f"MLflow: {tracker.uri} (experiment {tracker.experiment_id}, parent run "
         f"{tracker.parent_id}); Ray results: {storage_path}")  # fmt: skip
     for line in tracker.ui_hint():

@@ -10,7 +10,9 @@ from mlflow.tracking import MlflowClient
 from selmatch.config import ConfigError
 from selmatch.synthetic import SyntheticSet
 from selmatch_tune import search as search_module
+from selmatch_tune.costs import stage_costs
 from selmatch_tune.presets import smoke
+from selmatch_tune.record import SearchRecord
 from selmatch_tune.search import check_resources, run_search
 from selmatch_tune.search_alpha_beta import apply_overrides, apply_sets, build_parser, overridden
 
@@ -54,6 +56,14 @@ def test_smoke_search_writes_the_table_sets_and_curves(smoke_run) -> None:
     assert float(table[1]["beta"]) <= float(table[0]["beta"])
     for name in ("beta-ipc2.png", "alpha-ipc2.png", "beta-ipc4.png", "alpha-ipc4.png"):
         assert (out / name).stat().st_size > 5000
+    # what the answer cost, by stage: every stage the search ran was timed
+    record = SearchRecord.load(out)
+    stages = {row.stage: row for row in stage_costs(record)}
+    assert {"precompute", "beta", "beta_random", "alpha", "final", "other"} <= set(stages)
+    assert all(row.seconds > 0 for name, row in stages.items() if name != "other")
+    assert sum(row.seconds for row in stages.values()) == pytest.approx(record.seconds)
+    assert stages["alpha"].trial_seconds > 0 and stages["alpha"].idle_slot_seconds >= 0
+    assert "| α trials |" in (out / "costs.md").read_text()
 
 
 def test_trials_are_ranked_on_validation_and_logged_to_mlflow(smoke_run) -> None:
