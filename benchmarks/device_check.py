@@ -368,9 +368,8 @@ def step_rows(
         plans = case.plans(shapes, n_steps, device, MAX_E)
         results: dict[str, MatchResult] = {}
         if report.data["settings"]["reference"] == FLOAT64:
-            row = {"row": FLOAT64, "n_steps": n_steps}
-            row |= guarded(partial(_float64, case, plans, results))
-            report.row(row)
+            reference: dict[str, Any] = {"row": FLOAT64, "n_steps": n_steps}
+            report.row(reference | guarded(partial(_float64, case, plans, results)))
             _free(device)
         for name in order:
             row: dict[str, Any] = {"row": name, "n_steps": n_steps}

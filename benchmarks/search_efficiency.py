@@ -11,17 +11,27 @@
    measured seed noise; accuracy gap between its pick and the grid's best.
 3. **Ray's per-trial overhead** in a finished search: seconds spent fetching the precomputed
    data from the object store and scheduling/starting trials, as a share of trial time.
+4. **The search's cost by stage** (`--search-dir`, from its record: precompute, β trials,
+   α trials, their baselines, the final evaluation, idle slots); with `--baseline-dir`, a
+   search of the same settings made before a change: the ratio of their wall times and whether
+   the winners (method, initialisation, β, α per IPC) are the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
 import statistics
 from pathlib import Path
 
+from selmatch_tune.costs import format_costs, stage_costs
+from selmatch_tune.record import SearchRecord
 from selmatch_tune.simulate import random_concave_curve, simulate
+
+#: the columns of best_hparams.csv that say what won
+WINNER_COLUMNS = ("ipc", "method", "init", "beta", "alpha", "subsets")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,6 +113,30 @@ def ray_overhead(search_dir: Path) -> dict:
             "slot_utilisation": work / slots if slots else None}  # fmt: skip
 
 
+def winners(search_dir: Path) -> list[dict[str, str]]:
+    with open(search_dir / "best_hparams.csv") as handle:
+        return [{k: row.get(k, "") for k in WINNER_COLUMNS} for row in csv.DictReader(handle)]
+
+
+def stage_report(search_dir: Path, baseline_dir: Path | None) -> dict:
+    """The stage table of a search and, against a baseline search, the wall-time ratio and
+    whether the winners held."""
+    record = SearchRecord.load(search_dir)
+    rows = stage_costs(record)
+    report: dict = {"search": str(search_dir), "seconds": record.seconds,
+                    "stages": [vars(row) for row in rows], "table": format_costs(rows),
+                    "winners": winners(search_dir)}  # fmt: skip
+    if baseline_dir is not None:
+        before = SearchRecord.load(baseline_dir)
+        base_rows = stage_costs(before)
+        report |= {"baseline": str(baseline_dir), "baseline_seconds": before.seconds,
+                   "baseline_table": format_costs(base_rows),
+                   "speedup": (before.seconds or 0) / (record.seconds or float("nan")),
+                   "baseline_winners": winners(baseline_dir)}  # fmt: skip
+        report["same_winners"] = report["winners"] == report["baseline_winners"]
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10,20,40")
@@ -115,6 +149,13 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--search-dir", type=Path, default=None)
+    parser.add_argument(
+        "--baseline-dir",
+        type=Path,
+        default=None,
+        help="a search of the same settings before a change (needs "
+        "--search-dir): wall-time ratio and whether the winners held",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -143,6 +184,15 @@ def main() -> None:
               f"{o['outside_work_share']:.1%}; work fills {o['slot_utilisation']:.0%} of the "
               "trial slots' wall time (the rest: scheduling, trial start-up, and waiting while "
               "the search has no useful point to propose)")  # fmt: skip
+    if args.search_dir:
+        stages = report["stages"] = stage_report(args.search_dir, args.baseline_dir)
+        print(f"\n4. cost by stage of {args.search_dir}\n{stages['table']}")
+        if args.baseline_dir:
+            print(f"\nbaseline {args.baseline_dir}:\n{stages['baseline_table']}")
+            print(f"\nwall time: {stages['baseline_seconds']:.0f} s before, "
+                  f"{stages['seconds']:.0f} s now: {stages['speedup']:.2f}x; winners "
+                  f"{'the same' if stages['same_winners'] else 'DIFFERENT'}: "
+                  f"{stages['winners']}")  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
         print(f"results written to {args.out}")

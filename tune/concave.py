@@ -21,7 +21,9 @@ Neither holds hidden state, so both survive pickling and ``Tuner.restore``:
 2. **Parallelism.** With P trials running at once, each new trial gets the most useful point not
    already evaluated or running: the P points of a round split the bracket P ways. When every
    useful point is already running, :meth:`status` says ``"wait"`` (the search asks again later)
-   rather than proposing a duplicate.
+   rather than proposing a duplicate. Ray Tune's searcher proposes in rounds
+   (:meth:`ConcaveRule.decide_round`): a round's P points are decided from the earlier rounds'
+   scores, so the path does not depend on the order in which trials finish.
 3. **Noise.** When the bracket is one grid step wide (both neighbours of ``b`` evaluated, or at a
    grid end) but ``b`` beats its better neighbour by less than ``margin`` (set it to the noise
    of one evaluation, e.g. the seed-to-seed std), both are re-evaluated, up to ``top_repeats``
@@ -58,6 +60,10 @@ from optuna.trial import FrozenTrial, TrialState
 #: Scores per grid index (signed so that higher is better), and trials running per grid index.
 Scores = Mapping[int, Sequence[float]]
 Running = Mapping[int, int]
+#: A trial in suggestion order: its grid index and its score, ``None`` while it runs, or
+#: ``FAILED``.
+FAILED = "failed"
+Trial = tuple[int, "float | str | None"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,38 @@ class ConcaveRule:
             if self._free(index, model, running):
                 return Decision("ready", index)
         return Decision("wait")
+
+    def decide_round(
+        self, trials: Sequence[Trial], round_start: int, parallel: int
+    ) -> tuple[Decision, int]:
+        """The next step in *rounds* of up to ``parallel`` trials, and where the current round
+        starts in ``trials`` (suggestion order). Within a round a decision sees the scores of
+        the earlier rounds and this round's trials as running, whether they have finished or
+        not; a new round begins once every trial of the current one has ended. So the points
+        proposed depend on the scores alone, never on the order in which trials finish, and a
+        search with deterministic trials is reproducible whatever the timing (a trial slot
+        may idle at the end of a round until its slowest trial ends)."""
+        ended = all(state is not None for _, state in trials[round_start:])
+        proposed = len(trials) - round_start
+        if 0 < proposed < parallel:
+            before: dict[int, list[float]] = defaultdict(list)
+            for index, state in trials[:round_start]:
+                if isinstance(state, float):
+                    before[index].append(state)
+            in_round: dict[int, int] = defaultdict(int)
+            for index, state in trials[round_start:]:
+                if state != FAILED:
+                    in_round[index] += 1
+            decision = self.decide(before, in_round)
+            if decision.status == "ready" or not ended:
+                return (decision if decision.status == "ready" else Decision("wait")), round_start
+        elif proposed and not ended:
+            return Decision("wait"), round_start
+        scores: dict[int, list[float]] = defaultdict(list)
+        for index, state in trials:
+            if isinstance(state, float):
+                scores[index].append(state)
+        return self.decide(scores, {}), len(trials)
 
     def model(self, scores: Scores) -> dict[int, Sequence[float]]:
         """The scores the unimodal model sees: all but the anchors'."""
@@ -287,7 +325,10 @@ class ConcaveGridSampler(BaseSampler):
     ) -> Any:
         if param_name != self.name:
             return self.fallback.sample_independent(study, trial, param_name, param_distribution)
-        index = self.next_index(study, exclude=trial.number)
+        index = getattr(self, "planned", None)
+        self.planned: int | None = None
+        if index is None:
+            index = self.next_index(study, exclude=trial.number)
         if index is None:  # nothing useful is left: repeat the best (harmless, and noise-reducing)
             index = self.rule.best_index(self._scores(study)) or 0
         return self._as_choice(self.grid[index], param_distribution)

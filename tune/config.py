@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from selmatch.config import Config, ConfigError, check_choice, check_float, check_int
+from selmatch.config import Config, ConfigError, check_bool, check_choice, check_float, check_int
 from selmatch.consistency import ConsistencyConfig
 from selmatch.data import HoldoutSplit, smallest_class_size
 from selmatch.distill import SEQMATCH_EXPERTS, DistillConfig
@@ -59,6 +59,10 @@ class SearchConfig(Config):
     #: beside every K trial (its placement group); 0 = trained in the trial, one by one
     stage_parallel: int = 0
     full_eval_top: int = 2
+    #: run the full evaluations beside the search (the random reference from an IPC's start,
+    #: the top β windows from the end of its β phase), in the slots the search leaves idle,
+    #: and wait for them after the last IPC; ``False``: each IPC's after its phases
+    final_beside_search: bool = True
     max_concurrent: int = 2
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -103,6 +107,7 @@ class SearchConfig(Config):
         if self.image_size is not None:
             check_int("image_size", self.image_size, 8, 1024)
         check_int("full_eval_top", self.full_eval_top, 0, 100)
+        check_bool("final_beside_search", self.final_beside_search)
         check_int("max_concurrent", self.max_concurrent, 1, 10_000)
         check_float("cpus_per_trial", self.cpus_per_trial, 0.0, low_open=True)
         check_float("gpus_per_trial", self.gpus_per_trial, 0.0)

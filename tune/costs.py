@@ -4,8 +4,9 @@ Stages: the precompute (experts and the difficulty score), the β trials and the
 beside them, the α trials and plain MTT beside them, SeqMatch's K trials, the final
 evaluation, and the rest of the driver's wall time (starting Ray and MLflow, plots, the
 winner's set). A Tune stage also gives the share of its trial slots left idle: 1 − its trials'
-seconds / (slots × its wall time) — slots waiting for the concave sampler's next point, or
-for the last trial of a phase.
+seconds / (slots × its wall time) — slots waiting for the end of a round of the concave
+sampler, or for the last trial of a phase; with ``final_beside_search`` the full evaluations
+run in those slots, so there they are not idle, only not the stage's.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def stage_costs(record: SearchRecord) -> list[CostRow]:
 def format_costs(rows: list[CostRow]) -> str:
     """A Markdown table: wall seconds and share per stage, trial and idle slot-seconds."""
     total = sum(row.seconds for row in rows)
-    lines = ["| stage | wall s | share | trial slot-s | idle slot-s (share of the stage's) |",
+    lines = ["| stage | wall s | share | trial slot-s | slot-s not used by its trials (share) |",
              "|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
         idle = "—"

@@ -23,7 +23,8 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -288,7 +289,7 @@ def run_phase(
         marker.unlink(missing_ok=True)
         return {
             "search_alg": ConcaveSearch(_sampler(phase, config), metric=METRIC, mode="max",
-                                        marker=str(marker)),
+                                        marker=str(marker), parallel=config.max_concurrent),
             "num_samples": _cap(phase),  # the search finishes itself before this
         }  # fmt: skip
 
@@ -464,23 +465,52 @@ def collect_winner(grid: Any, value: float, target: Path, searched: str = "alpha
     return target
 
 
+@dataclass
+class EarlyFinal:
+    """Full-budget evaluations submitted as soon as what they evaluate is known, so that they
+    fill the trial slots the search leaves idle and run beside the next phases and IPCs: the
+    random reference at the start of an IPC, the top β windows after its β phase. Only the
+    winner's own evaluation waits for the α phase. The results are the same: each is the same
+    Ray task with the same payload and seeds, only submitted earlier."""
+
+    reference: Any | None = None
+    windows: dict[float, Any] = field(default_factory=dict)
+
+
+def top_windows(config: SearchConfig, beta: PhaseResult) -> list[float]:
+    """The β points evaluated with the full budget too (the short-vs-full rank correlation)."""
+    curve = beta.curve
+    return sorted(curve, key=lambda b: curve[b].val, reverse=True)[: config.full_eval_top]
+
+
+def _submit_windows(
+    config: SearchConfig, beta: PhaseResult, data: dict[str, Any], fixed: dict[str, Any]
+) -> dict[float, Any]:
+    task = _final_remote(config)
+    return {b: task.remote(data, fixed, {"kind": "window", "beta": b}, config.final.to_dict())
+            for b in top_windows(config, beta)}  # fmt: skip
+
+
 def final_evaluation(
     config: SearchConfig, entry: IpcRecord, data: dict[str, Any], fixed: dict[str, Any],
+    early: EarlyFinal | None = None,
 ) -> FinalResult:  # fmt: skip
-    """The winner with the full budget, and the top β points too (short vs full ranking). A
-    winner that learned nothing (α = 0) *is* a window or the random subset: its evaluation is
-    that one's (the same images, seeds and augmentation), never computed twice."""
+    """The winner with the full budget, and the top β points too (short vs full ranking);
+    what ``early`` submitted already is awaited, not submitted again. A winner that learned
+    nothing (α = 0) *is* a window or the random subset: its evaluation is that one's (the same
+    images, seeds and augmentation), never computed twice."""
     from selmatch.synthetic import SyntheticSet
 
     task = _final_remote(config)
     assert entry.beta is not None
     curve = entry.beta.curve
-    top = sorted(curve, key=lambda b: curve[b].val, reverse=True)[: config.full_eval_top]
-    windows = {b: task.remote(data, fixed, {"kind": "window", "beta": b},
-                              config.final.to_dict()) for b in top}  # fmt: skip
+    early = early or EarlyFinal()
+    windows = early.windows or _submit_windows(config, entry.beta, data, fixed)
     selected = entry.selected_as_is()
     if selected == "window" and entry.beta.best in windows:
         winner = windows[entry.beta.best]
+    elif selected == "random" and early.reference is not None:
+        winner = early.reference  # the reference is the winner: one evaluation
     elif selected == "random":
         winner = task.remote(data, fixed, {"kind": "random"}, config.final.to_dict())
     else:
@@ -523,23 +553,30 @@ def search_ipc(
     ipc: int, config: SearchConfig, pre: Precomputed, data: dict[str, Any],
     record: SearchRecord, out: Path, storage: str, tracker: Tracker, *,
     bounds: tuple[float | None, float | None], resume: bool, log: Log,
-) -> None:  # fmt: skip
+) -> Callable[[], None]:  # fmt: skip
     """β search (and the random subset beside it), α search from the β phase's winner (and
-    plain MTT beside it), full evaluation: each step once (recorded)."""
-    from selmatch_tune.outputs import START, save_phase_plot
+    plain MTT beside it): each step once (recorded). Returns what finishes the IPC, its full
+    evaluation, whose evaluations already known run beside the search (:class:`EarlyFinal`)
+    and are awaited when it is called: after the last IPC's search."""
+    from selmatch_tune.outputs import START
 
     entry = record.at(ipc)
     markers = out / "phases"
     fixed = fixed_settings(config, pre, ipc)
-    title = f"{config.short.model.describe()}, {config.short.budget()}"
     common = {"config": config, "data": data, "storage": storage, "tracker": tracker,
               "resume": resume, "log": log}  # fmt: skip
+    early = EarlyFinal()
+    beside = config.final_beside_search
+    if beside and config.random_reference and (entry.final is None or entry.final.random is None):
+        early.reference = _random_reference(config, data, fixed)
     if entry.beta is None:
         phase = Phase("beta", ipc, _bounded(config.beta_grid, bounds[0]), fixed, (), bounds[0])
         entry.beta, _ = run_phase(phase, config, data, storage, tracker, markers=markers,
                                   resume=resume, log=log)  # fmt: skip
         record.save(out)
     beta = entry.beta
+    if beside and entry.final is None:
+        early.windows = _submit_windows(config, beta, data, fixed)
     # a search begun before the random candidate existed keeps the α phase it has
     if entry.alpha is None and beta.random is None:
         repeats = 1 + config.top_repeats  # as many as a close top gets
@@ -564,33 +601,42 @@ def search_ipc(
     if entry.subsets is None and "seqmatch" in config.methods:
         search_subsets(ipc, config, pre, entry, fixed, out, markers, common)
         record.save(out)
-    # the reference runs beside the final evaluation (submitted first), or alone for a search
-    # finished before it existed
-    reference = None
-    final_started = time.perf_counter()
-    selection_only = entry.selected_as_is() == "random"  # the winner is the reference itself
-    has_reference = entry.final is not None and entry.final.random is not None
-    if config.random_reference and not has_reference and not selection_only:
-        reference = _random_reference(config, data, fixed)
-    computed = entry.final is None or reference is not None
     if entry.final is None:
-        also = " and of a random subset of the same size" if reference is not None else ""
+        also = " and of a random subset of the same size" if early.reference is not None else ""
         log(f"IPC {ipc}: final evaluation ({config.final.budget()}, "
             f"{config.final.num_seeds} seeds) of the winner, of the top "
-            f"{config.full_eval_top} β windows{also}")  # fmt: skip
-        entry.final = final_evaluation(config, entry, data, fixed)
-        record.save(out)
-    elif reference is not None:
-        log(f"IPC {ipc}: final evaluation of a random subset of the same size (the reference)")
-    if reference is not None:
-        entry.final.random = _reference_summary(ray.get(reference))
+            f"{config.full_eval_top} β windows{also}"
+            + (", beside the search" if beside else ""))  # fmt: skip
+    return partial(finish_ipc, ipc, config, entry, data, fixed, early, record, out, tracker, log)
+
+
+def finish_ipc(
+    ipc: int, config: SearchConfig, entry: IpcRecord, data: dict[str, Any],
+    fixed: dict[str, Any], early: EarlyFinal, record: SearchRecord, out: Path, tracker: Tracker,
+    log: Log,
+) -> None:  # fmt: skip
+    """The IPC's full evaluation (its early part awaited, the winner's submitted), the random
+    reference, the curves. The stage's cost is the time the driver waited for it here."""
+    from selmatch_tune.outputs import save_phase_plot
+
+    started = time.perf_counter()
+    computed = entry.final is None
+    if entry.final is None:
+        entry.final = final_evaluation(config, entry, data, fixed, early)
+    if config.random_reference and entry.final.random is None:
+        if entry.selected_as_is() == "random":  # the winner is the reference itself
+            entry.final.random = _reference_summary(entry.final)
+        else:
+            if not computed:  # a search finished before the reference existed
+                log(f"IPC {ipc}: final evaluation of a random subset of the same size "
+                    "(the reference)")  # fmt: skip
+            reference = early.reference or _random_reference(config, data, fixed)
+            entry.final.random = _reference_summary(ray.get(reference))
+            computed = True
     if computed:
-        entry.final.cost = StageCost(time.perf_counter() - final_started).plus(entry.final.cost)
-    if reference is not None or computed:
-        record.save(out)
-    elif config.random_reference and selection_only and entry.final.random is None:
-        entry.final.random = _reference_summary(entry.final)  # the same evaluation
-        record.save(out)
+        entry.final.cost = StageCost(time.perf_counter() - started).plus(entry.final.cost)
+    record.save(out)
+    title = f"{config.short.model.describe()}, {config.short.budget()}"
     xlabels = {"beta": f"β ({config.beta_convention})", "alpha": "α (distilled share)",
                "subsets": "K (SeqMatch subsets)"}  # fmt: skip
     for name, xlabel in xlabels.items():
@@ -798,13 +844,20 @@ def run_search(
         storage_path = _experiments_root(record, out, storage)
         record.save(out)  # the experiments' folder must be found again on --resume
         previous: IpcRecord | None = None
+        finishers: list[Callable[[], None]] = []
         for ipc in config.ipcs:
             bounds: tuple[float | None, float | None] = (None, None)
             if config.monotone and previous is not None and previous.beta is not None:
                 bounds = (previous.beta.best, previous.alpha.best if previous.alpha else None)
-            search_ipc(ipc, config, pre, data, record, out, storage_path, tracker,
-                       bounds=bounds, resume=resume, log=log)  # fmt: skip
+            finish = search_ipc(ipc, config, pre, data, record, out, storage_path, tracker,
+                                bounds=bounds, resume=resume, log=log)  # fmt: skip
+            if config.final_beside_search:
+                finishers.append(finish)
+            else:
+                finish()
             previous = record.ipcs[ipc]
+        for finish in finishers:  # the full evaluations, begun beside the search
+            finish()
     except BaseException:
         tracker.finish(failed=True)
         raise

@@ -9,7 +9,7 @@ from typing import Any
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from selmatch_tune.concave import ConcaveGridSampler, Decision, grid_index
+from selmatch_tune.concave import FAILED, ConcaveGridSampler, Decision, grid_index
 
 
 class ConcaveSearch(OptunaSearch):
@@ -18,16 +18,24 @@ class ConcaveSearch(OptunaSearch):
     ``num_samples``) and ``None`` ("ask again later") while every useful grid point is
     already running, instead of proposing a duplicate.
 
-    Those two answers come from :meth:`ConcaveRule.decide` over the trials this searcher was
+    Those answers come from :meth:`ConcaveRule.decide_round` over the trials this searcher was
     told about through Tune's public hooks (``suggest``, ``on_trial_complete``): the grid value
-    each trial got, and its score or its failure. Nothing private of Ray's or Optuna's is
-    read; the record is pickled with the searcher, so ``Tuner.restore`` keeps it."""
+    each trial got, and its score or its failure; the Optuna sampler is then told the grid
+    point decided (``planned``). Trials are proposed in rounds of up to ``parallel`` (the trials
+    Tune runs at once), each round decided from the earlier rounds' scores, so the points
+    proposed never depend on the order in which trials finish: with deterministic trials the
+    search's path and winner are the same on any machine and under any load. Nothing private
+    of Ray's or Optuna's is read; the record is pickled with the searcher, so
+    ``Tuner.restore`` keeps it."""
 
     def __init__(
-        self, sampler: ConcaveGridSampler, *, marker: str | None = None, **kwargs: Any
-    ) -> None:
+        self, sampler: ConcaveGridSampler, *, marker: str | None = None, parallel: int = 1,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
         super().__init__(sampler=sampler, **kwargs)
         self.concave = sampler
+        self.parallel = parallel
+        self.round_start = 0  # where the current round begins in ``values``'s order
         # A file written the moment the search declares itself finished: trials still
         # running then finish afterwards, and Tune never asks again (also after a restore),
         # so this is the one reliable record that the search ended on its own.
@@ -49,6 +57,7 @@ class ConcaveSearch(OptunaSearch):
                 return Searcher.FINISHED
             if decision.status == "wait":
                 return None
+            self.concave.planned = decision.index
         config = super().suggest(trial_id)
         name = self.concave.name
         if isinstance(config, dict) and name in config:
@@ -77,18 +86,21 @@ class ConcaveSearch(OptunaSearch):
             self.scores[trial_id] = (-1.0 if self.mode == "min" else 1.0) * float(score)
 
     def decision(self) -> Decision:
-        """What the concave search does next, given the trials so far."""
-        scores: dict[int, list[float]] = {}
-        running: dict[int, int] = {}
+        """What the concave search does next, given the trials so far (in rounds; a failed
+        trial's point counts as unevaluated again)."""
+        trials: list[tuple[int, float | str | None]] = []
         for trial_id, value in self.values.items():
             index = grid_index(self.concave.grid, value)
-            if index is None or trial_id in self.failed:
-                continue  # a failed trial's point counts as unevaluated again
-            if trial_id in self.scores:
-                scores.setdefault(index, []).append(self.scores[trial_id])
-            else:
-                running[index] = running.get(index, 0) + 1
-        return self.concave.rule.decide(scores, running)
+            if index is None:
+                continue
+            state = FAILED if trial_id in self.failed else self.scores.get(trial_id)
+            trials.append((index, state))
+        # a searcher pickled before rounds existed: its next round begins now
+        start = getattr(self, "round_start", len(trials))
+        decision, self.round_start = self.concave.rule.decide_round(
+            trials, min(start, len(trials)), getattr(self, "parallel", 1)
+        )
+        return decision
 
     def _migrate(self) -> None:
         """A searcher pickled by a version before the record (an interrupted experiment

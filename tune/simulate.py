@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from selmatch_tune.concave import ConcaveGridSampler
+from selmatch_tune.concave import ConcaveGridSampler, Decision, Trial
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,13 @@ def simulate(
     tolerance: float | None = None,
     anchors: Sequence[float] = (),
     max_trials: int = 1000,
+    rounds: bool = True,
 ) -> SimulationResult:
     """Run the search to completion. Trials finish in random order (as real ones do). The
     repeat margin defaults to the noise level and the concavity tolerance to twice it, as a
-    user would set them from the seed-to-seed std."""
+    user would set them from the seed-to-seed std. ``rounds``: proposals in rounds of
+    ``parallel`` (:meth:`ConcaveRule.decide_round`, what the search does); ``False``: each
+    free slot gets the sampler's proposal at once (the search before rounds)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = random.Random(seed)
     sampler = ConcaveGridSampler(
@@ -46,20 +49,32 @@ def simulate(
     )  # fmt: skip
     study = optuna.create_study(direction="maximize", sampler=sampler)
     distribution = optuna.distributions.CategoricalDistribution(list(grid))
-    in_flight: list[optuna.Trial] = []
+    in_flight: list[tuple[optuna.Trial, int]] = []  # a trial and its place in ``trials``
+    trials: list[Trial] = []  # (grid index, score or None while running), in proposal order
+    round_start = 0
     evaluated: list[float] = []
     duplicates = 0
     while len(evaluated) < max_trials:
-        while len(in_flight) < parallel and sampler.status(study) == "ready":
+        while len(in_flight) < parallel:
+            if rounds:
+                decision, round_start = sampler.rule.decide_round(trials, round_start, parallel)
+                sampler.planned = decision.index
+            else:
+                decision = Decision(sampler.status(study))
+            if decision.status != "ready":
+                break
             trial = study.ask({"x": distribution})
-            in_flight.append(trial)
-            values = [t.params["x"] for t in in_flight]
+            trials.append((sampler.grid.index(float(trial.params["x"])), None))
+            in_flight.append((trial, len(trials) - 1))
+            values = [t.params["x"] for t, _ in in_flight]
             duplicates = max(duplicates, len(values) - len(set(values)))
         if not in_flight:
             break  # finished
-        trial = in_flight.pop(rng.randrange(len(in_flight)))
+        trial, place = in_flight.pop(rng.randrange(len(in_flight)))
         x = trial.params["x"]
-        study.tell(trial, curve(x) + rng.gauss(0.0, noise))
+        score = curve(x) + rng.gauss(0.0, noise)
+        study.tell(trial, score)
+        trials[place] = (trials[place][0], float(score))
         evaluated.append(x)
     pick = sampler.best_value(study)
     assert pick is not None

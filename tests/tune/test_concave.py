@@ -3,11 +3,12 @@
 import pickle
 import random
 import statistics
+from typing import Any
 
 import optuna
 import pytest
 
-from selmatch_tune.concave import ConcaveGridSampler
+from selmatch_tune.concave import ConcaveGridSampler, ConcaveRule, Decision
 from selmatch_tune.simulate import random_concave_curve, simulate
 
 
@@ -66,7 +67,8 @@ def test_no_duplicate_proposals_among_concurrent_trials() -> None:
 
 def test_contradicted_concavity_falls_back_to_covering_the_grid() -> None:
     values = grid(12)
-    result = simulate(lambda x: abs(x - 0.5) + 0.1 * x, values, parallel=2, top_repeats=0)
+    # the first round (the middle and the quartiles) already shows the valley
+    result = simulate(lambda x: abs(x - 0.5) + 0.1 * x, values, parallel=3, top_repeats=0)
     assert sorted(set(result.evaluated)) == values  # a valley in the middle: cover everything
     assert result.pick == 1.0
 
@@ -190,10 +192,9 @@ def test_the_rule_is_a_pure_function_of_scores_and_running() -> None:
     assert rule.best_index(peak) == 4
 
 
-def test_the_tune_searcher_decides_from_its_own_record_as_the_sampler_does() -> None:
-    """Driven like Tune (trials in flight, finishing out of order, one failing): the searcher's
-    decision, from the trials it was told about, equals the sampler's, from its Optuna study,
-    at every step; and a searcher pickled without that record (an older version) rebuilds it."""
+def drive_like_tune(order_seed: int) -> tuple[list[float], Any, ConcaveGridSampler]:
+    """A ConcaveSearch driven as Tune drives it: 3 trials in flight, finishing in an order
+    drawn from ``order_seed``, trial t2 crashing; its proposals in order, itself, its sampler."""
     from ray import tune
     from ray.tune.search import Searcher
 
@@ -202,19 +203,21 @@ def test_the_tune_searcher_decides_from_its_own_record_as_the_sampler_does() -> 
     values = grid(15)
     sampler = ConcaveGridSampler(name="beta", grid=values, top_repeats=1, margin=0.01,
                                  tolerance=0.02)  # fmt: skip
-    search = ConcaveSearch(sampler, metric="val_accuracy", mode="max")
+    search = ConcaveSearch(sampler, metric="val_accuracy", mode="max", parallel=3)
     search.set_search_properties("val_accuracy", "max", {"beta": tune.choice(values)})
-    rng = random.Random(3)
+    rng = random.Random(order_seed)
     in_flight: list[str] = []
+    proposed: list[float] = []
     number, finished = 0, False
     while not finished and number < 60:
         while len(in_flight) < 3:
-            expected = sampler.status(search._ot_study)  # the test may look inside; code never
-            assert search.decision().status == expected
+            decision = search.decision()
             config = search.suggest(f"t{number}")
             if config is None or config == Searcher.FINISHED:
                 finished = config == Searcher.FINISHED and not in_flight
                 break
+            assert config["beta"] == values[decision.index]  # Optuna proposed the decision
+            proposed.append(config["beta"])
             in_flight.append(f"t{number}")
             number += 1
         if not in_flight:
@@ -230,6 +233,36 @@ def test_the_tune_searcher_decides_from_its_own_record_as_the_sampler_does() -> 
         old._migrate()
         assert (old.values, old.scores, old.failed) == (search.values, search.scores,
                                                         search.failed)  # fmt: skip
-    assert "t2" in search.failed
-    assert search.decision().status == "finished" == sampler.status(search._ot_study)
-    assert sampler.best_value(search._ot_study) == min(values, key=lambda v: abs(v - 0.3))
+    return proposed, search, sampler
+
+
+def test_the_tune_searcher_proposes_the_same_points_whatever_order_trials_finish_in() -> None:
+    """Driven like Tune (trials in flight, finishing out of order, one failing), the searcher
+    proposes in rounds decided from its own record, so its path is the same for every
+    completion order; Optuna's sampler proposes the point decided; a searcher pickled without
+    that record (an older version) rebuilds it; the search finishes at the curve's peak."""
+    paths = []
+    for order_seed in range(4):
+        proposed, search, sampler = drive_like_tune(order_seed)
+        paths.append(proposed)
+        assert "t2" in search.failed
+        assert search.decision().status == "finished"
+        values = grid(15)
+        assert sampler.best_value(search._ot_study) == min(values, key=lambda v: abs(v - 0.3))
+    assert all(path == paths[0] for path in paths), paths
+
+
+def test_rounds_wait_for_the_slowest_trial_and_then_see_every_score() -> None:
+    """Within a round a decision sees the earlier rounds' scores only; the next round begins
+    when every trial of the current one has ended."""
+    rule = ConcaveRule(size=9)
+    first, start = rule.decide_round([], 0, 2)
+    assert first.status == "ready" and start == 0
+    second, start = rule.decide_round([(first.index, None)], start, 2)
+    assert second.status == "ready" and second.index != first.index
+    trials = [(first.index, 0.7), (second.index, None)]  # one finished, one still running
+    assert rule.decide_round(trials, start, 2) == (Decision("wait"), 0)
+    trials[1] = (second.index, 0.6)
+    decision, start = rule.decide_round(trials, start, 2)
+    assert decision.status == "ready" and start == 2  # a new round, from both scores
+    assert decision == rule.decide({first.index: [0.7], second.index: [0.6]}, {})
