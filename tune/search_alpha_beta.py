@@ -244,7 +244,25 @@ def apply_sets(config: SearchConfig, assignments: list[str]) -> SearchConfig:
             known = ", ".join(sorted(node))
             raise ConfigError(f"--set {key}: unknown setting {leaf!r}; known here: {known}")
         node[leaf] = value
-    return SearchConfig.from_dict(data)
+    try:
+        return SearchConfig.from_dict(data)
+    except ConfigError as error:
+        raise ConfigError(_set_error(assignments, str(error))) from None
+
+
+def _set_error(assignments: list[str], message: str) -> str:
+    """A config's error after ``--set`` assignments, in the words of ``--set``: the configs name
+    a setting as the flag its field would have (``--mode must be one of …``), which need not
+    exist on this command line; the assignment of that setting is named instead (the last one,
+    if it was set twice), or all of them where the error names no setting they changed."""
+    if message.startswith("--set "):  # a check that speaks of --set already
+        return message
+    for assignment in reversed(assignments):
+        key = assignment.partition("=")[0]
+        flag = "--" + key.rsplit(".", 1)[-1].replace("_", "-") + " "
+        if message.startswith(flag):
+            return f"--set {assignment}: {message[len(flag) :]}"
+    return f"--set {' '.join(assignments)}: {message}"
 
 
 def apply_overrides(config: SearchConfig, args: argparse.Namespace) -> SearchConfig:

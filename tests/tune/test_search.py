@@ -360,8 +360,16 @@ def test_any_setting_can_be_overridden_by_path() -> None:
     assert config.beta_grid == (0.0, 0.2) and config.score == "forgetting"
     with pytest.raises(ConfigError, match="unknown setting 'lr_image'; known here: .*lr_images"):
         apply_sets(smoke(), ["distill.lr_image=1"])
-    with pytest.raises(ConfigError, match=r"--lr must be a number in \(0, 100\]"):
+    # the error names the assignment, not a flag of another command (--lr)
+    with pytest.raises(
+        ConfigError, match=r"^--set short.train.lr=-1: must be a number in \(0, 100\]"
+    ):
         apply_sets(smoke(), ["short.train.lr=-1"])
+    with pytest.raises(ConfigError, match=r"^--set distill.mode=fast: must be one of unrolled, "):
+        apply_sets(smoke(), ["distill.lr_images=10", "distill.mode=fast"])
+    # two settings that only make sense together are checked together
+    coupled = apply_sets(smoke(), ["distill.min_start_epoch=3", "distill.max_start_epoch=4"])
+    assert (coupled.distill.min_start_epoch, coupled.distill.max_start_epoch) == (3, 4)
     # what differs from the preset is printed, so a log never shows the preset's values only
     assert overridden(smoke(), config) == (
         "score=forgetting, beta_grid=[0, 0.2], short.train.lr=0.05, distill.lr_images=100"
