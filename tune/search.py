@@ -218,6 +218,8 @@ def search_finished(phase: Phase, config: SearchConfig, grid: Any) -> bool:
     of the completed trials' scores (:meth:`ConcaveRule.decide`, nothing running)."""
     scores: dict[int, list[float]] = {}
     for result in grid:
+        if phase.name not in (result.config or {}):
+            continue  # a trial cut off before Tune kept anything of it (Ctrl-C): no score
         value = (result.metrics or {}).get(METRIC) if result.error is None else None
         index = grid_index(phase.grid, float(result.config[phase.name]))
         if value is not None and math.isfinite(float(value)) and index is not None:

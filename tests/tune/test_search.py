@@ -397,6 +397,10 @@ def test_a_search_cut_short_is_told_from_a_finished_one() -> None:
     # a failed trial is not a score: the point is still wanted
     failed = [*finished[:2], result(0.5, error=RuntimeError("boom")), *finished[3:]]
     assert not search_module.search_finished(phase, config, failed)
+    # a trial cut off before Tune kept its config (Ctrl-C as it started) is no score either
+    unknown = SimpleNamespace(config=None, error=None, metrics=None)
+    assert search_module.search_finished(phase, config, [*finished, unknown])
+    assert not search_module.search_finished(phase, config, [*finished[:2], unknown])
 
 
 def test_an_abandoned_experiment_is_removed_from_a_folder_or_a_uri(tmp_path) -> None:
