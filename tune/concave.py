@@ -66,6 +66,15 @@ FAILED = "failed"
 Trial = tuple[int, "float | str | None"]
 
 
+def _scores_of(trials: Sequence[Trial]) -> dict[int, list[float]]:
+    """The scores of the finished trials, per grid index."""
+    scores: dict[int, list[float]] = defaultdict(list)
+    for index, state in trials:
+        if isinstance(state, float):
+            scores[index].append(state)
+    return scores
+
+
 @dataclass(frozen=True)
 class Decision:
     """What the search does next: ``"ready"`` with the grid index to evaluate, ``"wait"`` (every
@@ -110,10 +119,7 @@ class ConcaveRule:
         ended = all(state is not None for _, state in trials[round_start:])
         proposed = len(trials) - round_start
         if 0 < proposed < parallel:
-            before: dict[int, list[float]] = defaultdict(list)
-            for index, state in trials[:round_start]:
-                if isinstance(state, float):
-                    before[index].append(state)
+            before = _scores_of(trials[:round_start])
             in_round: dict[int, int] = defaultdict(int)
             for index, state in trials[round_start:]:
                 if state != FAILED:
@@ -123,11 +129,7 @@ class ConcaveRule:
                 return (decision if decision.status == "ready" else Decision("wait")), round_start
         elif proposed and not ended:
             return Decision("wait"), round_start
-        scores: dict[int, list[float]] = defaultdict(list)
-        for index, state in trials:
-            if isinstance(state, float):
-                scores[index].append(state)
-        return self.decide(scores, {}), len(trials)
+        return self.decide(_scores_of(trials), {}), len(trials)
 
     def model(self, scores: Scores) -> dict[int, Sequence[float]]:
         """The scores the unimodal model sees: all but the anchors'."""

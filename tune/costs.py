@@ -62,8 +62,7 @@ def stage_costs(record: SearchRecord) -> list[CostRow]:
             continue
         tune_stage = all(c.trial_seconds is not None and c.slots for c in costs)
         trial = sum(c.trial_seconds or 0.0 for c in costs) if tune_stage else None
-        idle = sum(max(0.0, (c.slots or 0) * c.seconds - (c.trial_seconds or 0.0))
-                   for c in costs) if tune_stage else None  # fmt: skip
+        idle = sum(c.unused_slot_seconds or 0.0 for c in costs) if tune_stage else None
         rows.append(CostRow(stage, name, sum(c.seconds for c in costs), trial, idle))
     if record.seconds is not None and rows:
         rest = record.seconds - sum(row.seconds for row in rows)

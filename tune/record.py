@@ -38,11 +38,19 @@ class StageCost(Config):
     slots: int | None = None
 
     @property
-    def idle(self) -> float | None:
-        """The slots' share left idle: 1 − trial seconds / (slots × wall), at least 0."""
-        if self.trial_seconds is None or not self.slots or self.seconds <= 0:
+    def unused_slot_seconds(self) -> float | None:
+        """Slots × wall time − the trials' seconds, at least 0 (``None``: not a Tune stage)."""
+        if self.trial_seconds is None or not self.slots:
             return None
-        return max(0.0, 1.0 - self.trial_seconds / (self.slots * self.seconds))
+        return max(0.0, self.slots * self.seconds - self.trial_seconds)
+
+    @property
+    def idle(self) -> float | None:
+        """The slots' share left unused: :attr:`unused_slot_seconds` / (slots × wall)."""
+        unused = self.unused_slot_seconds
+        if unused is None or self.seconds <= 0:
+            return None
+        return unused / ((self.slots or 1) * self.seconds)
 
     def plus(self, other: StageCost | None) -> StageCost:
         """This cost and ``other``'s, one stage run in parts (an interrupted, resumed one)."""

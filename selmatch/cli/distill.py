@@ -217,8 +217,9 @@ def run_distill(args: argparse.Namespace) -> int:
         speed=args.speed, checkpoint_every=args.checkpoint_every, seed=args.seed,
         subset_seed=args.subset_seed,
     )  # fmt: skip
-    levers = config.levers_on(resolve_device(args.device))
-    levers.check_device(resolve_device(args.device))  # before any loading
+    device = resolve_device(args.device)
+    levers = config.levers_on(device)
+    levers.check_device(device)  # before any loading
     dataset, split = common.load_data(args)
     experts = ExpertSet.load(args.experts or Path("runs") / "experts" / common.slug(dataset.name))
     needs_scores = config.method == "selmatch" and config.init == "window"
