@@ -500,7 +500,7 @@ def pipeline_commands(work: Path, tiny: bool) -> list[tuple[str, list[str]]]:
     expert_epochs = "4"
     experts, distilled = str(work / "experts"), str(work / "distill")
     return [
-        ("experts", ["experts", "--out", experts, "--width", "16", "--experts", "2",
+        ("experts", ["experts", "--out", experts, "--width", "16", "--num-experts", "2",
                      "--epochs", expert_epochs, "--per-class", per_class, "--batch-size", "256",
                      "--el2n-epoch", "1"]),
         ("consistency", ["scores", "--scores", experts, "--estimate", "consistency",
@@ -564,8 +564,8 @@ def search_section(args: argparse.Namespace, device: torch.device, clock: Clock)
     folder = Path(args.search_out or tempfile.mkdtemp(prefix="device-check-search-")) / "search"
     command = [sys.executable, str(ROOT / "tune" / "search_alpha_beta.py"), "--out", str(folder)]
     if args.search == "dry":
-        command += ["--preset", "smoke", "--dry-run", "--set", "distill.precision=tf32",
-                    "--set", "distill.channels_last=true"]  # fmt: skip
+        command += ["--preset", "smoke", "--dry-run", "--override", "distill.precision=tf32",
+                    "--override", "distill.channels_last=true"]  # fmt: skip
     else:
         command += ["--preset", args.search]
         if device.type == "cuda":

@@ -55,7 +55,7 @@ def main() -> None:
     width, steps, batch, per_class, ipc = ("8", "2", "10", "50", "5") if args.tiny else \
         ("128", "20", "125", "1000", "50")  # fmt: skip
     experts = str(work / "experts")
-    selmatch("experts", "--out", experts, "--width", width, "--experts", "2", "--epochs", "6",
+    selmatch("experts", "--out", experts, "--width", width, "--num-experts", "2", "--epochs", "6",
              "--per-class", per_class, *common)  # fmt: skip
     result: dict[str, dict[str, float]] = {}
     for speed in ("off", "auto"):

@@ -29,16 +29,16 @@ from ray import tune
 
 from selmatch_tune.presets import quick
 from selmatch_tune.search import fixed_settings, precompute_all, trial_data
-from selmatch_tune.trials import beta_trial
+from selmatch_tune.trials import TrialSpec, beta_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_batch(trainable, fixed: dict, betas: list[float], parallel: int, storage: str) -> dict:
+def run_batch(trainable, fixed: TrialSpec, betas: list[float], parallel: int, storage: str) -> dict:
     started = time.perf_counter()
     grid = tune.Tuner(
         trainable,
-        param_space={"beta": tune.grid_search(betas), **fixed},
+        param_space={**fixed.to_dict(), "beta": tune.grid_search(betas)},
         tune_config=tune.TuneConfig(max_concurrent_trials=parallel, reuse_actors=True),
         run_config=tune.RunConfig(name=f"scaling-p{parallel}", storage_path=storage, verbose=0),
     ).fit()

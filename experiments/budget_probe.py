@@ -85,7 +85,7 @@ LABELS = {
 def experts_step(study: Study, name: str) -> bool:
     folder = study.out / f"experts-{name}"
     return study.run(f"experts {name}", study.selmatch(
-        "experts", "--width", "32", "--experts", "2", "--epochs", str(EXPERTS[name]),
+        "experts", "--width", "32", "--num-experts", "2", "--epochs", str(EXPERTS[name]),
         "--el2n-epoch", "2", "--no-progress", "--out", str(folder),
     ), folder / "scores.safetensors")  # fmt: skip
 

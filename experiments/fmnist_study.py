@@ -69,14 +69,6 @@ class Plan:
     def experiment(self) -> str:
         return self.folder  # the MLflow experiment
 
-    def search_matching(self) -> list[str]:
-        """``matching`` as options of search_alpha_beta.py."""
-        options = list(self.matching)
-        if "--lr-images" in options:
-            at = options.index("--lr-images")
-            options[at : at + 2] = ["--set", f"distill.lr_images={options[at + 1]}"]
-        return options
-
 
 COMMON = {
     "model": "ConvNet-D3 width 32, BatchNorm (experts, distillation and evaluation)",
@@ -125,8 +117,8 @@ PLANS = {
 # fixes (ConvNet padding on 28x28, black crop padding, per-image DSA in combined augmentation,
 # SelMatch's lr init 0.001: in the code), a search whose space contains random, MTT and the
 # oracle window; v2's experts and matching settings
-V3_SEARCH = ("--set", "consistency.model.width=32", "--set", "consistency.epochs=6",
-             "--set", "consistency.per_class=null",
+V3_SEARCH = ("--override", "consistency.model.width=32", "--override", "consistency.epochs=6",
+             "--override", "consistency.per_class=null",
              "--alpha-grid", "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1")  # fmt: skip
 PLANS["v3"] = Plan(
     "v3",
@@ -155,12 +147,13 @@ def search_command(out: Path, ipcs: tuple[int, ...], plan: Plan = PLANS["v1"]) -
     return [
         str(BIN / "python"), str(ROOT / "tune" / "search_alpha_beta.py"), "--preset", "quick",
         "--out", str(out), "--ipcs", ",".join(map(str, ipcs)), "--width", "32",
-        "--experts", "2", "--expert-epochs", str(plan.expert_epochs), "--score", plan.score,
-        *plan.search_options,
-        "--set", "experts.per_class=null", "--set", "experts.el2n_epoch=2",
-        "--student-steps", "20", *plan.search_matching(), "--syn-batch", "100",
-        "--iterations", "50", "--set", "short.full_epochs=0.4", "--set", "final.full_epochs=2",
-        "--final-seeds", "2", "--full-eval-top", "1",
+        "--num-experts", "2", "--expert-train-epochs", str(plan.expert_epochs),
+        "--score", plan.score, *plan.search_options,
+        "--override", "experts.per_class=null", "--override", "experts.el2n_epoch=2",
+        # the matching options mean in the search what they mean in `selmatch distill`
+        "--student-steps", "20", *plan.matching, "--syn-batch", "100",
+        "--iterations", "50", "--override", "short.full_epochs=0.4",
+        "--override", "final.full_epochs=2", "--final-seeds", "2", "--full-eval-top", "1",
     ]  # fmt: skip
 
 

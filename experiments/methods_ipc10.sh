@@ -15,7 +15,7 @@ DISTILL="--student-steps 20 --expert-epochs 2 --max-start-epoch 3 --syn-batch 10
 EVAL="--width 32 --epochs 300 --seeds 3 --no-progress"
 
 [ -f $EXPERTS/scores.safetensors ] || \
-  $S experts --width 32 --experts 2 --epochs 5 --el2n-epoch 2 --out $EXPERTS --no-progress
+  $S experts --width 32 --num-experts 2 --epochs 5 --el2n-epoch 2 --out $EXPERTS --no-progress
 
 [ -f $OUT/window-ipc$IPC/set.safetensors ] || \
   $S window --scores $EXPERTS --ipc $IPC --beta $BETA --beta-convention $CONV --out $OUT/window-ipc$IPC

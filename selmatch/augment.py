@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from selmatch.config import Config, ConfigError, check_choice, check_float
+from selmatch.config import Config, ConfigError, check_choice, check_float, setting
 
 DSA_OPERATIONS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DEFAULT_DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -33,16 +33,35 @@ class DSAConfig(Config):
     and SelMatch. ``single=True`` applies one randomly chosen operation per batch (their
     'S' mode); ``False`` applies every operation of ``strategy`` in turn."""
 
-    strategy: str = DEFAULT_DSA_STRATEGY
-    single: bool = True
-    prob_flip: float = 0.5
-    ratio_scale: float = 1.2
-    ratio_rotate: float = 15.0
-    ratio_crop_pad: float = 0.125
-    ratio_cutout: float = 0.5
-    brightness: float = 1.0
-    saturation: float = 2.0
-    contrast: float = 0.5
+    strategy: str = setting(
+        DEFAULT_DSA_STRATEGY, flag="--dsa-strategy", metavar="OPS",
+        help="'_'-joined DSA operations, from color, crop, cutout, flip, scale and rotate",
+    )  # fmt: skip
+    single: bool = setting(
+        True, cli=False,
+        help="draw one operation per batch (DSA's 'S' mode, as MTT and SelMatch); false: "
+        "apply every operation of strategy in turn",
+    )  # fmt: skip
+    prob_flip: float = setting(0.5, cli=False,
+                               help="probability of the horizontal flip, in [0, 1]")  # fmt: skip
+    ratio_scale: float = setting(
+        1.2, cli=False, help="scale: factors drawn per axis from [1/r, r], r in [1, 4]"
+    )
+    ratio_rotate: float = setting(
+        15.0, cli=False, help="rotate: angles drawn from [-r, r] degrees, r in [0, 180]"
+    )
+    ratio_crop_pad: float = setting(
+        0.125, cli=False,
+        help="crop: shifts of up to this fraction of the image side, in [0, 0.5]",
+    )  # fmt: skip
+    ratio_cutout: float = setting(
+        0.5, cli=False, help="cutout: side of the erased square, a fraction of the image side"
+    )
+    brightness: float = setting(
+        1.0, cli=False, help="color: brightness shifts drawn from [-b/2, b/2]"
+    )
+    saturation: float = setting(2.0, cli=False, help="color: saturation factors drawn from [0, s]")
+    contrast: float = setting(0.5, cli=False, help="color: contrast factors drawn from [c, c + 1]")
 
     def __post_init__(self) -> None:
         operations = self.operations

@@ -7,6 +7,13 @@ or a search space is an error rather than a silently ignored setting.
 
 Validation happens at the edge, in ``__post_init__``, with the ``check_*`` helpers below: the
 message names the argument the way the CLI spells it (``--ipc``) and states the allowed range.
+
+**Settings are declared once**, in their field: ``n_student_steps: int = setting(20,
+flag="--student-steps", symbol="N", help=...)``. The field's :class:`Setting` (its metadata)
+is what the command-line options are made from (:mod:`selmatch.cli.options`), what the
+search's options and ``--set`` paths reach, what ``docs/configuration.md``'s meaning column
+says, and what the error messages call the setting: a flag means one thing in every command
+(a field name declared with two flags is an error at import).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 C = TypeVar("C", bound="Config")
@@ -25,21 +32,99 @@ class SelmatchError(Exception):
 
 
 class ConfigError(SelmatchError, ValueError):
-    """A setting is outside its allowed range or of the wrong kind."""
+    """A setting is outside its allowed range or of the wrong kind. ``setting`` is the field's
+    name when one setting is at fault (the search's ``--override`` names its assignment)."""
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What a config field means to its users: the metadata of :func:`setting`.
+
+    ``flag`` is its command-line option (``""``: the field's name, ``--val-fraction``);
+    ``symbol`` the papers' name for it (N, M, T+, b, α, β); ``paper`` the paper's value where
+    the default differs; ``group`` the ``--help`` section; ``choices`` the allowed values of a
+    string; ``metavar`` the placeholder in ``--help``; ``cli=False`` for a field no command
+    offers as an option (reached by ``--override`` only)."""
+
+    help: str
+    flag: str = ""
+    symbol: str = ""
+    paper: str = ""
+    group: str = ""
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+    cli: bool = True
+
+    def option(self, name: str) -> str:
+        return self.flag or "--" + name.replace("_", "-")
+
+
+SETTING = "selmatch.setting"
+#: every declared field name's flag, for the error messages (filled as the classes are made)
+_FLAGS: dict[str, str] = {}
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    factory: Callable[[], Any] | None = None,
+    flag: str = "",
+    symbol: str = "",
+    paper: str = "",
+    group: str = "",
+    choices: Iterable[str] = (),
+    metavar: str | None = None,
+    cli: bool = True,
+) -> Any:
+    """A config field with its :class:`Setting`: ``default`` (or ``factory`` for a mutable or
+    nested default) and what the user reads about it."""
+    meta = {SETTING: Setting(help, flag, symbol, paper, group, tuple(choices), metavar, cli)}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def setting_of(field: dataclasses.Field[Any]) -> Setting | None:
+    """The :class:`Setting` a field was declared with, if any."""
+    value = field.metadata.get(SETTING)
+    return value if isinstance(value, Setting) else None
 
 
 def flag(name: str) -> str:
-    """The CLI spelling of a config field: ``val_fraction`` -> ``--val-fraction``."""
-    return "--" + name.replace("_", "-")
+    """The command-line spelling of a config field: its declared flag (``n_student_steps`` ->
+    ``--student-steps``), else its name's (``val_fraction`` -> ``--val-fraction``)."""
+    return _FLAGS.get(name) or "--" + name.replace("_", "-")
+
+
+def _register_flags(cls: type) -> None:
+    for name, value in vars(cls).items():
+        if not isinstance(value, dataclasses.Field) or setting_of(value) is None:
+            continue
+        declared = typing.cast(Setting, setting_of(value)).option(name)
+        known = _FLAGS.setdefault(name, declared)
+        if known != declared:
+            raise TypeError(
+                f"{cls.__name__}.{name} is declared as {declared}, another config's {name} as "
+                f"{known}: one setting name, one flag"
+            )
 
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     """Return ``value`` if it is an integer in ``[low, high]``, else raise a one-line error."""
     upper = "∞" if high is None else str(high)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{flag(name)} must be an integer in [{low}, {upper}], got {value!r}")
+        raise ConfigError(
+            f"{flag(name)} must be an integer in [{low}, {upper}], got {value!r}", setting=name
+        )
     if value < low or (high is not None and value > high):
-        raise ConfigError(f"{flag(name)} must be an integer in [{low}, {upper}], got {value}")
+        raise ConfigError(
+            f"{flag(name)} must be an integer in [{low}, {upper}], got {value}", setting=name
+        )
     return value
 
 
@@ -58,19 +143,21 @@ def check_float(
     upper = "∞" if high is None else f"{high:g}"
     interval = f"{left}{low:g}, {upper}{right}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{flag(name)} must be a number in {interval}, got {value!r}")
+        raise ConfigError(f"{flag(name)} must be a number in {interval}, got {value!r}",
+                          setting=name)  # fmt: skip
     number = float(value)
     too_low = number <= low if low_open else number < low
     too_high = high is not None and (number >= high if high_open else number > high)
     if too_low or too_high or number != number:  # the last test rejects NaN
-        raise ConfigError(f"{flag(name)} must be a number in {interval}, got {value:g}")
+        raise ConfigError(f"{flag(name)} must be a number in {interval}, got {value:g}",
+                          setting=name)  # fmt: skip
     return number
 
 
 def check_bool(name: str, value: object) -> bool:
     """Return ``value`` if it is ``True`` or ``False`` (not 1, 0 or "false"), else raise."""
     if not isinstance(value, bool):
-        raise ConfigError(f"{flag(name)} must be true or false, got {value!r}")
+        raise ConfigError(f"{flag(name)} must be true or false, got {value!r}", setting=name)
     return value
 
 
@@ -78,7 +165,9 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``choices``, else raise a one-line error."""
     options = tuple(choices)
     if value not in options:
-        raise ConfigError(f"{flag(name)} must be one of {', '.join(options)}; got {value!r}")
+        raise ConfigError(
+            f"{flag(name)} must be one of {', '.join(options)}; got {value!r}", setting=name
+        )
     return str(value)
 
 
@@ -125,6 +214,10 @@ class Config:
     leaves its ``None`` fields out (a record's not-yet-known parts)."""
 
     OMIT_NONE: typing.ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register_flags(cls)  # the class body's fields, before @dataclass consumes them
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

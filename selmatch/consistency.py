@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from selmatch.config import Config, ConfigError, check_float, check_int, check_resumable
+from selmatch.config import (
+    Config,
+    ConfigError,
+    check_float,
+    check_int,
+    check_resumable,
+    setting,
+)
 from selmatch.data import (
     ImageDataset,
     balanced_subset,
@@ -54,6 +61,8 @@ from selmatch.train import TrainConfig, resolve_device, train_network
 SCORE_NAME = "consistency"
 MIN_HOLDOUTS = 2
 MANIFEST = "consistency.json"
+#: the ``--help`` sections of its settings
+ESTIMATE, DATA = "--estimate consistency", "data"
 
 
 @dataclass(frozen=True)
@@ -63,18 +72,54 @@ class ConsistencyConfig(Config):
     ``per_class`` part of it). Training follows the evaluation protocol (SGD momentum 0.9, lr
     0.1, cosine, weight decay 5e-4) with crop+flip, which a short run learns fastest with."""
 
-    dataset: str = "fashion-mnist"
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(width=32))
-    num_networks: int = 4
-    train_fraction: float = 0.5
-    epochs: int = 6
-    per_class: int | None = None
-    lr: float = 0.1
-    batch_size: int = 256
-    augment: str = "crop_flip"
-    seed: int = 0
-    val_fraction: float = 0.02
-    split_seed: int = 0
+    dataset: str = setting(
+        "fashion-mnist", group=DATA, metavar="NAME",
+        help="the data scored: fashion-mnist, cifar10, cifar100, tiny-imagenet or "
+        "imagefolder:<path>",
+    )  # fmt: skip
+    model: ModelConfig = setting(
+        factory=lambda: ModelConfig(width=32), cli=False,
+        help="the networks' architecture (--model, --width, --depth, --norm; width 32 by "
+        "default)",
+    )  # fmt: skip
+    num_networks: int = setting(
+        4, flag="--networks", symbol="K", group=ESTIMATE,
+        help="networks trained, in [2 x ceil(1 / (1 - s)), 10000], so that every sample is "
+        "held out at least twice",
+    )  # fmt: skip
+    train_fraction: float = setting(
+        0.5, symbol="s", metavar="S", group=ESTIMATE,
+        help="share of each class a network trains on, in (0, 0.95]",
+    )  # fmt: skip
+    epochs: int = setting(6, group=ESTIMATE, help="epochs per network, in [1, 10000]")
+    per_class: int | None = setting(
+        None, metavar="N", group=ESTIMATE,
+        help="score only a class-balanced part of N ≥ 2 images per class of the pool, from "
+        "which the windows are then drawn (default: the whole pool)",
+    )  # fmt: skip
+    lr: float = setting(
+        0.1, group=ESTIMATE,
+        help="SGD learning rate (momentum 0.9, weight decay 5e-4, cosine schedule)",
+    )  # fmt: skip
+    batch_size: int = setting(256, group=ESTIMATE, help="mini-batch size")
+    augment: str = setting(
+        "crop_flip", cli=False,
+        help="augmentation of the networks' training (crop_flip: what a short run learns "
+        "fastest with)",
+    )  # fmt: skip
+    seed: int = setting(
+        0, group=ESTIMATE,
+        help="seed of the splits and of the networks, network k using seed + k",
+    )  # fmt: skip
+    val_fraction: float = setting(
+        0.02, metavar="F", group=DATA,
+        help="fraction of each class of the training set held out as the validation slice, "
+        "which is never scored",
+    )  # fmt: skip
+    split_seed: int = setting(
+        0, metavar="S", group=DATA,
+        help="seed of the validation hold-out",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         check_float("train_fraction", self.train_fraction, 0.0, 0.95, low_open=True)
@@ -83,7 +128,7 @@ class ConsistencyConfig(Config):
             check_int("per_class", self.per_class, 2)
         check_int("seed", self.seed, 0, 2**31 - 1)
         per_round = self.networks_per_round
-        check_int("networks", self.num_networks, MIN_HOLDOUTS * per_round, 10_000)
+        check_int("num_networks", self.num_networks, MIN_HOLDOUTS * per_round, 10_000)
         self.train_config()  # lr, batch size and augmentation are checked where defined
 
     @property

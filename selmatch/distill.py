@@ -47,12 +47,21 @@ from selmatch.config import (
     check_float,
     check_int,
     check_resumable,
+    setting,
 )
-from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset
+from selmatch.data import HoldoutSplit, ImageDataset
 from selmatch.data.dataset import denormalize
 from selmatch.experts import ExpertSet, InMemoryExperts, Mapper
+from selmatch.initial import (
+    Initial,
+    Initialisation,
+    RandomInit,
+    RealInit,
+    SequentialInit,
+    WindowInit,
+)
 from selmatch.io import atomic_write, read_json, read_safetensors, write_json
-from selmatch.levers import Levers, StudentStep
+from selmatch.levers import PRECISIONS, Levers, StudentStep
 from selmatch.matching import (
     MODES,
     StudentPlan,
@@ -68,7 +77,7 @@ from selmatch.progress import progress_bar
 from selmatch.seqmatch import EarlierSubsets, cached_stage_experts, stage_expert_config
 from selmatch.synthetic import SyntheticSet
 from selmatch.train import resolve_device
-from selmatch.window import BETA_CONVENTION_TEXT, BETA_CONVENTIONS, WindowSpec, select_window
+from selmatch.window import BETA_CONVENTIONS, WindowSpec
 
 METHODS = ("selmatch", "mtt", "seqmatch")
 #: ``DistillConfig.speed`` values
@@ -83,6 +92,11 @@ INITS = ("window", "random")
 DEFAULT_LR_INIT = {"selmatch": 0.001, "mtt": 0.01, "seqmatch": 0.01}
 Experts = ExpertSet | InMemoryExperts
 CHECKPOINT_DIR = "checkpoint"
+#: the ``--help`` sections of the settings
+SELMATCH, SEQMATCH, DIFFICULTY, RUN = "SelMatch", "SeqMatch", "difficulty", "run"
+MATCHING = "trajectory matching"
+LEVERS = ("speed levers of the student step (off by default but for --speed auto on CUDA; "
+          "docs/distillation.md)")  # fmt: skip
 STAGE_CACHE_DIR = "stage-experts"
 
 
@@ -97,54 +111,152 @@ class DistillConfig(Config):
     drawn from [``min_start_epoch``, T+): 0 in MTT and SelMatch; a later T− (as DATM, Guo et
     al. 2024, does for large IPC) matches only the later part of the experts' training."""
 
-    method: str = "selmatch"
-    ipc: int = 10
-    init: str = "window"
-    beta: float = 0.0
-    alpha: float = 0.5
-    beta_convention: str = "ipc-units"
-    score: str = "forgetting"
-    #: seed of a random initial subset (MTT, SeqMatch, SelMatch with ``init="random"``);
-    #: ``None`` = ``seed``, as before this setting existed
-    subset_seed: int | None = None
-    subsets: int = 2
-    seqmatch_experts: str = "segment"
-    #: retrained variant: experts per stage k > 1, epochs on each earlier-subset step, and
-    #: real-data epochs recorded (``None`` = T+ + M, the least the start window needs)
-    stage_experts: int = 2
-    stage_prefix_epochs: int = 100
-    stage_expert_epochs: int | None = None
-    merge: bool = False
-    n_student_steps: int = 20
-    expert_epochs: int = 2
-    min_start_epoch: int = 0
-    max_start_epoch: int = 10
-    syn_batch: int = 100
-    iterations: int = 200
-    lr_images: float = 1000.0
-    momentum_images: float = 0.5
-    #: η's start; ``None`` = the method's own: 0.001 for SelMatch (its authors' scripts),
-    #: 0.01 for MTT and SeqMatch (MTT's default). Resolved when the config is made.
-    lr_init: float | None = None
-    lr_lr: float = 1e-5
-    momentum_lr: float = 0.5
-    dsa_strategy: str = DEFAULT_DSA_STRATEGY
-    mode: str = "unrolled"
-    #: E: trajectories (expert, start epoch, student batches) matched per iteration, in one
-    #: batched computation; the image and lr update follows the mean of their E losses
-    trajectories_per_step: int = 1
-    #: speed levers of the student step (:mod:`selmatch.levers`), all off by default, but see
-    #: ``speed``
-    compile: bool = False
-    cuda_graphs: bool = False
-    precision: str = "default"
-    channels_last: bool = False
-    #: ``auto``: on a CUDA device, with one trajectory per iteration in unrolled mode, compile
-    #: and CUDA graphs are switched on (the fastest combination on an H200: 2.1–2.4× the plain
-    #: step, docs/benchmarks.md); elsewhere nothing changes. ``off``: only the levers above.
-    speed: str = "auto"
-    checkpoint_every: int = 50
-    seed: int = 0
+    method: str = setting(
+        "selmatch", choices=METHODS,
+        help="selmatch: the window at β, the easier α share learned; mtt: a random real start, "
+        "everything learned; seqmatch: K subsets learned one after another",
+    )  # fmt: skip
+    ipc: int = setting(10, help="images per class of the synthetic set", metavar="IPC")
+    init: str = setting(
+        "window", choices=INITS, group=SELMATCH,
+        help="window: start from the difficulty window at β (the method); random: from a "
+        "random class-balanced subset (--subset-seed), what the search falls back to when it "
+        "beats every window; its D_distill is a random α share",
+    )  # fmt: skip
+    beta: float = setting(0.0, symbol="β", group=SELMATCH,
+                          help="window start (its meaning: --beta-convention)")  # fmt: skip
+    alpha: float = setting(
+        0.5, symbol="α", group=SELMATCH,
+        help="share of the window that is learned (D_distill), in [0, 1]; 0 = selection only",
+    )  # fmt: skip
+    beta_convention: str = setting(
+        "ipc-units", choices=BETA_CONVENTIONS, group=DIFFICULTY,
+        help="ipc-units: β skips int(IPC·β) hardest per class (authors' code, reproduces "
+        "Table 5); data-fraction: β skips that fraction of each class (paper text)",
+    )  # fmt: skip
+    score: str = setting(
+        "forgetting", group=DIFFICULTY,
+        help="which score orders the samples: consistency, forgetting, el2n, or an imported one "
+        "such as cscore",
+    )  # fmt: skip
+    subset_seed: int | None = setting(
+        None, group=RUN,
+        help="seed of a random initial subset (mtt, seqmatch, --init random) (default: --seed)",
+    )  # fmt: skip
+    subsets: int = setting(2, symbol="K", group=SEQMATCH, help="subsets learned one after another")
+    seqmatch_experts: str = setting(
+        "segment", choices=SEQMATCH_EXPERTS, group=SEQMATCH,
+        help="what stage k matches. segment: the k-th of K segments of [T-, T+) of the "
+        "ordinary experts (the paper's description; no extra training). retrained: as the "
+        "authors' code, new experts that first learn S1 (with S1's learned lr), then S1+S2 "
+        "(S2's), ..., then train on the real data with the experts' settings while their "
+        "trajectory is recorded; stage k matches their start epochs [T-, T+) (the last stage "
+        "the first half), the learnable lr restarting at --lr-init each stage",
+    )  # fmt: skip
+    stage_experts: int = setting(
+        2, group=SEQMATCH, metavar="N", paper="100",
+        help="retrained: experts per stage k > 1 (CPU-sized)",
+    )  # fmt: skip
+    stage_prefix_epochs: int = setting(
+        100, group=SEQMATCH, metavar="E",
+        help="retrained: epochs of each step on the earlier subsets (S1, then S1+S2, ...) "
+        "before the real data",
+    )  # fmt: skip
+    stage_expert_epochs: int | None = setting(
+        None, group=SEQMATCH, metavar="E",
+        help="retrained: real-data epochs recorded per stage expert (default: T+ + M, the "
+        "least the start window needs; the authors: 20)",
+    )  # fmt: skip
+    merge: bool = setting(
+        False, group=SELMATCH,
+        help="ablation (Table 4): compute the loss on D_distill alone and merge D_select "
+        "afterwards",
+    )  # fmt: skip
+    n_student_steps: int = setting(
+        20,
+        flag="--student-steps",
+        symbol="N",
+        paper="55",
+        group=MATCHING,
+        help="student SGD steps per iteration",
+    )
+    expert_epochs: int = setting(
+        2, symbol="M", group=MATCHING,
+        help="expert epochs the student's N steps are matched to (the target is θ*_{t+M})",
+    )  # fmt: skip
+    min_start_epoch: int = setting(
+        0, symbol="T−", group=MATCHING,
+        help="matched segments start at an expert epoch in [T−, T+): 0 in MTT and SelMatch; "
+        "a later T−, as DATM does for large IPC, matches only later training",
+    )  # fmt: skip
+    max_start_epoch: int = setting(
+        10, symbol="T+", paper="80", group=MATCHING,
+        help="latest expert epoch a matched segment may start at (exclusive)",
+    )  # fmt: skip
+    syn_batch: int = setting(100, symbol="b", paper="125", group=MATCHING,
+                             help="synthetic images per student step")  # fmt: skip
+    iterations: int = setting(200, paper="10,000", group=MATCHING,
+                              help="matching iterations (image updates)")  # fmt: skip
+    lr_images: float = setting(1000.0, group=MATCHING, help="pixel learning rate (SGD)")
+    momentum_images: float = setting(0.5, group=MATCHING, help="pixel momentum")
+    lr_init: float | None = setting(
+        None, group=MATCHING,
+        help="initial learnable lr η (default: 0.001 for selmatch, as its authors' scripts; "
+        "0.01 for mtt and seqmatch, MTT's value)",
+    )  # fmt: skip
+    lr_lr: float = setting(1e-5, group=MATCHING, help="learning rate of η")
+    momentum_lr: float = setting(0.5, group=MATCHING, help="momentum of η")
+    dsa_strategy: str = setting(DEFAULT_DSA_STRATEGY, group=MATCHING, metavar="OPS",
+                                help="DSA on every student batch ('_'-joined operations), or "
+                                "none")  # fmt: skip
+    mode: str = setting(
+        "unrolled", flag="--memory", choices=MODES, group=MATCHING,
+        help="unrolled: keep the graph of all N steps (fast); checkpointed: recompute one step "
+        "at a time, peak memory independent of N",
+    )  # fmt: skip
+    trajectories_per_step: int = setting(
+        1, symbol="E", group=MATCHING, metavar="E",
+        help="expert trajectories (each its own expert, start epoch and student batches) "
+        "matched per iteration in one batched computation; the images and η are updated "
+        "with the mean of the E losses",
+    )  # fmt: skip
+    compile: bool = setting(
+        False, group=LEVERS,
+        help="torch.compile each student step's gradient (torch.func.grad of its loss as one "
+        "graph; the matching back-propagates through it once). The first iterations pay the "
+        "compilation; on CPU its float32 gradient moved by ~1e-2 at width 32 (inductor goes "
+        "channels-last: docs/distillation.md)",
+    )  # fmt: skip
+    cuda_graphs: bool = setting(
+        False, group=LEVERS,
+        help="replay each student step's gradient and its backward from CUDA graphs captured "
+        "at the first iteration (one per step with --memory unrolled, one per batch shape "
+        "with checkpointed); batch gathering, DSA and the update stay outside. CUDA only: an "
+        "error on another device",
+    )  # fmt: skip
+    precision: str = setting(
+        "default", choices=PRECISIONS, group=LEVERS,
+        help="float precision of the matching. default: PyTorch's settings (on CUDA, TF32 "
+        "convolutions in cuDNN and IEEE float32 matrix products); fp32: IEEE float32 in both; "
+        "tf32: TF32 in both (fp32 and tf32 are CUDA settings and change nothing on CPU); bf16: "
+        "the student's forward under bfloat16 autocast, loss and updates in float32 (its "
+        "gradient differs from float32 by more than 1e-3: docs/distillation.md)",
+    )  # fmt: skip
+    channels_last: bool = setting(
+        False, group=LEVERS,
+        help="the student's batches and conv weights in channels-last (NHWC) memory format; "
+        "--trajectories-per-step 1 only; on CPU its float32 gradient moved by ~1e-2 at width "
+        "32 (CPU BatchNorm statistics in that layout: docs/distillation.md)",
+    )  # fmt: skip
+    speed: str = setting(
+        "auto", choices=SPEEDS, group=LEVERS,
+        help="auto: on a CUDA device, with --trajectories-per-step 1 and --memory unrolled, "
+        "switch on --compile and --cuda-graphs (together 2.3-2.9x the plain step on an H200, "
+        "docs/benchmarks.md; the first iteration pays about 30 s of compilation); on CPU, or "
+        "in other modes, nothing changes. off: only the levers given",
+    )  # fmt: skip
+    checkpoint_every: int = setting(50, group=RUN, help="iterations between checkpoints")
+    seed: int = setting(0, group=RUN, help="seed of every random choice")
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
@@ -263,53 +375,24 @@ class DistillState:
 
 
 # --------------------------------------------------------------------------- initialisation
-@dataclass
-class Initial:
-    indices: torch.Tensor
-    labels: torch.Tensor
-    distill_mask: torch.Tensor
-    subset_ids: torch.Tensor
-    info: dict[str, Any]
+def initialisation_of(config: DistillConfig) -> Initialisation:
+    """Where a distillation of ``config`` starts (:mod:`selmatch.initial`): the one place a
+    method and its ``init`` choose a kind."""
+    if config.method == "selmatch" and config.init == "window":
+        return WindowInit(WindowSpec(config.ipc, config.beta, config.alpha,
+                                     config.beta_convention))  # fmt: skip
+    if config.method == "selmatch":
+        return RandomInit(config.ipc, config.alpha, config.random_subset_seed)
+    if config.method == "seqmatch":
+        return SequentialInit(config.ipc, config.subsets, config.random_subset_seed)
+    return RealInit(config.ipc, config.random_subset_seed)
 
 
 def initial_set(
     config: DistillConfig, dataset: ImageDataset, split: HoldoutSplit, hardness: torch.Tensor | None
 ) -> Initial:
     """The real images the set starts from, its distill mask and (SeqMatch) subset ids."""
-    labels_all, classes = dataset.train_labels, dataset.num_classes
-    if config.method == "selmatch" and config.init == "window":
-        if hardness is None:
-            raise ConfigError("--method selmatch needs difficulty scores (--scores)")
-        spec = WindowSpec(config.ipc, config.beta, config.alpha, config.beta_convention)
-        window = select_window(hardness, labels_all, classes, spec, among=split.pool)
-        window_info = {
-            "init": "window",
-            "window": spec.to_dict(),
-            "skipped_per_class": list(window.skipped),
-            "beta_convention_meaning": BETA_CONVENTION_TEXT[config.beta_convention],
-        }
-        subset_ids = torch.zeros(len(window.indices), dtype=torch.int64)
-        return Initial(window.indices, window.labels, window.distill_mask, subset_ids, window_info)
-    indices = balanced_subset(
-        labels_all, classes, config.ipc, seed=config.random_subset_seed, among=split.pool
-    )
-    labels = labels_all[indices]
-    subset_ids = torch.zeros(len(indices), dtype=torch.int64)
-    position = torch.arange(len(indices)) % config.ipc  # the draw's order within each class
-    if config.method == "seqmatch":
-        # Per class, cut IPC into K near-equal parts, larger parts first (50 → 17/17/16).
-        bounds = torch.tensor(
-            [len(p) for p in torch.arange(config.ipc).tensor_split(config.subsets)]
-        )
-        subset_ids = torch.bucketize(position, bounds.cumsum(0), right=True)
-    mask = torch.ones(len(indices), dtype=torch.bool)
-    info: dict[str, Any] = {"init": "random class-balanced real"}
-    if config.method == "selmatch":
-        # A random subset has no difficulty order to split by: D_distill is the last
-        # int(IPC·α) of each class's draw, i.e. a random α share.
-        mask = position >= config.ipc - int(config.ipc * config.alpha)
-        info = {"init": "random", "subset_seed": config.random_subset_seed}
-    return Initial(indices, labels, mask, subset_ids, info)
+    return initialisation_of(config).select(dataset, split, hardness)
 
 
 def stages_of(config: DistillConfig, initial: Initial) -> list[Stage]:

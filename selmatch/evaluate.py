@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from selmatch.config import Config, ConfigError, check_float, check_int
+from selmatch.config import Config, ConfigError, check_float, check_int, setting
 from selmatch.data import HoldoutSplit, ImageDataset
 from selmatch.models import ModelConfig, build_model
 from selmatch.synthetic import SyntheticSet, SyntheticSetError
@@ -37,6 +37,8 @@ FULL_DATA_EPOCHS = 200
 STEP_FRACTION = 0.25
 #: How a SeqMatch set is trained at evaluation (module docstring).
 EVAL_ORDERS = ("union", "sequential")
+#: the ``--help`` section of the seeds and the device
+SEEDS = "seeds and device"
 
 
 def budget_epochs(n_synthetic: int, n_full: int, full_epochs: float) -> int:
@@ -58,17 +60,35 @@ def paper_epochs(n_synthetic: int, n_full: int) -> int:
 class EvalConfig(Config):
     """Which network to train, how, and over how many seeds (``seed``, ``seed + 1``, ...)."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    num_seeds: int = 3
-    seed: int = 0
-    device: str = "auto"
+    model: ModelConfig = setting(
+        factory=ModelConfig, cli=False, paper="resnet18 (batch norm)",
+        help="the network trained on the set (--model, --width, --depth, --norm)",
+    )  # fmt: skip
+    train: TrainConfig = setting(
+        factory=TrainConfig, cli=False,
+        help="how each network is trained (the SelMatch evaluation protocol by default)",
+    )  # fmt: skip
+    num_seeds: int = setting(
+        3, flag="--seeds", metavar="N", paper="5", group=SEEDS,
+        help="networks to train, with seeds S, S+1, ..., S+N-1, in [1, 1000]; the result is "
+        "their mean ± std",
+    )  # fmt: skip
+    seed: int = setting(0, metavar="S", group=SEEDS, help="first seed, in [0, 2^31 - 1]")
+    device: str = setting(
+        "auto", group=SEEDS,
+        help="where the networks train: cpu, cuda, cuda:1, ..., or auto (CUDA when present, "
+        "else CPU)",
+    )  # fmt: skip
     #: If set, ``train.epochs`` is replaced by the epochs that take as many steps as this many
     #: epochs over the full training pool (:func:`budget_epochs`; the paper's rule is 50).
-    full_epochs: float | None = None
+    full_epochs: float | None = setting(
+        None, cli=False, paper="50",
+        help="if set, train for the steps of this many epochs over the full training pool, "
+        "whatever the set's size, in place of train.epochs (a command's --epochs full:F)",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        check_int("seeds", self.num_seeds, 1, 1000)
+        check_int("num_seeds", self.num_seeds, 1, 1000)
         check_int("seed", self.seed, 0, 2**31 - 1)
         if self.full_epochs is not None:
             check_float("full_epochs", self.full_epochs, 1e-6, 1e6)

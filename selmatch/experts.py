@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from selmatch.config import Config, ConfigError, SelmatchError, check_int, check_resumable
+from selmatch.config import (
+    Config,
+    ConfigError,
+    SelmatchError,
+    check_int,
+    check_resumable,
+    setting,
+)
 from selmatch.data import ImageDataset, balanced_subset, holdout_split, smallest_class_size
 from selmatch.io import atomic_write, read_json, read_safetensors, versions, write_json
 from selmatch.models import ModelConfig, build_model
@@ -52,6 +59,10 @@ Mapper = Callable[
     [TrainOne, Iterable[int]], Iterator[tuple[dict[str, torch.Tensor], list[float], ParamLayout]]
 ]
 INDICES = "indices.safetensors"
+#: the ``--help`` sections of the experts' settings
+EXPERT_TRAINING, DATA = "expert training", "data"
+#: what an expert may be trained with (``combined`` needs a set's mask)
+EXPERT_AUGMENTATIONS = ("none", "crop_flip", "dsa")
 
 
 @dataclass(frozen=True)
@@ -60,23 +71,58 @@ class ExpertConfig(Config):
     lr 0.01, no momentum or weight decay, constant lr, batch 256, DSA; except the number of
     experts and epochs, which are CPU-sized here (the paper: 100 experts of 100 epochs)."""
 
-    dataset: str = "fashion-mnist"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    num_experts: int = 2
-    epochs: int = 20
-    lr: float = 0.01
-    batch_size: int = 256
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    augment: str = "dsa"
-    el2n_epoch: int = 1
-    per_class: int | None = None
-    seed: int = 0
-    val_fraction: float = 0.02
-    split_seed: int = 0
+    dataset: str = setting(
+        "fashion-mnist", group=DATA, metavar="NAME",
+        help="the data the experts learn: fashion-mnist, cifar10, cifar100, tiny-imagenet or "
+        "imagefolder:<path>",
+    )  # fmt: skip
+    model: ModelConfig = setting(
+        factory=ModelConfig, cli=False,
+        help="the experts' network (--model, --width, --depth, --norm)",
+    )  # fmt: skip
+    num_experts: int = setting(
+        2, metavar="N", paper="100", group=EXPERT_TRAINING,
+        help="expert trajectories to train, in [1, 10000]; a rerun with a larger N trains "
+        "only the new ones",
+    )  # fmt: skip
+    epochs: int = setting(
+        20, paper="100, with T+ = 80", group=EXPERT_TRAINING,
+        help="epochs per expert, i.e. its trajectory's length (at least T+ + M for the "
+        "distillation), in [1, 10000]",
+    )  # fmt: skip
+    lr: float = setting(0.01, group=EXPERT_TRAINING,
+                        help="SGD learning rate of the experts, constant")  # fmt: skip
+    batch_size: int = setting(256, group=EXPERT_TRAINING, help="mini-batch size, at least 2")
+    momentum: float = setting(0.0, group=EXPERT_TRAINING, help="SGD momentum, in [0, 1)")
+    weight_decay: float = setting(0.0, group=EXPERT_TRAINING, help="SGD weight decay, in [0, 1]")
+    augment: str = setting(
+        "dsa", choices=EXPERT_AUGMENTATIONS, group=EXPERT_TRAINING,
+        paper="none, in effect, in the authors' code; MTT's experts use dsa",
+        help="augmentation while training experts: none, crop_flip (pad 4 + horizontal flip) "
+        "or dsa (MTT's DSA operations)",
+    )  # fmt: skip
+    el2n_epoch: int = setting(
+        1, group=EXPERT_TRAINING,
+        help="EL2N is measured after this epoch, in [1, --epochs]",
+    )  # fmt: skip
+    per_class: int | None = setting(
+        None, metavar="N", group=EXPERT_TRAINING,
+        help="train on a class-balanced part of N samples per class instead of the whole pool "
+        "(a CPU budget knob; only those samples get scores; default: all)",
+    )  # fmt: skip
+    seed: int = setting(
+        0, metavar="S", group=EXPERT_TRAINING,
+        help="expert i trains with seed S+i; S also draws the --per-class part",
+    )  # fmt: skip
+    val_fraction: float = setting(
+        0.02, metavar="F", group=DATA,
+        help="fraction of each class of the training set held out as the validation slice "
+        "that every model-selection decision uses; the experts never train on it",
+    )  # fmt: skip
+    split_seed: int = setting(0, metavar="S", group=DATA, help="seed of the validation hold-out")
 
     def __post_init__(self) -> None:
-        check_int("experts", self.num_experts, 1, 10_000)
+        check_int("num_experts", self.num_experts, 1, 10_000)
         check_int("epochs", self.epochs, 1, 10_000)
         check_int("batch_size", self.batch_size, 2, 1_000_000)
         self.train_config()  # the training settings are checked where they are defined

@@ -18,22 +18,37 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from selmatch.config import Config, ConfigError, check_choice, check_int
+from selmatch.config import Config, ConfigError, check_choice, check_int, setting
 
 NORMS = ("batch", "instance", "none")
+#: the networks :data:`MODELS` builds, by name
+MODEL_NAMES = ("convnet", "resnet18", "vgg11")
+#: the ``--help`` section of the network's settings
+NETWORK = "network"
 
 
 @dataclass(frozen=True)
 class ModelConfig(Config):
     """Which network to build. ``width``/``depth`` apply to ``convnet`` only."""
 
-    name: str = "convnet"
-    width: int = 128
-    depth: int = 3
-    norm: str = "batch"
+    name: str = setting(
+        "convnet", flag="--model", choices=MODEL_NAMES, group=NETWORK,
+        help="network: convnet (the distillation standard), resnet18 (CIFAR stem; the paper's "
+        "evaluation network) or vgg11",
+    )  # fmt: skip
+    width: int = setting(128, group=NETWORK, help="ConvNet channels per layer, in [1, 4096]")
+    depth: int = setting(
+        3, group=NETWORK,
+        help="ConvNet layers (conv, norm, ReLU, 2x2 average pool each), in [1, 8]; 28x28 "
+        "images allow at most 4",
+    )  # fmt: skip
+    norm: str = setting(
+        "batch", choices=NORMS, group=NETWORK,
+        help="normalisation layer: batch, instance (GroupNorm per channel) or none",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        check_choice("model", self.name, MODELS)
+        check_choice("name", self.name, MODEL_NAMES)
         check_int("width", self.width, 1, 4096)
         check_int("depth", self.depth, 1, 8)
         check_choice("norm", self.norm, NORMS)

@@ -10,31 +10,60 @@ running the same sweep again skips them (resume).
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from selmatch.config import Config, ConfigError, check_choice, check_int, check_resumable
-from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset
+from selmatch.config import (
+    Config,
+    ConfigError,
+    check_choice,
+    check_int,
+    check_resumable,
+    setting,
+)
+from selmatch.data import HoldoutSplit, ImageDataset
 from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set
+from selmatch.initial import RealInit, WindowInit
 from selmatch.io import read_json, write_json
 from selmatch.plots import save_curve
 from selmatch.progress import progress_bar
-from selmatch.window import BETA_CONVENTIONS, WindowSpec, select_window
+from selmatch.window import BETA_CONVENTIONS, WindowSpec
 
 DEFAULT_BETAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the authors' sweep
 
 
 @dataclass(frozen=True)
 class SweepConfig(Config):
-    ipc: int
-    betas: tuple[float, ...] = DEFAULT_BETAS
-    beta_convention: str = "ipc-units"
-    score: str = "forgetting"
-    evaluation: EvalConfig = field(default_factory=EvalConfig)
-    random_subset_seed: int = 0
+    """One IPC's sweep: the window at each β of ``betas``, and a random class-balanced subset
+    of the same size, each evaluated with ``evaluation``."""
+
+    ipc: int = setting(help="images per class of each window and of the random subset",
+                       metavar="IPC")  # fmt: skip
+    betas: tuple[float, ...] = setting(
+        DEFAULT_BETAS, symbol="β", metavar="B1,B2,...",
+        help="window starts to evaluate, comma-separated, each ≥ 0 and read in "
+        "--beta-convention; the default grid is the authors' sweep",
+    )  # fmt: skip
+    beta_convention: str = setting(
+        "ipc-units", choices=BETA_CONVENTIONS,
+        help="how β is read: ipc-units skips int(IPC·β) hardest per class (the authors' code, "
+        "Table 5); data-fraction skips that fraction of each class (the paper's text)",
+    )  # fmt: skip
+    score: str = setting(
+        "forgetting",
+        help="which score orders the samples: consistency, forgetting, el2n, or an imported one "
+        "such as cscore",
+    )  # fmt: skip
+    evaluation: EvalConfig = setting(
+        factory=EvalConfig, cli=False,
+        help="how the networks of every window and of the random subset are trained and scored",
+    )  # fmt: skip
+    random_subset_seed: int = setting(
+        0, flag="--subset-seed", help="seed of the random baseline subset"
+    )
 
     def __post_init__(self) -> None:
         check_int("ipc", self.ipc, 1)
@@ -55,9 +84,7 @@ def evaluate_window(
     progress: bool = False,
 ) -> EvalResult:
     """One β trial: train ``config.num_seeds`` networks on the window subset and score them."""
-    window = select_window(
-        hardness, dataset.train_labels, dataset.num_classes, spec, among=split.pool
-    )
+    window = WindowInit(spec).select(dataset, split, hardness)  # as a distillation starts
     return evaluate_set(
         dataset.train_images[window.indices], window.labels, dataset, config, split=split,
         progress=progress,
@@ -67,11 +94,9 @@ def evaluate_window(
 def evaluate_random(
     dataset: ImageDataset, split: HoldoutSplit, ipc: int, config: EvalConfig, *, seed: int
 ) -> EvalResult:
-    indices = balanced_subset(
-        dataset.train_labels, dataset.num_classes, ipc, seed=seed, among=split.pool
-    )
+    subset = RealInit(ipc, seed).select(dataset, split, None)  # MTT's start, as it is
     return evaluate_set(
-        dataset.train_images[indices], dataset.train_labels[indices], dataset, config, split=split
+        dataset.train_images[subset.indices], subset.labels, dataset, config, split=split
     )
 
 

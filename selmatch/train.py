@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -19,10 +19,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from selmatch.augment import AUGMENTATIONS, DSAConfig, black, make_augmenter
-from selmatch.config import Config, SelmatchError, check_choice, check_float, check_int
+from selmatch.config import (
+    Config,
+    SelmatchError,
+    check_choice,
+    check_float,
+    check_int,
+    setting,
+)
 from selmatch.progress import progress_bar
 
 SCHEDULES = ("cosine", "constant")
+#: the ``--help`` section of the training settings
+TRAINING = "training (SelMatch evaluation protocol by default)"
 
 
 class TrainingDivergedError(SelmatchError, ArithmeticError):
@@ -34,14 +43,30 @@ class TrainConfig(Config):
     """How to train one network. Defaults are the SelMatch evaluation protocol (Table 1):
     SGD momentum 0.9, weight decay 5e-4, lr 0.1, batch 128, cosine schedule."""
 
-    epochs: int = 300
-    lr: float = 0.1
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    augment: str = "dsa"
-    dsa: DSAConfig = field(default_factory=DSAConfig)
+    epochs: int = setting(
+        300, group=TRAINING, paper="'paper', a quarter of the steps of 200 full-data epochs",
+        help="passes over the training set, in [1, 1000000]",
+    )  # fmt: skip
+    lr: float = setting(0.1, group=TRAINING, help="SGD learning rate, in (0, 100]")
+    batch_size: int = setting(128, group=TRAINING, help="mini-batch size (images per SGD step)")
+    momentum: float = setting(0.9, group=TRAINING, help="SGD momentum, in [0, 1)")
+    weight_decay: float = setting(5e-4, group=TRAINING,
+                                  help="SGD weight decay (L2 penalty), in [0, 1]")  # fmt: skip
+    schedule: str = setting(
+        "cosine", choices=SCHEDULES, group=TRAINING,
+        help="learning-rate schedule over all steps: cosine (annealed to 0) or constant",
+    )  # fmt: skip
+    augment: str = setting(
+        "dsa", choices=AUGMENTATIONS, group=TRAINING,
+        help="augmentation: none; crop_flip (pad 4 + horizontal flip); dsa (differentiable "
+        "siamese augmentation); combined (DSA on the distilled part, crop_flip on the selected "
+        "part, by the set's mask)",
+    )  # fmt: skip
+    dsa: DSAConfig = setting(
+        factory=DSAConfig, cli=False,
+        help="the DSA operations and their strengths, for augment dsa and combined "
+        "(--dsa-strategy sets the operations)",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, 1, 1_000_000)

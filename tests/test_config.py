@@ -63,3 +63,24 @@ def test_a_resumable_folder_names_the_nested_settings_that_changed() -> None:
     with pytest.raises(ConfigError, match=r"^made with epochs, model.width; use the same$"):
         check_resumable(before, after, "made with {changed}; use the same",
                         may_change=("num_networks",))  # fmt: skip
+
+
+def test_every_setting_of_the_stage_configs_is_declared_with_its_help() -> None:
+    from selmatch.augment import DSAConfig
+    from selmatch.config import flag, setting_of
+    from selmatch.consistency import ConsistencyConfig
+    from selmatch.distill import DistillConfig
+    from selmatch.experts import ExpertConfig
+    from selmatch.sweep import SweepConfig
+
+    for cls in (ModelConfig, TrainConfig, DSAConfig, EvalConfig, ExpertConfig,
+                ConsistencyConfig, SweepConfig, DistillConfig):  # fmt: skip
+        for field in dataclasses.fields(cls):
+            declared = setting_of(field)
+            assert declared is not None and declared.help, f"{cls.__name__}.{field.name}"
+            assert "%" not in declared.help + declared.paper, "argparse formats help with %"
+    # the error messages call a setting by its option, also where it is not the field's name
+    assert (flag("name"), flag("num_seeds"), flag("num_networks")) == (
+        "--model", "--seeds", "--networks",
+    )  # fmt: skip
+    assert flag("num_experts") == "--num-experts"

@@ -81,7 +81,7 @@ def test_other_settings_in_the_same_folder_are_refused(expert_dir, fashion) -> N
     ("kwargs", "message"),
     [
         (dict(el2n_epoch=3, epochs=2), r"--el2n-epoch must be an integer in \[1, 2\]"),
-        (dict(num_experts=0), r"--experts must be an integer in \[1, 10000\]"),
+        (dict(num_experts=0), r"--num-experts must be an integer in \[1, 10000\]"),
         (dict(augment="blur"), "--augment must be one of"),
     ],
 )

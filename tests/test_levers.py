@@ -220,9 +220,9 @@ def test_the_search_reaches_the_levers_by_set() -> None:
                                   "distill.channels_last=true",
                                   "distill.cuda_graphs=false"])  # fmt: skip
     assert config.distill.levers == Levers(compile=True, precision="tf32", channels_last=True)
-    with pytest.raises(ConfigError, match="--set distill.precision=fp16: must be one of"):
+    with pytest.raises(ConfigError, match="--override distill.precision=fp16: must be one of"):
         apply_sets(smoke(), ["distill.precision=fp16"])
-    with pytest.raises(ConfigError, match="--set distill.compile=yes: must be true or false"):
+    with pytest.raises(ConfigError, match="--override distill.compile=yes: must be true or false"):
         apply_sets(smoke(), ["distill.compile=yes"])
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from selmatch.config import Config, ConfigError, check_bool, check_choice, check_float, check_int
+from selmatch.config import (
+    Config,
+    ConfigError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    setting,
+)
 from selmatch.consistency import ConsistencyConfig
 from selmatch.data import HoldoutSplit, smallest_class_size
 from selmatch.distill import SEQMATCH_EXPERTS, DistillConfig
@@ -18,6 +26,10 @@ from selmatch.window import BETA_CONVENTIONS
 SEARCH_METHODS = ("selmatch", "seqmatch")
 METHOD_CHOICES = {"selmatch": ("selmatch",), "seqmatch": ("seqmatch",),
                   "both": ("selmatch", "seqmatch")}  # fmt: skip
+#: the search's --help sections
+WHAT = "what to search (override the preset)"
+BUDGETS = "budgets (override the preset)"
+RESOURCES = "resources and robustness (override the preset)"
 
 
 @dataclass(frozen=True)
@@ -28,50 +40,153 @@ class SearchConfig(Config):
     correlation, and a random class-balanced subset of the same size when
     ``random_reference``: the baseline the winner has to beat)."""
 
-    dataset: str = "fashion-mnist"
-    image_size: int | None = None  # resize (imagefolder datasets of mixed sizes)
-    ipcs: tuple[int, ...] = (10, 50)
-    experts: ExpertConfig = field(default_factory=ExpertConfig)
-    score: str = "forgetting"
-    #: a folder holding a score table to rank by instead of the experts' own scores: e.g. the
-    #: published C-scores imported with ``selmatch scores --import`` (``score="cscore"``)
-    score_table: str | None = None
-    #: how the consistency score is estimated (used when ``score`` is ``consistency``)
-    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
-    beta_convention: str = "data-fraction"
-    beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    alpha_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-    monotone: bool = True
-    short: EvalConfig = field(default_factory=EvalConfig)
-    final: EvalConfig = field(default_factory=EvalConfig)
-    random_reference: bool = True  # also evaluate a random subset of each IPC with ``final``
-    #: plain MTT (random subset, α = 1) as an α-phase candidate when the α phase starts from a
-    #: window, so the winner is never below MTT on validation
-    mtt_candidate: bool = True
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    #: what the search distils with after the β phase: ``selmatch`` (the α phase, with plain
-    #: MTT beside it) and/or ``seqmatch`` (the K phase: SeqMatch with K from ``subsets_grid``,
-    #: its stage experts as ``distill.seqmatch_experts`` says); the best on validation wins
-    methods: tuple[str, ...] = ("selmatch",)
-    subsets_grid: tuple[int, ...] = (2, 3)
-    seqmatch_experts: str = "segment"
-    #: retrained stage experts trained side by side: slots of a trial's resources reserved
-    #: beside every K trial (its placement group); 0 = trained in the trial, one by one
-    stage_parallel: int = 0
-    full_eval_top: int = 2
-    #: run the full evaluations beside the search (the random reference from an IPC's start,
-    #: the top β windows from the end of its β phase), in the slots the search leaves idle,
-    #: and wait for them after the last IPC; ``False``: each IPC's after its phases
-    final_beside_search: bool = True
-    max_concurrent: int = 2
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_failures: int = 1
-    noise: float = 0.005
-    top_repeats: int = 1
-    predict_ipcs: tuple[int, ...] = ()
-    preset: str = "custom"
-    reduced: str = ""
+    dataset: str = setting(
+        "fashion-mnist", group=WHAT, metavar="NAME",
+        help="fashion-mnist, cifar10, cifar100, tiny-imagenet (from --data-root) or "
+        "imagefolder:<path> (your own train/<class>/ and val/<class>/ folders); the experts' "
+        "and the consistency networks' follow",
+    )  # fmt: skip
+    image_size: int | None = setting(
+        None, group=WHAT, metavar="PX",
+        help="resize every image to PX x PX (default: native; image folders of mixed sizes "
+        "need it)",
+    )  # fmt: skip
+    ipcs: tuple[int, ...] = setting(
+        factory=lambda: (10, 50),
+        group=WHAT,
+        metavar="I,J",
+        help="images per class to search, increasing, e.g. 10,50",
+    )
+    experts: ExpertConfig = setting(
+        factory=ExpertConfig, cli=False, help="the expert trajectories (trained once, cached)"
+    )
+    score: str = setting(
+        "forgetting", group=WHAT,
+        help="difficulty score ordering the window: consistency (a hold-out C-score estimate, "
+        "trained beside the experts: the quick and smoke presets'), forgetting or el2n (free "
+        "by-products of the experts), or a score of --score-table",
+    )  # fmt: skip
+    score_table: str | None = setting(
+        None, group=WHAT, metavar="DIR",
+        help="rank by --score from the score table in DIR instead of the experts' own: e.g. "
+        "published C-scores imported with `selmatch scores --import FILE.npy --scores DIR` "
+        "(then --score cscore)",
+    )  # fmt: skip
+    consistency: ConsistencyConfig = setting(
+        factory=ConsistencyConfig, cli=False,
+        help="how the consistency score is estimated (used when score is consistency)",
+    )  # fmt: skip
+    beta_convention: str = setting(
+        "data-fraction", choices=BETA_CONVENTIONS, group=WHAT,
+        help="how β is read: ipc-units skips int(IPC·β) hardest samples per class (the "
+        "authors' code, Table 5); data-fraction skips that fraction of each class (the paper's "
+        "text)",
+    )  # fmt: skip
+    beta_grid: tuple[float, ...] = setting(
+        factory=lambda: tuple(round(0.1 * i, 1) for i in range(10)), group=WHAT, metavar="B,..",
+        help="β values searched, increasing, e.g. 0,0.1,0.2 (window starts; their meaning: "
+        "--beta-convention)",
+    )  # fmt: skip
+    alpha_grid: tuple[float, ...] = setting(
+        factory=lambda: tuple(round(0.1 * i, 1) for i in range(1, 11)), group=WHAT,
+        metavar="A,..",
+        help="α values searched, in [0, 1], increasing, e.g. 0,0.3,0.5,1; its 0 (selection "
+        "only: the oracle window or the random subset) and 1 (every image learned) are always "
+        "evaluated, whatever the monotone bound",
+    )  # fmt: skip
+    monotone: bool = setting(
+        True, flag="--no-monotone", group=WHAT,
+        help="larger IPCs search only β ≤ β*, α ≤ α* of the previous IPC (--no-monotone: "
+        "their whole grids)",
+    )  # fmt: skip
+    short: EvalConfig = setting(factory=EvalConfig, cli=False,
+                                help="the evaluation of every trial (short budget)")  # fmt: skip
+    final: EvalConfig = setting(
+        factory=EvalConfig, cli=False,
+        help="the evaluation of each IPC's winner, the top β windows and the random reference",
+    )  # fmt: skip
+    random_reference: bool = setting(
+        True, flag="--no-random-reference", group=WHAT,
+        help="a random class-balanced subset of each IPC (drawn from the pool with the split's "
+        "seed) is evaluated with the final budget beside the winner, and the log warns when "
+        "the winner scores below it",
+    )  # fmt: skip
+    mtt_candidate: bool = setting(
+        True, flag="--no-mtt-candidate", group=WHAT,
+        help="when the α phase starts from a window, plain MTT (the random subset, α = 1, with "
+        "the search's matching settings) is one more α-phase candidate, so the winner is "
+        "never below MTT on validation",
+    )  # fmt: skip
+    distill: DistillConfig = setting(
+        factory=DistillConfig, cli=False,
+        help="the distillation of every α and K trial (its method, IPC, β, α and init are the "
+        "trial's)",
+    )  # fmt: skip
+    methods: tuple[str, ...] = setting(
+        factory=lambda: ("selmatch",), flag="--method", group=WHAT,
+        choices=tuple(METHOD_CHOICES),
+        help="what distils after the β phase: selmatch (the α phase, plain MTT beside it), "
+        "seqmatch (the K phase: SeqMatch from the random subset, K from --subsets-grid) or "
+        "both (both phases; the best on validation wins and the table's method column says "
+        "which)",
+    )  # fmt: skip
+    subsets_grid: tuple[int, ...] = setting(
+        factory=lambda: (2, 3), group=WHAT, metavar="K,..",
+        help="SeqMatch's K values, increasing, 2 to 10, e.g. 2,3 (the paper: 2 or 3); only "
+        "those ≤ an IPC are searched there",
+    )  # fmt: skip
+    seqmatch_experts: str = setting(
+        "segment", choices=SEQMATCH_EXPERTS, group=WHAT,
+        help="what SeqMatch's stage k matches: segment (the k-th segment of the ordinary "
+        "experts, no extra training) or retrained (the authors' code: new experts first "
+        "trained on the earlier subsets, distill.stage_experts of them per stage, in every K "
+        "trial)",
+    )  # fmt: skip
+    stage_parallel: int = setting(
+        0, group=RESOURCES,
+        help="retrained: stage experts trained side by side as Ray tasks, in this many slots "
+        "of a trial's resources reserved beside every K trial (its placement group, so they "
+        "never wait on other trials); 0 = in the trial, one after another",
+    )  # fmt: skip
+    full_eval_top: int = setting(
+        2, group=BUDGETS,
+        help="β points (best short scores) also evaluated with the final budget, for the rank "
+        "correlation of short and full scores within each IPC (≥ 3 to define it)",
+    )  # fmt: skip
+    final_beside_search: bool = setting(
+        True, flag="--final-after-phases", group=RESOURCES,
+        help="the full evaluations (the random reference from an IPC's start, the top β "
+        "windows from the end of its β phase) run beside the search, in the slots it leaves "
+        "idle, and are awaited after the last IPC (--final-after-phases: each IPC's after its "
+        "phases)",
+    )  # fmt: skip
+    max_concurrent: int = setting(
+        2, group=RESOURCES,
+        help="trials at once (the sampler proposes that many points per round)",
+    )  # fmt: skip
+    cpus_per_trial: float = setting(
+        1.0, group=RESOURCES, help="CPUs per trial (also torch's thread count in it)"
+    )
+    gpus_per_trial: float = setting(
+        0.0, group=RESOURCES, help="GPUs per trial (checked against the cluster at start)"
+    )
+    max_failures: int = setting(1, group=RESOURCES, help="retries of a failed trial")
+    noise: float = setting(
+        0.005, group=RESOURCES,
+        help="seed-to-seed std of a trial's accuracy (a fraction): tops closer than this are "
+        "re-evaluated",
+    )  # fmt: skip
+    top_repeats: int = setting(1, group=RESOURCES, help="re-evaluations of close tops")
+    predict_ipcs: tuple[int, ...] = setting(
+        factory=tuple, group=WHAT, metavar="I,J",
+        help="IPCs to predict β*, α* for from the searched ones (unverified, printed with a "
+        "warning)",
+    )  # fmt: skip
+    preset: str = setting("custom", cli=False, help="the preset's name")
+    reduced: str = setting(
+        "", cli=False,
+        help="what the preset shrinks compared with the paper, printed and kept in the manifest",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if not self.ipcs or list(self.ipcs) != sorted(set(self.ipcs)):
@@ -95,10 +210,7 @@ class SearchConfig(Config):
         for k in self.subsets_grid:
             check_int("subsets_grid", k, 2, 10)
         check_choice("seqmatch_experts", self.seqmatch_experts, SEQMATCH_EXPERTS)
-        if not isinstance(self.stage_parallel, int) or not 0 <= self.stage_parallel <= 1000:
-            raise ConfigError(
-                f"--set stage_parallel must be an integer in [0, 1000], got {self.stage_parallel!r}"
-            )
+        check_int("stage_parallel", self.stage_parallel, 0, 1000)
         if self.methods == ("seqmatch",) and min(self.subsets_grid) > min(self.ipcs):
             raise ConfigError(
                 f"--subsets-grid must hold a K ≤ the smallest IPC ({min(self.ipcs)}) when "
@@ -121,7 +233,7 @@ class SearchConfig(Config):
         split = (self.experts.val_fraction, self.experts.split_seed)
         if (self.consistency.val_fraction, self.consistency.split_seed) != split:
             raise ConfigError(
-                f"--set consistency.val_fraction / consistency.split_seed must equal the "
+                f"--override consistency.val_fraction / consistency.split_seed must equal the "
                 f"experts' ({split[0]:g} / {split[1]}): the score must never see the validation "
                 "slice"
             )
@@ -188,6 +300,6 @@ def validation_warning(config: SearchConfig, val_size: int) -> str | None:
         f"WARNING: the validation slice holds {val_size} images, so one image moves a "
         f"trial's accuracy by {100 * step:.2f} points, more than the sampler's margin "
         f"(noise {100 * config.noise:.2f} points): neighbouring grid points are told apart by "
-        "a few images; hold out more (--set experts.val_fraction=… and "
+        "a few images; hold out more (--override experts.val_fraction=… and "
         "consistency.val_fraction=…) or raise --noise"
     )

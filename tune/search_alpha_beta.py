@@ -15,26 +15,16 @@ import argparse
 import json
 import sys
 import time
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selmatch.cli import options
 from selmatch.cli.common import OneLineParser, check_output
-from selmatch.config import ConfigError, SelmatchError
-from selmatch.distill import SEQMATCH_EXPERTS
-from selmatch_tune.config import METHOD_CHOICES, SearchConfig
+from selmatch.config import ConfigError, SelmatchError, flag
+from selmatch_tune.config import BUDGETS, METHOD_CHOICES, SearchConfig
 from selmatch_tune.presets import PRESETS
-
-
-def numbers(kind: type) -> Any:
-    def parse(text: str) -> tuple:
-        try:
-            return tuple(kind(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated numbers, got {text!r}"
-            ) from None
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="search_alpha_beta.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Options left out take the preset's values; docs/configuration.md lists every\n"
-        "setting with its value in each preset, and --set KEY=VALUE reaches any of them.\n"
+        "setting with its value in each preset, and --override PATH=VALUE reaches any of them.\n"
         "The search prints the values that differ from the preset.",
     )  # fmt: skip
     p.add_argument(
@@ -88,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster (default: --out/ray)",
     )
     p.add_argument(
-        "--data-root", default=None,
+        "--data-root", type=Path, default=None, metavar="DIR",
         help="folder holding the dataset files: cifar-10-batches-py/, cifar-100-python/, "
         "tiny-imagenet-200/ (default: $SELMATCH_DATA_ROOT; Fashion-MNIST falls back to "
         "/usr/share/datasets/fashion-mnist)",
@@ -99,229 +89,185 @@ def build_parser() -> argparse.ArgumentParser:
         "(truncated, unreadable, not images) and say how many, naming the first (default: stop "
         "at the first one, naming it)",
     )  # fmt: skip
-    g = p.add_argument_group("what to search (override the preset)")
-    g.add_argument(
-        "--dataset", default=None,
-        help="fashion-mnist, cifar10, cifar100, tiny-imagenet (from --data-root) or "
-        "imagefolder:<path> (your own train/<class>/ and val/<class>/ folders)",
-    )  # fmt: skip
-    g.add_argument(
-        "--image-size", type=int, default=None, metavar="PX",
-        help="resize every image to PX x PX (needed for image folders of mixed sizes)",
-    )  # fmt: skip
-    g.add_argument("--ipcs", type=numbers(int), default=None,
-                   help="images per class to search, increasing, e.g. 10,50")  # fmt: skip
-    g.add_argument("--beta-grid", type=numbers(float), default=None,
-                   help="β values, increasing, e.g. 0,0.1,0.2 (window start; its meaning "
-                   "depends on --beta-convention)")  # fmt: skip
-    g.add_argument("--alpha-grid", type=numbers(float), default=None,
-                   help="α values in [0, 1], increasing, e.g. 0,0.3,0.5,1 (share of the window "
-                   "that is distilled; 0 and 1 are always evaluated when in the grid)")  # fmt: skip
-    g.add_argument(
-        "--method", choices=tuple(METHOD_CHOICES), default=None,
-        help="what distils after the β phase: selmatch (the α phase, plain MTT beside it), "
-        "seqmatch (the K phase: SeqMatch from the random subset with K from --subsets-grid) "
-        "or both (both phases; the best on validation wins and the table's method column "
-        "says which) (default: the preset's, selmatch)",
-    )  # fmt: skip
-    g.add_argument(
-        "--subsets-grid", type=numbers(int), default=None,
-        help="SeqMatch's K values, increasing, 2 to 10, e.g. 2,3 (the paper: 2 or 3); only "
-        "those ≤ an IPC are searched there (default: 2,3)",
-    )  # fmt: skip
-    g.add_argument(
-        "--seqmatch-experts", choices=SEQMATCH_EXPERTS, default=None,
-        help="what SeqMatch's stage k matches: segment (the k-th segment of the ordinary "
-        "experts, no extra training) or retrained (the authors' code: new experts first "
-        "trained on the earlier subsets, run as parallel Ray tasks, --set "
-        "distill.stage_experts=N of them per stage) (default: segment)",
-    )  # fmt: skip
-    g.add_argument(
-        "--beta-convention",
-        choices=("ipc-units", "data-fraction"),
-        default=None,
-        help="how β is read: ipc-units skips int(IPC·β) hardest samples per class (the "
-        "authors' code, Table 5); data-fraction skips that fraction of each class",
-    )
-    g.add_argument(
-        "--score", default=None,
-        help="difficulty score: consistency (a hold-out C-score estimate, trained beside the "
-        "experts: the quick and smoke presets' default), forgetting or el2n (free by-products "
-        "of the experts)",
-    )  # fmt: skip
-    g.add_argument(
-        "--score-table", default=None, metavar="DIR",
-        help="rank by --score from the score table in DIR instead of the experts' own: e.g. "
-        "published C-scores imported with `selmatch scores --import FILE.npy --scores DIR` "
-        "(then --score cscore)",
-    )  # fmt: skip
-    g.add_argument(
-        "--no-monotone",
-        action="store_true",
-        help="do not restrict larger IPCs to β ≤ β*, α ≤ α* of the smaller IPC",
-    )
-    g.add_argument(
-        "--no-random-reference", action="store_true",
-        help="do not evaluate a random class-balanced subset of each IPC with the final budget "
-        "(by default it is, and the table says whether the searched set beats it)",
-    )  # fmt: skip
-    g.add_argument(
-        "--no-mtt-candidate", action="store_true",
-        help="do not evaluate plain MTT (the random subset, α = 1) beside an α phase that starts "
-        "from a window (by default it is, so the winner is never below MTT on validation)",
-    )  # fmt: skip
-    g.add_argument(
-        "--predict-ipcs",
-        type=numbers(int),
-        default=None,
-        help="IPCs to predict β*, α* for (unverified)",
-    )
-    b = p.add_argument_group("budgets (override the preset)")
-    b.add_argument("--width", type=int, default=None, help="ConvNet width of every network")
-    b.add_argument("--experts", type=int, default=None, help="number of experts")
-    b.add_argument("--expert-epochs", type=int, default=None, help="epochs per expert")
-    b.add_argument("--per-class", type=int, default=None, help="expert training images per class")
-    b.add_argument(
-        "--iterations", type=int, default=None, help="distillation iterations per α trial"
-    )
-    b.add_argument("--student-steps", type=int, default=None,
-                   help="N: student SGD steps per matching iteration")  # fmt: skip
-    b.add_argument("--max-start-epoch", type=int, default=None,
-                   help="T+: latest expert epoch a matched segment may start at")  # fmt: skip
-    b.add_argument("--min-start-epoch", type=int, default=None,
-                   help="T−: earliest expert epoch a matched segment may start at")  # fmt: skip
-    b.add_argument("--syn-batch", type=int, default=None,
-                   help="b: synthetic images per student step")  # fmt: skip
-    b.add_argument("--lr-images", type=float, default=None,
-                   help="learning rate of the synthetic pixels")  # fmt: skip
-    b.add_argument("--short-epochs", type=int, default=None, help="epochs of a trial's evaluation")
-    b.add_argument("--final-epochs", type=int, default=None, help="epochs of the final evaluation")
-    b.add_argument("--final-seeds", type=int, default=None, help="seeds of the final evaluation")
-    b.add_argument(
-        "--full-eval-top",
-        type=int,
-        default=None,
-        help="β points also evaluated with the final budget (rank correlation)",
-    )
-    r = p.add_argument_group("resources and robustness (override the preset)")
-    r.add_argument("--max-concurrent", type=int, default=None, help="trials at once")
-    r.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per trial")
-    r.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial")
-    r.add_argument("--max-failures", type=int, default=None, help="retries of a failed trial")
-    r.add_argument(
-        "--noise",
-        type=float,
-        default=None,
-        help="seed-to-seed std of a trial's accuracy: ties within it are re-evaluated",
-    )
-    r.add_argument("--top-repeats", type=int, default=None, help="re-evaluations of close tops")
+    groups = options.add_options(p, SearchConfig, SEARCH_OPTIONS, preset=True)
+    if BUDGETS not in groups:
+        groups[BUDGETS] = p.add_argument_group(BUDGETS)
+    for path, option in PATH_OPTIONS.items():
+        cls, name = setting_at(path)
+        options.add_option(groups[BUDGETS], cls, name, preset=True, flag=option or None,
+                           dest=path, help=PATH_HELP.get(path))  # fmt: skip
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="override any setting by its path in the manifest, e.g. distill.lr_images=100 or "
-        "short.train.lr=0.05 (repeatable; values are JSON, else strings)",
+        "--override", action="append", default=[], metavar="PATH=VALUE",
+        help="set any setting by its path in the manifest, e.g. distill.lr_images=100 or "
+        "short.train.lr=0.05 (repeatable; values are JSON, else strings; applied after the "
+        "options above; docs/configuration.md lists every path)",
     )  # fmt: skip
+    options.add_moved(p, "--set", "is a synthetic-set folder in selmatch's commands; the "
+                      "search's settings by path are --override PATH=VALUE")  # fmt: skip
+    options.add_moved(p, "--experts", "is an expert folder in selmatch's commands; the number "
+                      "of experts is --num-experts N")  # fmt: skip
     return p
 
 
-def apply_sets(config: SearchConfig, assignments: list[str]) -> SearchConfig:
-    """``key.path=value`` overrides of any field, validated by the configs themselves."""
+#: The search's options for its own settings (each declared once, in SearchConfig)
+SEARCH_OPTIONS = (
+    "dataset", "image_size", "ipcs", "beta_grid", "alpha_grid", "methods", "subsets_grid",
+    "seqmatch_experts", "beta_convention", "score", "score_table", "monotone",
+    "random_reference", "mtt_candidate", "predict_ipcs", "full_eval_top", "max_concurrent",
+    "cpus_per_trial", "gpus_per_trial", "max_failures", "noise", "top_repeats",
+    "stage_parallel", "final_beside_search",
+)  # fmt: skip
+#: Options for the settings of the configs inside the search, by path: the flag of the
+#: library's command where it means the same (``selmatch distill --iterations``), else one of
+#: the search's own; ``--width`` sets every trained network's (``WIDTH_PATHS``)
+PATH_OPTIONS = {
+    "experts.model.width": "--width",
+    "experts.num_experts": "--num-experts",
+    "experts.epochs": "--expert-train-epochs",
+    "experts.per_class": "--per-class",
+    **{f"distill.{name}": "" for name in (
+        "iterations", "n_student_steps", "expert_epochs", "max_start_epoch", "min_start_epoch",
+        "syn_batch", "lr_images")},
+    "short.train.epochs": "--short-epochs",
+    "final.train.epochs": "--final-epochs",
+    "final.num_seeds": "--final-seeds",
+}  # fmt: skip
+WIDTH_PATHS = ("experts.model.width", "short.model.width", "final.model.width")
+DATASET_PATHS = ("experts.dataset", "consistency.dataset")
+PATH_HELP = {
+    "experts.model.width": "ConvNet width of the experts and of every evaluation network (not "
+    "the consistency networks': --override consistency.model.width=W)",
+    "experts.epochs": "epochs each expert trains (its trajectory's length; T+ + M must fit in it)",
+    "short.train.epochs": "epochs of a trial's evaluation",
+    "final.train.epochs": "epochs of the final evaluation",
+    "final.num_seeds": "seeds of the final evaluation",
+}
+
+
+def setting_at(path: str) -> tuple[type, str]:
+    """The config class holding the setting at ``path`` of a search, and its field name."""
+    *parents, leaf = path.split(".")
+    cls: type = SearchConfig
+    for part in parents:
+        cls = typing.get_type_hints(cls)[part]
+    return cls, leaf
+
+
+def option_for(path: str) -> str | None:
+    """The search's option that sets ``path`` (``--width`` for every network's width), or
+    ``None`` where only ``--override`` reaches it."""
+    if path in SEARCH_OPTIONS:
+        return options.field_setting(SearchConfig, path)[1].option(path)
+    if path in WIDTH_PATHS:
+        return "--width"
+    if path in DATASET_PATHS:
+        return "--dataset"
+    if path in PATH_OPTIONS:
+        cls, name = setting_at(path)
+        return PATH_OPTIONS[path] or options.field_setting(cls, name)[1].option(name)
+    return None
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One setting given on the command line: its path, its value, and how the user said it
+    (``--iterations 7``, ``--override distill.mode=fast``) for the error messages."""
+
+    path: str
+    value: Any
+    said: str
+
+    @property
+    def option(self) -> str:
+        return self.said.split()[0]
+
+
+def option_assignments(args: argparse.Namespace) -> list[Assignment]:
+    """The options given (those left out keep the preset's values), as assignments."""
+    out = []
+    given = options.values(args, SEARCH_OPTIONS, preset=True)
+    for name, value in given.items():
+        _, declared = options.field_setting(SearchConfig, name)
+        flag = declared.option(name)
+        said = flag if isinstance(value, bool) else f"{flag} {_show(value)}"
+        if name == "methods":
+            value = METHOD_CHOICES[value]
+        # the experts and the consistency networks learn the search's data
+        paths = (name, *DATASET_PATHS) if name == "dataset" else (name,)
+        out += [Assignment(path, value, said) for path in paths]
+    for path in PATH_OPTIONS:
+        value = getattr(args, path)
+        if value is None:
+            continue
+        paths = WIDTH_PATHS if path == WIDTH_PATHS[0] else (path,)
+        out += [Assignment(p, value, f"{option_for(path)} {_show(value)}") for p in paths]
+    return out
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def override_assignments(texts: list[str]) -> list[Assignment]:
+    """``--override PATH=VALUE`` texts as assignments (values are JSON, else strings)."""
+    out = []
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        if not sep:
+            raise ConfigError(f"--override expects PATH=VALUE, got {text!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.append(Assignment(key, value, f"--override {text}"))
+    return out
+
+
+def apply_assignments(config: SearchConfig, assignments: list[Assignment]) -> SearchConfig:
+    """``config`` with the assignments made in order (a later one wins), validated together
+    by the configs themselves; an error names the assignment at fault as the user wrote it."""
     data = config.to_dict()
     for assignment in assignments:
-        key, sep, text = assignment.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
         node = data
-        *parents, leaf = key.split(".")
+        *parents, leaf = assignment.path.split(".")
         for part in parents:
             if not isinstance(node.get(part), dict):
-                raise ConfigError(f"--set {key}: {part!r} is not a group of settings")
+                raise ConfigError(f"{assignment.said}: {part!r} is not a group of settings")
             node = node[part]
         if leaf not in node:
             known = ", ".join(sorted(node))
-            raise ConfigError(f"--set {key}: unknown setting {leaf!r}; known here: {known}")
-        node[leaf] = value
+            raise ConfigError(f"{assignment.said}: unknown setting {leaf!r}; known here: {known}")
+        node[leaf] = list(assignment.value) if isinstance(assignment.value, tuple) else (
+            assignment.value)  # fmt: skip
     try:
         return SearchConfig.from_dict(data)
     except ConfigError as error:
-        raise ConfigError(_set_error(assignments, str(error))) from None
+        raise ConfigError(_in_the_users_words(assignments, error)) from None
 
 
-def _set_error(assignments: list[str], message: str) -> str:
-    """A config's error after ``--set`` assignments, in the words of ``--set``: the configs name
-    a setting as the flag its field would have (``--mode must be one of …``), which need not
-    exist on this command line; the assignment of that setting is named instead (the last one,
-    if it was set twice), or all of them where the error names no setting they changed."""
-    if message.startswith("--set "):  # a check that speaks of --set already
-        return message
+def _in_the_users_words(assignments: list[Assignment], error: ConfigError) -> str:
+    """A config's error, naming the assignment that set the faulty setting (the last one, if
+    it was set twice) instead of the flag its field has in the library's commands, which
+    need not exist on this command line; an error that already names an option the user gave
+    stays as it is, and one about no setting they gave names them all."""
+    message = str(error)
     for assignment in reversed(assignments):
-        key = assignment.partition("=")[0]
-        flag = "--" + key.rsplit(".", 1)[-1].replace("_", "-") + " "
-        if message.startswith(flag):
-            return f"--set {assignment}: {message[len(flag) :]}"
-    return f"--set {' '.join(assignments)}: {message}"
+        if error.setting is not None and assignment.path.rsplit(".", 1)[-1] == error.setting:
+            own = flag(error.setting) + " "
+            return f"{assignment.said}: {message.removeprefix(own)}"
+        if message.startswith(assignment.option + " "):
+            return message
+    return f"{' '.join(a.said for a in assignments)}: {message}"
 
 
 def apply_overrides(config: SearchConfig, args: argparse.Namespace) -> SearchConfig:
-    top: dict[str, Any] = {}
-    for name in ("ipcs", "image_size", "beta_grid", "alpha_grid", "beta_convention", "score",
-                 "score_table",
-                 "predict_ipcs", "full_eval_top", "max_concurrent", "cpus_per_trial",
-                 "gpus_per_trial", "max_failures", "noise", "top_repeats"):  # fmt: skip
-        if getattr(args, name) is not None:
-            top[name] = getattr(args, name)
-    if args.no_monotone:
-        top["monotone"] = False
-    if args.no_random_reference:
-        top["random_reference"] = False
-    if args.no_mtt_candidate:
-        top["mtt_candidate"] = False
-    if args.method is not None:
-        top["methods"] = METHOD_CHOICES[args.method]
-    if args.subsets_grid is not None:
-        top["subsets_grid"] = args.subsets_grid
-    if args.seqmatch_experts is not None:
-        top["seqmatch_experts"] = args.seqmatch_experts
-    experts, distill = config.experts, config.distill
-    short, final = config.short, config.final
-    consistency = config.consistency
-    if args.dataset:
-        top["dataset"] = args.dataset
-        experts = experts.replace(dataset=args.dataset)
-        consistency = consistency.replace(dataset=args.dataset)
-    if args.width:
-        experts = experts.replace(model=experts.model.replace(width=args.width))
-        short = short.replace(model=short.model.replace(width=args.width))
-        final = final.replace(model=final.model.replace(width=args.width))
-    for arg, field in (
-        ("experts", "num_experts"),
-        ("expert_epochs", "epochs"),
-        ("per_class", "per_class"),
-    ):
-        if getattr(args, arg) is not None:
-            experts = experts.replace(**{field: getattr(args, arg)})
-    distill_fields = (
-        ("iterations", "iterations"),
-        ("student_steps", "n_student_steps"),
-        ("max_start_epoch", "max_start_epoch"),
-        ("min_start_epoch", "min_start_epoch"),
-        ("syn_batch", "syn_batch"),
-        ("lr_images", "lr_images"),
-    )
-    for arg, field in distill_fields:
-        if getattr(args, arg) is not None:
-            distill = distill.replace(**{field: getattr(args, arg)})
-    if args.short_epochs:
-        short = short.replace(train=short.train.replace(epochs=args.short_epochs))
-    if args.final_epochs:
-        final = final.replace(train=final.train.replace(epochs=args.final_epochs))
-    if args.final_seeds:
-        final = final.replace(num_seeds=args.final_seeds)
-    return config.replace(experts=experts, consistency=consistency, distill=distill, short=short,
-                          final=final, **top)  # fmt: skip
+    """The preset ``config`` with the command line's options, then its ``--override``s."""
+    return apply_assignments(config, option_assignments(args) + override_assignments(args.override))
+
+
+def apply_sets(config: SearchConfig, texts: list[str]) -> SearchConfig:
+    """``config`` with ``--override PATH=VALUE`` texts applied (the tests' shortcut)."""
+    return apply_assignments(config, override_assignments(texts))
 
 
 def overridden(preset: SearchConfig, config: SearchConfig) -> str:
@@ -361,12 +307,13 @@ def dry_run(
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    data_root = str(args.data_root) if args.data_root else None
     from selmatch_tune.search import SearchInterrupted, run_search
 
     out = args.out
     try:
         check_output(out, "folder")
-        config = apply_sets(apply_overrides(PRESETS[args.preset](), args), args.set)
+        config = apply_overrides(PRESETS[args.preset](), args)
         out = out or Path("runs") / f"search-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"preset {config.preset}: {config.dataset}, IPCs {list(config.ipcs)}")
         if config.reduced:
@@ -375,12 +322,12 @@ def main(argv: list[str] | None = None) -> int:
         if changed:
             print(f"overridden (the values in force, kept in the manifest): {changed}")
         if args.dry_run:
-            dry_run(config, out, resume=args.resume, data_root=args.data_root,
+            dry_run(config, out, resume=args.resume, data_root=data_root,
                     skip_bad_images=args.skip_bad_images)  # fmt: skip
             return 0
         run_search(
             config, out, resume=args.resume, tracking_uri=args.tracking_uri,
-            address=args.address, data_root=args.data_root, storage=args.storage,
+            address=args.address, data_root=data_root, storage=args.storage,
             wait_for_resources=args.wait_for_resources, skip_bad_images=args.skip_bad_images,
         )  # fmt: skip
     except SearchInterrupted as error:

@@ -195,7 +195,7 @@ class TrialLogger(Callback):
         repeat = int(trial.config.get("repeat", 0))
         value = trial.config.get(self.searched)
         shown = f"{value:g}" if isinstance(value, (int, float)) else str(value)
-        if self.searched == "init" and "alpha" in trial.config:
+        if self.searched == "init" and trial.config.get("alpha") is not None:
             shown += f", α = {trial.config['alpha']:g}"  # plain MTT: the random subset, α = 1
         return (f"{symbol} = {shown} (trial {trial.trial_id}"
                 + (f", repeat {repeat})" if repeat else ")"))  # fmt: skip

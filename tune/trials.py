@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import ray
 import torch
 from ray import tune
 
+from selmatch.config import Config
 from selmatch.data import HoldoutSplit, ImageDataset
 from selmatch.distill import DistillConfig, distill
 from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set
@@ -31,26 +33,78 @@ from selmatch.window import WindowSpec
 from selmatch_tune.precompute import dataset_from_arrays
 
 
+@dataclass(frozen=True)
+class TrialSpec(Config):
+    """Everything one trial needs, built once on the driver (``fixed_settings``, then each
+    phase's ``replace``): Tune's param space is its dict with the searched leaf (``beta``,
+    ``alpha`` or ``subsets``) as the choice, and a trial rebuilds it once
+    (``TrialSpec.from_dict(config)``). Its keys are those the search's param spaces always
+    had, so an experiment begun by an earlier version restores.
+
+    The selection: ``ipc``, ``init`` (window or random), ``beta`` read by ``beta_convention``
+    on ``score``; the distillation (α and K trials): ``method``, ``alpha``, ``subsets`` and the
+    search's matching settings ``distill``, made one :class:`DistillConfig` by
+    :meth:`distill_config` only; the evaluation; ``repeat`` (the k-th evaluation of a point
+    trains with the next seeds); the split it must use and the trial's resources."""
+
+    ipc: int
+    beta_convention: str
+    score: str
+    val_fraction: float
+    split_seed: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    evaluation: EvalConfig
+    init: str = "window"
+    beta: float | None = None
+    alpha: float | None = None
+    method: str = "selmatch"
+    subsets: int | None = None
+    repeat: int = 0
+    distill: DistillConfig | None = None
+    experts: ExpertConfig | None = None
+    layout: dict[str, Any] | None = None
+    experts_dir: str | None = None
+    stage_parallel: int = 0
+
+    def seeded(self, evaluation: EvalConfig | None = None) -> EvalConfig:
+        """The evaluation (``evaluation``: another budget) with this repeat's seeds."""
+        evaluation = evaluation or self.evaluation
+        return evaluation.replace(seed=evaluation.seed + self.repeat * evaluation.num_seeds)
+
+    def window(self) -> WindowSpec:
+        assert self.beta is not None, "a window trial has a β"
+        return WindowSpec(self.ipc, self.beta, 0.0, self.beta_convention)
+
+    def distill_config(self) -> DistillConfig:
+        """The one place a trial's selection and searched values meet the matching settings.
+        SeqMatch always starts from the random subset and learns every image (``init`` is
+        SelMatch's option, left at its default)."""
+        assert self.distill is not None, "a distillation trial carries the matching settings"
+        searched: dict[str, Any] = {"alpha": self.alpha, "init": self.init}
+        if self.method == "seqmatch":
+            searched = {"subsets": int(self.subsets or 2), "alpha": 1.0, "init": "window"}
+        return self.distill.replace(
+            method=self.method, beta=self.beta or 0.0, ipc=self.ipc,
+            beta_convention=self.beta_convention, score=self.score, subset_seed=self.split_seed,
+            seed=self.distill.seed + self.repeat, **searched,
+        )  # fmt: skip
+
+
 def _release() -> None:
     """Trial processes are reused: give cached GPU memory back between trials."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def set_threads(config: dict[str, Any]) -> None:
+def set_threads(spec: TrialSpec) -> None:
     # One intra-op thread per CPU the trial was given: trials side by side must not
     # oversubscribe the cores (OpenMP spinning turns that into a 10x slowdown).
-    torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
-
-
-def _repeat_seeds(evaluation: EvalConfig, config: dict[str, Any]) -> EvalConfig:
-    """The k-th repeat of a grid point trains with the next ``num_seeds`` seeds."""
-    repeat = int(config.get("repeat", 0))
-    return evaluation.replace(seed=evaluation.seed + repeat * evaluation.num_seeds)
+    torch.set_num_threads(max(1, int(spec.cpus_per_trial)))
 
 
 def fetch_data(
-    config: dict[str, Any], data: dict[str, Any]
+    spec: TrialSpec, data: dict[str, Any]
 ) -> tuple[ImageDataset, torch.Tensor, HoldoutSplit]:
     """The dataset, the hardness vector and the hold-out split, from the object store."""
     dataset = dataset_from_arrays(ray.get(data["dataset"]))
@@ -58,7 +112,7 @@ def fetch_data(
     split = HoldoutSplit(
         torch.from_numpy(np.array(ray.get(data["pool"]))),
         torch.from_numpy(np.array(ray.get(data["val"]))),
-        config["val_fraction"], config["split_seed"],
+        spec.val_fraction, spec.split_seed,
     )  # fmt: skip
     return dataset, hardness, split
 
@@ -81,36 +135,33 @@ def beta_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     the β phase's baseline, the random class-balanced subset of the same size (the one the
     final reference and a random-initialised α phase use: its seed is the split's)."""
     started = time.perf_counter()
-    set_threads(config)
-    dataset, hardness, split = fetch_data(config, data)
+    spec = TrialSpec.from_dict(config)
+    set_threads(spec)
+    dataset, hardness, split = fetch_data(spec, data)
     fetched = time.perf_counter()
-    evaluation = _repeat_seeds(EvalConfig.from_dict(config["evaluation"]), config)
-    result = evaluate_selection(config, dataset, hardness, split, evaluation)
+    result = evaluate_selection(spec, dataset, hardness, split, spec.seeded())
     _release()
     tune.report(_metrics(result, started, fetched))
 
 
 def evaluate_selection(
-    config: Mapping[str, Any], dataset: ImageDataset, hardness: torch.Tensor,
-    split: HoldoutSplit, evaluation: EvalConfig,
+    spec: TrialSpec, dataset: ImageDataset, hardness: torch.Tensor, split: HoldoutSplit,
+    evaluation: EvalConfig,
 ) -> EvalResult:  # fmt: skip
-    """A selection trained as it is: the window at ``config["beta"]`` or, with ``init =
-    "random"``, the random class-balanced subset whose seed is the split's. The one body of a
-    β trial (the short budget) and of a selection's final evaluation (the full budget)."""
-    if config.get("init") == "random":
-        return evaluate_random(dataset, split, config["ipc"], evaluation,
-                               seed=config["split_seed"])  # fmt: skip
-    spec = WindowSpec(config["ipc"], config["beta"], 0.0, config["beta_convention"])
-    return evaluate_window(dataset, split, hardness, spec, evaluation)
+    """A selection trained as it is: the window at β or, with ``init = "random"``, the random
+    class-balanced subset whose seed is the split's. The one body of a β trial (the short
+    budget) and of a selection's final evaluation (the full budget)."""
+    if spec.init == "random":
+        return evaluate_random(dataset, split, spec.ipc, evaluation, seed=spec.split_seed)
+    return evaluate_window(dataset, split, hardness, spec.window(), evaluation)
 
 
-def stage_expert_mapper(config: dict[str, Any]) -> Mapper:
+def stage_expert_mapper(spec: TrialSpec) -> Mapper:
     """How a K trial trains SeqMatch's retrained stage experts: with ``stage_parallel`` = 0,
     in the trial one after another (``map``); else as Ray tasks, one per expert, in the
     ``stage_parallel`` slots reserved beside the trial in its placement group (each a trial's
     CPUs and GPUs), so they can never wait on resources other trials hold."""
-    slots = int(config.get("stage_parallel", 0))
-    cpus, gpus = float(config["cpus_per_trial"]), float(config.get("gpus_per_trial", 0.0))
+    slots, cpus, gpus = spec.stage_parallel, spec.cpus_per_trial, spec.gpus_per_trial
     if slots == 0:
         return map
 
@@ -145,35 +196,24 @@ def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
       subset, every image learned; retrained stage experts (``distill.seqmatch_experts``)
       are trained as parallel Ray tasks (:func:`stage_expert_mapper`)."""
     started = time.perf_counter()
-    set_threads(config)
-    dataset, hardness, split = fetch_data(config, data)
+    spec = TrialSpec.from_dict(config)
+    set_threads(spec)
+    dataset, hardness, split = fetch_data(spec, data)
+    assert spec.experts is not None and spec.layout is not None and spec.experts_dir
     experts = InMemoryExperts(
-        ExpertConfig.from_dict(config["experts"]),
-        ParamLayout.from_dict(config["layout"]),
+        spec.experts, ParamLayout.from_dict(spec.layout),
         [torch.from_numpy(np.array(ray.get(ref))) for ref in data["trajectories"]],
-        Path(config["experts_dir"]),  # where the precompute cached them: the set's provenance
-    )
-    fetched = time.perf_counter()
-    # The window must be read exactly as in the β search: same β convention.
-    distill_config = DistillConfig.from_dict(config["distill"])
-    method = config.get("method", "selmatch")
-    searched: dict[str, Any] = {"alpha": config["alpha"], "init": config.get("init", "window")}
-    if method == "seqmatch":
-        # SeqMatch always starts from the random subset (``init`` is SelMatch's option)
-        searched = {"subsets": int(config["subsets"]), "alpha": 1.0, "init": "window"}
-    distill_config = distill_config.replace(
-        method=method, beta=config["beta"], ipc=config["ipc"],
-        beta_convention=config["beta_convention"], score=config["score"],
-        subset_seed=config["split_seed"], seed=distill_config.seed + int(config.get("repeat", 0)),
-        **searched,
+        Path(spec.experts_dir),  # where the precompute cached them: the set's provenance
     )  # fmt: skip
-    evaluation = _repeat_seeds(EvalConfig.from_dict(config["evaluation"]), config)
+    fetched = time.perf_counter()
+    distill_config = spec.distill_config()
+    evaluation = spec.seeded()
     if distill_config.alpha > 0:  # α = 0 is the oracle window (or the random subset) as it was
         evaluation = evaluation.replace(train=evaluation.train.replace(augment="combined"))
     with tempfile.TemporaryDirectory() as directory, tempfile.TemporaryDirectory() as stages:
         synthetic = distill(distill_config, dataset, split, experts, hardness, directory,
                             device=evaluation.device, progress=False, stage_cache=stages,
-                            stage_mapper=stage_expert_mapper(config))  # fmt: skip
+                            stage_mapper=stage_expert_mapper(spec))  # fmt: skip
         result = evaluate_set(synthetic.images, synthetic.labels, dataset, evaluation,
                               split=split, dsa_mask=synthetic.distill_mask)  # fmt: skip
         metrics = _metrics(result, started, fetched) | {

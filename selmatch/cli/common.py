@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from selmatch.augment import AUGMENTATIONS, DEFAULT_DSA_STRATEGY, DSAConfig
+from selmatch.augment import DSAConfig
+from selmatch.cli import options
 from selmatch.config import ConfigError
 from selmatch.data import ImageDataset, dataset_help, holdout_split, load_dataset
 from selmatch.data.balance import HoldoutSplit
-from selmatch.evaluate import EvalConfig, budget_epochs, paper_epochs
-from selmatch.models import MODELS, NORMS, ModelConfig
+from selmatch.evaluate import SEEDS, EvalConfig, budget_epochs, paper_epochs
+from selmatch.models import NETWORK, ModelConfig
 from selmatch.scores import ScoreTable
-from selmatch.train import SCHEDULES, TrainConfig
-from selmatch.window import BETA_CONVENTIONS
+from selmatch.train import TRAINING, TrainConfig
+
+#: the training settings whose options are made from TrainConfig's fields as they are (the
+#: epochs and the augmentation take more on the command line than the config holds)
+TRAIN_OPTIONS = ("lr", "batch_size", "momentum", "weight_decay", "schedule")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -101,22 +106,13 @@ def load_data(args: argparse.Namespace) -> tuple[ImageDataset, HoldoutSplit]:
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, default_width: int = 128) -> None:
-    group = parser.add_argument_group("network")
-    group.add_argument(
-        "--model", default="convnet", choices=sorted(MODELS),
-        help="network: convnet (the distillation standard), resnet18 (CIFAR stem; the paper's "
-        "evaluation network) or vgg11 (default: convnet)",
-    )  # fmt: skip
-    group.add_argument(
-        "--width", type=int, default=default_width,
-        help=f"ConvNet channels per layer (default: {default_width})",
-    )  # fmt: skip
-    group.add_argument("--depth", type=int, default=3, help="ConvNet layers (default: 3)")
-    group.add_argument(
-        "--norm", default="batch", choices=NORMS,
-        help="normalisation layer: batch, instance (GroupNorm per channel) or none "
-        "(default: batch)",
-    )  # fmt: skip
+    """``--model`` (the field ``name``, read as ``args.model``), ``--width``, ``--depth`` and
+    ``--norm``, from ModelConfig's fields; ``default_width`` is the command's network's."""
+    group = parser.add_argument_group(NETWORK)
+    options.add_option(group, ModelConfig, "name", dest="model")
+    options.add_option(group, ModelConfig, "width", default=default_width)
+    options.add_option(group, ModelConfig, "depth")
+    options.add_option(group, ModelConfig, "norm")
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
@@ -126,29 +122,24 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
 def add_train_options(
     parser: argparse.ArgumentParser, *, epochs_help: str, default_augment: str = "dsa"
 ) -> None:
-    group = parser.add_argument_group("training (SelMatch evaluation protocol by default)")
-    group.add_argument("--epochs", default="300", metavar="E|paper|full:F", help=epochs_help)
-    group.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default: 0.1)")
-    group.add_argument("--batch-size", type=int, default=128, help="mini-batch size (default: 128)")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    """TrainConfig's options. ``--epochs`` is a string (E, ``paper`` or ``full:F``: see
+    :func:`parse_epochs`) whose text is the command's ``epochs_help``; ``--augment`` also takes
+    ``auto``; ``--dsa-strategy`` (read as ``args.dsa_strategy``) sets ``dsa.strategy``."""
+    group = parser.add_argument_group(TRAINING)
+    field, epochs = options.field_setting(TrainConfig, "epochs")
     group.add_argument(
-        "--weight-decay", type=float, default=5e-4, help="SGD weight decay (default: 5e-4)"
-    )
-    group.add_argument(
-        "--schedule", default="cosine", choices=SCHEDULES,
-        help="learning-rate schedule over all steps (default: cosine)",
+        "--epochs", default=str(field.default), metavar="E|paper|full:F",
+        help=options.help_text(dataclasses.replace(epochs, help=epochs_help), field.default),
     )  # fmt: skip
+    options.add_options(parser, TrainConfig, TRAIN_OPTIONS, groups={TRAINING: group})
+    _, augment = options.field_setting(TrainConfig, "augment")
+    auto = "; auto = combined for a saved set with a mask, else dsa"
     group.add_argument(
-        "--augment", default=default_augment, choices=("auto", *AUGMENTATIONS),
-        help="augmentation: none; crop_flip (pad 4 + horizontal flip); dsa (differentiable "
-        "siamese augmentation); combined (DSA on the distilled part, crop_flip on the selected "
-        "part, by the set's mask); auto = combined for a saved set with a mask, else dsa "
-        f"(default: {default_augment})",
+        "--augment", default=default_augment, choices=("auto", *augment.choices),
+        help=options.help_text(dataclasses.replace(augment, help=augment.help + auto),
+                               default_augment),
     )  # fmt: skip
-    group.add_argument(
-        "--dsa-strategy", default=DEFAULT_DSA_STRATEGY, metavar="OPS",
-        help=f"'_'-joined DSA operations (default: {DEFAULT_DSA_STRATEGY})",
-    )  # fmt: skip
+    options.add_option(group, DSAConfig, "strategy", dest="dsa_strategy")
 
 
 def parse_epochs(text: str, set_size: int, n_full: int) -> int:
@@ -168,24 +159,17 @@ def parse_epochs(text: str, set_size: int, n_full: int) -> int:
 
 def train_config(args: argparse.Namespace, *, epochs: int, augment: str) -> TrainConfig:
     return TrainConfig(
-        epochs=epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        schedule=args.schedule,
-        augment=augment,
-        dsa=DSAConfig(strategy=args.dsa_strategy),
-    )
+        epochs=epochs, augment=augment, dsa=DSAConfig(strategy=args.dsa_strategy),
+        **options.values(args, TRAIN_OPTIONS),
+    )  # fmt: skip
 
 
 def add_seed_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("seeds and device")
-    group.add_argument(
-        "--seeds", type=int, default=3, metavar="N",
-        help="networks to train, with seeds S, S+1, ..., S+N-1 (default: 3)",
-    )  # fmt: skip
-    group.add_argument("--seed", type=int, default=0, metavar="S", help="first seed (default: 0)")
+    """EvalConfig's ``--seeds`` (the field ``num_seeds``, read as ``args.seeds``) and
+    ``--seed``, and the device options."""
+    group = parser.add_argument_group(SEEDS)
+    options.add_option(group, EvalConfig, "num_seeds", dest="seeds")
+    options.add_option(group, EvalConfig, "seed")
     add_device_options(group)
 
 
@@ -217,17 +201,11 @@ def add_score_options(parser: argparse.ArgumentParser) -> None:
         help="folder with scores.safetensors (default: runs/experts/<dataset>, where "
         "`selmatch experts` writes them)",
     )  # fmt: skip
-    group.add_argument(
-        "--score", default="forgetting",
-        help="which score orders the samples: forgetting, el2n, or an imported one such as "
-        "cscore (default: forgetting)",
-    )  # fmt: skip
-    group.add_argument(
-        "--beta-convention", default="ipc-units", choices=BETA_CONVENTIONS,
-        help="ipc-units: β skips int(IPC·β) hardest per class (authors' code, reproduces "
-        "Table 5); data-fraction: β skips that fraction of each class (paper text) "
-        "(default: ipc-units)",
-    )  # fmt: skip
+    # declared once, in DistillConfig: the same option in window, distill and coverage
+    from selmatch.distill import DistillConfig
+
+    options.add_option(group, DistillConfig, "score")
+    options.add_option(group, DistillConfig, "beta_convention")
 
 
 def load_hardness(args: argparse.Namespace, dataset: ImageDataset, split: HoldoutSplit) -> Any:

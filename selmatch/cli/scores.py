@@ -6,18 +6,25 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from selmatch.cli import common
+from selmatch.cli import common, options
 from selmatch.config import ConfigError
-from selmatch.consistency import ConsistencyConfig, estimate_consistency
+from selmatch.consistency import ESTIMATE, ConsistencyConfig, estimate_consistency
 from selmatch.scores import SCORES_FILE, ScoreTable, import_score_file
 
 SUMMARY = (
     "summarise difficulty scores, import a per-sample .npy score file (e.g. C-scores), or "
     "estimate consistency scores"
 )
+#: the options of --estimate consistency, each declared once, in ConsistencyConfig (the data
+#: and network options are those of every command)
+CONSISTENCY_OPTIONS = ("num_networks", "train_fraction", "epochs", "per_class", "lr",
+                       "batch_size", "seed")  # fmt: skip
+#: where an option's dest predates its field's name
+DESTS = {"num_networks": "networks"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,54 +59,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--hardest", choices=("high", "low"), default=None,
         help="which end of the imported score is hardest (default: low for cscore, else high)",
     )  # fmt: skip
-    estimate = parser.add_argument_group("--estimate consistency")
+    estimate = parser.add_argument_group(ESTIMATE)
     estimate.add_argument(
         "--estimate", choices=("consistency",), default=None,
         help="estimate a score instead of reading one: consistency (a hold-out C-score)",
     )  # fmt: skip
-    defaults = ConsistencyConfig()
-    estimate.add_argument(
-        "--networks", type=int, default=defaults.num_networks, metavar="K",
-        help="K networks; at least 2 x ceil(1 / (1 - s)) so every sample is held out twice "
-        f"(default: {defaults.num_networks})",
-    )  # fmt: skip
-    estimate.add_argument(
-        "--train-fraction", type=float, default=defaults.train_fraction, metavar="S",
-        help=f"s: share of each class a network trains on (default: {defaults.train_fraction:g})",
-    )  # fmt: skip
-    estimate.add_argument(
-        "--epochs", type=int, default=defaults.epochs,
-        help=f"epochs per network (default: {defaults.epochs})",
-    )  # fmt: skip
-    estimate.add_argument(
-        "--per-class", type=int, default=None, metavar="N",
-        help="score only a class-balanced part of N images per class of the pool "
-        "(default: the whole pool)",
-    )  # fmt: skip
-    estimate.add_argument(
-        "--lr", type=float, default=defaults.lr,
-        help=f"SGD lr, momentum 0.9, cosine schedule (default: {defaults.lr:g})",
-    )  # fmt: skip
-    estimate.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size,
-        help=f"mini-batch size (default: {defaults.batch_size})",
-    )  # fmt: skip
-    estimate.add_argument(
-        "--seed", type=int, default=0, help="seed of the splits and the networks (default: 0)"
-    )
+    for name in CONSISTENCY_OPTIONS:
+        options.add_option(estimate, ConsistencyConfig, name, dest=DESTS.get(name))
     common.add_device_options(estimate)
-    common.add_model_options(parser, default_width=defaults.model.width)
+    common.add_model_options(parser, default_width=ConsistencyConfig().model.width)
     common.add_data_options(parser)
     parser.set_defaults(run=run)
+
+
+def consistency_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--estimate consistency`` options as ConsistencyConfig's keyword arguments."""
+    return {name: getattr(args, DESTS.get(name, name)) for name in CONSISTENCY_OPTIONS}
 
 
 def _estimate(args: argparse.Namespace, directory: Path) -> None:
     dataset = common.load_images(args)
     config = ConsistencyConfig(
-        dataset=dataset.name, model=common.model_config(args), num_networks=args.networks,
-        train_fraction=args.train_fraction, epochs=args.epochs, per_class=args.per_class,
-        lr=args.lr, batch_size=args.batch_size, seed=args.seed, val_fraction=args.val_fraction,
-        split_seed=args.split_seed,
+        dataset=dataset.name, model=common.model_config(args), val_fraction=args.val_fraction,
+        split_seed=args.split_seed, **consistency_values(args),
     )  # fmt: skip
     print(dataset.describe())
     print(f"consistency: {config.describe()}, into {directory.resolve()}")

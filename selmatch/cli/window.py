@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from selmatch.cli import common
+from selmatch.cli import common, options
 from selmatch.config import ConfigError
 from selmatch.plots import save_set_grid
-from selmatch.sweep import DEFAULT_BETAS, SweepConfig, window_sweep
+from selmatch.sweep import SweepConfig, window_sweep
 from selmatch.window import BETA_CONVENTION_TEXT, WindowSpec, select_window, window_set
 
 WINDOW_SUMMARY = "select the class-balanced difficulty window at β (and its α split); save it"
@@ -57,24 +57,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "values are kept and skipped when the same command runs again."
         ),
     )
-    sweep.add_argument("--ipc", type=int, required=True, help="images per class")
-    sweep.add_argument(
-        "--betas", default=",".join(f"{b:g}" for b in DEFAULT_BETAS), metavar="B1,B2,...",
-        help="comma-separated β grid (default: 0,0.1,...,0.9 as the authors' sweep)",
-    )  # fmt: skip
+    options.add_options(sweep, SweepConfig, ("ipc", "betas"), required=("ipc",))
     common.add_score_options(sweep)
     common.add_data_options(sweep)
     common.add_model_options(sweep)
     common.add_train_options(
         sweep,
         epochs_help="training epochs of each trial, 'paper', or 'full:F' (steps of F "
-        "full-data epochs) (default: 300; the paper finds 10-20%% of the full epochs rank "
-        "windows the same)",
+        "full-data epochs); the paper finds that 10-20%% of the full epochs rank windows the "
+        "same",
     )
     common.add_seed_options(sweep)
-    sweep.add_argument(
-        "--subset-seed", type=int, default=0, help="seed of the random baseline subset (default: 0)"
-    )
+    options.add_option(sweep, SweepConfig, "random_subset_seed", dest="subset_seed")
     sweep.add_argument(
         "--out", type=Path, default=None, metavar="DIR",
         help="output folder (default: runs/window-sweep/<dataset>-<score>-ipc<K>)",
@@ -112,13 +106,10 @@ def run_window(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_betas(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"--betas must be comma-separated numbers, got {text!r}") from None
+def check_betas(values: tuple[float, ...]) -> tuple[float, ...]:
+    """``--betas`` without repeats (each β is one row of the sweep)."""
     if len(set(values)) != len(values):
-        raise ConfigError(f"--betas has repeated values: {text}")
+        raise ConfigError(f"--betas has repeated values: {','.join(f'{b:g}' for b in values)}")
     return values
 
 
@@ -130,7 +121,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     augment = "dsa" if args.augment == "auto" else args.augment
     evaluation = common.eval_config(args, common.train_config(args, epochs=epochs, augment=augment))
     config = SweepConfig(
-        ipc=args.ipc, betas=parse_betas(args.betas), beta_convention=args.beta_convention,
+        ipc=args.ipc, betas=check_betas(args.betas), beta_convention=args.beta_convention,
         score=args.score, evaluation=evaluation, random_subset_seed=args.subset_seed,
     )  # fmt: skip
     out = args.out or Path("runs") / "window-sweep" / (

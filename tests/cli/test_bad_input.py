@@ -128,6 +128,8 @@ CASES = [
     Case("selmatch distill --ipc 5 --channels-last --trajectories-per-step 2", "--channels-last"),
     Case("selmatch distill --ipc 5 --out a-file", "--out a-file"),
     Case("selmatch distill --ipc 5 --alpha 2", "--alpha"),
+    Case("selmatch distill --ipc 5 --student-steps 0", "--student-steps"),
+    Case("selmatch distill --ipc 5 --memory fast", "--memory"),
     Case("selmatch distill --ipc 5 --method dc", "--method"),
     Case("selmatch distill --ipc 5 --method seqmatch --seqmatch-experts all", "--seqmatch-experts"),
     Case("selmatch distill --ipc 5 --seqmatch-experts retrained", "--seqmatch-experts"),
@@ -161,9 +163,16 @@ CASES = [
     Case(f"{SEARCH} --alpha-grid 0,2", "--alpha-grid"),
     Case(f"{SEARCH} --method mtt", "--method"),
     Case(f"{SEARCH} --subsets-grid 1,2", "--subsets-grid"),
-    Case(f"{SEARCH} --set stage_parallel=-1", "--set stage_parallel"),
-    Case(f"{SEARCH} --set distill.lr_images", "--set"),
-    Case(f"{SEARCH} --set distill.lr_image=100", "--set distill.lr_image"),
+    Case(f"{SEARCH} --stage-parallel -1", "--stage-parallel -1"),
+    Case(f"{SEARCH} --override stage_parallel=-1", "--override stage_parallel=-1"),
+    Case(f"{SEARCH} --override distill.lr_images", "--override"),
+    Case(f"{SEARCH} --override distill.lr_image=100", "--override distill.lr_image"),
+    Case(f"{SEARCH} --override distill.mode=fast", "--override distill.mode=fast"),
+    Case(f"{SEARCH} --student-steps 0", "--student-steps 0"),
+    Case(f"{SEARCH} --expert-train-epochs 0", "--expert-train-epochs 0"),
+    # flags that meant another thing here than in selmatch's commands: moved, and said so
+    Case(f"{SEARCH} --set distill.lr_images=100", "--set"),
+    Case(f"{SEARCH} --experts 4", "--experts"),
 ]
 # fmt: on
 

@@ -67,3 +67,30 @@ def test_evaluate_saved_set_uses_combined_augmentation(tmp_path, fashion, capsys
     assert main([*args, "--seeds", "1", "--no-progress", "--out", str(out_file)]) == 0
     assert "10 distilled" in capsys.readouterr().out
     assert json.loads(out_file.read_text())["config"]["train"]["augment"] == "combined"
+
+
+def test_the_commands_defaults_are_their_configs() -> None:
+    """The options made from a config's fields build that config's defaults (the network's
+    width too, which differs between the commands)."""
+    from selmatch.cli import experts, scores
+    from selmatch.cli.options import values
+    from selmatch.consistency import ConsistencyConfig
+    from selmatch.experts import ExpertConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["experts"])
+    assert ExpertConfig(**values(args, experts.EXPERT_OPTIONS)) == ExpertConfig()
+    assert args.width == ExpertConfig().model.width
+    args = parser.parse_args(["scores"])
+    assert ConsistencyConfig(**scores.consistency_values(args)) == ConsistencyConfig()
+    assert args.width == ConsistencyConfig().model.width
+
+
+def test_the_number_of_experts_is_num_experts_and_experts_says_so() -> None:
+    out = run_cli("experts", "--experts", "4")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "selmatch: error: --experts is an expert folder in every other command; the number of "
+        "experts is --num-experts N (see selmatch experts --help)"
+    )
+    assert build_parser().parse_args(["experts", "--num-experts", "4"]).num_experts == 4

@@ -18,7 +18,7 @@ def selmatch(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def experts_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("cli") / "experts"
-    out = selmatch("experts", "--width", "4", "--experts", "2", "--epochs", "2",
+    out = selmatch("experts", "--width", "4", "--num-experts", "2", "--epochs", "2",
                    "--per-class", "30", "--batch-size", "64", "--out", str(directory),
                    "--no-progress")  # fmt: skip
     assert out.returncode == 0, out.stderr

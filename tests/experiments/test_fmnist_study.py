@@ -121,10 +121,17 @@ def test_plan_v2_distils_with_its_matching_settings_into_its_own_results(
 ) -> None:
     v2 = study.PLANS["v2"]
     search = " ".join(study.search_command(tmp_path / "search", (60,), v2))
-    assert "--expert-epochs 15" in search and "--set distill.lr_images=100" in search
+    assert "--expert-train-epochs 15" in search and "--lr-images 100" in search
     assert "--min-start-epoch 8 --max-start-epoch 13" in search
-    assert "--lr-images" not in search  # not an option of the search: it takes --set
-    assert "--expert-epochs 5" in " ".join(study.search_command(tmp_path / "search", (60,)))
+    # every option the study gives the search is one of its options (parsed, not run)
+    from selmatch_tune.presets import PRESETS
+    from selmatch_tune.search_alpha_beta import apply_overrides, build_parser
+
+    config = apply_overrides(PRESETS["quick"](), build_parser().parse_args(
+        study.search_command(tmp_path / "search", (60,), v2)[2:]))  # fmt: skip
+    assert config.experts.epochs == 15 and config.distill.lr_images == 100.0
+    assert config.experts.num_experts == 2 and config.distill.expert_epochs == 2
+    assert "--expert-train-epochs 5" in " ".join(study.search_command(tmp_path / "search", (60,)))
     runner = study.Study(tmp_path / "run", dry_run=True, stop_after=None, plan=v2)
     study.distill_step(runner, "seqmatch", 60, 0.5, 0.4, "experts", tmp_path / "run" / "s")
     planned = capsys.readouterr().out
@@ -260,7 +267,7 @@ def test_plan_v3_ranks_by_consistency_and_starts_selmatch_where_the_search_said(
     v3 = study.PLANS["v3"]
     command = " ".join(study.search_command(tmp_path / "search", (60,), v3))
     assert "--score consistency" in command and "consistency.epochs=6" in command
-    assert "consistency.per_class=null" in command and "--lr-images" not in command
+    assert "consistency.per_class=null" in command and "--lr-images 100" in command
     assert "--alpha-grid 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1" in command  # tenths, with 0
     runner = study.Study(tmp_path / "run", dry_run=True, stop_after=None, plan=v3)
     row = {"experts": "experts", "scores": "consistency-dir", "beta": "0.4", "alpha": "0.5",

@@ -9,6 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from selmatch.config import ConfigError
 from selmatch.synthetic import SyntheticSet
+from selmatch_tune import finals as finals_module
+from selmatch_tune import phases as phases_module
 from selmatch_tune import search as search_module
 from selmatch_tune.costs import stage_costs
 from selmatch_tune.presets import smoke
@@ -191,10 +193,14 @@ def test_seqmatch_competes_with_selmatch_and_its_stage_experts_run_in_ray(smoke_
 def test_stage_experts_map_onto_ray_tasks_in_order(local_ray) -> None:
     import os
 
-    from selmatch_tune.trials import stage_expert_mapper
+    from selmatch.evaluate import EvalConfig
+    from selmatch_tune.trials import TrialSpec, stage_expert_mapper
 
-    assert stage_expert_mapper({"cpus_per_trial": 1, "stage_parallel": 0}) is map  # in the trial
-    mapper = stage_expert_mapper({"cpus_per_trial": 1, "gpus_per_trial": 0, "stage_parallel": 1})
+    spec = TrialSpec(ipc=2, beta_convention="data-fraction", score="el2n", val_fraction=0.02,
+                     split_seed=0, cpus_per_trial=1, gpus_per_trial=0,
+                     evaluation=EvalConfig())  # fmt: skip
+    assert stage_expert_mapper(spec) is map  # in the trial
+    mapper = stage_expert_mapper(spec.replace(stage_parallel=1))
     results = list(mapper(lambda index: (index, os.getpid()), [3, 1, 2]))
     assert [index for index, _ in results] == [3, 1, 2]
     assert all(pid != os.getpid() for _, pid in results)  # trained in Ray workers
@@ -253,17 +259,17 @@ def test_resume_after_an_interruption_loses_and_duplicates_nothing(
 ) -> None:
     config = smoke().replace(ipcs=(2,))
     out = tmp_path / "interrupted"
-    real = search_module.final_evaluation
+    real = finals_module.final_evaluation
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # the user presses Ctrl-C during the final evaluation
 
-    monkeypatch.setattr(search_module, "final_evaluation", interrupted)
+    monkeypatch.setattr(finals_module, "final_evaluation", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_search(config, out, log=lambda *_: None)
     state = json.loads((out / "search_state.json").read_text())
     assert "alpha" in state["ipcs"]["2"] and "final" not in state["ipcs"]["2"]
-    monkeypatch.setattr(search_module, "final_evaluation", real)
+    monkeypatch.setattr(finals_module, "final_evaluation", real)
     rows = run_search(config, out, resume=True, log=lambda *_: None)
     assert [r["ipc"] for r in rows] == [2]
     state = json.loads((out / "search_state.json").read_text())
@@ -349,8 +355,24 @@ def test_command_line_overrides_reach_every_config() -> None:
     assert smoke().random_reference and smoke().distill.lr_images != 100.0
     assert config.experts.model.width == config.short.model.width == config.final.model.width == 12
     assert config.distill.iterations == 7 and config.final.num_seeds == 2
-    with pytest.raises(ConfigError, match="--ipcs must be distinct and increasing"):
+    with pytest.raises(ConfigError, match="^--ipcs must be distinct and increasing"):
         apply_overrides(smoke(), build_parser().parse_args(["--ipcs", "6,3"]))
+    # the experts' count and epochs have their own flags; --expert-epochs is M, as in distill
+    args = build_parser().parse_args(["--num-experts", "3", "--expert-train-epochs", "7",
+                                      "--expert-epochs", "1", "--method", "both"])  # fmt: skip
+    config = apply_overrides(smoke(), args)
+    assert (config.experts.num_experts, config.experts.epochs) == (3, 7)
+    assert config.distill.expert_epochs == 1 and config.methods == ("selmatch", "seqmatch")
+    # an error names the option as the user gave it, not the library's flag of that field
+    for argv, message in ((["--student-steps", "0"], r"^--student-steps 0: must be an integer"),
+                          (["--expert-train-epochs", "0"], r"^--expert-train-epochs 0: must be"),
+                          (["--override", "experts.epochs=0"],
+                           r"^--override experts.epochs=0: must be")):  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            apply_overrides(smoke(), build_parser().parse_args(argv))
+    # options first, then the overrides: a later value wins
+    late = build_parser().parse_args(["--iterations", "7", "--override", "distill.iterations=9"])
+    assert apply_overrides(smoke(), late).distill.iterations == 9
 
 
 def test_any_setting_can_be_overridden_by_path() -> None:
@@ -362,10 +384,10 @@ def test_any_setting_can_be_overridden_by_path() -> None:
         apply_sets(smoke(), ["distill.lr_image=1"])
     # the error names the assignment, not a flag of another command (--lr)
     with pytest.raises(
-        ConfigError, match=r"^--set short.train.lr=-1: must be a number in \(0, 100\]"
+        ConfigError, match=r"^--override short.train.lr=-1: must be a number in \(0, 100\]"
     ):
         apply_sets(smoke(), ["short.train.lr=-1"])
-    with pytest.raises(ConfigError, match=r"^--set distill.mode=fast: must be one of unrolled, "):
+    with pytest.raises(ConfigError, match=r"^--override distill.mode=fast: must be one of unrol"):
         apply_sets(smoke(), ["distill.lr_images=10", "distill.mode=fast"])
     # two settings that only make sense together are checked together
     coupled = apply_sets(smoke(), ["distill.min_start_epoch=3", "distill.max_start_epoch=4"])
@@ -384,7 +406,7 @@ def test_a_search_cut_short_is_told_from_a_finished_one() -> None:
 
     config = smoke().replace(noise=0.0, top_repeats=0)
     grid = tuple(round(0.1 * i, 1) for i in range(10))
-    phase = search_module.Phase("beta", 10, grid, {})
+    phase = phases_module.Phase("beta", 10, grid, {})
 
     def result(beta: float, error: object = None) -> SimpleNamespace:
         accuracy = 0.8 - (beta - 0.4) ** 2  # concave, best at β = 0.4
@@ -392,15 +414,15 @@ def test_a_search_cut_short_is_told_from_a_finished_one() -> None:
                                metrics={"val_accuracy": accuracy})  # fmt: skip
 
     finished = [result(b) for b in (0.3, 0.4, 0.5, 0.6, 0.2, 0.7)]
-    assert search_module.search_finished(phase, config, finished)
-    assert not search_module.search_finished(phase, config, finished[:2])
+    assert phases_module.search_finished(phase, config, finished)
+    assert not phases_module.search_finished(phase, config, finished[:2])
     # a failed trial is not a score: the point is still wanted
     failed = [*finished[:2], result(0.5, error=RuntimeError("boom")), *finished[3:]]
-    assert not search_module.search_finished(phase, config, failed)
+    assert not phases_module.search_finished(phase, config, failed)
     # a trial cut off before Tune kept its config (Ctrl-C as it started) is no score either
     unknown = SimpleNamespace(config=None, error=None, metrics=None)
-    assert search_module.search_finished(phase, config, [*finished, unknown])
-    assert not search_module.search_finished(phase, config, [*finished[:2], unknown])
+    assert phases_module.search_finished(phase, config, [*finished, unknown])
+    assert not phases_module.search_finished(phase, config, [*finished[:2], unknown])
 
 
 def test_an_abandoned_experiment_is_removed_from_a_folder_or_a_uri(tmp_path) -> None:
@@ -408,11 +430,11 @@ def test_an_abandoned_experiment_is_removed_from_a_folder_or_a_uri(tmp_path) -> 
         experiment = tmp_path / name / "beta-ipc2"
         (experiment / "trial").mkdir(parents=True)
         (experiment / "trial" / "result.json").write_text("{}")
-        search_module._remove_experiment(
+        phases_module._remove_experiment(
             str(experiment) if name == "local" else experiment.as_uri()
         )
         assert not experiment.exists() and (tmp_path / name).is_dir()
-    search_module._remove_experiment((tmp_path / "never-made").as_uri())  # nothing to remove
+    phases_module._remove_experiment((tmp_path / "never-made").as_uri())  # nothing to remove
 
 
 def test_resized_datasets_and_other_architectures_get_their_own_cache() -> None:
@@ -439,12 +461,44 @@ def test_resized_datasets_and_other_architectures_get_their_own_cache() -> None:
 
 def test_a_repeat_trains_with_other_seeds() -> None:
     from selmatch.evaluate import EvalConfig
-    from selmatch_tune.trials import _repeat_seeds
+    from selmatch_tune.trials import TrialSpec
 
-    evaluation = EvalConfig(num_seeds=2)
-    assert _repeat_seeds(evaluation, {}).seeds == (0, 1)
-    assert _repeat_seeds(evaluation, {"repeat": 1}).seeds == (2, 3)
-    assert _repeat_seeds(evaluation, {"repeat": 2}).seeds == (4, 5)
+    spec = TrialSpec(ipc=2, beta_convention="data-fraction", score="el2n", val_fraction=0.02,
+                     split_seed=0, cpus_per_trial=1, gpus_per_trial=0,
+                     evaluation=EvalConfig(num_seeds=2))  # fmt: skip
+    assert spec.seeded().seeds == (0, 1)
+    assert spec.replace(repeat=1).seeded().seeds == (2, 3)
+    assert spec.replace(repeat=2).seeded().seeds == (4, 5)
+
+
+def test_a_trial_spec_is_built_once_and_is_the_param_space_tune_restores() -> None:
+    """The driver builds a trial's spec; Tune's param space is its dict (the searched leaf a
+    choice); a trial rebuilds it from that dict, and a param space written before the spec
+    existed (the keys it always had) rebuilds the same spec. The distillation's settings meet
+    the trial's β, α and K in one place."""
+    from selmatch.distill import DistillConfig
+    from selmatch.evaluate import EvalConfig
+    from selmatch_tune.trials import TrialSpec
+
+    base = TrialSpec(ipc=6, beta_convention="data-fraction", score="el2n", val_fraction=0.02,
+                     split_seed=3, cpus_per_trial=1, gpus_per_trial=0,
+                     evaluation=EvalConfig(num_seeds=1))  # fmt: skip
+    spec = base.replace(beta=0.4, alpha=0.25, distill=DistillConfig(iterations=7, seed=5),
+                        repeat=1)  # fmt: skip
+    assert TrialSpec.from_dict(spec.to_dict()) == spec
+    old = {"ipc": 6, "beta_convention": "data-fraction", "score": "el2n",
+           "val_fraction": 0.02, "split_seed": 3, "cpus_per_trial": 1, "gpus_per_trial": 0,
+           "evaluation": EvalConfig(num_seeds=1).to_dict(), "beta": 0.4, "alpha": 0.25,
+           "distill": DistillConfig(iterations=7, seed=5).to_dict(), "repeat": 1}  # fmt: skip
+    assert TrialSpec.from_dict(old) == spec
+    made = spec.distill_config()
+    assert (made.method, made.ipc, made.beta, made.alpha, made.iterations) == (
+        "selmatch", 6, 0.4, 0.25, 7)  # fmt: skip
+    assert (made.beta_convention, made.score, made.subset_seed, made.seed) == (
+        "data-fraction", "el2n", 3, 6)  # fmt: skip
+    seq = spec.replace(method="seqmatch", subsets=3.0, init="random").distill_config()
+    assert (seq.method, seq.subsets, seq.alpha, seq.init) == ("seqmatch", 3, 1.0, "window")
+    assert spec.window().beta == 0.4 and spec.window().ipc == 6
 
 
 def test_a_trial_logger_pickled_by_an_older_version_still_restores() -> None:

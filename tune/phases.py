@@ -1,0 +1,254 @@
+"""One phase of the search as a Tune experiment: a grid searched by the concave sampler (β,
+α or K at one IPC) or a fixed candidate evaluated a few times (the random subset, plain MTT);
+restored on resume, told finished from interrupted, summarised as a
+:class:`~selmatch_tune.record.PhaseResult` or :class:`~selmatch_tune.record.Baseline`."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from selmatch.config import SelmatchError
+from selmatch_tune.concave import ConcaveGridSampler, grid_index
+from selmatch_tune.config import SearchConfig
+from selmatch_tune.record import Baseline, PhaseResult, Point, StageCost
+from selmatch_tune.searcher import ConcaveSearch
+from selmatch_tune.tracking import Tracker, TrialLogger
+from selmatch_tune.trials import TrialSpec, alpha_trial, beta_trial
+
+Log = Callable[[str], None]
+
+
+METRIC = "val_accuracy"
+
+
+class SearchInterrupted(SelmatchError):
+    """A Tune experiment ended before its search did (Ctrl-C): the state is saved."""
+
+
+@dataclass
+class Phase:
+    """One Tune experiment: the β or the α search at one IPC."""
+
+    name: str  # "beta" or "alpha"
+    ipc: int
+    grid: tuple[float, ...]
+    fixed: TrialSpec  # what every trial shares; the searched leaf is Tune's choice
+    anchors: tuple[float, ...] = ()  # grid values always evaluated (α's 0 and 1)
+    bound: float | None = None  # the monotone rule's bound (the previous IPC's best)
+
+
+def bounded(grid: tuple[float, ...], bound: float | None) -> tuple[float, ...]:
+    """The paper's monotonicity: at a larger IPC only values ≤ the smaller IPC's best."""
+    if bound is None:
+        return grid
+    kept = tuple(v for v in grid if v <= bound + 1e-12)
+    return kept or grid[:1]
+
+
+def _phase_results(grid: Any, searched: str) -> PhaseResult:
+    """Per grid value: mean validation/test accuracy over its completed trials; the
+    failed trials are counted but never scored."""
+    points: dict[float, list[dict[str, float]]] = {}
+    failed = 0
+    for result in grid:
+        if result.error is not None or not result.metrics or METRIC not in result.metrics:
+            failed += 1
+            continue
+        value = float(result.config[searched])
+        points.setdefault(value, []).append(result.metrics)
+    curve = {
+        value: Point(
+            val=sum(m["val_accuracy"] for m in ms) / len(ms),
+            test=sum(m["test_accuracy"] for m in ms) / len(ms),
+            n=len(ms),
+            fetch_seconds=max(m.get("fetch_seconds", 0.0) for m in ms),
+            work_seconds=max(m.get("work_seconds", 0.0) for m in ms),
+        )
+        for value, ms in sorted(points.items())
+    }
+    if not curve:
+        raise SelmatchError(f"every {searched} trial failed; see the Ray log above")
+    best = max(curve, key=lambda v: (curve[v].val, -v))
+    return PhaseResult(curve=curve, best=best, failed=failed,
+                       trials=sum(c.n for c in curve.values()) + failed)  # fmt: skip
+
+
+def _trial_seconds(grid: Any) -> float:
+    """The seconds the trials of a ResultGrid spent fetching their data and working."""
+    return sum((r.metrics or {}).get("fetch_seconds", 0.0) + (r.metrics or {}).get(
+        "work_seconds", 0.0) for r in grid)  # fmt: skip
+
+
+def _cost(started: float, grid: Any, config: SearchConfig) -> StageCost:
+    """A Tune stage's cost: the wall time since ``started`` (a stage restored on --resume: the
+    resumed part), its trials' seconds (all of them) and its slots."""
+    return StageCost(time.perf_counter() - started, _trial_seconds(grid), config.max_concurrent)
+
+
+def _remove_experiment(path: str) -> None:
+    """A Tune experiment folder left by an earlier, abandoned run (local or a URI)."""
+    if "://" not in path:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    import pyarrow.fs
+
+    filesystem, inner = pyarrow.fs.FileSystem.from_uri(path)
+    if filesystem.get_file_info(inner).type != pyarrow.fs.FileType.NotFound:
+        filesystem.delete_dir(inner)
+
+
+def _sampler(phase: Phase, config: SearchConfig) -> ConcaveGridSampler:
+    return ConcaveGridSampler(name=phase.name, grid=phase.grid, top_repeats=config.top_repeats,
+                              margin=config.noise, tolerance=2 * config.noise,
+                              anchors=phase.anchors)  # fmt: skip
+
+
+def _cap(phase: Phase) -> int:
+    return 3 * len(phase.grid) + 2
+
+
+def search_finished(phase: Phase, config: SearchConfig, grid: Any) -> bool:
+    """Whether the concave search would stop on these results: its decision is a pure function
+    of the completed trials' scores (:meth:`ConcaveRule.decide`, nothing running)."""
+    scores: dict[int, list[float]] = {}
+    for result in grid:
+        if phase.name not in (result.config or {}):
+            continue  # a trial cut off before Tune kept anything of it (Ctrl-C): no score
+        value = (result.metrics or {}).get(METRIC) if result.error is None else None
+        index = grid_index(phase.grid, float(result.config[phase.name]))
+        if value is not None and math.isfinite(float(value)) and index is not None:
+            scores.setdefault(index, []).append(float(value))  # as the live search scored them
+    return _sampler(phase, config).rule.decide(scores, {}).status == "finished"
+
+
+def _fit_experiment(
+    trial: Callable[..., None], param_space: dict[str, Any], name: str, logger: TrialLogger,
+    config: SearchConfig, data: dict[str, Any], storage: str, *, resume: bool, log: Log,
+    what: str, search: Callable[[], dict[str, Any]] = dict, slots: int = 0,
+) -> Any:  # fmt: skip
+    """Restore the interrupted Tune experiment ``name`` under ``storage`` (with ``resume``), or
+    start it anew (``search()`` gives a new experiment's search settings); its ResultGrid.
+    ``slots`` more bundles of a trial's resources are reserved beside each trial, for the
+    Ray tasks it starts (SeqMatch's stage experts)."""
+    bundle = {k: v for k, v in (("CPU", config.cpus_per_trial),
+                                ("GPU", config.gpus_per_trial)) if v > 0}  # fmt: skip
+    trainable = tune.with_resources(
+        tune.with_parameters(trial, data=data),
+        tune.PlacementGroupFactory([bundle] * (1 + slots)),
+    )
+    path = f"{storage.rstrip('/')}/{name}"  # a folder, or a URI such as s3://bucket/ray
+    if resume and tune.Tuner.can_restore(path):
+        log(f"restoring the interrupted {what}")
+        tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
+                                   resume_errored=True)  # fmt: skip
+    else:
+        _remove_experiment(path)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=config.max_concurrent,
+                # Reusing trial processes saves a process start and the torch import (seconds)
+                # per trial; trials free their memory themselves when they end.
+                reuse_actors=True,
+                **search(),
+            ),
+            run_config=tune.RunConfig(
+                # One line per trial comes from the logger; Tune's own boxes stay off.
+                name=name, storage_path=storage, callbacks=[logger], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            ),
+        )  # fmt: skip
+    return tuner.fit()
+
+
+def run_phase(
+    phase: Phase, config: SearchConfig, data: dict[str, Any], storage: str,
+    tracker: Tracker, *, markers: Path, resume: bool, log: Log,
+) -> tuple[PhaseResult, Any]:  # fmt: skip
+    """Run (or restore) one Tune experiment; returns its summary and its ResultGrid."""
+    searched = phase.name
+    param_space = {**phase.fixed.to_dict(), searched: tune.choice(list(phase.grid))}
+    name = f"{searched}-ipc{phase.ipc}"
+    logger = TrialLogger(tracker, phase=searched, ipc=phase.ipc, searched=searched, log=log)
+    full = len({"beta": config.beta_grid, "alpha": config.alpha_grid,
+                "subsets": config.subsets_grid}[searched])  # fmt: skip
+    kept = " and the anchors " + ", ".join(f"{a:g}" for a in phase.anchors) if phase.anchors else ""
+    bounded = (f" (≤ {phase.bound:g}, the previous IPC's best{kept}: {len(phase.grid)} of {full})"
+               if len(phase.grid) < full and phase.bound is not None else "")  # fmt: skip
+    shown = {"subsets": "SeqMatch's K"}.get(searched, searched)
+    log(f"IPC {phase.ipc}: searching {shown} over {len(phase.grid)} grid values{bounded}, "
+        f"{config.max_concurrent} trial(s) at a time")  # fmt: skip
+    marker = markers / f"{name}.finished"
+
+    def concave_search() -> dict[str, Any]:
+        marker.unlink(missing_ok=True)
+        return {
+            "search_alg": ConcaveSearch(_sampler(phase, config), metric=METRIC, mode="max",
+                                        marker=str(marker), parallel=config.max_concurrent),
+            "num_samples": _cap(phase),  # the search finishes itself before this
+        }  # fmt: skip
+
+    started = time.perf_counter()
+    grid = _fit_experiment(
+        beta_trial if searched == "beta" else alpha_trial, param_space, name, logger, config,
+        data, storage, resume=resume, log=log,
+        what=f"{searched} search at IPC {phase.ipc}", search=concave_search,
+        slots=phase.fixed.stage_parallel,
+    )  # fmt: skip
+    path = f"{storage.rstrip('/')}/{name}"
+    # Tune ends fit() quietly on Ctrl-C with the trials so far; never take those for a result.
+    # Finished: the searcher said so (the marker), or Tune ran out of samples; the replay of
+    # the stopping rule covers experiments begun before the marker existed.
+    finished = marker.exists() or len(grid) >= _cap(phase)
+    if not finished and not search_finished(phase, config, grid):
+        raise SearchInterrupted(
+            f"the {searched} search at IPC {phase.ipc} was interrupted after {len(grid)} "
+            f"trial(s); its state is saved in {path}"
+        )
+    summary = _phase_results(grid, searched)
+    summary.grid = phase.grid
+    summary.cost = _cost(started, grid, config)
+    log(f"IPC {phase.ipc}: best {shown} = {summary.best:g} "
+        f"({summary.trials} trials for {len(phase.grid)} grid values, "
+        f"{summary.failed} failed)")  # fmt: skip
+    return summary, grid
+
+
+def run_baseline(
+    name: str, phase: str, trial: Callable[..., None], fixed: TrialSpec, repeats: int,
+    config: SearchConfig, data: dict[str, Any], storage: str, tracker: Tracker, *,
+    resume: bool, log: Log,
+) -> tuple[Baseline, Any]:  # fmt: skip
+    """A fixed candidate of a phase (the random subset, plain MTT), evaluated ``repeats``
+    times (seeds offset by the repeat, as a grid point's repeats are) in a Tune experiment of
+    its own: logged to MLflow like every trial, restored on resume."""
+    param_space = {**fixed.to_dict(), "repeat": tune.grid_search(list(range(repeats)))}
+    path = f"{storage.rstrip('/')}/{name}"
+    logger = TrialLogger(tracker, phase=phase, ipc=fixed.ipc, searched="init", log=log)
+    started = time.perf_counter()
+    grid = _fit_experiment(trial, param_space, name, logger, config, data, storage,
+                           resume=resume, log=log, what=f"{name} experiment")  # fmt: skip
+    results = [grid[i] for i in range(len(grid))]
+    scored = [r for r in results if r.error is None and r.metrics and METRIC in r.metrics]
+    if len(results) < repeats or any(r.error is None and r not in scored for r in results):
+        raise SearchInterrupted(f"the {name} experiment was interrupted; its state is saved "
+                                f"in {path}")  # fmt: skip
+    if not scored:
+        raise SelmatchError(f"every trial of {name} failed; see the Ray log above")
+    metrics = [r.metrics for r in scored if r.metrics is not None]
+    return Baseline(
+        val=sum(m["val_accuracy"] for m in metrics) / len(metrics),
+        test=sum(m["test_accuracy"] for m in metrics) / len(metrics),
+        n=len(metrics), failed=len(results) - len(metrics),
+        work_seconds=max(m.get("work_seconds", 0.0) for m in metrics),
+        cost=_cost(started, grid, config),
+    ), grid  # fmt: skip
