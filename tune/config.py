@@ -189,6 +189,10 @@ class SearchConfig(Config):
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        # The distillation's own copies of the search's choices follow them, so the manifest
+        # and MLflow never show two values of one setting (a trial sets its method, IPC, β, α)
+        followed = self.distill.replace(score=self.score, beta_convention=self.beta_convention)
+        object.__setattr__(self, "distill", followed)
         if not self.ipcs or list(self.ipcs) != sorted(set(self.ipcs)):
             raise ConfigError(f"--ipcs must be distinct and increasing, got {list(self.ipcs)}")
         for ipc in self.ipcs:

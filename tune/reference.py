@@ -43,7 +43,7 @@ NOTES = {
     "distill.beta_convention": "follows `beta_convention`",
     "distill.score": "follows `score`",
     "distill.subsets": "each K trial's own",
-    "distill.seqmatch_experts": "follows `seqmatch_experts`",
+    "distill.seqmatch_experts": "the K trials use `seqmatch_experts`",
 }
 DSA_ROW = (
     "| `short.train.dsa.*`, `final.train.dsa.*` | defaults | defaults | defaults | DSA "

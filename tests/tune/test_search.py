@@ -393,8 +393,11 @@ def test_any_setting_can_be_overridden_by_path() -> None:
     coupled = apply_sets(smoke(), ["distill.min_start_epoch=3", "distill.max_start_epoch=4"])
     assert (coupled.distill.min_start_epoch, coupled.distill.max_start_epoch) == (3, 4)
     # what differs from the preset is printed, so a log never shows the preset's values only
+    # the distillation's copy of the score follows the search's: one value in the manifest
+    assert config.distill.score == "forgetting" and smoke().distill.score == smoke().score
     assert overridden(smoke(), config) == (
-        "score=forgetting, beta_grid=[0, 0.2], short.train.lr=0.05, distill.lr_images=100"
+        "score=forgetting, beta_grid=[0, 0.2], short.train.lr=0.05, distill.score=forgetting, "
+        "distill.lr_images=100"
     )
     assert overridden(smoke(), smoke()) == ""
 
