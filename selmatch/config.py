@@ -11,7 +11,7 @@ message names the argument the way the CLI spells it (``--ipc``) and states the 
 **Settings are declared once**, in their field: ``n_student_steps: int = setting(20,
 flag="--student-steps", symbol="N", help=...)``. The field's :class:`Setting` (its metadata)
 is what the command-line options are made from (:mod:`selmatch.cli.options`), what the
-search's options and ``--set`` paths reach, what ``docs/configuration.md``'s meaning column
+search's options and ``--override`` paths reach, what ``docs/configuration.md``'s meaning column
 says, and what the error messages call the setting: a flag means one thing in every command
 (a field name declared with two flags is an error at import).
 """

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from selmatch.cli.options import field_setting
+from selmatch.cli.options import default_of, describe, field_setting
 from selmatch_tune.presets import PRESETS
 from selmatch_tune.search_alpha_beta import option_for, setting_at
 from selmatch_tune.tracking import flatten
@@ -71,9 +71,10 @@ def show(value: Any) -> str:
 
 def meaning(path: str) -> str:
     cls, name = setting_at(path)
-    _, declared = field_setting(cls, name)
-    text = f"{declared.symbol}: {declared.help}" if declared.symbol else declared.help
+    field, declared = field_setting(cls, name)
     option = option_for(path)
+    # as the search's --help says it (a switch on by default turns it off)
+    text = describe(declared, default_of(field) if option else None)
     if option:
         text = f"`{option}`: {text}"
     if path in NOTES:

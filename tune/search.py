@@ -248,7 +248,7 @@ def search_subsets(
         log(f"IPC {ipc}: no K of --subsets-grid {list(config.subsets_grid)} fits IPC {ipc}: "
             "SeqMatch not searched here")  # fmt: skip
         return
-    distill = seqmatch_settings(config, ipc, int(grid[0])).replace(subset_seed=pre.split.seed)
+    distill = seqmatch_settings(config, ipc, int(grid[0]))  # the trial sets K and the seeds
     seq_fixed = _distill_fixed(config, pre, entry, fixed, distill).replace(
         method="seqmatch", init="random", alpha=1.0, stage_parallel=config.stage_slots
     )

@@ -117,14 +117,14 @@ SEARCH_OPTIONS = (
     "cpus_per_trial", "gpus_per_trial", "max_failures", "noise", "top_repeats",
     "stage_parallel", "final_beside_search",
 )  # fmt: skip
-#: Options for the settings of the configs inside the search, by path: the flag of the
-#: library's command where it means the same (``selmatch distill --iterations``), else one of
-#: the search's own; ``--width`` sets every trained network's (``WIDTH_PATHS``)
+#: Options for the settings of the configs inside the search, by path: "" for the flag the
+#: setting has in the library's commands (``selmatch distill --iterations``), else one of the
+#: search's own; ``--width`` sets every trained network's (``WIDTH_PATHS``)
 PATH_OPTIONS = {
     "experts.model.width": "--width",
-    "experts.num_experts": "--num-experts",
+    "experts.num_experts": "",
     "experts.epochs": "--expert-train-epochs",
-    "experts.per_class": "--per-class",
+    "experts.per_class": "",
     **{f"distill.{name}": "" for name in (
         "iterations", "n_student_steps", "expert_epochs", "max_start_epoch", "min_start_epoch",
         "syn_batch", "lr_images")},
@@ -187,9 +187,7 @@ def option_assignments(args: argparse.Namespace) -> list[Assignment]:
     out = []
     given = options.values(args, SEARCH_OPTIONS, preset=True)
     for name, value in given.items():
-        _, declared = options.field_setting(SearchConfig, name)
-        flag = declared.option(name)
-        said = flag if isinstance(value, bool) else f"{flag} {_show(value)}"
+        said = f"{option_for(name)}" + ("" if isinstance(value, bool) else f" {_show(value)}")
         if name == "methods":
             value = METHOD_CHOICES[value]
         # the experts and the consistency networks learn the search's data

@@ -79,29 +79,25 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def describe(declared: Setting, option: str, default: Any) -> str:
+def describe(declared: Setting, default: Any = None) -> str:
     """What a setting's option does, as ``--help`` and docs/configuration.md say it: the
     paper's symbol first; a switch that is on by default (``--no-monotone``) turns it off."""
     text = f"{declared.symbol}: {declared.help}" if declared.symbol else declared.help
     return f"turns off: {text}" if default is True else text
 
 
-def help_text(declared: Setting, default: Any, *, option: str = "", preset: bool = False,
-              shown_default: str | None = None) -> str:  # fmt: skip
+def help_text(declared: Setting, default: Any, *, preset: bool = False) -> str:
     """The option's ``--help``: :func:`describe`, then the default (with the paper's value
     where it differs); a text that states its own default keeps it. ``preset``: the search's
     options, whose default is the preset's value whatever the field's."""
-    text = describe(declared, option, default)
+    text = describe(declared, default)
     if preset:
         text = re.sub(r" \(default: [^()]*\)", "", text)
         return f"{re.sub(r'; default: [^()]*', '', text)} (default: the preset's)"
-    if "(default" in text:
-        return text
-    shown = shown_default if shown_default is not None else _show(default)
-    if default is None and shown_default is None:
+    if "(default" in text or default is None:
         return text
     paper = f"; the paper: {declared.paper}" if declared.paper else ""
-    return f"{text} (default: {shown}{paper})"
+    return f"{text} (default: {_show(default)}{paper})"
 
 
 def add_option(
@@ -131,15 +127,14 @@ def add_option(
         kwargs["action"] = "store_const"
         kwargs["const"] = not value
         kwargs["default"] = None if preset else value
-        kwargs["help"] = help_text(declared, value, option=option, preset=preset,
-                                   shown_default=_show(value))  # fmt: skip
+        kwargs["help"] = help_text(declared, value, preset=preset)
     else:
         kwargs["type"] = kind
         kwargs["default"] = None if preset else value
-        kwargs["help"] = help_text(declared, value, option=option, preset=preset)
+        kwargs["help"] = help_text(declared, value, preset=preset)
         if declared.choices:
             kwargs["choices"] = declared.choices
-        if not declared.choices:  # the placeholder: the symbol, else the setting's name
+        else:  # the placeholder: the symbol, else the setting's name
             kwargs["metavar"] = declared.metavar or declared.symbol or name.upper()
         if required:
             kwargs["required"] = True

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -23,8 +22,6 @@ SUMMARY = (
 #: and network options are those of every command)
 CONSISTENCY_OPTIONS = ("num_networks", "train_fraction", "epochs", "per_class", "lr",
                        "batch_size", "seed")  # fmt: skip
-#: where an option's dest predates its field's name
-DESTS = {"num_networks": "networks"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,24 +61,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--estimate", choices=("consistency",), default=None,
         help="estimate a score instead of reading one: consistency (a hold-out C-score)",
     )  # fmt: skip
-    for name in CONSISTENCY_OPTIONS:
-        options.add_option(estimate, ConsistencyConfig, name, dest=DESTS.get(name))
+    options.add_options(parser, ConsistencyConfig, CONSISTENCY_OPTIONS, groups={ESTIMATE: estimate})
     common.add_device_options(estimate)
     common.add_model_options(parser, default_width=ConsistencyConfig().model.width)
     common.add_data_options(parser)
     parser.set_defaults(run=run)
 
 
-def consistency_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``--estimate consistency`` options as ConsistencyConfig's keyword arguments."""
-    return {name: getattr(args, DESTS.get(name, name)) for name in CONSISTENCY_OPTIONS}
-
-
 def _estimate(args: argparse.Namespace, directory: Path) -> None:
     dataset = common.load_images(args)
     config = ConsistencyConfig(
         dataset=dataset.name, model=common.model_config(args), val_fraction=args.val_fraction,
-        split_seed=args.split_seed, **consistency_values(args),
+        split_seed=args.split_seed, **options.values(args, CONSISTENCY_OPTIONS),
     )  # fmt: skip
     print(dataset.describe())
     print(f"consistency: {config.describe()}, into {directory.resolve()}")

@@ -82,7 +82,7 @@ def test_the_commands_defaults_are_their_configs() -> None:
     assert ExpertConfig(**values(args, experts.EXPERT_OPTIONS)) == ExpertConfig()
     assert args.width == ExpertConfig().model.width
     args = parser.parse_args(["scores"])
-    assert ConsistencyConfig(**scores.consistency_values(args)) == ConsistencyConfig()
+    assert ConsistencyConfig(**values(args, scores.CONSISTENCY_OPTIONS)) == ConsistencyConfig()
     assert args.width == ConsistencyConfig().model.width
 
 
