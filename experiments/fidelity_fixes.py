@@ -37,12 +37,13 @@ import torch
 import selmatch.augment
 import selmatch.train
 from selmatch.data import balanced_subset, holdout_split, load_dataset
-from selmatch.distill import DistillConfig, distill
+from selmatch.distill import DistillConfig, distill, flat_settings
 from selmatch.evaluate import EvalConfig, evaluate_set
 from selmatch.experts import ExpertConfig, ExpertSet, train_experts
 from selmatch.io import write_json
 from selmatch.models import ModelConfig
 from selmatch.synthetic import SyntheticSet
+from selmatch.target import SetSpec
 from selmatch.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,16 +140,17 @@ def lr_init_check(dataset: Any, split: Any) -> None:
     from selmatch.scores import ScoreTable
 
     hardness = ScoreTable.load(experts_dir).hardness("el2n")
+    target = SetSpec(method="selmatch", ipc=10, beta=0.4, alpha=0.5,
+                     beta_convention="data-fraction", score="el2n")  # fmt: skip
     for lr_init in (0.01, 0.001):
         distill_config = DistillConfig(
-            method="selmatch", ipc=10, beta=0.4, alpha=0.5, beta_convention="data-fraction",
-            score="el2n", n_student_steps=10, expert_epochs=2, max_start_epoch=2, syn_batch=64,
+            n_student_steps=10, expert_epochs=2, max_start_epoch=2, syn_batch=64,
             iterations=100, checkpoint_every=100, lr_init=lr_init,
         )  # fmt: skip
 
         def work(config: DistillConfig = distill_config) -> dict[str, Any]:
             with tempfile.TemporaryDirectory() as directory:
-                made = distill(config, dataset, split, experts, hardness, directory,
+                made = distill(target, config, dataset, split, experts, hardness, directory,
                                progress=False)  # fmt: skip
                 result = evaluate_set(made.images, made.labels, dataset,
                                       eval_config(QUICK_EVAL, "combined"), split=split,
@@ -156,8 +158,7 @@ def lr_init_check(dataset: Any, split: Any) -> None:
                 return result | {"learned_lr": made.learned_lr}
 
         step(f"4-lr-init-{lr_init:g}-selmatch-ipc10", work, fix="SelMatch lr init 0.001",
-             distill=distill_config.to_dict())  # fmt: skip
-
+             distill=flat_settings(target, distill_config))  # fmt: skip
 
 if __name__ == "__main__":
     sys.exit(main())

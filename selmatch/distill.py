@@ -29,11 +29,11 @@ from __future__ import annotations
 import importlib.util
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import save_file
@@ -43,23 +43,16 @@ from selmatch.config import (
     Config,
     ConfigError,
     SelmatchError,
+    changed_settings,
     check_choice,
     check_float,
     check_int,
-    check_resumable,
     setting,
 )
 from selmatch.data import HoldoutSplit, ImageDataset
 from selmatch.data.dataset import denormalize
 from selmatch.experts import ExpertSet, InMemoryExperts, Mapper
-from selmatch.initial import (
-    Initial,
-    Initialisation,
-    RandomInit,
-    RealInit,
-    SequentialInit,
-    WindowInit,
-)
+from selmatch.initial import Initial
 from selmatch.io import atomic_write, read_json, read_safetensors, write_json
 from selmatch.levers import PRECISIONS, Levers, StudentStep
 from selmatch.matching import (
@@ -76,24 +69,23 @@ from selmatch.plots import save_curve, save_set_grid
 from selmatch.progress import progress_bar
 from selmatch.seqmatch import EarlierSubsets, cached_stage_experts, stage_expert_config
 from selmatch.synthetic import SyntheticSet
+from selmatch.target import (
+    METHODS,
+    RUN,
+    SEQMATCH,
+    SET_KEYS,
+    SetSpec,
+    initialisation_of,
+    target_of,
+)
 from selmatch.train import resolve_device
-from selmatch.window import BETA_CONVENTIONS, WindowSpec
 
-METHODS = ("selmatch", "mtt", "seqmatch")
 #: ``DistillConfig.speed`` values
 SPEEDS = ("auto", "off")
-#: What SeqMatch's stage k matches: a later segment of the ordinary experts, or experts
-#: retrained on the earlier subsets first (module docstring).
-SEQMATCH_EXPERTS = ("segment", "retrained")
-#: SelMatch's initialisations: the difficulty window at β, or a random class-balanced subset
-#: (what the search falls back to when a random subset beats every window on validation).
-INITS = ("window", "random")
 #: The learnable lr's start per method (METHOD.md: SelMatch's scripts 0.001, MTT's 0.01).
-DEFAULT_LR_INIT = {"selmatch": 0.001, "mtt": 0.01, "seqmatch": 0.01}
+DEFAULT_LR_INIT = dict(zip(METHODS, (0.001, 0.01, 0.01), strict=True))
 Experts = ExpertSet | InMemoryExperts
 CHECKPOINT_DIR = "checkpoint"
-#: the ``--help`` sections of the settings
-SELMATCH, SEQMATCH, DIFFICULTY, RUN = "SelMatch", "SeqMatch", "difficulty", "run"
 MATCHING = "trajectory matching"
 LEVERS = ("speed levers of the student step (off by default but for --speed auto on CUDA; "
           "docs/distillation.md)")  # fmt: skip
@@ -106,53 +98,14 @@ class DistillationDivergedError(SelmatchError, ArithmeticError):
 
 @dataclass(frozen=True)
 class DistillConfig(Config):
-    """Every knob of a distillation. Symbols of the papers: N = ``n_student_steps``,
-    M = ``expert_epochs``, T+ = ``max_start_epoch``, b = ``syn_batch``, α, β. Start epochs are
-    drawn from [``min_start_epoch``, T+): 0 in MTT and SelMatch; a later T− (as DATM, Guo et
-    al. 2024, does for large IPC) matches only the later part of the experts' training."""
+    """How a set is matched (which set: :class:`selmatch.target.SetSpec`). Symbols of the
+    papers: N = ``n_student_steps``, M = ``expert_epochs``, T+ = ``max_start_epoch``, b =
+    ``syn_batch``. Start epochs are drawn from [``min_start_epoch``, T+): 0 in MTT and SelMatch;
+    a later T− (as DATM, Guo et al. 2024, does for large IPC) matches only the later part of
+    the experts' training. Two settings have defaults that depend on the set: ``lr_init``
+    (the method's) and ``stage_expert_epochs`` (retrained SeqMatch); :meth:`resolved` fills
+    them in, and a run uses, saves and compares only resolved settings."""
 
-    method: str = setting(
-        "selmatch", choices=METHODS,
-        help="selmatch: the window at β, the easier α share learned; mtt: a random real start, "
-        "everything learned; seqmatch: K subsets learned one after another",
-    )  # fmt: skip
-    ipc: int = setting(10, help="images per class of the synthetic set", metavar="IPC")
-    init: str = setting(
-        "window", choices=INITS, group=SELMATCH,
-        help="window: start from the difficulty window at β (the method); random: from a "
-        "random class-balanced subset (--subset-seed), what the search falls back to when it "
-        "beats every window; its D_distill is a random α share",
-    )  # fmt: skip
-    beta: float = setting(0.0, symbol="β", group=SELMATCH,
-                          help="window start (its meaning: --beta-convention)")  # fmt: skip
-    alpha: float = setting(
-        0.5, symbol="α", group=SELMATCH,
-        help="share of the window that is learned (D_distill), in [0, 1]; 0 = selection only",
-    )  # fmt: skip
-    beta_convention: str = setting(
-        "ipc-units", choices=BETA_CONVENTIONS, group=DIFFICULTY,
-        help="ipc-units: β skips int(IPC·β) hardest per class (authors' code, reproduces "
-        "Table 5); data-fraction: β skips that fraction of each class (paper text)",
-    )  # fmt: skip
-    score: str = setting(
-        "forgetting", group=DIFFICULTY,
-        help="which score orders the samples: consistency, forgetting, el2n, or an imported one "
-        "such as cscore",
-    )  # fmt: skip
-    subset_seed: int | None = setting(
-        None, group=RUN,
-        help="seed of a random initial subset (mtt, seqmatch, --init random) (default: --seed)",
-    )  # fmt: skip
-    subsets: int = setting(2, symbol="K", group=SEQMATCH, help="subsets learned one after another")
-    seqmatch_experts: str = setting(
-        "segment", choices=SEQMATCH_EXPERTS, group=SEQMATCH,
-        help="what stage k matches. segment: the k-th of K segments of [T-, T+) of the "
-        "ordinary experts (the paper's description; no extra training). retrained: as the "
-        "authors' code, new experts that first learn S1 (with S1's learned lr), then S1+S2 "
-        "(S2's), ..., then train on the real data with the experts' settings while their "
-        "trajectory is recorded; stage k matches their start epochs [T-, T+) (the last stage "
-        "the first half), the learnable lr restarting at --lr-init each stage",
-    )  # fmt: skip
     stage_experts: int = setting(
         2, group=SEQMATCH, metavar="N", paper="100",
         help="retrained: experts per stage k > 1 (CPU-sized)",
@@ -166,11 +119,6 @@ class DistillConfig(Config):
         None, group=SEQMATCH, metavar="E",
         help="retrained: real-data epochs recorded per stage expert (default: T+ + M, the "
         "least the start window needs; the authors: 20)",
-    )  # fmt: skip
-    merge: bool = setting(
-        False, group=SELMATCH,
-        help="ablation (Table 4): compute the loss on D_distill alone and merge D_select "
-        "afterwards",
     )  # fmt: skip
     n_student_steps: int = setting(
         20,
@@ -259,18 +207,6 @@ class DistillConfig(Config):
     seed: int = setting(0, group=RUN, help="seed of every random choice")
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, METHODS)
-        check_int("ipc", self.ipc, 1)
-        check_choice("init", self.init, INITS)
-        if self.init != "window" and self.method != "selmatch":
-            raise ConfigError("--init applies to --method selmatch only")
-        check_float("beta", self.beta, 0.0)
-        # α = 0 is selection only: nothing is learned, the set is its initialisation
-        check_float("alpha", self.alpha, 0.0, 1.0)
-        if self.subset_seed is not None:
-            check_int("subset_seed", self.subset_seed, 0, 2**31 - 1)
-        check_choice("beta_convention", self.beta_convention, BETA_CONVENTIONS)
-        check_int("subsets", self.subsets, 1, self.ipc)
         check_int("n_student_steps", self.n_student_steps, 1, 10_000)
         check_int("expert_epochs", self.expert_epochs, 1, 10_000)
         check_int("max_start_epoch", self.max_start_epoch, 1, 10_000)
@@ -279,9 +215,8 @@ class DistillConfig(Config):
         check_int("iterations", self.iterations, 0, 10_000_000)
         check_float("lr_images", self.lr_images, 0.0, low_open=True)
         check_float("momentum_images", self.momentum_images, 0.0, 1.0, high_open=True)
-        if self.lr_init is None:
-            object.__setattr__(self, "lr_init", DEFAULT_LR_INIT[self.method])
-        check_float("lr_init", self.lr_init, 0.0, low_open=True)
+        if self.lr_init is not None:
+            check_float("lr_init", self.lr_init, 0.0, low_open=True)
         check_float("lr_lr", self.lr_lr, 0.0)
         check_float("momentum_lr", self.momentum_lr, 0.0, 1.0, high_open=True)
         check_choice("mode", self.mode, MODES)
@@ -292,24 +227,32 @@ class DistillConfig(Config):
         check_int("checkpoint_every", self.checkpoint_every, 1)
         if self.dsa_strategy != "none":
             DSAConfig(strategy=self.dsa_strategy)
-        if self.merge and self.method != "selmatch":
-            raise ConfigError("--merge is an ablation of --method selmatch only")
-        self._check_seqmatch_experts()
 
-    def _check_seqmatch_experts(self) -> None:
-        check_choice("seqmatch_experts", self.seqmatch_experts, SEQMATCH_EXPERTS)
-        if self.seqmatch_experts == "segment":
-            return
-        if self.method != "seqmatch":
-            raise ConfigError("--seqmatch-experts retrained applies to --method seqmatch only")
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DistillConfig:
+        """Also reads the flat settings written before the set's spec left this config
+        (manifests, checkpoints, search records, Tune param spaces): the set's keys are left
+        out (:func:`selmatch.target.target_of` reads them), and an ``lr_init`` equal to that
+        method's default was the default (``None``)."""
+        settings = {k: v for k, v in data.items() if k not in SET_KEYS}
+        method = data.get("method")
+        if method in DEFAULT_LR_INIT and settings.get("lr_init") == DEFAULT_LR_INIT[method]:
+            settings["lr_init"] = None
+        return cast(DistillConfig, super().from_dict(settings))
+
+    def resolved(self, target: SetSpec) -> DistillConfig:
+        """These settings for a distillation of ``target``: ``lr_init`` the method's unless
+        given; for retrained SeqMatch, its stage experts' settings checked and
+        ``stage_expert_epochs`` T+ + M unless given. The one place the two parts meet."""
+        lr_init = DEFAULT_LR_INIT[target.method] if self.lr_init is None else self.lr_init
+        if not target.retrained:
+            return self.replace(lr_init=lr_init)
         check_int("stage_experts", self.stage_experts, 1, 10_000)
         check_int("stage_prefix_epochs", self.stage_prefix_epochs, 1, 1_000_000)
-        if self.stage_expert_epochs is None:
-            object.__setattr__(
-                self, "stage_expert_epochs", self.max_start_epoch + self.expert_epochs
-            )
-        least = self.min_start_epoch + self.expert_epochs
-        check_int("stage_expert_epochs", self.stage_expert_epochs, least, 10_000)
+        epochs = self.stage_expert_epochs
+        epochs = self.max_start_epoch + self.expert_epochs if epochs is None else epochs
+        check_int("stage_expert_epochs", epochs, self.min_start_epoch + self.expert_epochs, 10_000)
+        return self.replace(lr_init=lr_init, stage_expert_epochs=epochs)
 
     @property
     def levers(self) -> Levers:
@@ -330,21 +273,22 @@ class DistillConfig(Config):
                       channels_last=self.channels_last)  # fmt: skip
 
     @property
-    def retrained(self) -> bool:
-        return self.method == "seqmatch" and self.seqmatch_experts == "retrained"
-
-    @property
-    def random_subset_seed(self) -> int:
-        return self.seed if self.subset_seed is None else self.subset_seed
-
-    @property
     def initial_lr(self) -> float:
-        assert self.lr_init is not None  # resolved in __post_init__
+        assert self.lr_init is not None, "the settings of a run are resolved (resolved())"
         return self.lr_init
 
-    @property
-    def stages(self) -> int:
-        return self.subsets if self.method == "seqmatch" else 1
+
+def settings_of(settings: Mapping[str, Any]) -> tuple[SetSpec, DistillConfig]:
+    """The set's spec and the resolved matching settings from flat ``distill`` settings (a
+    manifest's, a checkpoint's; :func:`flat_settings`' inverse)."""
+    target = target_of(settings)
+    return target, DistillConfig.from_dict(settings).resolved(target)
+
+
+def flat_settings(target: SetSpec, config: DistillConfig) -> dict[str, Any]:
+    """One flat dict of both parts: a manifest's and a checkpoint's ``distill``, as written
+    before the set's spec left :class:`DistillConfig`."""
+    return {**target.to_dict(), **config.to_dict()}
 
 
 @dataclass
@@ -375,75 +319,67 @@ class DistillState:
 
 
 # --------------------------------------------------------------------------- initialisation
-def initialisation_of(config: DistillConfig) -> Initialisation:
-    """Where a distillation of ``config`` starts (:mod:`selmatch.initial`): the one place a
-    method and its ``init`` choose a kind."""
-    if config.method == "selmatch" and config.init == "window":
-        return WindowInit(WindowSpec(config.ipc, config.beta, config.alpha,
-                                     config.beta_convention))  # fmt: skip
-    if config.method == "selmatch":
-        return RandomInit(config.ipc, config.alpha, config.random_subset_seed)
-    if config.method == "seqmatch":
-        return SequentialInit(config.ipc, config.subsets, config.random_subset_seed)
-    return RealInit(config.ipc, config.random_subset_seed)
-
-
 def initial_set(
-    config: DistillConfig, dataset: ImageDataset, split: HoldoutSplit, hardness: torch.Tensor | None
-) -> Initial:
+    target: SetSpec, seed: int, dataset: ImageDataset, split: HoldoutSplit,
+    hardness: torch.Tensor | None,
+) -> Initial:  # fmt: skip
     """The real images the set starts from, its distill mask and (SeqMatch) subset ids."""
-    return initialisation_of(config).select(dataset, split, hardness)
+    return initialisation_of(target, seed).select(dataset, split, hardness)
 
 
-def stages_of(config: DistillConfig, initial: Initial) -> list[Stage]:
+def stages_of(target: SetSpec, config: DistillConfig, initial: Initial) -> list[Stage]:
+    """Each stage's learnable and frozen rows and start epochs (``config`` resolved)."""
     everything = torch.arange(len(initial.labels))
-    if config.method != "seqmatch":
+    if target.method != "seqmatch":
         learnable = everything[initial.distill_mask]
         frozen = (
-            torch.empty(0, dtype=torch.int64) if config.merge else everything[~initial.distill_mask]
+            torch.empty(0, dtype=torch.int64) if target.merge else everything[~initial.distill_mask]
         )
         return [Stage(learnable, frozen, (config.min_start_epoch, config.max_start_epoch))]
-    windows = _retrained_windows(config) if config.retrained else _segment_windows(config)
+    windows = (_retrained_windows if target.retrained else _segment_windows)(
+        config, target.subsets
+    )
     return [
         Stage(everything[initial.subset_ids == k], everything[initial.subset_ids < k], window)
         for k, window in enumerate(windows)
     ]
 
 
-def _segment_windows(config: DistillConfig) -> list[tuple[int, int]]:
+def _segment_windows(config: DistillConfig, subsets: int) -> list[tuple[int, int]]:
     """The segment variant: stage k draws from the k-th of K equal parts of [T−, T+)."""
-    cuts = torch.linspace(config.min_start_epoch, config.max_start_epoch, config.subsets + 1)
+    cuts = torch.linspace(config.min_start_epoch, config.max_start_epoch, subsets + 1)
     edges = cuts.round().long().tolist()
-    return [(edges[k], max(edges[k] + 1, edges[k + 1])) for k in range(config.subsets)]
+    return [(edges[k], max(edges[k] + 1, edges[k + 1])) for k in range(subsets)]
 
 
-def _retrained_windows(config: DistillConfig) -> list[tuple[int, int]]:
+def _retrained_windows(config: DistillConfig, subsets: int) -> list[tuple[int, int]]:
     """The retrained variant, after the authors' code: every stage matches the *start* of
     its own experts, [T−, T+) (stage 1, the ordinary experts; stages k > 1 clipped to what
     their recorded epochs hold), the last stage of several only the first half of it (their
     [0, 10) after [0, 20))."""
     low, high = config.min_start_epoch, config.max_start_epoch
-    assert config.stage_expert_epochs is not None  # resolved in __post_init__
+    assert config.stage_expert_epochs is not None  # resolved()
     later = min(high, config.stage_expert_epochs - config.expert_epochs + 1)
-    if config.subsets == 1:
+    if subsets == 1:
         return [(low, high)]
     last = low + max(1, (later - low + 1) // 2)
-    return [(low, high)] + [(low, later)] * (config.subsets - 2) + [(low, last)]
+    return [(low, high)] + [(low, later)] * (subsets - 2) + [(low, last)]
 
 
 # --------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(directory: Path, config: DistillConfig, state: DistillState) -> None:
+def _save_checkpoint(run: _Run, state: DistillState) -> None:
     tensors = {"images": state.images, "syn_lr": state.syn_lr.detach().reshape(1)}
     for name in ("image_momentum", "lr_momentum", "generator_state"):
         value = getattr(state, name)
         if value is not None:
             tensors[name] = value.detach().cpu().contiguous()
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    folder = directory / CHECKPOINT_DIR
+    folder = run.directory / CHECKPOINT_DIR
     atomic_write(folder / "state.safetensors", lambda p: save_file(tensors, p))
     write_json(folder / "state.json", {
-        "config": config.to_dict(), "stage": state.stage, "iteration": state.iteration,
-        "losses": state.losses, "seconds": state.seconds, "stage_lrs": state.stage_lrs,
+        "config": flat_settings(run.target, run.config), "stage": state.stage,
+        "iteration": state.iteration, "losses": state.losses, "seconds": state.seconds,
+        "stage_lrs": state.stage_lrs,
     })  # fmt: skip
 
 
@@ -451,18 +387,23 @@ def _save_checkpoint(directory: Path, config: DistillConfig, state: DistillState
 RESUMABLE = ("iterations", "lr_images", "lr_lr", "checkpoint_every")
 
 
-def _load_checkpoint(directory: Path, config: DistillConfig) -> DistillState | None:
+def _load_checkpoint(
+    directory: Path, target: SetSpec, config: DistillConfig
+) -> DistillState | None:
     folder = directory / CHECKPOINT_DIR
     if not (folder / "state.json").is_file():
         return None
     saved = read_json(folder / "state.json")
     # More iterations, or lower learning rates after a divergence, continue the same run.
-    check_resumable(
-        DistillConfig.from_dict(saved["config"]), config,
-        f"--resume: {directory} was distilled with other settings ({{changed}}); only "
-        "--iterations, --lr-images, --lr-lr and --checkpoint-every may change on resume",
-        may_change=RESUMABLE,
-    )  # fmt: skip
+    saved_target, saved_config = settings_of(saved["config"])
+    changed = changed_settings(saved_target, target) + changed_settings(
+        saved_config, config, may_change=RESUMABLE
+    )
+    if changed:
+        raise ConfigError(
+            f"--resume: {directory} was distilled with other settings ({', '.join(changed)}); "
+            "only --iterations, --lr-images, --lr-lr and --checkpoint-every may change on resume"
+        )
     tensors = read_safetensors(folder / "state.safetensors")
     return DistillState(
         images=tensors["images"], syn_lr=tensors["syn_lr"][0], stage=saved["stage"],
@@ -524,8 +465,9 @@ def _check_finite(
 
 @dataclass
 class _Run:
-    """What stays fixed during one distillation run."""
+    """What stays fixed during one distillation run (``config`` resolved for ``target``)."""
 
+    target: SetSpec
     config: DistillConfig
     directory: Path
     template: torch.nn.Module
@@ -583,7 +525,8 @@ def _run_stage(run: _Run, stage: Stage, state: DistillState, generator: torch.Ge
     lr_opt = torch.optim.SGD([syn_lr], lr=config.lr_lr, momentum=config.momentum_lr)
     _restore_momentum(image_opt, state.image_momentum)
     _restore_momentum(lr_opt, state.lr_momentum)
-    desc = f"stage {state.stage + 1}/{config.stages}" if config.stages > 1 else "distill"
+    stages = run.target.stages
+    desc = f"stage {state.stage + 1}/{stages}" if stages > 1 else "distill"
     todo = range(state.iteration, config.iterations)
     bar = progress_bar(todo, desc=desc, enabled=run.progress, initial=state.iteration,
                        total=config.iterations)  # fmt: skip
@@ -610,12 +553,13 @@ def _run_stage(run: _Run, stage: Stage, state: DistillState, generator: torch.Ge
             state.syn_lr = syn_lr.detach().cpu()
             state.image_momentum, state.lr_momentum = _momentum(image_opt), _momentum(lr_opt)
             state.generator_state = generator.get_state()
-            _save_checkpoint(run.directory, config, state)
+            _save_checkpoint(run, state)
     state.images[stage.learnable] = learnable.detach().cpu()
     state.syn_lr = syn_lr.detach().cpu()
 
 
 def distill(
+    target: SetSpec,
     config: DistillConfig,
     dataset: ImageDataset,
     split: HoldoutSplit,
@@ -629,18 +573,19 @@ def distill(
     stage_cache: str | Path | None = None,
     stage_mapper: Mapper = map,
 ) -> SyntheticSet:
-    """Distil a set as ``config`` says, writing checkpoints and the result to ``directory``.
-    SeqMatch's retrained stage experts are kept in ``stage_cache`` (default
-    ``directory/stage-experts``) and trained one after another, or as ``stage_mapper`` runs
-    them (the search: parallel Ray tasks)."""
+    """Distil the set ``target`` with the matching settings ``config``, writing checkpoints
+    and the result to ``directory``. SeqMatch's retrained stage experts are kept in
+    ``stage_cache`` (default ``directory/stage-experts``) and trained one after another, or as
+    ``stage_mapper`` runs them (the search: parallel Ray tasks)."""
     directory = Path(directory)
+    config = config.resolved(target)
     check_experts(config, experts, split)
     torch_device = resolve_device(device)
     levers = config.levers_on(torch_device)
     levers.check_device(torch_device)
-    initial = initial_set(config, dataset, split, hardness)
-    stages = stages_of(config, initial)
-    existing = _load_checkpoint(directory, config)
+    initial = initial_set(target, config.seed, dataset, split, hardness)
+    stages = stages_of(target, config, initial)
+    existing = _load_checkpoint(directory, target, config)
     if existing is not None and not resume:
         raise ConfigError(
             f"--out {directory} holds a distillation already; add --resume or pick another --out"
@@ -651,7 +596,7 @@ def distill(
     if ParamLayout.of(template) != experts.layout:
         raise ConfigError("the experts' parameter layout does not match their model config")
     run = _Run(
-        config, directory, template, experts.layout,
+        target, config, directory, template, experts.layout,
         [t.to(torch_device) for t in experts.trajectories()], initial.labels,
         (dataset.image_shape[1], dataset.image_shape[2]),
         None if config.dsa_strategy == "none" else DSAConfig(strategy=config.dsa_strategy),
@@ -691,10 +636,10 @@ def _run_stages(
             return folders
         state.stage, state.iteration = state.stage + 1, 0
         state.image_momentum = state.lr_momentum = None
-        if config.retrained:  # the authors restart η at its initial value every stage
+        if run.target.retrained:  # the authors restart η at its initial value every stage
             state.syn_lr = torch.tensor(config.initial_lr)
         state.generator_state = generator.get_state()
-        _save_checkpoint(run.directory, config, state)
+        _save_checkpoint(run, state)
 
 
 def _stage_run(
@@ -709,9 +654,9 @@ def _stage_run(
     """The run of stage ``state.stage``: the ordinary experts, or (retrained SeqMatch, stage
     k > 1) the stage experts taught the finished subsets, from the cache or trained now."""
     config, k = run.config, state.stage
-    if not config.retrained or k == 0:
+    if not run.target.retrained or k == 0:
         return run, None
-    assert config.stage_expert_epochs is not None  # resolved in __post_init__
+    assert config.stage_expert_epochs is not None  # resolved()
     earlier_rows = initial.subset_ids < k
     earlier = EarlierSubsets(
         state.images[earlier_rows], initial.labels[earlier_rows],
@@ -736,7 +681,7 @@ def _write_result(
     state: DistillState,
     stage_folders: list[str],
 ) -> SyntheticSet:
-    config, directory = run.config, run.directory
+    target, config, directory = run.target, run.config, run.directory
     result = SyntheticSet(
         images=state.images,
         labels=initial.labels,
@@ -746,10 +691,11 @@ def _write_result(
         manifest={
             "dataset": dataset.name, "mean": list(dataset.mean), "std": list(dataset.std),
             "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
-            "ipc": config.ipc, "method": config.method, "distill": config.to_dict(),
+            "ipc": target.ipc, "method": target.method,
+            "distill": flat_settings(target, config),
             "experts": {"directory": str(experts.directory.resolve()),
                         "config": experts.config.to_dict(), "used": experts.finished},
-            **_seqmatch_manifest(config, initial, state, stage_folders),
+            **_seqmatch_manifest(target, initial, state, stage_folders),
             "final_loss": state.losses[-1] if state.losses else None,
             "seconds": state.seconds, **initial.info,
         },
@@ -760,14 +706,14 @@ def _write_result(
 
 
 def _seqmatch_manifest(
-    config: DistillConfig, initial: Initial, state: DistillState, stage_folders: list[str]
+    target: SetSpec, initial: Initial, state: DistillState, stage_folders: list[str]
 ) -> dict[str, Any]:
     """What sequential evaluation needs (each image's subset, each stage's learned lr) and
     which variant made the set; ``None`` for the other methods."""
-    if config.method != "seqmatch":
+    if target.method != "seqmatch":
         return {"subset_ids": None, "seqmatch_experts": None, "stage_lrs": None}
     return {
-        "subset_ids": initial.subset_ids.tolist(), "seqmatch_experts": config.seqmatch_experts,
+        "subset_ids": initial.subset_ids.tolist(), "seqmatch_experts": target.seqmatch_experts,
         "stage_lrs": list(state.stage_lrs), "stage_expert_folders": stage_folders,
     }  # fmt: skip
 

@@ -1,17 +1,21 @@
 """A tiny trajectory-matching problem, shared by the tests of the batched trajectories and of
 the speed levers: a small ConvNet, E starts near its parameters, targets near the starts, a set
-of frozen and learnable images and one student plan per trajectory."""
+of frozen and learnable images and one student plan per trajectory; and :class:`Settings`, a
+distillation's set and matching settings as one, for the tests that run ``distill``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from selmatch.augment import DSAConfig
+from selmatch.distill import DistillConfig
 from selmatch.matching import SyntheticTensors, plan_student_steps, student_template
 from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
+from selmatch.target import SET_KEYS, SetSpec
 
 
 def matching_case(
@@ -39,3 +43,34 @@ def matching_case(
         for _ in range(trajectories)
     ]
     return template, layout, starts, targets, synthetic, lr, plans
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A distillation's two parts, the set (:class:`SetSpec`) and its matching
+    (:class:`DistillConfig`), built and changed as one: each setting goes to the part that
+    declares it. ``distill(*settings.parts(), ...)`` runs it; ``settings.name`` reads either
+    part."""
+
+    target: SetSpec
+    config: DistillConfig
+
+    @classmethod
+    def of(cls, **values: Any) -> Settings:
+        return cls(SetSpec(), DistillConfig()).replace(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        target = {k: v for k, v in changes.items() if k in SET_KEYS}
+        config = {k: v for k, v in changes.items() if k not in SET_KEYS}
+        return Settings(self.target.replace(**target), self.config.replace(**config))
+
+    def parts(self) -> tuple[SetSpec, DistillConfig]:
+        return self.target, self.config
+
+    def resolved(self) -> DistillConfig:
+        """The matching settings a run of this set uses."""
+        return self.config.resolved(self.target)
+
+    def __getattr__(self, name: str) -> Any:
+        part = self.target if name in SET_KEYS else self.config
+        return getattr(part, name)

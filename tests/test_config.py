@@ -72,9 +72,10 @@ def test_every_setting_of_the_stage_configs_is_declared_with_its_help() -> None:
     from selmatch.distill import DistillConfig
     from selmatch.experts import ExpertConfig
     from selmatch.sweep import SweepConfig
+    from selmatch.target import SetSpec
 
     for cls in (ModelConfig, TrainConfig, DSAConfig, EvalConfig, ExpertConfig,
-                ConsistencyConfig, SweepConfig, DistillConfig):  # fmt: skip
+                ConsistencyConfig, SweepConfig, DistillConfig, SetSpec):  # fmt: skip
         for field in dataclasses.fields(cls):
             declared = setting_of(field)
             assert declared is not None and declared.help, f"{cls.__name__}.{field.name}"

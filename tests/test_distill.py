@@ -4,10 +4,11 @@ import shutil
 
 import pytest
 import torch
+from matching_cases import Settings
 
 from selmatch import distill as distill_module
 from selmatch.config import ConfigError
-from selmatch.distill import DistillationDivergedError, DistillConfig, distill, draw
+from selmatch.distill import DistillationDivergedError, DistillConfig, distill, draw, settings_of
 from selmatch.experts import ExpertConfig, ExpertSet, train_experts
 from selmatch.models import ModelConfig
 from selmatch.scores import ScoreTable
@@ -15,9 +16,9 @@ from selmatch.synthetic import SyntheticSet
 
 EXPERTS = ExpertConfig(model=ModelConfig(width=4), num_experts=2, epochs=4, per_class=40,
                        batch_size=64)  # fmt: skip
-TINY = DistillConfig(ipc=4, beta=0.5, alpha=0.5, n_student_steps=3, expert_epochs=1,
-                     max_start_epoch=2, syn_batch=16, iterations=4, checkpoint_every=2,
-                     lr_images=100.0)  # fmt: skip
+TINY = Settings.of(ipc=4, beta=0.5, alpha=0.5, n_student_steps=3, expert_epochs=1,
+                   max_start_epoch=2, syn_batch=16, iterations=4, checkpoint_every=2,
+                   lr_images=100.0)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,9 @@ def hardness(experts):
     return ScoreTable.load(experts.directory).hardness("forgetting")
 
 
-def run(config, fashion, fashion_split, experts, hardness, directory, **kwargs):
-    return distill(config, fashion, fashion_split, experts, hardness, directory, device="cpu",
-                   progress=False, **kwargs)  # fmt: skip
+def run(settings, fashion, fashion_split, experts, hardness, directory, **kwargs):
+    return distill(*settings.parts(), fashion, fashion_split, experts, hardness, directory,
+                   device="cpu", progress=False, **kwargs)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -48,7 +49,7 @@ def test_selmatch_changes_only_the_alpha_share(tmp_path, fashion, fashion_split,
     changed = (result.images[learned] != initial[learned]).flatten(1).any(dim=1)
     assert bool(changed.all())
     saved = SyntheticSet.load(tmp_path)
-    assert saved.manifest["distill"] == TINY.to_dict()
+    assert settings_of(saved.manifest["distill"]) == (TINY.target, TINY.resolved())
     assert saved.manifest["window"]["beta_convention"] == "ipc-units"
     assert saved.learned_lr == pytest.approx(result.learned_lr) and saved.learned_lr > 0
     for name in ("loss.csv", "checkpoint/state.json"):
@@ -92,11 +93,23 @@ def test_a_random_initialisation_learns_a_random_alpha_share(
 
 
 def test_the_learnable_lr_starts_where_each_method_s_authors_start_it() -> None:
-    assert TINY.lr_init == 0.001  # SelMatch's scripts
-    assert TINY.replace(method="mtt", alpha=1.0, lr_init=None).lr_init == 0.01  # MTT's
-    assert DistillConfig(method="seqmatch").lr_init == 0.01
-    assert DistillConfig(lr_init=0.05).lr_init == 0.05
-    assert DistillConfig.from_dict(TINY.to_dict()) == TINY
+    assert TINY.resolved().lr_init == 0.001  # SelMatch's scripts
+    assert TINY.replace(method="mtt", alpha=1.0).resolved().lr_init == 0.01  # MTT's
+    assert Settings.of(method="seqmatch").resolved().lr_init == 0.01
+    assert Settings.of(lr_init=0.05).resolved().lr_init == 0.05
+    assert DistillConfig.from_dict(TINY.config.to_dict()) == TINY.config
+
+
+def test_settings_written_before_the_split_read_back_as_both_parts() -> None:
+    """Manifests, checkpoints and search records held one flat ``distill``: the set's keys
+    are the set's spec, and an lr_init that was the method's default is the default again."""
+    legacy = {**TINY.target.to_dict(), **TINY.resolved().to_dict()}
+    assert settings_of(legacy) == (TINY.target, TINY.resolved())
+    assert DistillConfig.from_dict(legacy) == TINY.config and TINY.config.lr_init is None
+    own = {**legacy, "lr_init": 0.05}
+    assert DistillConfig.from_dict(own).lr_init == 0.05  # a chosen lr stays chosen
+    mtt = {**legacy, "method": "mtt", "alpha": 1.0, "lr_init": 0.01}
+    assert DistillConfig.from_dict(mtt).lr_init is None
 
 
 def test_mtt_updates_everything(tmp_path, fashion, fashion_split, experts) -> None:
@@ -153,19 +166,20 @@ def test_seqmatch_learns_subsets_in_order(tmp_path, fashion, fashion_split, expe
 def test_segments_start_in_the_min_to_max_start_epoch_range(fashion, fashion_split, experts,
                                                             hardness) -> None:  # fmt: skip
     config = TINY.replace(method="mtt", alpha=1.0, min_start_epoch=1, max_start_epoch=3)
-    initial = distill_module.initial_set(config, fashion, fashion_split, None)
-    (stage,) = distill_module.stages_of(config, initial)
+    initial = distill_module.initial_set(config.target, 0, fashion, fashion_split, None)
+    (stage,) = distill_module.stages_of(config.target, config.resolved(), initial)
     assert stage.start_epochs == (1, 3)
     seq = config.replace(method="seqmatch")
-    first, second = distill_module.stages_of(seq, distill_module.initial_set(
-        seq, fashion, fashion_split, None))  # fmt: skip
+    first, second = distill_module.stages_of(seq.target, seq.resolved(),
+                                             distill_module.initial_set(
+        seq.target, 0, fashion, fashion_split, None))  # fmt: skip
     assert (first.start_epochs, second.start_epochs) == ((1, 2), (2, 3))
     # every drawn start epoch, and so every matched segment, lies in [T−, T+)
     trajectories = [torch.arange(5.0).unsqueeze(1)] * 2  # parameter vector = its epoch
     run_ = distill_module._Run(
-        config=config, directory=None, template=None, layout=None, trajectories=trajectories,
-        labels=initial.labels, image_size=(28, 28), dsa=None, device=torch.device("cpu"),
-        progress=False,
+        target=config.target, config=config.resolved(), directory=None, template=None,
+        layout=None, trajectories=trajectories, labels=initial.labels, image_size=(28, 28),
+        dsa=None, device=torch.device("cpu"), progress=False,
     )  # fmt: skip
     generator = torch.Generator().manual_seed(0)
     starts = {int(distill_module.sample_expert_segment(run_, stage.start_epochs, generator)[0])
@@ -173,7 +187,7 @@ def test_segments_start_in_the_min_to_max_start_epoch_range(fashion, fashion_spl
     assert starts == {1, 2}
     assert (
         DistillConfig.from_dict(
-            {k: v for k, v in TINY.to_dict().items() if k != "min_start_epoch"}
+            {k: v for k, v in TINY.config.to_dict().items() if k != "min_start_epoch"}
         ).min_start_epoch
         == 0
     )  # sets and checkpoints saved before T− existed load as T− = 0
@@ -181,8 +195,8 @@ def test_segments_start_in_the_min_to_max_start_epoch_range(fashion, fashion_spl
 
 def test_merge_ablation_trains_the_student_on_d_distill_alone(fashion, fashion_split, hardness):
     config = TINY.replace(merge=True)
-    initial = distill_module.initial_set(config, fashion, fashion_split, hardness)
-    (stage,) = distill_module.stages_of(config, initial)
+    initial = distill_module.initial_set(config.target, 0, fashion, fashion_split, hardness)
+    (stage,) = distill_module.stages_of(config.target, config.resolved(), initial)
     assert len(stage.frozen) == 0 and len(stage.learnable) == int(initial.distill_mask.sum())
 
 

@@ -10,9 +10,8 @@ import json
 import pytest
 import torch
 
-from selmatch import distill as distill_module
-from selmatch.distill import DistillConfig
 from selmatch.initial import KINDS, RandomInit, RealInit, SequentialInit, WindowInit
+from selmatch.target import SetSpec, initialisation_of
 from selmatch.window import WindowSpec
 
 IPC = 12
@@ -75,9 +74,9 @@ def test_each_method_starts_from_its_kind() -> None:
         ("mtt", "window"): RealInit, ("seqmatch", "window"): SequentialInit,
     }  # fmt: skip
     for (method, init), kind in chosen.items():
-        config = DistillConfig(method=method, init=init, ipc=IPC, alpha=0.5 if method ==
-                               "selmatch" else 1.0)  # fmt: skip
-        assert isinstance(distill_module.initialisation_of(config), kind), (method, init)
+        target = SetSpec(method=method, init=init, ipc=IPC, alpha=0.5 if method ==
+                         "selmatch" else 1.0)  # fmt: skip
+        assert isinstance(initialisation_of(target, seed=0), kind), (method, init)
 
 
 def test_a_window_needs_scores(fashion, fashion_split) -> None:

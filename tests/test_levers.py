@@ -17,6 +17,7 @@ from selmatch.matching import (
 )
 from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
+from selmatch.target import SetSpec
 
 
 @pytest.fixture(autouse=True)
@@ -152,27 +153,30 @@ def walk_experts(fashion) -> InMemoryExperts:
     return InMemoryExperts(expert_config, layout, [walk])
 
 
+#: the set of the levered distillations: MTT at IPC 2
+MTT = SetSpec(method="mtt", ipc=2, alpha=1.0)
+
+
 def test_cuda_graphs_on_cpu_is_a_one_line_error(tmp_path, fashion, fashion_split) -> None:
     with pytest.raises(ConfigError, match="--cuda-graphs needs a CUDA device; this run is on cpu"):
         Levers(cuda_graphs=True).check_device(torch.device("cpu"))
     experts = walk_experts(fashion)
-    config = DistillConfig(method="mtt", ipc=2, n_student_steps=1, expert_epochs=1,
-                           max_start_epoch=2, syn_batch=5, iterations=1,
-                           cuda_graphs=True)  # fmt: skip
+    config = DistillConfig(n_student_steps=1, expert_epochs=1, max_start_epoch=2, syn_batch=5,
+                           iterations=1, cuda_graphs=True)  # fmt: skip
     with pytest.raises(ConfigError, match="--cuda-graphs needs a CUDA device"):
-        distill(config, fashion, fashion_split, experts, None, tmp_path, device="cpu",
+        distill(MTT, config, fashion, fashion_split, experts, None, tmp_path, device="cpu",
                 progress=False)  # fmt: skip
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_levered_distillation_runs_and_records_its_levers(tmp_path, fashion, fashion_split):
     experts = walk_experts(fashion)
-    config = DistillConfig(method="mtt", ipc=2, n_student_steps=2, expert_epochs=1,
-                           max_start_epoch=2, syn_batch=5, iterations=2, lr_images=10.0,
-                           channels_last=True, precision="tf32")  # fmt: skip
-    levered = distill(config, fashion, fashion_split, experts, None, tmp_path / "levered",
+    config = DistillConfig(n_student_steps=2, expert_epochs=1, max_start_epoch=2, syn_batch=5,
+                           iterations=2, lr_images=10.0, channels_last=True,
+                           precision="tf32")  # fmt: skip
+    levered = distill(MTT, config, fashion, fashion_split, experts, None, tmp_path / "levered",
                       device="cpu", progress=False)  # fmt: skip
-    plain = distill(config.replace(channels_last=False, precision="default"), fashion,
+    plain = distill(MTT, config.replace(channels_last=False, precision="default"), fashion,
                     fashion_split, experts, None, tmp_path / "plain", device="cpu",
                     progress=False)  # fmt: skip
     assert levered.manifest["distill"]["channels_last"] is True
@@ -243,7 +247,7 @@ def test_speed_auto_switches_on_compile_and_cuda_graphs_only_where_they_were_mea
 ) -> None:
     """--speed auto adds compile and CUDA graphs on CUDA with E = 1 in unrolled mode (the
     device check's fastest row); everywhere else the run uses exactly the levers asked for."""
-    config = DistillConfig(method="mtt", ipc=2, **settings)
+    config = DistillConfig(**settings)
     assert config.speed == settings.get("speed", "auto")
     assert config.levers_on(torch.device(device)) == expected
 
@@ -252,7 +256,7 @@ def test_speed_is_a_setting_with_a_one_line_error_and_old_manifests_read_as_auto
     with pytest.raises(ConfigError) as error:
         DistillConfig(speed="fast")
     assert str(error.value) == "--speed must be one of auto, off; got 'fast'"
-    saved = DistillConfig(method="mtt", ipc=2).to_dict()
+    saved = {**MTT.to_dict(), **DistillConfig().resolved(MTT).to_dict()}
     del saved["speed"]  # a manifest written before the setting existed
     assert DistillConfig.from_dict(saved).speed == "auto"
     args = cli.build_parser().parse_args(["distill", "--ipc", "2", "--speed", "off"])

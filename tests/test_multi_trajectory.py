@@ -21,6 +21,7 @@ from selmatch.matching import (
 )
 from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
+from selmatch.target import SetSpec
 
 D = torch.float64
 
@@ -79,14 +80,18 @@ def test_mismatched_plans_are_refused() -> None:
                            [plans[0], short])  # fmt: skip
 
 
+#: the set of these distillations: MTT at IPC 2
+MTT = SetSpec(method="mtt", ipc=2, alpha=1.0)
+
+
 def _fake_run(trajectories_per_step: int) -> _Run:
-    config = DistillConfig(method="mtt", ipc=2, n_student_steps=3, expert_epochs=2,
-                           max_start_epoch=5, syn_batch=7,
+    config = DistillConfig(n_student_steps=3, expert_epochs=2, max_start_epoch=5, syn_batch=7,
                            trajectories_per_step=trajectories_per_step)  # fmt: skip
     experts = [torch.arange(8 * 3, dtype=torch.float32).reshape(8, 3) + 100 * i for i in range(4)]
     labels = torch.arange(20) % 10
-    return _Run(config, Path("unused"), torch.nn.Identity(), ParamLayout((), ()), experts,
-                labels, (16, 16), DSAConfig(), torch.device("cpu"), False)  # fmt: skip
+    return _Run(MTT, config.resolved(MTT), Path("unused"), torch.nn.Identity(),
+                ParamLayout((), ()), experts, labels, (16, 16), DSAConfig(), torch.device("cpu"),
+                False)  # fmt: skip
 
 
 def test_e_trajectories_draw_what_e_single_iterations_draw() -> None:
@@ -134,13 +139,13 @@ def test_distill_with_several_trajectories_runs_and_resumes_only_with_the_same_e
         base + 0.01 * torch.randn(5, layout.numel, generator=noise).cumsum(0) for _ in range(2)
     ]
     experts = InMemoryExperts(expert_config, layout, walks)
-    config = DistillConfig(method="mtt", ipc=2, n_student_steps=2, expert_epochs=1,
-                           max_start_epoch=3, syn_batch=8, iterations=2, checkpoint_every=1,
-                           lr_images=10.0, trajectories_per_step=2)  # fmt: skip
-    result = distill(config, fashion, fashion_split, experts, None, tmp_path, device="cpu",
+    config = DistillConfig(n_student_steps=2, expert_epochs=1, max_start_epoch=3, syn_batch=8,
+                           iterations=2, checkpoint_every=1, lr_images=10.0,
+                           trajectories_per_step=2)  # fmt: skip
+    result = distill(MTT, config, fashion, fashion_split, experts, None, tmp_path, device="cpu",
                      progress=False)  # fmt: skip
     assert result.manifest["distill"]["trajectories_per_step"] == 2
     assert len((tmp_path / "loss.csv").read_text().splitlines()) == 3
     with pytest.raises(ConfigError, match="trajectories_per_step"):
-        distill(config.replace(trajectories_per_step=3, iterations=3), fashion, fashion_split,
+        distill(MTT, config.replace(trajectories_per_step=3, iterations=3), fashion, fashion_split,
                 experts, None, tmp_path, device="cpu", resume=True, progress=False)  # fmt: skip

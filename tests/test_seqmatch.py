@@ -6,13 +6,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+from matching_cases import Settings
 
 from selmatch import distill as distill_module
 from selmatch import seqmatch
 from selmatch.cli import main
 from selmatch.config import ConfigError
 from selmatch.data import balanced_subset
-from selmatch.distill import DistillConfig, distill
+from selmatch.distill import DistillConfig, distill, settings_of
 from selmatch.evaluate import EvalConfig, evaluate_sequential
 from selmatch.experts import ExpertConfig, ExpertSet, expert_training_indices, train_experts
 from selmatch.models import ModelConfig, build_model
@@ -30,10 +31,10 @@ from selmatch.train import TrainConfig, accuracy, train_network
 CPU = torch.device("cpu")
 EXPERTS = ExpertConfig(model=ModelConfig(width=4), num_experts=2, epochs=4, per_class=40,
                        batch_size=64)  # fmt: skip
-SEQ = DistillConfig(method="seqmatch", ipc=4, alpha=1.0, subsets=2, seqmatch_experts="retrained",
-                    stage_experts=2, stage_prefix_epochs=3, n_student_steps=3, expert_epochs=1,
-                    max_start_epoch=2, syn_batch=16, iterations=3, checkpoint_every=2,
-                    lr_images=100.0)  # fmt: skip
+SEQ = Settings.of(method="seqmatch", ipc=4, alpha=1.0, subsets=2, seqmatch_experts="retrained",
+                  stage_experts=2, stage_prefix_epochs=3, n_student_steps=3, expert_epochs=1,
+                  max_start_epoch=2, syn_batch=16, iterations=3, checkpoint_every=2,
+                  lr_images=100.0)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -118,18 +119,19 @@ def test_stage_experts_are_reused_from_the_cache_and_retrained_for_a_changed_s1(
                              device=CPU, progress=False)  # fmt: skip
 
 
-def run(config, fashion, fashion_split, experts, directory, **kwargs):
-    return distill(config, fashion, fashion_split, experts, None, directory, device="cpu",
-                   progress=False, **kwargs)  # fmt: skip
+def run(settings, fashion, fashion_split, experts, directory, **kwargs):
+    return distill(*settings.parts(), fashion, fashion_split, experts, None, directory,
+                   device="cpu", progress=False, **kwargs)  # fmt: skip
 
 
 def test_retrained_stages_match_the_start_of_their_own_experts(fashion, fashion_split) -> None:
-    initial = distill_module.initial_set(SEQ, fashion, fashion_split, None)
-    first, last = distill_module.stages_of(SEQ, initial)
+    initial = distill_module.initial_set(SEQ.target, 0, fashion, fashion_split, None)
+    first, last = distill_module.stages_of(SEQ.target, SEQ.resolved(), initial)
     assert (first.start_epochs, last.start_epochs) == ((0, 2), (0, 1))  # last: the first half
     three = SEQ.replace(subsets=3, max_start_epoch=3, stage_expert_epochs=3)
     windows = [s.start_epochs for s in distill_module.stages_of(
-        three, distill_module.initial_set(three, fashion, fashion_split, None))]  # fmt: skip
+        three.target, three.resolved(),
+        distill_module.initial_set(three.target, 0, fashion, fashion_split, None))]  # fmt: skip
     assert windows == [(0, 3), (0, 3), (0, 2)]  # the middle stage clipped to 3 − M + 1
 
 
@@ -158,7 +160,7 @@ def test_resume_at_a_stage_boundary_gives_the_uninterrupted_set(tmp_path, fashio
     from safetensors.torch import load_file
 
     restarted = load_file(str(tmp_path / "b/checkpoint/state.safetensors"))["syn_lr"]
-    assert float(restarted) == pytest.approx(SEQ.initial_lr)  # η restarts every stage
+    assert float(restarted) == pytest.approx(SEQ.resolved().initial_lr)  # η restarts each stage
     monkeypatch.setitem(distill_module.MODES, "unrolled", real)
     resumed = run(SEQ, fashion, fashion_split, experts, tmp_path / "b", resume=True)
     assert torch.equal(resumed.images, straight.images)
@@ -225,13 +227,13 @@ def test_the_cli_says_which_order_evaluated_a_seqmatch_set(tmp_path, fashion, fa
 )
 def test_bad_retrained_settings(kwargs, message) -> None:
     with pytest.raises(ConfigError, match=message):
-        SEQ.replace(**kwargs)
+        SEQ.replace(**kwargs).resolved()
 
 
 def test_the_stage_expert_epochs_default_to_what_the_start_window_needs() -> None:
-    assert SEQ.stage_expert_epochs == SEQ.max_start_epoch + SEQ.expert_epochs
-    assert (
-        SEQ.replace(seqmatch_experts="segment", stage_expert_epochs=None).stage_expert_epochs
-        is None
-    )
-    assert DistillConfig.from_dict(SEQ.to_dict()) == SEQ
+    resolved = SEQ.resolved()
+    assert resolved.stage_expert_epochs == SEQ.max_start_epoch + SEQ.expert_epochs
+    segment = SEQ.replace(seqmatch_experts="segment", stage_expert_epochs=None)
+    assert segment.resolved().stage_expert_epochs is None
+    assert DistillConfig.from_dict(resolved.to_dict()) == resolved
+    assert settings_of({**SEQ.target.to_dict(), **resolved.to_dict()}) == (SEQ.target, resolved)

@@ -17,9 +17,10 @@ from selmatch.config import (
 )
 from selmatch.consistency import ConsistencyConfig
 from selmatch.data import HoldoutSplit, smallest_class_size
-from selmatch.distill import SEQMATCH_EXPERTS, DistillConfig
+from selmatch.distill import DistillConfig
 from selmatch.evaluate import EvalConfig
 from selmatch.experts import ExpertConfig
+from selmatch.target import SEQMATCH_EXPERTS
 from selmatch.window import BETA_CONVENTIONS
 
 #: The methods a search can distil with, and what ``--method`` offers.
@@ -119,8 +120,8 @@ class SearchConfig(Config):
     )  # fmt: skip
     distill: DistillConfig = setting(
         factory=DistillConfig, cli=False,
-        help="the distillation of every α and K trial (its method, IPC, β, α and init are the "
-        "trial's)",
+        help="the matching settings of every α and K trial (the set each makes, its method, "
+        "IPC, β, α, K, is the trial's own)",
     )  # fmt: skip
     methods: tuple[str, ...] = setting(
         factory=lambda: ("selmatch",), flag="--method", group=WHAT,
@@ -189,10 +190,6 @@ class SearchConfig(Config):
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        # The distillation's own copies of the search's choices follow them, so the manifest
-        # and MLflow never show two values of one setting (a trial sets its method, IPC, β, α)
-        followed = self.distill.replace(score=self.score, beta_convention=self.beta_convention)
-        object.__setattr__(self, "distill", followed)
         if not self.ipcs or list(self.ipcs) != sorted(set(self.ipcs)):
             raise ConfigError(f"--ipcs must be distinct and increasing, got {list(self.ipcs)}")
         for ipc in self.ipcs:

@@ -96,7 +96,7 @@ def paper() -> SearchConfig:
         beta_convention="ipc-units", beta_grid=TENTHS, alpha_grid=ALPHAS,
         short=_eval(resnet, 200, 1), final=_eval(resnet, 1000, 5),
         distill=DistillConfig(n_student_steps=55, expert_epochs=2, max_start_epoch=80,
-                              syn_batch=125, iterations=2000, lr_images=1000.0, lr_init=0.001,
+                              syn_batch=125, iterations=2000, lr_images=1000.0,
                               checkpoint_every=500),
         full_eval_top=3, max_concurrent=8, cpus_per_trial=4.0, gpus_per_trial=1.0,
         noise=0.003, top_repeats=1, predict_ipcs=(100, 2000),

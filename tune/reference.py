@@ -35,15 +35,6 @@ NOTES = {
     "crop+flip on D_select)",
     "final.train.augment": "distilled sets get combined augmentation (DSA on D_distill, "
     "crop+flip on D_select)",
-    "distill.method": "each trial's own (selmatch or mtt in the α phase, seqmatch in the K phase)",
-    "distill.ipc": "each trial's own",
-    "distill.init": "each trial's own (the β phase's winner: window or random)",
-    "distill.beta": "each trial's own (the β phase's winner)",
-    "distill.alpha": "each trial's own",
-    "distill.beta_convention": "follows `beta_convention`",
-    "distill.score": "follows `score`",
-    "distill.subsets": "each K trial's own",
-    "distill.seqmatch_experts": "the K trials use `seqmatch_experts`",
 }
 DSA_ROW = (
     "| `short.train.dsa.*`, `final.train.dsa.*` | defaults | defaults | defaults | DSA "

@@ -26,7 +26,6 @@ import ray
 
 from selmatch.cli.common import check_output
 from selmatch.data import ImageDataset, holdout_split, load_dataset
-from selmatch.distill import DEFAULT_LR_INIT, DistillConfig
 from selmatch_tune.config import SearchConfig, fit_to_data, validation_warning
 from selmatch_tune.costs import format_costs, stage_costs
 from selmatch_tune.finals import (
@@ -179,7 +178,7 @@ def search_alpha(
 
     assert entry.beta is not None
     init = entry.beta.init or "window"
-    alpha_fixed = _distill_fixed(config, pre, entry, fixed, config.distill).replace(init=init)
+    alpha_fixed = _distill_fixed(config, pre, entry, fixed).replace(init=init)
     anchors = tuple(a for a in (0.0, 1.0) if a in config.alpha_grid)
     grid = tuple(sorted({*bounded(config.alpha_grid, bound), *anchors}))
     phase = Phase("alpha", ipc, grid, alpha_fixed, anchors, bound)
@@ -209,29 +208,15 @@ def search_alpha(
 
 
 def _distill_fixed(
-    config: SearchConfig, pre: Precomputed, entry: IpcRecord, fixed: TrialSpec,
-    distill: DistillConfig,
-) -> TrialSpec:  # fmt: skip
+    config: SearchConfig, pre: Precomputed, entry: IpcRecord, fixed: TrialSpec
+) -> TrialSpec:
     """What every distillation trial of an IPC shares: the β phase's best β, the matching
     settings, the experts' and where the precompute cached them (the set's provenance)."""
     assert entry.beta is not None
     return fixed.replace(
-        beta=entry.beta.best, distill=distill, experts=config.experts,
+        beta=entry.beta.best, distill=config.distill, experts=config.experts,
         layout=pre.layout.to_dict(), experts_dir=str(pre.cache_dir),
     )  # fmt: skip
-
-
-def seqmatch_settings(config: SearchConfig, ipc: int, subsets: int) -> DistillConfig:
-    """SeqMatch's distillation in the K phase: the search's distillation settings with
-    SeqMatch's own learnable-lr start (MTT's 0.01) unless one was set (``--override
-    distill.lr_init``), from the random subset, every image learned."""
-    distill = config.distill
-    lr = None if distill.lr_init == DEFAULT_LR_INIT[distill.method] else distill.lr_init
-    # ``init`` is SelMatch's choice (left at its default); SeqMatch starts from random anyway
-    return distill.replace(method="seqmatch", init="window", alpha=1.0, ipc=ipc,
-                           subsets=subsets, lr_init=lr, beta_convention=config.beta_convention,
-                           score=config.score,
-                           seqmatch_experts=config.seqmatch_experts)  # fmt: skip
 
 
 def search_subsets(
@@ -248,16 +233,18 @@ def search_subsets(
         log(f"IPC {ipc}: no K of --subsets-grid {list(config.subsets_grid)} fits IPC {ipc}: "
             "SeqMatch not searched here")  # fmt: skip
         return
-    distill = seqmatch_settings(config, ipc, int(grid[0]))  # the trial sets K and the seeds
-    seq_fixed = _distill_fixed(config, pre, entry, fixed, distill).replace(
-        method="seqmatch", init="random", alpha=1.0, stage_parallel=config.stage_slots
-    )
+    # SeqMatch's learnable lr starts at its own default (MTT's 0.01) unless --override
+    # distill.lr_init set one; from the random subset, every image learned
+    seq_fixed = _distill_fixed(config, pre, entry, fixed).replace(
+        method="seqmatch", init="random", alpha=1.0, seqmatch_experts=config.seqmatch_experts,
+        stage_parallel=config.stage_slots,
+    )  # fmt: skip
     phase = Phase("subsets", ipc, grid, seq_fixed)
     subsets, results = run_phase(phase, config, common["data"], common["storage"],
                                  common["tracker"], markers=markers, resume=common["resume"],
                                  log=log)  # fmt: skip
     entry.subsets = subsets
-    subsets.seqmatch_experts = distill.seqmatch_experts
+    subsets.seqmatch_experts = config.seqmatch_experts
     best, seq_val = subsets.best, subsets.best_point.val
     if entry.winner is not None:
         other = entry.winner_scores()
@@ -268,7 +255,7 @@ def search_subsets(
             return
     entry.winner = Winner(init="random", alpha=1.0, candidate="seqmatch", subsets=int(best))
     log(f"IPC {ipc}: the winner is SeqMatch with K = {best:g} subsets "
-        f"({distill.seqmatch_experts} stage experts)")  # fmt: skip
+        f"({config.seqmatch_experts} stage experts)")  # fmt: skip
     target = out / "sets" / f"ipc{ipc}"
     entry.set_dir = str(collect_winner(results, best, target, searched="subsets"))
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import ray
@@ -29,6 +29,7 @@ from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set
 from selmatch.experts import ExpertConfig, InMemoryExperts, Mapper, TrainOne
 from selmatch.params import ParamLayout
 from selmatch.sweep import evaluate_random, evaluate_window
+from selmatch.target import SetSpec
 from selmatch.window import WindowSpec
 from selmatch_tune.precompute import dataset_from_arrays
 
@@ -42,10 +43,11 @@ class TrialSpec(Config):
     had, so an experiment begun by an earlier version restores.
 
     The selection: ``ipc``, ``init`` (window or random), ``beta`` read by ``beta_convention``
-    on ``score``; the distillation (α and K trials): ``method``, ``alpha``, ``subsets`` and the
-    search's matching settings ``distill``, made one :class:`DistillConfig` by
-    :meth:`distill_config` only; the evaluation; ``repeat`` (the k-th evaluation of a point
-    trains with the next seeds); the split it must use and the trial's resources."""
+    on ``score``; the distillation (α and K trials): ``method``, ``alpha``, ``subsets`` and
+    ``seqmatch_experts``, the set a trial makes (:meth:`target`), and the search's matching
+    settings ``distill``, the same for every trial (:meth:`matching`); the evaluation;
+    ``repeat`` (the k-th evaluation of a point trains with the next seeds); the split it must
+    use and the trial's resources."""
 
     ipc: int
     beta_convention: str
@@ -60,6 +62,7 @@ class TrialSpec(Config):
     alpha: float | None = None
     method: str = "selmatch"
     subsets: int | None = None
+    seqmatch_experts: str = "segment"
     repeat: int = 0
     distill: DistillConfig | None = None
     experts: ExpertConfig | None = None
@@ -76,19 +79,36 @@ class TrialSpec(Config):
         assert self.beta is not None, "a window trial has a β"
         return WindowSpec(self.ipc, self.beta, 0.0, self.beta_convention)
 
-    def distill_config(self) -> DistillConfig:
-        """The one place a trial's selection and searched values meet the matching settings.
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialSpec:
+        """Also a param space written before the set's spec left ``distill``: its SeqMatch
+        variant was ``distill.seqmatch_experts`` (the set's other keys there were the
+        trial's own, always overwritten)."""
+        data = dict(data)
+        legacy = data.get("distill") or {}
+        if "seqmatch_experts" not in data and "seqmatch_experts" in legacy:
+            data["seqmatch_experts"] = legacy["seqmatch_experts"]
+        return cast(TrialSpec, super().from_dict(data))
+
+    def target(self) -> SetSpec:
+        """The set this trial makes: its selection and searched value. A random start's seed
+        is the split's (the random subset the β phase and the final reference evaluate).
         SeqMatch always starts from the random subset and learns every image (``init`` is
         SelMatch's option, left at its default)."""
-        assert self.distill is not None, "a distillation trial carries the matching settings"
         searched: dict[str, Any] = {"alpha": self.alpha, "init": self.init}
         if self.method == "seqmatch":
-            searched = {"subsets": int(self.subsets or 2), "alpha": 1.0, "init": "window"}
-        return self.distill.replace(
-            method=self.method, beta=self.beta or 0.0, ipc=self.ipc,
+            searched = {"subsets": int(self.subsets or 2), "alpha": 1.0,
+                        "seqmatch_experts": self.seqmatch_experts}  # fmt: skip
+        return SetSpec(
+            method=self.method, ipc=self.ipc, beta=self.beta or 0.0,
             beta_convention=self.beta_convention, score=self.score, subset_seed=self.split_seed,
-            seed=self.distill.seed + self.repeat, **searched,
+            **searched,
         )  # fmt: skip
+
+    def matching(self) -> DistillConfig:
+        """The search's matching settings, with this repeat's seed."""
+        assert self.distill is not None, "a distillation trial carries the matching settings"
+        return self.distill.replace(seed=self.distill.seed + self.repeat)
 
 
 def _release() -> None:
@@ -193,7 +213,7 @@ def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
       the set is its initialisation, evaluated as the β trials evaluate it (so α = 0 from the
       window *is* the oracle window).
     - ``method="seqmatch"`` (the K phase): SeqMatch with ``subsets`` = K from the random
-      subset, every image learned; retrained stage experts (``distill.seqmatch_experts``)
+      subset, every image learned; retrained stage experts (``seqmatch_experts``)
       are trained as parallel Ray tasks (:func:`stage_expert_mapper`)."""
     started = time.perf_counter()
     spec = TrialSpec.from_dict(config)
@@ -206,12 +226,12 @@ def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
         Path(spec.experts_dir),  # where the precompute cached them: the set's provenance
     )  # fmt: skip
     fetched = time.perf_counter()
-    distill_config = spec.distill_config()
+    target = spec.target()
     evaluation = spec.seeded()
-    if distill_config.alpha > 0:  # α = 0 is the oracle window (or the random subset) as it was
+    if target.alpha > 0:  # α = 0 is the oracle window (or the random subset) as it was
         evaluation = evaluation.replace(train=evaluation.train.replace(augment="combined"))
     with tempfile.TemporaryDirectory() as directory, tempfile.TemporaryDirectory() as stages:
-        synthetic = distill(distill_config, dataset, split, experts, hardness, directory,
+        synthetic = distill(target, spec.matching(), dataset, split, experts, hardness, directory,
                             device=evaluation.device, progress=False, stage_cache=stages,
                             stage_mapper=stage_expert_mapper(spec))  # fmt: skip
         result = evaluate_set(synthetic.images, synthetic.labels, dataset, evaluation,

@@ -201,11 +201,11 @@ def add_score_options(parser: argparse.ArgumentParser) -> None:
         help="folder with scores.safetensors (default: runs/experts/<dataset>, where "
         "`selmatch experts` writes them)",
     )  # fmt: skip
-    # declared once, in DistillConfig: the same option in window, distill and coverage
-    from selmatch.distill import DistillConfig
+    # declared once, in SetSpec: the same option in window, distill and coverage
+    from selmatch.target import SetSpec
 
-    options.add_option(group, DistillConfig, "score")
-    options.add_option(group, DistillConfig, "beta_convention")
+    options.add_option(group, SetSpec, "score")
+    options.add_option(group, SetSpec, "beta_convention")
 
 
 def load_hardness(args: argparse.Namespace, dataset: ImageDataset, split: HoldoutSplit) -> Any:

@@ -8,19 +8,22 @@ from pathlib import Path
 from selmatch.cli import common, options
 from selmatch.distill import DistillConfig, distill, draw
 from selmatch.experts import ExpertSet
+from selmatch.target import SetSpec
 from selmatch.train import resolve_device
 
 SUMMARY = "distil a synthetic set by trajectory matching (selmatch, mtt or seqmatch)"
-#: the settings this command offers, by --help section (each declared once, in DistillConfig)
-SEQMATCH_OPTIONS = ("subsets", "seqmatch_experts", "stage_experts", "stage_prefix_epochs",
-                    "stage_expert_epochs")  # fmt: skip
+#: the settings this command offers, by --help section (each declared once: the set's in
+#: SetSpec, the matching's in DistillConfig)
+SEQMATCH_SET = ("subsets", "seqmatch_experts")
+SEQMATCH_OPTIONS = ("stage_experts", "stage_prefix_epochs", "stage_expert_epochs")
 MATCHING_OPTIONS = ("n_student_steps", "expert_epochs", "max_start_epoch", "min_start_epoch",
                     "syn_batch", "iterations", "lr_images", "momentum_images", "lr_init", "lr_lr",
                     "momentum_lr", "dsa_strategy", "mode", "trajectories_per_step")  # fmt: skip
 LEVER_OPTIONS = ("speed", "compile", "cuda_graphs", "precision", "channels_last")
-RUN_OPTIONS = ("checkpoint_every", "seed", "subset_seed")
-CONFIG_OPTIONS = ("method", "ipc", "init", "beta", "alpha", "merge", "beta_convention", "score",
-                  *SEQMATCH_OPTIONS, *MATCHING_OPTIONS, *LEVER_OPTIONS, *RUN_OPTIONS)  # fmt: skip
+RUN_OPTIONS = ("checkpoint_every", "seed")
+SET_OPTIONS = ("method", "ipc", "init", "beta", "alpha", "merge", "beta_convention", "score",
+               *SEQMATCH_SET, "subset_seed")  # fmt: skip
+CONFIG_OPTIONS = (*SEQMATCH_OPTIONS, *MATCHING_OPTIONS, *LEVER_OPTIONS, *RUN_OPTIONS)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,13 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(--resume continues, bit-for-bit)."
         ),
     )
-    groups = options.add_options(parser, DistillConfig, ("method", "ipc"), required=("ipc",))
+    groups = options.add_options(parser, SetSpec, ("method", "ipc"), required=("ipc",))
     parser.add_argument(
         "--experts", type=Path, default=None, metavar="DIR",
         help="expert folder from `selmatch experts` (default: runs/experts/<dataset>)",
     )  # fmt: skip
-    options.add_options(parser, DistillConfig, ("init", "beta", "alpha", "merge"), groups=groups)
+    options.add_options(parser, SetSpec, ("init", "beta", "alpha", "merge"), groups=groups)
     common.add_score_options(parser)
+    options.add_options(parser, SetSpec, SEQMATCH_SET, groups=groups)
     options.add_options(parser, DistillConfig, SEQMATCH_OPTIONS, groups=groups)
     groups["SeqMatch"].add_argument(
         "--stage-cache", type=Path, default=None, metavar="DIR",
@@ -56,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     options.add_options(parser, DistillConfig, MATCHING_OPTIONS + LEVER_OPTIONS, groups=groups)
     options.add_options(parser, DistillConfig, RUN_OPTIONS, groups=groups)
+    options.add_options(parser, SetSpec, ("subset_seed",), groups=groups)
     run = groups["run"]
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     common.add_device_options(run)
@@ -69,23 +74,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_distill(args: argparse.Namespace) -> int:
     common.check_output(args.out, "folder")
-    given = options.values(args, CONFIG_OPTIONS)
+    given = options.values(args, SET_OPTIONS)
     if args.method != "selmatch":
         given["alpha"] = 1.0  # every image of MTT and SeqMatch is learned
-    config = DistillConfig(**given)
+    target = SetSpec(**given)
+    config = DistillConfig(**options.values(args, CONFIG_OPTIONS)).resolved(target)
     device = resolve_device(args.device)
     levers = config.levers_on(device)
     levers.check_device(device)  # before any loading
     dataset, split = common.load_data(args)
     experts = ExpertSet.load(args.experts or Path("runs") / "experts" / common.slug(dataset.name))
-    needs_scores = config.method == "selmatch" and config.init == "window"
-    hardness = common.load_hardness(args, dataset, split) if needs_scores else None
+    hardness = common.load_hardness(args, dataset, split) if target.needs_scores else None
     out = args.out or Path("runs") / "distill" / (
-        f"{common.slug(dataset.name)}-{config.method}-ipc{config.ipc}"
+        f"{common.slug(dataset.name)}-{target.method}-ipc{target.ipc}"
     )
     print(dataset.describe())
     print(
-        f"{config.method}: IPC {config.ipc}, N {config.n_student_steps}, M "
+        f"{target.method}: IPC {target.ipc}, N {config.n_student_steps}, M "
         f"{config.expert_epochs}, start epochs [{config.min_start_epoch}, "
         f"{config.max_start_epoch}), b {config.syn_batch}, "
         f"{config.iterations} iterations, {config.mode} mode, {len(experts.finished)} expert(s) "
@@ -94,7 +99,7 @@ def run_distill(args: argparse.Namespace) -> int:
     if levers.active:
         automatic = " (--speed auto on CUDA)" if levers != config.levers else ""
         print(f"speed levers: {levers.describe()}{automatic}")
-    if config.retrained:
+    if target.retrained:
         print(
             f"seqmatch, retrained stage experts: {config.stage_experts} per stage k > 1, "
             f"{config.stage_prefix_epochs} epochs per earlier-subset step, "
@@ -102,8 +107,8 @@ def run_distill(args: argparse.Namespace) -> int:
         )
     stage_cache = args.stage_cache or Path("runs") / "stage-experts" / common.slug(dataset.name)
     result = distill(
-        config, dataset, split, experts, hardness, out, device=args.device, resume=args.resume,
-        progress=not args.no_progress, stage_cache=stage_cache,
+        target, config, dataset, split, experts, hardness, out, device=args.device,
+        resume=args.resume, progress=not args.no_progress, stage_cache=stage_cache,
     )  # fmt: skip
     draw(out)
     print(
@@ -111,10 +116,10 @@ def run_distill(args: argparse.Namespace) -> int:
         f"{result.manifest['final_loss']:.4f}, learned lr {result.learned_lr:.4g}, "
         f"{result.manifest['seconds']:.0f} s"
     )
-    if config.method == "seqmatch":
+    if target.method == "seqmatch":
         print(f"learned lr per stage: {result.manifest['stage_lrs']}")
     print(f"set, manifest.json, loss.csv, loss.png and grid.png written to {out.resolve()}")
     print(f"evaluate it with: selmatch evaluate --set {out}")
-    if config.method == "seqmatch":
+    if target.method == "seqmatch":
         print(f"or in SeqMatch's order: selmatch evaluate --set {out} --eval-order sequential")
     return 0

@@ -393,11 +393,9 @@ def test_any_setting_can_be_overridden_by_path() -> None:
     coupled = apply_sets(smoke(), ["distill.min_start_epoch=3", "distill.max_start_epoch=4"])
     assert (coupled.distill.min_start_epoch, coupled.distill.max_start_epoch) == (3, 4)
     # what differs from the preset is printed, so a log never shows the preset's values only
-    # the distillation's copy of the score follows the search's: one value in the manifest
-    assert config.distill.score == "forgetting" and smoke().distill.score == smoke().score
+    # the distillation holds no copy of the score (one value in the manifest and MLflow)
     assert overridden(smoke(), config) == (
-        "score=forgetting, beta_grid=[0, 0.2], short.train.lr=0.05, distill.score=forgetting, "
-        "distill.lr_images=100"
+        "score=forgetting, beta_grid=[0, 0.2], short.train.lr=0.05, distill.lr_images=100"
     )
     assert overridden(smoke(), smoke()) == ""
 
@@ -477,10 +475,11 @@ def test_a_repeat_trains_with_other_seeds() -> None:
 def test_a_trial_spec_is_built_once_and_is_the_param_space_tune_restores() -> None:
     """The driver builds a trial's spec; Tune's param space is its dict (the searched leaf a
     choice); a trial rebuilds it from that dict, and a param space written before the spec
-    existed (the keys it always had) rebuilds the same spec. The distillation's settings meet
-    the trial's β, α and K in one place."""
+    existed (the keys it always had, the set's settings then inside ``distill``) rebuilds the
+    same spec. The set a trial makes is its own; the matching settings are the search's."""
     from selmatch.distill import DistillConfig
     from selmatch.evaluate import EvalConfig
+    from selmatch.target import SetSpec
     from selmatch_tune.trials import TrialSpec
 
     base = TrialSpec(ipc=6, beta_convention="data-fraction", score="el2n", val_fraction=0.02,
@@ -492,15 +491,22 @@ def test_a_trial_spec_is_built_once_and_is_the_param_space_tune_restores() -> No
     old = {"ipc": 6, "beta_convention": "data-fraction", "score": "el2n",
            "val_fraction": 0.02, "split_seed": 3, "cpus_per_trial": 1, "gpus_per_trial": 0,
            "evaluation": EvalConfig(num_seeds=1).to_dict(), "beta": 0.4, "alpha": 0.25,
-           "distill": DistillConfig(iterations=7, seed=5).to_dict(), "repeat": 1}  # fmt: skip
+           "distill": {**SetSpec().to_dict(),
+                       **DistillConfig(iterations=7, seed=5).resolved(SetSpec()).to_dict()},
+           "repeat": 1}  # fmt: skip
     assert TrialSpec.from_dict(old) == spec
-    made = spec.distill_config()
-    assert (made.method, made.ipc, made.beta, made.alpha, made.iterations) == (
-        "selmatch", 6, 0.4, 0.25, 7)  # fmt: skip
-    assert (made.beta_convention, made.score, made.subset_seed, made.seed) == (
-        "data-fraction", "el2n", 3, 6)  # fmt: skip
-    seq = spec.replace(method="seqmatch", subsets=3.0, init="random").distill_config()
+    made, matching = spec.target(), spec.matching()
+    assert (made.method, made.ipc, made.beta, made.alpha) == ("selmatch", 6, 0.4, 0.25)
+    assert (made.beta_convention, made.score, made.subset_seed) == ("data-fraction", "el2n", 3)
+    assert matching == DistillConfig(iterations=7, seed=6)  # the repeat's seed
+    seq = spec.replace(method="seqmatch", subsets=3.0, init="random",
+                       seqmatch_experts="retrained").target()  # fmt: skip
     assert (seq.method, seq.subsets, seq.alpha, seq.init) == ("seqmatch", 3, 1.0, "window")
+    assert seq.retrained
+    # a K phase begun before the split kept its variant in ``distill``
+    legacy = {**old, "method": "seqmatch", "subsets": 3,
+              "distill": {**old["distill"], "seqmatch_experts": "retrained"}}  # fmt: skip
+    assert TrialSpec.from_dict(legacy).target().retrained
     assert spec.window().beta == 0.4 and spec.window().ipc == 6
 
 
