@@ -1,14 +1,22 @@
 """Does the study's evaluation budget rank the sets as a longer one does? (issue 19, item 4)
 
 The study trains every set for the steps of 2 full-data epochs; the paper's rule is 50. Here
-the random subset, the oracle window and the SelMatch set of plan v2 at 1 % (IPC 60, the sets
-committed whole) are trained with the study's protocol (ConvNet width 32, SGD lr 0.1 cosine,
-batch 128; DSA on real subsets, combined augmentation on the SelMatch set) for the steps of 2
-and of 10 full-data epochs, with the current code (the fidelity fixes in). 2 epochs: 3 seeds
-(as the study); 10 epochs: ``--seeds-long`` seeds (default 1: five times the cost per seed).
-One JSON per (set, budget) in ``experiments/results/eval-budget/``, skipped when it exists.
+the random subset, the oracle window and the SelMatch set are trained with the study's
+protocol (ConvNet width 32, SGD lr 0.1 cosine, batch 128; DSA on real subsets, combined
+augmentation on the SelMatch set) for the steps of 2 and of 10 full-data epochs, with the
+current code (the fidelity fixes in). 2 epochs: 3 seeds (as the study); 10 epochs:
+``--seeds-long`` seeds (default 1: five times the cost per seed). One JSON per (set, budget)
+in ``experiments/results/eval-budget/``, skipped when it exists.
 
-    python experiments/eval_budget.py
+- IPC 60 (1 %): the plan-v2 sets, committed whole.
+- IPC 300 (5 %): the plan-v3 study's window at β* and SelMatch as searched, made again by the
+  study's own steps from its search (``runs/fmnist-study-v3/search``) into
+  ``runs/eval-budget-sets`` (9 MB each, not committed; the study keeps only their pictures).
+  The random subset's 2-epoch row is the study's own evaluation (the same subset, protocol and
+  seeds), copied with its source named; the two rebuilt sets are evaluated at both budgets.
+
+    python experiments/eval_budget.py              # IPC 60
+    python experiments/eval_budget.py --ipc 300    # IPC 300
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import fmnist_study as study_module
+
 from selmatch.data import balanced_subset, holdout_split, load_dataset
 from selmatch.evaluate import EvalConfig, evaluate_set
 from selmatch.io import write_json
@@ -29,20 +39,37 @@ from selmatch.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results" / "eval-budget"
-SETS = ROOT / "experiments" / "results" / "fmnist-study-v2" / "ipc60-sets"
+#: where each IPC's window and SelMatch sets are (those of IPC 300 made by ``rebuild``)
+SETS = {
+    60: ROOT / "experiments" / "results" / "fmnist-study-v2" / "ipc60-sets",
+    300: ROOT / "runs" / "eval-budget-sets",
+}
+STUDY = study_module.PLANS["v3"]
+NAMES = ("random", "window", "selmatch")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds-long", type=int, default=1,
                         help="seeds of the 10-epoch evaluations (default: 1)")  # fmt: skip
+    parser.add_argument("--ipc", type=int, default=60, choices=sorted(SETS),
+                        help="images per class of the sets compared (default: 60)")  # fmt: skip
     args = parser.parse_args(argv)
+    ipc, sets_dir = args.ipc, SETS[args.ipc]
+    if ipc != 60:
+        rebuild(sets_dir, ipc)
+    missing = [d for d in (f"window-ipc{ipc}", f"distill-selmatch-ipc{ipc}")
+               if not (sets_dir / d / "set.safetensors").exists()]  # fmt: skip
+    if missing:
+        parser.error(f"--ipc {ipc}: no {', '.join(missing)} under {sets_dir}")
     OUT.mkdir(parents=True, exist_ok=True)
+    if ipc != 60:
+        copy_random_evaluation(ipc)
     dataset = load_dataset("fashion-mnist")
     split = holdout_split(dataset.train_labels, dataset.num_classes)
-    random = balanced_subset(dataset.train_labels, 10, 60, seed=0, among=split.pool)
-    window = SyntheticSet.load(SETS / "window-ipc60")
-    selmatch = SyntheticSet.load(SETS / "distill-selmatch-ipc60")
+    random = balanced_subset(dataset.train_labels, 10, ipc, seed=0, among=split.pool)
+    window = SyntheticSet.load(sets_dir / f"window-ipc{ipc}")
+    selmatch = SyntheticSet.load(sets_dir / f"distill-selmatch-ipc{ipc}")
     sets = {
         "random": (dataset.train_images[random], dataset.train_labels[random], None, "dsa"),
         "window": (window.images, window.labels, None, "dsa"),
@@ -50,28 +77,59 @@ def main(argv: list[str] | None = None) -> int:
     }
     for full_epochs, seeds in ((2.0, 3), (10.0, args.seeds_long)):
         for name, (images, labels, mask, augment) in sets.items():
-            path = OUT / f"{name}-ipc60-full{full_epochs:g}.json"
+            path = OUT / f"{name}-ipc{ipc}-full{full_epochs:g}.json"
             if path.exists():
                 continue
             config = EvalConfig(model=ModelConfig(width=32), train=TrainConfig(augment=augment),
                                 num_seeds=seeds, full_epochs=full_epochs)  # fmt: skip
             started = time.perf_counter()
             result = evaluate_set(images, labels, dataset, config, split=split, dsa_mask=mask)
-            write_json(path, {"set": name, "ipc": 60, "full_epochs": full_epochs,
+            write_json(path, {"set": name, "ipc": ipc, "full_epochs": full_epochs,
                               "augment": augment, "result": result.to_dict(),
                               "seconds": time.perf_counter() - started})  # fmt: skip
             print(f"[budget] {name} full:{full_epochs:g}: {result.summary()}", flush=True)
-    print(table())
+    print(table(ipc))
     return 0
 
 
-def table() -> str:
-    lines = ["| set (IPC 60, 1 %) | 2 full-data epochs (3 seeds) | 10 full-data epochs |",
+def rebuild(out: Path, ipc: int) -> None:
+    """The study's window and SelMatch set at ``ipc``, made again by its own steps (a set is
+    skipped when it is there)."""
+    search = ROOT / "runs" / STUDY.folder / "search"
+    if not (search / "best_hparams.csv").exists():
+        raise SystemExit(f"--ipc {ipc}: no search in {search}; run experiments/fmnist_study.py "
+                         f"--plan v3 first")  # fmt: skip
+    row = study_module.winners(search)[ipc]
+    out.mkdir(parents=True, exist_ok=True)
+    study = study_module.Study(out, dry_run=False, stop_after=None, plan=STUDY)
+    study_module.window_step(study, ipc, row)
+    study_module.selmatch_step(study, ipc, row)
+
+
+def copy_random_evaluation(ipc: int) -> None:
+    """The random subset's 2-epoch row is the study's own 3-seed evaluation (the same subset,
+    protocol and seeds)."""
+    found = ROOT / "runs" / STUDY.folder / f"eval-random-ipc{ipc}.json"
+    if not found.exists():
+        found = STUDY.results / "evals" / found.name
+    path = OUT / f"random-ipc{ipc}-full2.json"
+    if path.exists() or not found.exists():
+        return
+    record = json.loads(found.read_text())
+    write_json(path, {"set": "random", "ipc": ipc, "full_epochs": 2.0,
+                      "augment": record["config"]["train"]["augment"], "result": record["result"],
+                      "seconds": record.get("wall_seconds"),
+                      "source": f"the plan-v3 study's {found.name}"})  # fmt: skip
+
+
+def table(ipc: int = 60) -> str:
+    percent = {60: "1 %", 300: "5 %"}[ipc]
+    lines = [f"| set (IPC {ipc}, {percent}) | 2 full-data epochs (3 seeds) | 10 full-data epochs |",
              "|---|---|---|"]  # fmt: skip
-    for name in ("random", "window", "selmatch"):
+    for name in NAMES:
         cells = []
         for budget in ("2", "10"):
-            path = OUT / f"{name}-ipc60-full{budget}.json"
+            path = OUT / f"{name}-ipc{ipc}-full{budget}.json"
             if not path.exists():
                 cells.append("—")
                 continue

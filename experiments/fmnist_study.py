@@ -317,34 +317,42 @@ def restore(out: Path, search: Path, results: Path) -> None:
         print(f"[study] restored {copied} file(s) from {results} into {out}")
 
 
+def window_step(study: Study, ipc: int, row: dict[str, Any]) -> bool:
+    """The oracle window at the searched β* (``OUT/window-ipcN``) unless it, or its
+    evaluation, is there."""
+    window, scores = study.out / f"window-ipc{ipc}", row.get("scores", row["experts"])
+    return study.run(f"window ipc{ipc}", study.selmatch(
+        "window", "--scores", scores, "--score", study.plan.score, "--ipc", str(ipc), "--beta",
+        f"{float(row['beta']):g}", "--beta-convention", CONVENTION, "--out", str(window),
+    ), window / "set.safetensors", study.out / f"eval-{window.name}.json")  # fmt: skip
+
+
+def selmatch_step(study: Study, ipc: int, row: dict[str, Any]) -> bool:
+    """SelMatch as searched (``OUT/distill-selmatch-ipcN``): β*, α* and the winning
+    initialisation, the window at β* or the random subset (seed: the split's)."""
+    init = ("--init", "random", "--subset-seed", "0") if row.get("init") == "random" else ()
+    return distill_step(study, "selmatch", ipc, float(row["beta"]), float(row["alpha"]),
+                        row["experts"], study.out / f"distill-selmatch-ipc{ipc}", extra=init,
+                        scores=row.get("scores", row["experts"]))  # fmt: skip
+
+
 def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
     """Each set is evaluated as soon as it is made, so a chunk that stops early leaves finished
     rows, not a stack of unevaluated sets."""
     out, experts, score = study.out, row["experts"], study.plan.score
     scores = row.get("scores", experts)  # the experts' own table unless the search said else
     beta, alpha = float(row["beta"]), float(row["alpha"])
-    # SelMatch as searched: from the window at β*, or from the random subset (seed: the split's)
-    init = ("--init", "random", "--subset-seed", "0") if row.get("init") == "random" else ()
     ok = evaluate_step(study, f"random-ipc{ipc}", "--ipc", str(ipc))
     window = out / f"window-ipc{ipc}"
-    ok = ok and study.run(f"window ipc{ipc}", study.selmatch(
-        "window", "--scores", scores, "--score", score, "--ipc", str(ipc), "--beta",
-        f"{beta:g}", "--beta-convention", CONVENTION, "--out", str(window),
-    ), window / "set.safetensors", out / f"eval-{window.name}.json")  # fmt: skip
+    ok = ok and window_step(study, ipc, row)
     ok = ok and evaluate_step(study, window.name, "--set", str(window))
     distilled = {m: out / f"distill-{m}-ipc{ipc}" for m in ("selmatch", "mtt", "seqmatch")}
     for method, directory in distilled.items():
-        ok = ok and distill_step(
-            study,
-            method,
-            ipc,
-            beta,
-            alpha,
-            experts,
-            directory,
-            extra=init if method == "selmatch" else (),
-            scores=scores,
-        )
+        if method == "selmatch":
+            ok = ok and selmatch_step(study, ipc, row)
+        else:
+            ok = ok and distill_step(study, method, ipc, beta, alpha, experts, directory,
+                                     scores=scores)  # fmt: skip
         ok = ok and evaluate_step(study, directory.name, "--set", str(directory))
     if study.plan.name == "v3":
         ok = ok and seqmatch_variants(study, ipc, experts, scores, distilled["seqmatch"])
