@@ -70,7 +70,6 @@ from selmatch.progress import progress_bar
 from selmatch.seqmatch import EarlierSubsets, cached_stage_experts, stage_expert_config
 from selmatch.synthetic import SyntheticSet
 from selmatch.target import (
-    METHODS,
     RUN,
     SEQMATCH,
     SET_KEYS,
@@ -83,7 +82,7 @@ from selmatch.train import resolve_device
 #: ``DistillConfig.speed`` values
 SPEEDS = ("auto", "off")
 #: The learnable lr's start per method (METHOD.md: SelMatch's scripts 0.001, MTT's 0.01).
-DEFAULT_LR_INIT = dict(zip(METHODS, (0.001, 0.01, 0.01), strict=True))
+DEFAULT_LR_INIT = {"selmatch": 0.001, "mtt": 0.01, "seqmatch": 0.01}
 Experts = ExpertSet | InMemoryExperts
 CHECKPOINT_DIR = "checkpoint"
 MATCHING = "trajectory matching"
