@@ -160,5 +160,6 @@ def lr_init_check(dataset: Any, split: Any) -> None:
         step(f"4-lr-init-{lr_init:g}-selmatch-ipc10", work, fix="SelMatch lr init 0.001",
              distill=flat_settings(target, distill_config))  # fmt: skip
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -335,9 +335,7 @@ def stages_of(target: SetSpec, config: DistillConfig, initial: Initial) -> list[
             torch.empty(0, dtype=torch.int64) if target.merge else everything[~initial.distill_mask]
         )
         return [Stage(learnable, frozen, (config.min_start_epoch, config.max_start_epoch))]
-    windows = (_retrained_windows if target.retrained else _segment_windows)(
-        config, target.subsets
-    )
+    windows = (_retrained_windows if target.retrained else _segment_windows)(config, target.subsets)
     return [
         Stage(everything[initial.subset_ids == k], everything[initial.subset_ids < k], window)
         for k, window in enumerate(windows)
