@@ -20,7 +20,7 @@ from selmatch.data import HoldoutSplit, smallest_class_size
 from selmatch.distill import DistillConfig
 from selmatch.evaluate import EvalConfig
 from selmatch.experts import ExpertConfig
-from selmatch.target import SEQMATCH_EXPERTS
+from selmatch.target import SEQMATCH_EXPERTS, SetSpec
 from selmatch.window import BETA_CONVENTIONS
 
 #: The methods a search can distil with, and what ``--method`` offers.
@@ -212,6 +212,11 @@ class SearchConfig(Config):
             check_int("subsets_grid", k, 2, 10)
         check_choice("seqmatch_experts", self.seqmatch_experts, SEQMATCH_EXPERTS)
         check_int("stage_parallel", self.stage_parallel, 0, 1000)
+        if "seqmatch" in self.methods and self.seqmatch_experts == "retrained":
+            # the stage experts' settings are checked before anything starts, not in a trial
+            self.distill.resolved(
+                SetSpec(method="seqmatch", alpha=1.0, seqmatch_experts="retrained")
+            )
         if self.methods == ("seqmatch",) and min(self.subsets_grid) > min(self.ipcs):
             raise ConfigError(
                 f"--subsets-grid must hold a K ≤ the smallest IPC ({min(self.ipcs)}) when "

@@ -393,6 +393,11 @@ def test_any_setting_can_be_overridden_by_path() -> None:
     coupled = apply_sets(smoke(), ["distill.min_start_epoch=3", "distill.max_start_epoch=4"])
     assert (coupled.distill.min_start_epoch, coupled.distill.max_start_epoch) == (3, 4)
     # what differs from the preset is printed, so a log never shows the preset's values only
+    # retrained SeqMatch's stage experts are checked when the search is configured
+    retrained = smoke().replace(methods=("selmatch", "seqmatch"), seqmatch_experts="retrained")
+    with pytest.raises(ConfigError, match=r"^--override distill.stage_experts=0: must be an int"):
+        apply_sets(retrained, ["distill.stage_experts=0"])
+    assert apply_sets(smoke(), ["distill.stage_experts=0"]).distill.stage_experts == 0  # unused
     # the distillation holds no copy of the score (one value in the manifest and MLflow)
     assert overridden(smoke(), config) == (
         "score=forgetting, beta_grid=[0, 0.2], short.train.lr=0.05, distill.lr_images=100"
