@@ -68,15 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     if not chosen or not set(chosen) <= set(NAMES):
         parser.error(f"--sets must be among {', '.join(NAMES)}, got {args.sets!r}")
     ipc, sets_dir = args.ipc, SETS[args.ipc]
-    if ipc != 60:
+    OUT.mkdir(parents=True, exist_ok=True)
+    if ipc != 60:  # the plan-v3 study's sets, made again; its random row, copied
         rebuild(sets_dir, ipc)
+        copy_random_evaluation(ipc)
     missing = [d for d in (f"window-ipc{ipc}", f"distill-selmatch-ipc{ipc}")
                if not (sets_dir / d / "set.safetensors").exists()]  # fmt: skip
     if missing:
         parser.error(f"--ipc {ipc}: no {', '.join(missing)} under {sets_dir}")
-    OUT.mkdir(parents=True, exist_ok=True)
-    if ipc != 60:
-        copy_random_evaluation(ipc)
     dataset = load_dataset("fashion-mnist")
     split = holdout_split(dataset.train_labels, dataset.num_classes)
     random = balanced_subset(dataset.train_labels, 10, ipc, seed=0, among=split.pool)

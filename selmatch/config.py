@@ -172,11 +172,16 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
 
 
 def changed_settings(
-    previous: Config, wanted: Config, *, may_change: Iterable[str] = ()
+    previous: Config | Mapping[str, Any],
+    wanted: Config | Mapping[str, Any],
+    *,
+    may_change: Iterable[str] = (),
 ) -> list[str]:
     """The settings (dotted names for nested configs: ``model.width``) in which ``previous``
-    and ``wanted`` differ, leaving out those that ``may_change``; sorted."""
-    before, now = _flat(previous.to_dict()), _flat(wanted.to_dict())
+    and ``wanted`` differ, leaving out those that ``may_change``; sorted. Either may also be
+    the settings as a dict (several configs' together, as a distillation's manifest holds
+    them)."""
+    before, now = _flat(_settings_dict(previous)), _flat(_settings_dict(wanted))
     keep = set(may_change)
     return sorted(k for k in before.keys() | now.keys()
                   if k.split(".")[0] not in keep and k not in keep
@@ -184,7 +189,11 @@ def changed_settings(
 
 
 def check_resumable(
-    previous: Config, wanted: Config, message: str, *, may_change: Iterable[str] = ()
+    previous: Config | Mapping[str, Any],
+    wanted: Config | Mapping[str, Any],
+    message: str,
+    *,
+    may_change: Iterable[str] = (),
 ) -> None:
     """The one check of a resumable folder: what it holds was made with ``wanted``'s settings
     (but for those that ``may_change``), else a one-line error, ``message`` with ``{changed}``
@@ -192,6 +201,10 @@ def check_resumable(
     changed = changed_settings(previous, wanted, may_change=may_change)
     if changed:
         raise ConfigError(message.format(changed=", ".join(changed)))
+
+
+def _settings_dict(settings: Config | Mapping[str, Any]) -> Mapping[str, Any]:
+    return settings if isinstance(settings, Mapping) else settings.to_dict()
 
 
 def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -43,10 +43,10 @@ from selmatch.config import (
     Config,
     ConfigError,
     SelmatchError,
-    changed_settings,
     check_choice,
     check_float,
     check_int,
+    check_resumable,
     setting,
 )
 from selmatch.data import HoldoutSplit, ImageDataset
@@ -392,15 +392,12 @@ def _load_checkpoint(
         return None
     saved = read_json(folder / "state.json")
     # More iterations, or lower learning rates after a divergence, continue the same run.
-    saved_target, saved_config = settings_of(saved["config"])
-    changed = changed_settings(saved_target, target) + changed_settings(
-        saved_config, config, may_change=RESUMABLE
-    )
-    if changed:
-        raise ConfigError(
-            f"--resume: {directory} was distilled with other settings ({', '.join(changed)}); "
-            "only --iterations, --lr-images, --lr-lr and --checkpoint-every may change on resume"
-        )
+    check_resumable(
+        flat_settings(*settings_of(saved["config"])), flat_settings(target, config),
+        f"--resume: {directory} was distilled with other settings ({{changed}}); only "
+        "--iterations, --lr-images, --lr-lr and --checkpoint-every may change on resume",
+        may_change=RESUMABLE,
+    )  # fmt: skip
     tensors = read_safetensors(folder / "state.safetensors")
     return DistillState(
         images=tensors["images"], syn_lr=tensors["syn_lr"][0], stage=saved["stage"],
