@@ -11,14 +11,17 @@ seeds can be added later. Files in ``experiments/results/eval-budget/`` are skip
 exist.
 
 - IPC 60 (1 %): the plan-v2 sets, committed whole.
-- IPC 300 (5 %): the plan-v3 study's window at β* and SelMatch as searched, made again by the
-  study's own steps from its search (``runs/fmnist-study-v3/search``) into
-  ``runs/eval-budget-sets`` (9 MB each, not committed; the study keeps only their pictures).
-  The random subset's 2-epoch row is the study's own evaluation (the same subset, protocol and
-  seeds), copied with its source named; the two rebuilt sets are evaluated at both budgets.
+- IPC 300 (5 %) and 600 (10 %): the plan-v3 study's window at β* and SelMatch as searched.
+  Where the study's own run folder (``runs/fmnist-study-v3``) still holds them they are used
+  as they are, and their 2-epoch rows are the study's own evaluations (the same sets, protocol
+  and seeds), copied with their source named. Otherwise (a fresh machine: sets of 9–19 MB are
+  not committed) the study's own steps make them again from its search
+  (``runs/fmnist-study-v3/search``) into ``runs/eval-budget-sets`` and both budgets are
+  evaluated. The random subset's 2-epoch row is always the study's own evaluation, copied.
 
     python experiments/eval_budget.py              # IPC 60
     python experiments/eval_budget.py --ipc 300    # IPC 300
+    python experiments/eval_budget.py --ipc 600 --seeds-long 2 --sets random,selmatch
 """
 
 from __future__ import annotations
@@ -42,13 +45,19 @@ from selmatch.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results" / "eval-budget"
-#: where each IPC's window and SelMatch sets are (those of IPC 300 made by ``rebuild``)
+STUDY = study_module.PLANS["v3"]
+#: the plan-v3 study's run folder, where its sets are while the machine that made them lives
+STUDY_RUNS = ROOT / "runs" / STUDY.folder
+#: where each IPC's window and SelMatch sets are made again when the study's are gone
 SETS = {
     60: ROOT / "experiments" / "results" / "fmnist-study-v2" / "ipc60-sets",
     300: ROOT / "runs" / "eval-budget-sets",
+    600: ROOT / "runs" / "eval-budget-sets",
 }
-STUDY = study_module.PLANS["v3"]
+PERCENT = {60: "1 %", 300: "5 %", 600: "10 %"}
 NAMES = ("random", "window", "selmatch")
+#: each set's folder in a study run folder
+FOLDERS = {"window": "window-ipc{ipc}", "selmatch": "distill-selmatch-ipc{ipc}"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,18 +78,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sets must be among {', '.join(NAMES)}, got {args.sets!r}")
     ipc, sets_dir = args.ipc, SETS[args.ipc]
     OUT.mkdir(parents=True, exist_ok=True)
-    if ipc != 60:  # the plan-v3 study's sets, made again; its random row, copied
-        rebuild(sets_dir, ipc)
-        copy_random_evaluation(ipc)
-    missing = [d for d in (f"window-ipc{ipc}", f"distill-selmatch-ipc{ipc}")
-               if not (sets_dir / d / "set.safetensors").exists()]  # fmt: skip
+    if ipc != 60:  # the plan-v3 study's sets: its own, or made again; its 2-epoch rows, copied
+        if all(has_set(STUDY_RUNS, name, ipc) for name in FOLDERS):
+            sets_dir = STUDY_RUNS
+            for name in FOLDERS:
+                copy_study_evaluation(name, ipc)
+        else:
+            rebuild(sets_dir, ipc)
+        copy_study_evaluation("random", ipc)
+    missing = [name for name in FOLDERS if not has_set(sets_dir, name, ipc)]
     if missing:
-        parser.error(f"--ipc {ipc}: no {', '.join(missing)} under {sets_dir}")
+        parser.error(f"--ipc {ipc}: no {', '.join(missing)} set under {sets_dir}")
     dataset = load_dataset("fashion-mnist")
     split = holdout_split(dataset.train_labels, dataset.num_classes)
     random = balanced_subset(dataset.train_labels, 10, ipc, seed=0, among=split.pool)
-    window = SyntheticSet.load(sets_dir / f"window-ipc{ipc}")
-    selmatch = SyntheticSet.load(sets_dir / f"distill-selmatch-ipc{ipc}")
+    window = SyntheticSet.load(sets_dir / FOLDERS["window"].format(ipc=ipc))
+    selmatch = SyntheticSet.load(sets_dir / FOLDERS["selmatch"].format(ipc=ipc))
+    print(f"[budget] IPC {ipc}: the window and SelMatch sets from {sets_dir}", flush=True)
     sets = {
         "random": (dataset.train_images[random], dataset.train_labels[random], None, "dsa"),
         "window": (window.images, window.labels, None, "dsa"),
@@ -119,17 +133,23 @@ def rebuild(out: Path, ipc: int) -> None:
     study_module.selmatch_step(study, ipc, row)
 
 
-def copy_random_evaluation(ipc: int) -> None:
-    """The random subset's 2-epoch row is the study's own 3-seed evaluation (the same subset,
-    protocol and seeds)."""
-    found = ROOT / "runs" / STUDY.folder / f"eval-random-ipc{ipc}.json"
+def has_set(folder: Path, name: str, ipc: int) -> bool:
+    return (folder / FOLDERS[name].format(ipc=ipc) / "set.safetensors").exists()
+
+
+def copy_study_evaluation(name: str, ipc: int) -> None:
+    """A 2-epoch row that is the study's own 3-seed evaluation of the same set (the same
+    protocol and seeds): the random subset's always, the window's and SelMatch's when their sets
+    are the study's own."""
+    study_name = {"random": "random-ipc{ipc}", **FOLDERS}[name].format(ipc=ipc)
+    found = STUDY_RUNS / f"eval-{study_name}.json"
     if not found.exists():
         found = STUDY.results / "evals" / found.name
-    path = OUT / f"random-ipc{ipc}-full2.json"
+    path = OUT / f"{name}-ipc{ipc}-full2.json"
     if path.exists() or not found.exists():
         return
     record = json.loads(found.read_text())
-    write_json(path, {"set": "random", "ipc": ipc, "full_epochs": 2.0,
+    write_json(path, {"set": name, "ipc": ipc, "full_epochs": 2.0,
                       "augment": record["config"]["train"]["augment"], "result": record["result"],
                       "seconds": record.get("wall_seconds"),
                       "source": f"the plan-v3 study's {found.name}"})  # fmt: skip
@@ -142,8 +162,7 @@ def long_path(name: str, ipc: int, seed: int) -> Path:
 
 
 def table(ipc: int = 60) -> str:
-    percent = {60: "1 %", 300: "5 %"}[ipc]
-    lines = [f"| set (IPC {ipc}, {percent}) | 2 full-data epochs | 10 full-data epochs |",
+    lines = [f"| set (IPC {ipc}, {PERCENT[ipc]}) | 2 full-data epochs | 10 full-data epochs |",
              "|---|---|---|"]  # fmt: skip
     for name in NAMES:
         cells = []
