@@ -100,11 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         "window": (window.images, window.labels, None, "dsa"),
         "selmatch": (selmatch.images, selmatch.labels, selmatch.distill_mask, "combined"),
     }
-    runs = [(2.0, 3, 0, OUT / f"{name}-ipc{ipc}-full2.json") for name in chosen]
-    runs += [(10.0, 1, seed, long_path(name, ipc, seed)) for seed in range(args.seeds_long)
+    runs = [(name, 2.0, 3, 0, OUT / f"{name}-ipc{ipc}-full2.json") for name in chosen]
+    runs += [(name, 10.0, 1, seed, long_path(name, ipc, seed)) for seed in range(args.seeds_long)
              for name in chosen]  # fmt: skip
-    for full_epochs, seeds, first, path in runs:
-        name = path.name.split("-")[0]
+    for name, full_epochs, seeds, first, path in runs:
         images, labels, mask, augment = sets[name]
         if not path.exists():
             config = EvalConfig(model=ModelConfig(width=32), train=TrainConfig(augment=augment),
