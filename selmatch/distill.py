@@ -51,7 +51,7 @@ from selmatch.config import (
 )
 from selmatch.data import HoldoutSplit, ImageDataset
 from selmatch.data.dataset import denormalize
-from selmatch.experts import ExpertSet, InMemoryExperts, Mapper
+from selmatch.experts import Experts, Mapper
 from selmatch.initial import Initial
 from selmatch.io import atomic_write, read_json, read_safetensors, write_json
 from selmatch.levers import PRECISIONS, Levers, StudentStep
@@ -83,7 +83,6 @@ from selmatch.train import resolve_device
 SPEEDS = ("auto", "off")
 #: The learnable lr's start per method (METHOD.md: SelMatch's scripts 0.001, MTT's 0.01).
 DEFAULT_LR_INIT = {"selmatch": 0.001, "mtt": 0.01, "seqmatch": 0.01}
-Experts = ExpertSet | InMemoryExperts
 CHECKPOINT_DIR = "checkpoint"
 MATCHING = "trajectory matching"
 LEVERS = ("speed levers of the student step (off by default but for --speed auto on CUDA; "
@@ -466,7 +465,10 @@ class _Run:
     directory: Path
     template: torch.nn.Module
     layout: ParamLayout
-    trajectories: list[torch.Tensor]
+    #: the experts matched, read a segment at a time (:func:`sample_expert_segment`), and
+    #: which of them may be drawn
+    experts: Experts
+    expert_ids: list[int]
     labels: torch.Tensor
     image_size: tuple[int, int]
     dsa: DSAConfig | None
@@ -479,12 +481,18 @@ class _Run:
 def sample_expert_segment(
     run: _Run, start_epochs: tuple[int, int], generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """θ*_t and θ*_{t+M} of a random expert and a random start epoch t in the stage's range."""
-    expert = int(torch.randint(len(run.trajectories), (1,), generator=generator))
+    """θ*_t and θ*_{t+M} of a random expert and a random start epoch t in the stage's range,
+    on the run's device. Only these two snapshots are read and moved there: the memory a
+    distillation needs does not grow with the number of experts."""
+    expert = run.expert_ids[int(torch.randint(len(run.expert_ids), (1,), generator=generator))]
     low, high = start_epochs
     epoch = int(torch.randint(low, high, (1,), generator=generator))
-    trajectory = run.trajectories[expert]
-    return trajectory[epoch], trajectory[epoch + run.config.expert_epochs]
+    rows = run.experts.snapshots(expert, (epoch, epoch + run.config.expert_epochs))
+    if run.device.type == "cuda":  # pinned, so the copy does not hold the host back
+        rows = rows.pin_memory().to(run.device, non_blocking=True)
+    else:
+        rows = rows.to(run.device)
+    return rows[0], rows[1]
 
 
 def sample_trajectories(
@@ -590,8 +598,8 @@ def distill(
     if ParamLayout.of(template) != experts.layout:
         raise ConfigError("the experts' parameter layout does not match their model config")
     run = _Run(
-        target, config, directory, template, experts.layout,
-        [t.to(torch_device) for t in experts.trajectories()], initial.labels,
+        target, config, directory, template, experts.layout, experts, experts.finished,
+        initial.labels,
         (dataset.image_shape[1], dataset.image_shape[2]),
         None if config.dsa_strategy == "none" else DSAConfig(strategy=config.dsa_strategy),
         torch_device, progress,
@@ -663,8 +671,8 @@ def _stage_run(
         dataset, expert_config, earlier, config.stage_prefix_epochs, cache, device=run.device,
         progress=run.progress, mapper=mapper,
     )  # fmt: skip
-    trajectories = [saved.trajectory(i).to(run.device) for i in range(config.stage_experts)]
-    return replace(run, trajectories=trajectories), saved.directory
+    return replace(run, experts=saved, expert_ids=list(range(config.stage_experts))), (
+        saved.directory)  # fmt: skip
 
 
 def _write_result(

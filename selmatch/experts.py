@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -44,7 +46,14 @@ from selmatch.config import (
     setting,
 )
 from selmatch.data import ImageDataset, balanced_subset, holdout_split, smallest_class_size
-from selmatch.io import atomic_write, read_json, read_safetensors, versions, write_json
+from selmatch.io import (
+    CorruptFileError,
+    atomic_write,
+    read_json,
+    read_safetensors,
+    versions,
+    write_json,
+)
 from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
 from selmatch.progress import progress_bar
@@ -365,12 +374,14 @@ def write_expert_scores(directory: Path, config: ExpertConfig) -> ScoreTable:
 
 @dataclass
 class ExpertSet:
-    """Saved experts: manifest, layout and lazily loaded trajectories."""
+    """Saved experts: manifest, layout and lazily loaded trajectories. Matching reads them a
+    few snapshots at a time (:meth:`snapshots`, memory-mapped), never a whole trajectory."""
 
     directory: Path
     config: ExpertConfig
     layout: ParamLayout
     manifest: dict[str, Any]
+    _opened: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(cls, directory: str | Path) -> ExpertSet:
@@ -402,23 +413,80 @@ class ExpertSet:
     def trajectories(self) -> list[torch.Tensor]:
         return [self.trajectory(i) for i in self.finished]
 
+    def snapshots(self, index: int, epochs: Sequence[int]) -> torch.Tensor:
+        """Expert ``index``'s parameters after each of ``epochs``: ``(len(epochs), P)``, read
+        from its memory-mapped file (only these rows are copied)."""
+        if index not in self._opened:
+            path = expert_file(self.directory, index)
+            try:
+                handle = safe_open(str(path), framework="pt")
+            except (SafetensorError, OSError) as error:
+                raise CorruptFileError(
+                    f"{path} is not a readable safetensors file ({error}); write it again"
+                ) from None
+            keys = sorted(k for k in handle.keys() if k.startswith("epoch_"))  # noqa: SIM118
+            self._opened[index] = (handle, keys)
+        handle, keys = self._opened[index]
+        _check_epochs(index, epochs, 0, len(keys))
+        return torch.stack([handle.get_tensor(keys[e]) for e in epochs])
+
 
 @dataclass
 class InMemoryExperts:
-    """Experts held in memory (e.g. fetched from Ray's object store): the same interface as
-    :class:`ExpertSet` for :func:`selmatch.distill.distill`."""
+    """Experts held in memory: the same interface as :class:`ExpertSet` for
+    :func:`selmatch.distill.distill`. ``loaded[i]`` is expert ``i``'s trajectory from epoch
+    ``first_epoch`` on (the epochs matching can reach: a search keeps only those), a tensor
+    or an array-like such as a read-only view of Ray's object store; ``loaded`` may fetch
+    each one when indexed (a lazy sequence), so only the experts drawn are ever read."""
 
     config: ExpertConfig
     layout: ParamLayout
-    loaded: list[torch.Tensor]
+    loaded: Sequence[Any]
     directory: Path = Path("in-memory")
+    first_epoch: int = 0
 
     @property
     def finished(self) -> list[int]:
         return list(range(len(self.loaded)))
 
     def trajectory(self, index: int) -> torch.Tensor:
-        return self.loaded[index]
+        return torch.as_tensor(self.loaded[index])
 
     def trajectories(self) -> list[torch.Tensor]:
-        return list(self.loaded)
+        return [self.trajectory(i) for i in self.finished]
+
+    def snapshots(self, index: int, epochs: Sequence[int]) -> torch.Tensor:
+        """As :meth:`ExpertSet.snapshots`: only these rows are copied out of ``loaded``."""
+        trajectory = self.loaded[index]
+        _check_epochs(index, epochs, self.first_epoch, self.first_epoch + len(trajectory))
+        rows = [e - self.first_epoch for e in epochs]
+        if isinstance(trajectory, torch.Tensor):
+            return trajectory[rows]
+        return torch.from_numpy(np.ascontiguousarray(trajectory[rows]))
+
+
+def _check_epochs(index: int, epochs: Sequence[int], low: int, high: int) -> None:
+    if any(e < low or e >= high for e in epochs):
+        raise ConfigError(
+            f"expert {index} holds epochs {low} to {high - 1}, matching asked for "
+            f"{', '.join(map(str, epochs))}: lower --max-start-epoch or --expert-epochs"
+        )
+
+
+class Experts(Protocol):
+    """What a distillation reads of its experts: their settings, parameter layout, folder (the
+    set's provenance), the finished ones, and snapshots of a trajectory."""
+
+    @property
+    def config(self) -> ExpertConfig: ...
+
+    @property
+    def layout(self) -> ParamLayout: ...
+
+    @property
+    def directory(self) -> Path: ...
+
+    @property
+    def finished(self) -> list[int]: ...
+
+    def snapshots(self, index: int, epochs: Sequence[int]) -> torch.Tensor: ...

@@ -9,7 +9,7 @@ from matching_cases import Settings
 from selmatch import distill as distill_module
 from selmatch.config import ConfigError
 from selmatch.distill import DistillationDivergedError, DistillConfig, distill, draw, settings_of
-from selmatch.experts import ExpertConfig, ExpertSet, train_experts
+from selmatch.experts import ExpertConfig, ExpertSet, InMemoryExperts, train_experts
 from selmatch.models import ModelConfig
 from selmatch.scores import ScoreTable
 from selmatch.synthetic import SyntheticSet
@@ -175,10 +175,13 @@ def test_segments_start_in_the_min_to_max_start_epoch_range(fashion, fashion_spl
         seq.target, 0, fashion, fashion_split, None))  # fmt: skip
     assert (first.start_epochs, second.start_epochs) == ((1, 2), (2, 3))
     # every drawn start epoch, and so every matched segment, lies in [T−, T+)
-    trajectories = [torch.arange(5.0).unsqueeze(1)] * 2  # parameter vector = its epoch
+    walks = InMemoryExperts(
+        experts.config, experts.layout, [torch.arange(5.0).unsqueeze(1)] * 2
+    )  # parameter vector = its epoch
     run_ = distill_module._Run(
         target=config.target, config=config.resolved(), directory=None, template=None,
-        layout=None, trajectories=trajectories, labels=initial.labels, image_size=(28, 28),
+        layout=None, experts=walks, expert_ids=walks.finished, labels=initial.labels,
+        image_size=(28, 28),
         dsa=None, device=torch.device("cpu"), progress=False,
     )  # fmt: skip
     generator = torch.Generator().manual_seed(0)

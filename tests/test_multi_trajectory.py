@@ -87,11 +87,12 @@ MTT = SetSpec(method="mtt", ipc=2, alpha=1.0)
 def _fake_run(trajectories_per_step: int) -> _Run:
     config = DistillConfig(n_student_steps=3, expert_epochs=2, max_start_epoch=5, syn_batch=7,
                            trajectories_per_step=trajectories_per_step)  # fmt: skip
-    experts = [torch.arange(8 * 3, dtype=torch.float32).reshape(8, 3) + 100 * i for i in range(4)]
+    walks = [torch.arange(8 * 3, dtype=torch.float32).reshape(8, 3) + 100 * i for i in range(4)]
+    experts = InMemoryExperts(ExpertConfig(), ParamLayout((), ()), walks)
     labels = torch.arange(20) % 10
     return _Run(MTT, config.resolved(MTT), Path("unused"), torch.nn.Identity(),
-                ParamLayout((), ()), experts, labels, (16, 16), DSAConfig(), torch.device("cpu"),
-                False)  # fmt: skip
+                ParamLayout((), ()), experts, experts.finished, labels, (16, 16), DSAConfig(),
+                torch.device("cpu"), False)  # fmt: skip
 
 
 def test_e_trajectories_draw_what_e_single_iterations_draw() -> None:

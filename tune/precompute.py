@@ -109,6 +109,8 @@ class Precomputed:
     """Object references the trials get, and what the driver knows about them."""
 
     dataset_ref: ray.ObjectRef
+    #: one object per expert: its snapshots from ``first_epoch`` to the last epoch matching
+    #: can reach (trials fetch one expert at a time, zero-copy)
     trajectory_refs: list[ray.ObjectRef]
     hardness_ref: ray.ObjectRef
     split: HoldoutSplit
@@ -120,6 +122,7 @@ class Precomputed:
     score_dir: Path  # the folder of the score table the windows are ranked by
     consistency_trained: int = 0
     consistency_reused: int = 0
+    first_epoch: int = 0
 
 
 def dataset_arrays(dataset: ImageDataset) -> dict[str, Any]:
@@ -163,12 +166,15 @@ def precompute(
     image_size: int | None = None,
     gpus_per_expert: float,
     cpus_per_expert: float,
+    epochs: tuple[int, int] | None = None,
     log: Any = print,
 ) -> Precomputed:
     """Train (or reuse) the experts and scores — and the consistency networks when ``score``
     is ``consistency`` — as Ray tasks side by side; put everything the trials need into the
     object store, owned by this (the driver) process. With ``score_table``, the windows are
-    ranked by ``score`` read from that folder's table (e.g. imported C-scores)."""
+    ranked by ``score`` read from that folder's table (e.g. imported C-scores). ``epochs``
+    (first, last): the snapshots matching can reach, the only ones put in the object store
+    (default: every epoch)."""
     cache_dir = cache_root / cache_key(config, image_size, _layout(dataset, config))
     dataset_ref = ray.put(dataset_arrays(dataset))
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +209,10 @@ def precompute(
         table, score_dir = read_score_table(score_table, dataset, config), score_table
         log(f"ranking by {score} from {score_table}")
     experts = ExpertSet.load(cache_dir)
-    trajectory_refs = [ray.put(experts.trajectory(i).numpy()) for i in range(config.num_experts)]
+    first, last = epochs or (0, config.epochs)
+    kept = range(first, min(last, config.epochs) + 1)
+    trajectory_refs = [ray.put(experts.snapshots(i, kept).numpy())
+                       for i in range(config.num_experts)]  # fmt: skip
     split = holdout_split(
         dataset.train_labels, dataset.num_classes, val_fraction=config.val_fraction,
         seed=config.split_seed,
@@ -221,6 +230,7 @@ def precompute(
         score_dir=score_dir,
         consistency_trained=len(networks),
         consistency_reused=consistency.num_networks - len(networks) if consistency else 0,
+        first_epoch=first,
     )
 
 

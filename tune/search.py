@@ -68,7 +68,8 @@ def precompute_all(config: SearchConfig, dataset: ImageDataset, out: Path, log: 
         dataset, config.experts, score=config.score, cache_root=out.parent / "cache",
         consistency=config.consistency, image_size=config.image_size,
         score_table=Path(config.score_table) if config.score_table else None,
-        gpus_per_expert=gpus_per_expert, cpus_per_expert=config.cpus_per_trial, log=log,
+        gpus_per_expert=gpus_per_expert, cpus_per_expert=config.cpus_per_trial,
+        epochs=matched_epochs(config), log=log,
     )  # fmt: skip
     networks = ""
     if config.score == "consistency":
@@ -79,6 +80,15 @@ def precompute_all(config: SearchConfig, dataset: ImageDataset, out: Path, log: 
     return pre
 
 
+def matched_epochs(config: SearchConfig) -> tuple[int, int]:
+    """The first and last expert epoch an α or K trial can match, [T−, T+ + M]: segments
+    start in [T−, T+) and end M epochs later (SeqMatch's segments lie in that range, at most
+    T+ when it holds fewer epochs than K; its retrained stages match experts of their own,
+    trained in the trial)."""
+    distill = config.distill
+    return distill.min_start_epoch, distill.max_start_epoch + distill.expert_epochs
+
+
 def trial_data(pre: Precomputed) -> dict[str, Any]:
     return {
         "dataset": pre.dataset_ref,
@@ -86,6 +96,7 @@ def trial_data(pre: Precomputed) -> dict[str, Any]:
         "pool": ray.put(pre.split.pool.numpy()),
         "val": ray.put(pre.split.val.numpy()),
         "trajectories": pre.trajectory_refs,
+        "first_epoch": pre.first_epoch,
     }
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, cast, overload
 
 import numpy as np
 import ray
@@ -137,6 +137,30 @@ def fetch_data(
     return dataset, hardness, split
 
 
+class ObjectStoreTrajectories(Sequence[np.ndarray]):
+    """The experts' trajectories in Ray's object store, fetched when indexed: a read-only,
+    zero-copy view of one expert (pulled to this node if it lives on another), released as
+    soon as the caller has copied the snapshots it matches. A trial therefore holds one
+    segment at a time, however many experts there are; nothing stays pinned in the store."""
+
+    def __init__(self, refs: Sequence[ray.ObjectRef]) -> None:
+        self.refs = list(refs)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[np.ndarray]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [ray.get(ref) for ref in self.refs[index]]
+        return ray.get(self.refs[index])
+
+
 def _metrics(result: EvalResult, started: float, fetched: float) -> dict[str, Any]:
     val_mean, val_std = result.val_mean_std
     test_mean, test_std = result.test_mean_std
@@ -222,8 +246,9 @@ def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     assert spec.experts is not None and spec.layout is not None and spec.experts_dir
     experts = InMemoryExperts(
         spec.experts, ParamLayout.from_dict(spec.layout),
-        [torch.from_numpy(np.array(ray.get(ref))) for ref in data["trajectories"]],
+        ObjectStoreTrajectories(data["trajectories"]),
         Path(spec.experts_dir),  # where the precompute cached them: the set's provenance
+        first_epoch=data.get("first_epoch", 0),
     )  # fmt: skip
     fetched = time.perf_counter()
     target = spec.target()
