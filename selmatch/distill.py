@@ -488,8 +488,8 @@ def sample_expert_segment(
     low, high = start_epochs
     epoch = int(torch.randint(low, high, (1,), generator=generator))
     rows = run.experts.snapshots(expert, (epoch, epoch + run.config.expert_epochs))
-    if run.device.type == "cuda":  # pinned, so the copy does not hold the host back
-        rows = rows.pin_memory().to(run.device, non_blocking=True)
+    if run.device.type == "cuda" and rows.device.type == "cpu":
+        rows = rows.pin_memory().to(run.device, non_blocking=True)  # not holding the host back
     else:
         rows = rows.to(run.device)
     return rows[0], rows[1]

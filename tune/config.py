@@ -13,6 +13,7 @@ from selmatch.config import (
     check_choice,
     check_float,
     check_int,
+    flag,
     setting,
 )
 from selmatch.consistency import ConsistencyConfig
@@ -27,6 +28,8 @@ from selmatch.window import BETA_CONVENTIONS
 SEARCH_METHODS = ("selmatch", "seqmatch")
 METHOD_CHOICES = {"selmatch": ("selmatch",), "seqmatch": ("seqmatch",),
                   "both": ("selmatch", "seqmatch")}  # fmt: skip
+#: ``--gpus-per-trial auto``: a GPU per trial where the cluster has GPUs
+AUTO = "auto"
 #: the search's --help sections
 WHAT = "what to search (override the preset)"
 BUDGETS = "budgets (override the preset)"
@@ -168,9 +171,13 @@ class SearchConfig(Config):
     cpus_per_trial: float = setting(
         1.0, group=RESOURCES, help="CPUs per trial (also torch's thread count in it)"
     )
-    gpus_per_trial: float = setting(
-        0.0, group=RESOURCES, help="GPUs per trial (checked against the cluster at start)"
-    )
+    gpus_per_trial: float | str = setting(
+        AUTO, group=RESOURCES, metavar="N|auto",
+        help="GPUs per trial, also per precompute task and final evaluation: auto = 1 where "
+        "the Ray cluster has GPUs when the search starts, else 0 (pass a number on an "
+        "autoscaling cluster whose GPU workers start at zero); checked against the cluster "
+        "at start",
+    )  # fmt: skip
     max_failures: int = setting(1, group=RESOURCES, help="retries of a failed trial")
     noise: float = setting(
         0.005, group=RESOURCES,
@@ -228,7 +235,9 @@ class SearchConfig(Config):
         check_bool("final_beside_search", self.final_beside_search)
         check_int("max_concurrent", self.max_concurrent, 1, 10_000)
         check_float("cpus_per_trial", self.cpus_per_trial, 0.0, low_open=True)
-        check_float("gpus_per_trial", self.gpus_per_trial, 0.0)
+        if self.gpus_per_trial != AUTO:
+            object.__setattr__(self, "gpus_per_trial", _number("gpus_per_trial",
+                                                               self.gpus_per_trial))  # fmt: skip
         check_int("max_failures", self.max_failures, 0, 100)
         check_float("noise", self.noise, 0.0, 1.0)
         check_int("top_repeats", self.top_repeats, 0, 10)
@@ -245,11 +254,30 @@ class SearchConfig(Config):
             )
 
     @property
+    def gpus(self) -> float:
+        """GPUs per trial, ``auto`` resolved against the cluster first
+        (:func:`selmatch_tune.ray_cluster.resolve_gpus`)."""
+        if self.gpus_per_trial == AUTO:
+            raise ValueError("--gpus-per-trial auto must be resolved against the cluster first")
+        return float(self.gpus_per_trial)
+
+    @property
     def stage_slots(self) -> int:
         """Slots reserved beside each K trial for its stage experts (0 unless SeqMatch with
         retrained experts is searched)."""
         retrained = "seqmatch" in self.methods and self.seqmatch_experts == "retrained"
         return self.stage_parallel if retrained else 0
+
+
+def _number(name: str, value: object) -> float:
+    """A number of ``--gpus-per-trial`` (≥ 0), also as the text the command line gives."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{flag(name)} must be auto or a number in [0, ∞), got {value!r}",
+                              setting=name) from None  # fmt: skip
+    return check_float(name, value, 0.0)
 
 
 def _check_grid(name: str, grid: tuple[float, ...], low: float, high: float | None, *,

@@ -142,9 +142,7 @@ def final_evaluation(
 
 
 def _final_remote(config: SearchConfig) -> Any:
-    return ray.remote(_final_task).options(
-        num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial
-    )
+    return ray.remote(_final_task).options(num_cpus=config.cpus_per_trial, num_gpus=config.gpus)
 
 
 def random_reference(config: SearchConfig, data: dict[str, Any], fixed: TrialSpec) -> Any:

@@ -75,10 +75,23 @@ def _phase_results(grid: Any, searched: str) -> PhaseResult:
         for value, ms in sorted(points.items())
     }
     if not curve:
-        raise SelmatchError(f"every {searched} trial failed; see the Ray log above")
+        raise SelmatchError(f"every {searched} trial failed{first_error(grid)}")
     best = max(curve, key=lambda v: (curve[v].val, -v))
     return PhaseResult(curve=curve, best=best, failed=failed,
                        trials=sum(c.n for c in curve.values()) + failed)  # fmt: skip
+
+
+def first_error(grid: Any) -> str:
+    """``: the first: <its last line>`` for a grid whose trials failed (the error a trial
+    raised on purpose is one line: a GPU it cannot see, a diverged distillation), else where
+    to look."""
+    for result in grid:
+        if result.error is not None:
+            cause = getattr(result.error, "cause", None) or result.error
+            lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+            if lines:
+                return f"; the first: {lines[-1].strip()}"
+    return "; see the Ray log above"
 
 
 def _trial_seconds(grid: Any) -> float:
@@ -139,7 +152,7 @@ def _fit_experiment(
     ``slots`` more bundles of a trial's resources are reserved beside each trial, for the
     Ray tasks it starts (SeqMatch's stage experts)."""
     bundle = {k: v for k, v in (("CPU", config.cpus_per_trial),
-                                ("GPU", config.gpus_per_trial)) if v > 0}  # fmt: skip
+                                ("GPU", config.gpus)) if v > 0}  # fmt: skip
     trainable = tune.with_resources(
         tune.with_parameters(trial, data=data),
         tune.PlacementGroupFactory([bundle] * (1 + slots)),
@@ -243,7 +256,7 @@ def run_baseline(
         raise SearchInterrupted(f"the {name} experiment was interrupted; its state is saved "
                                 f"in {path}")  # fmt: skip
     if not scored:
-        raise SelmatchError(f"every trial of {name} failed; see the Ray log above")
+        raise SelmatchError(f"every trial of {name} failed{first_error(results)}")
     metrics = [r.metrics for r in scored if r.metrics is not None]
     return Baseline(
         val=sum(m["val_accuracy"] for m in metrics) / len(metrics),

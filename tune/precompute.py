@@ -15,6 +15,7 @@ from disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -29,6 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 from selmatch import consistency as consistency_score
+from selmatch.config import SelmatchError
 from selmatch.consistency import ConsistencyConfig
 from selmatch.data import HoldoutSplit, ImageDataset, holdout_split
 from selmatch.experts import (
@@ -43,6 +45,7 @@ from selmatch.io import atomic_write, write_json
 from selmatch.models import build_model
 from selmatch.params import ParamLayout
 from selmatch.train import resolve_device
+from selmatch_tune.devices import check_gpu_visible
 
 
 def cache_key(
@@ -67,18 +70,26 @@ def _layout(dataset: ImageDataset, config: ExpertConfig | ConsistencyConfig) -> 
     return ParamLayout.of(build_model(config.model, dataset.image_shape, dataset.num_classes))
 
 
+def _worker_device(threads: int, gpus: float, device: str) -> torch.device:
+    """A precompute task's threads and device, its GPU (if given one) checked."""
+    torch.set_num_threads(max(1, threads))
+    check_gpu_visible(gpus, device)
+    return resolve_device(device)
+
+
 def _train_expert_task(
-    config_dict: dict[str, Any], index: int, arrays: dict[str, Any], threads: int
-) -> dict[str, Any]:
+    config_dict: dict[str, Any], index: int, arrays: dict[str, Any], threads: int,
+    gpus: float = 0.0, device: str = "auto",
+) -> dict[str, Any]:  # fmt: skip
     """Ray task body: train expert ``index`` on the driver's dataset (from the object store:
     worker nodes need no copy of the data) and return numpy arrays (driver-owned)."""
-    torch.set_num_threads(max(1, threads))
+    torch_device = _worker_device(threads, gpus, device)
     config = ExpertConfig.from_dict(config_dict)
     dataset = dataset_from_arrays(arrays)
     train_indices, _ = expert_training_indices(dataset, config)
     started = time.perf_counter()
     tensors, seconds, _ = train_one_expert(
-        dataset, config, index, train_indices, device=resolve_device("auto")
+        dataset, config, index, train_indices, device=torch_device
     )
     epochs = sorted(k for k in tensors if k.startswith("epoch_"))
     return {
@@ -91,14 +102,15 @@ def _train_expert_task(
 
 
 def _consistency_task(
-    config_dict: dict[str, Any], network: int, arrays: dict[str, Any], threads: int
-) -> dict[str, Any]:
+    config_dict: dict[str, Any], network: int, arrays: dict[str, Any], threads: int,
+    gpus: float = 0.0, device: str = "auto",
+) -> dict[str, Any]:  # fmt: skip
     """Ray task body: train consistency network ``network`` and return its held-out samples'
     true-label probabilities as numpy arrays (driver-owned)."""
-    torch.set_num_threads(max(1, threads))
+    torch_device = _worker_device(threads, gpus, device)
     config = ConsistencyConfig.from_dict(config_dict)
     result = consistency_score.train_consistency_network(
-        dataset_from_arrays(arrays), config, network, device=resolve_device("auto")
+        dataset_from_arrays(arrays), config, network, device=torch_device
     )
     return {"held_out": result["held_out"].numpy(), "probability": result["probability"].numpy(),
             "seconds": result["seconds"]}  # fmt: skip
@@ -166,13 +178,15 @@ def precompute(
     image_size: int | None = None,
     gpus_per_expert: float,
     cpus_per_expert: float,
+    device: str = "auto",
     epochs: tuple[int, int] | None = None,
     log: Any = print,
 ) -> Precomputed:
     """Train (or reuse) the experts and scores — and the consistency networks when ``score``
     is ``consistency`` — as Ray tasks side by side; put everything the trials need into the
     object store, owned by this (the driver) process. With ``score_table``, the windows are
-    ranked by ``score`` read from that folder's table (e.g. imported C-scores). ``epochs``
+    ranked by ``score`` read from that folder's table (e.g. imported C-scores); the networks
+    train on ``device`` (a GPU the task is given must be visible there). ``epochs``
     (first, last): the snapshots matching can reach, the only ones put in the object store
     (default: every epoch)."""
     cache_dir = cache_root / cache_key(config, image_size, _layout(dataset, config))
@@ -181,14 +195,14 @@ def precompute(
     if not (cache_dir / "manifest.json").is_file():
         _write_cache_manifest(cache_dir, dataset, config)
     resources = {"num_cpus": cpus_per_expert, "num_gpus": gpus_per_expert}
-    threads = int(cpus_per_expert)
+    worker = (int(cpus_per_expert), gpus_per_expert, device)
     missing = [i for i in range(config.num_experts) if not expert_file(cache_dir, i).is_file()]
     expert_refs = {}
     if missing:
         log(f"training {len(missing)} expert(s) as Ray tasks ({cpus_per_expert:g} CPU, "
             f"{gpus_per_expert:g} GPU each); cache: {cache_dir}")  # fmt: skip
         task = ray.remote(_train_expert_task).options(**resources)
-        expert_refs = {i: task.remote(config.to_dict(), i, dataset_ref, threads) for i in missing}
+        expert_refs = {i: task.remote(config.to_dict(), i, dataset_ref, *worker) for i in missing}
     else:
         log(f"reusing {config.num_experts} cached expert(s) from {cache_dir}")
     score_dir = cache_dir
@@ -199,7 +213,7 @@ def precompute(
             raise ValueError("score 'consistency' needs its ConsistencyConfig")
         score_dir = cache_root / cache_key(consistency, image_size, _layout(dataset, consistency))
         networks, seconds = _submit_consistency(consistency, dataset_ref, score_dir, resources,
-                                                threads, log)  # fmt: skip
+                                                worker, log)  # fmt: skip
     _collect(expert_refs, networks, cache_dir, consistency, score_dir, seconds, log)
     table = write_expert_scores(cache_dir, config)
     if score == consistency_score.SCORE_NAME:
@@ -245,7 +259,7 @@ def read_score_table(directory: Path, dataset: ImageDataset, config: ExpertConfi
 
 def _submit_consistency(
     config: ConsistencyConfig, dataset_ref: Any, directory: Path, resources: dict[str, float],
-    threads: int, log: Any,
+    worker: tuple[int, float, str], log: Any,
 ) -> tuple[dict[int, Any], dict[str, float]]:  # fmt: skip
     """Submit the consistency networks not yet in ``directory``: {network: its task}, and the
     seconds of the networks already there."""
@@ -259,7 +273,7 @@ def _submit_consistency(
     log(f"training {len(missing)} consistency network(s) as Ray tasks beside the experts "
         f"({config.describe()}); cache: {directory}")  # fmt: skip
     task = ray.remote(_consistency_task).options(**resources)
-    return {k: task.remote(config.to_dict(), k, dataset_ref, threads) for k in missing}, seconds
+    return {k: task.remote(config.to_dict(), k, dataset_ref, *worker) for k in missing}, seconds
 
 
 def _collect(
@@ -275,7 +289,13 @@ def _collect(
     while pending:
         (ref,), _ = ray.wait(list(pending), num_returns=1)
         kind, index = pending.pop(ref)
-        result = ray.get(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayTaskError as error:  # ours: one line, not Ray's traceback
+            _abandon(pending)
+            if isinstance(error.cause, SelmatchError):
+                raise error.cause from None
+            raise
         if kind == "expert":
             tensors = {f"epoch_{e:04d}": torch.from_numpy(row.copy())
                        for e, row in enumerate(result["trajectory"])}  # fmt: skip
@@ -292,6 +312,16 @@ def _collect(
             consistency_score.write_manifest(score_dir, consistency, seconds)
         log(f"  {kind} {'network ' if kind == 'consistency' else ''}{index}: "
             f"{result['seconds']:.0f} s")  # fmt: skip
+
+
+def _abandon(pending: dict[Any, Any]) -> None:
+    """Cancel the tasks still pending and take their outcomes, so that Ray does not print
+    each one's error again ("Unhandled error") after the one the search reports."""
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    for ref in pending:
+        with contextlib.suppress(Exception):  # cancelled or failed: the first error is reported
+            ray.get(ref, timeout=30)
 
 
 def _write_cache_manifest(directory: Path, dataset: ImageDataset, config: ExpertConfig) -> None:

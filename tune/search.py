@@ -44,7 +44,14 @@ from selmatch_tune.phases import (
     run_phase,
 )
 from selmatch_tune.precompute import Precomputed, precompute
-from selmatch_tune.ray_cluster import check_resources, connect, experiments_root, quiet_tune
+from selmatch_tune.ray_cluster import (
+    check_resources,
+    connect,
+    describe_trials,
+    experiments_root,
+    quiet_tune,
+    resolve_gpus,
+)
 from selmatch_tune.record import (
     STATE,
     IpcRecord,
@@ -63,12 +70,12 @@ __all__ = ["SearchInterrupted", "check_resources", "prepare", "run_search"]
 
 def precompute_all(config: SearchConfig, dataset: ImageDataset, out: Path, log: Log) -> Precomputed:
     started = time.perf_counter()
-    gpus_per_expert = 1.0 if ray.cluster_resources().get("GPU", 0.0) >= 1 else 0.0
     pre = precompute(
         dataset, config.experts, score=config.score, cache_root=out.parent / "cache",
         consistency=config.consistency, image_size=config.image_size,
         score_table=Path(config.score_table) if config.score_table else None,
-        gpus_per_expert=gpus_per_expert, cpus_per_expert=config.cpus_per_trial,
+        gpus_per_expert=config.gpus, cpus_per_expert=config.cpus_per_trial,
+        device=config.short.device,
         epochs=matched_epochs(config), log=log,
     )  # fmt: skip
     networks = ""
@@ -105,7 +112,7 @@ def fixed_settings(config: SearchConfig, pre: Precomputed, ipc: int) -> TrialSpe
     return TrialSpec(
         ipc=ipc, beta_convention=config.beta_convention, score=config.score,
         val_fraction=pre.split.val_fraction, split_seed=pre.split.seed,
-        cpus_per_trial=config.cpus_per_trial, gpus_per_trial=config.gpus_per_trial,
+        cpus_per_trial=config.cpus_per_trial, gpus_per_trial=config.gpus,
         evaluation=config.short,
     )  # fmt: skip
 
@@ -322,7 +329,10 @@ def run_search(
     out.mkdir(parents=True, exist_ok=True)
     quiet_tune()
     connect(address, log)
+    config = resolve_gpus(config)
     check_resources(config, wait=wait_for_resources, log=log)
+    log(f"{describe_trials(config)}; precompute tasks and final evaluations get a trial's "
+        "resources")  # fmt: skip
     # A local store (the default, or a database file named by --tracking-uri) keeps its new
     # experiment's artifacts next to the search, not in ./mlruns of the current directory; a
     # tracking server decides that itself.

@@ -1,7 +1,10 @@
 """Search SelMatch's β and α per IPC with Ray Tune + Optuna, logged to MLflow.
 
-    python tune/search_alpha_beta.py --preset quick                 # local Ray, ~10 min on CPU
-    python tune/search_alpha_beta.py --preset paper --address auto  # on a Ray cluster
+    python tune/search_alpha_beta.py --preset quick   # ~10 min on a 2-core CPU
+    python tune/search_alpha_beta.py --preset paper   # on the head of a Ray cluster (ray up)
+
+With no --address it attaches to the Ray cluster of this node when there is one (as
+ray.init() does), else starts a local Ray; trials get a GPU each where the cluster has GPUs.
 
 Per IPC, in increasing order: a concave-aware search of β (trial = window subset + short
 evaluation), then of α at the best β (trial = SelMatch distillation + short evaluation), then
@@ -62,10 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         "resources before giving up (default: 0 = fail at once)",
     )  # fmt: skip
     p.add_argument(
-        "--address",
-        default=None,
-        help="Ray cluster address (e.g. auto); default: start a local Ray",
-    )
+        "--address", default=None, metavar="ADDRESS",
+        help="the Ray cluster to attach to (host:port, or auto); local = always start a new "
+        "local Ray (default: as ray.init() finds one: RAY_ADDRESS, else the cluster `ray "
+        "start` runs on this node, else a new local Ray on loopback; the first lines say "
+        "which)",
+    )  # fmt: skip
     p.add_argument(
         "--tracking-uri",
         default=None,

@@ -31,6 +31,7 @@ from selmatch.params import ParamLayout
 from selmatch.sweep import evaluate_random, evaluate_window
 from selmatch.target import SetSpec
 from selmatch.window import WindowSpec
+from selmatch_tune.devices import check_gpu_visible
 from selmatch_tune.precompute import dataset_from_arrays
 
 
@@ -118,9 +119,11 @@ def _release() -> None:
 
 
 def set_threads(spec: TrialSpec) -> None:
-    # One intra-op thread per CPU the trial was given: trials side by side must not
-    # oversubscribe the cores (OpenMP spinning turns that into a 10x slowdown).
+    """A worker's threads, and its GPU checked: one intra-op thread per CPU the trial was
+    given (trials side by side must not oversubscribe the cores: OpenMP spinning turns that
+    into a 10x slowdown); a GPU it was given must be one torch sees."""
     torch.set_num_threads(max(1, int(spec.cpus_per_trial)))
+    check_gpu_visible(spec.gpus_per_trial, spec.evaluation.device)
 
 
 def fetch_data(
@@ -171,6 +174,7 @@ def _metrics(result: EvalResult, started: float, fetched: float) -> dict[str, An
         "test_accuracy": test_mean, "test_std": test_std,
         "fetch_seconds": fetched - started, "work_seconds": time.perf_counter() - fetched,
         "node_id": ray.get_runtime_context().get_node_id(),
+        "gpus": len(ray.get_gpu_ids()),
     }  # fmt: skip
 
 
@@ -221,7 +225,7 @@ def stage_expert_mapper(spec: TrialSpec) -> Mapper:
 
 def _train_one(train: TrainOne, index: int, cpus: float) -> Any:
     """Ray task body: one stage expert, with as many threads as the task has CPUs."""
-    torch.set_num_threads(max(1, int(cpus)))
+    torch.set_num_threads(max(1, int(cpus)))  # the trial checked its GPU
     result = train(index)
     _release()
     return result
