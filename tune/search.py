@@ -62,6 +62,7 @@ from selmatch_tune.record import (
     Winner,
     open_record,
 )
+from selmatch_tune.storage import check_storage
 from selmatch_tune.tracking import Tracker
 from selmatch_tune.trials import TrialSpec, alpha_trial, beta_trial
 
@@ -353,6 +354,7 @@ def run_search(
         record.started = True  # from here on, the folder holds a search
         data = trial_data(pre)
         storage_path = experiments_root(record, out, storage)
+        check_storage(storage_path, log=log)  # every node writes its trials' sets there
         record.save(out)  # the experiments' folder must be found again on --resume
         previous: IpcRecord | None = None
         finishers: list[Callable[[], None]] = []
