@@ -4,16 +4,24 @@
 #
 #   cluster/local_cluster.sh start                 head + 1 worker node; waits for the worker
 #   cluster/local_cluster.sh smoke [--out DIR] [ARGS...]
-#                                                  the smoke search on the cluster (ARGS go to
-#                                                  tune/search_alpha_beta.py), then checks that
-#                                                  its trials ran on more than one node
+#                                                  the smoke search, run as on a cluster's head:
+#                                                  without --address (ARGS go to
+#                                                  tune/search_alpha_beta.py); then checks that
+#                                                  it attached to this cluster and that its
+#                                                  trials ran on more than one node (their
+#                                                  results: DIR/ray, or a local --storage)
 #   cluster/local_cluster.sh status                address, live processes, `ray status`
 #   cluster/local_cluster.sh stop                  stops the processes that `start` started
 #
 # Everything lives in a state folder (LOCAL_CLUSTER_DIR, default .ray-local/ in the repository):
-# Ray's temp dir (tmp/), a token for Ray's token authentication (auth_token), the address, the
+# Ray's temp dir (ray/), a token for Ray's token authentication (auth_token), the address, the
 # ids of the processes started (pids: "PID START_TIME" lines) and the smoke outputs.
-# The processes of this cluster are the ones whose command line holds tmp/ and their
+# The state folder stands in for the machine's /tmp: Ray's temp dir is STATE/ray, the one Ray
+# uses by default when RAY_TMPDIR=STATE, so `ray start` records the cluster's address in
+# STATE/ray/ray_current_cluster, where a search (or `ray status`) run with RAY_TMPDIR=STATE
+# finds it, as a search on a real cluster's head finds /tmp/ray/ray_current_cluster. The
+# machine's own /tmp/ray is never touched.
+# The processes of this cluster are the ones whose command line holds ray/ and their
 # descendants; `stop` signals only those (after checking each one's start time), never
 # `ray stop`, which would stop every Ray instance on the machine.
 #
@@ -36,18 +44,24 @@ die() {
 setup_paths() {
     mkdir -p "$STATE"
     STATE="$(cd "$STATE" && pwd)"
-    TMP_DIR="$STATE/tmp"
+    # Ray's default temp dir under RAY_TMPDIR=STATE (ray._common.utils.get_default_ray_temp_dir)
+    TMP_DIR="$STATE/ray"
     PID_FILE="$STATE/pids"
     ADDRESS_FILE="$STATE/address"
     TOKEN_FILE="$STATE/auth_token"
-    [ -x "$BIN/python" ] && [ -x "$BIN/ray" ] || die "no python/ray in $BIN; run make setup first"
+    if [ ! -x "$BIN/python" ] || [ ! -x "$BIN/ray" ]; then
+        die "no python/ray in $BIN; run make setup first"
+    fi
 }
 
 # Token authentication for every Ray process and CLI call of this script (Ray 2.60 reads
-# RAY_AUTH_TOKEN before RAY_AUTH_TOKEN_PATH, so an inherited RAY_AUTH_TOKEN is dropped).
+# RAY_AUTH_TOKEN before RAY_AUTH_TOKEN_PATH, so an inherited RAY_AUTH_TOKEN is dropped), and
+# the state folder as the machine's temp dir for Ray: a driver with no address finds this
+# cluster in STATE/ray/ray_current_cluster (RAY_ADDRESS would take precedence: dropped too).
 ray_env() {
     export RAY_AUTH_MODE=token
     export RAY_AUTH_TOKEN_PATH="$TOKEN_FILE"
+    export RAY_TMPDIR="$STATE"
     unset RAY_AUTH_TOKEN RAY_ADDRESS
 }
 
@@ -68,13 +82,17 @@ is_recorded_alive() {
 
 # PIDs of this cluster: a Ray process (its program under .../ray/, or renamed ray::...) whose
 # command line holds TMP_DIR, or a descendant of one. Other programs that merely name a file
-# there (a `tail -f` of a log) are not Ray's and are left alone.
+# there (a `tail -f` of a log) are not Ray's and are left alone: the words that name TMP_DIR
+# are not looked at for .../ray/ (TMP_DIR itself ends in /ray).
 scan() {
     ps -eww -o pid=,ppid=,args= | CLUSTER_TMP="$TMP_DIR/" awk '
         {
             parent[$1] = $2
-            if (index($0, ENVIRON["CLUSTER_TMP"]) > 0 && ($0 ~ /\/ray\// || $0 ~ /ray::/))
-                own[$1] = 1
+            if (index($0, ENVIRON["CLUSTER_TMP"]) == 0)
+                next
+            for (i = 3; i <= NF; i++)
+                if (index($i, ENVIRON["CLUSTER_TMP"]) == 0 && ($i ~ /\/ray\// || $i ~ /ray::/))
+                    own[$1] = 1
         }
         END {
             do {
@@ -158,7 +176,8 @@ cmd_stop() {
         sleep 1
         left="$(alive_recorded | tr '\n' ' ')"
     fi
-    rm -f "$ADDRESS_FILE"
+    # A search with no address must not find a cluster that is gone.
+    rm -f "$ADDRESS_FILE" "$TMP_DIR/ray_current_cluster"
     [ -z "$left" ] || die "processes still alive after SIGKILL: $left"
     echo "local cluster stopped ($(recorded_count) processes recorded)"
 }
@@ -217,6 +236,11 @@ EOF
     fi
     record
     echo "$ip:$port" >"$ADDRESS_FILE"
+    # Where a driver with no address looks (`ray start` wrote it; see ray_env).
+    if [ "$(cat "$TMP_DIR/ray_current_cluster" 2>/dev/null)" != "$ip:$port" ]; then
+        cmd_stop >/dev/null 2>&1 || true
+        die "ray start did not record $ip:$port in $TMP_DIR/ray_current_cluster"
+    fi
     if ! "$BIN/python" - "$ip:$port" "${LOCAL_CLUSTER_TIMEOUT:-120}" >>"$STATE/start.log" 2>&1 <<'EOF'
 import sys
 import time
@@ -245,12 +269,14 @@ EOF
 }
 
 require_running() {
-    [ -n "$(alive_recorded)" ] && [ -s "$ADDRESS_FILE" ] ||
+    if [ -z "$(alive_recorded)" ] || [ ! -s "$ADDRESS_FILE" ]; then
         die "no local cluster is running ($STATE); run start first"
+    fi
 }
 
 cmd_smoke() {
-    local out="$STATE/smoke-$(date +%Y%m%d-%H%M%S)" address
+    local out address
+    out="$STATE/smoke-$(date +%Y%m%d-%H%M%S)"
     if [ "${1:-}" = "--out" ]; then
         [ "$#" -ge 2 ] || die "--out needs a folder"
         out="$2"
@@ -259,26 +285,52 @@ cmd_smoke() {
     require_running
     address="$(cat "$ADDRESS_FILE")"
     ray_env
-    echo "smoke search on $address -> $out"
-    (cd "$ROOT" && "$BIN/python" tune/search_alpha_beta.py --preset smoke --address "$address" \
-        --out "$out" "$@")
+    # As the README tells a cluster's user: on the head, no --address. The search finds this
+    # cluster where `ray start` recorded it ($RAY_TMPDIR/ray/ray_current_cluster).
+    echo "smoke search on the cluster of this node ($address, recorded in" \
+        "$TMP_DIR/ray_current_cluster) -> $out"
+    (cd "$ROOT" && "$BIN/python" tune/search_alpha_beta.py --preset smoke --out "$out" "$@")
     record
-    "$BIN/python" - "$out" <<'EOF'
+    "$BIN/python" - "$out" "$address" "$@" <<'EOF'
+import argparse
 import json
 import sys
 from collections import Counter
 from pathlib import Path
 
-results = sorted(Path(sys.argv[1], "ray").glob("*/*/result.json"))
+import ray
+
+out, address, *search_args = sys.argv[1:]
+# Tune's results: OUT/ray, or the search's own folder under a local --storage
+storage = argparse.ArgumentParser(add_help=False)
+storage.add_argument("--storage")
+given = storage.parse_known_args(search_args)[0].storage
+root = Path(out, "ray")
+if given:
+    state = json.loads(Path(out, "search_state.json").read_text())
+    root = Path(given.removeprefix("file://"), state.get("storage_id") or "")
 nodes = Counter()
-for path in results:
+for path in sorted(root.glob("*/*/result.json")):
     lines = path.read_text().strip().splitlines()
     if lines:
         nodes[json.loads(lines[-1])["node_id"]] += 1
 if not nodes:
-    sys.exit(f"local_cluster.sh: error: no trial results under {sys.argv[1]}/ray/*/*/result.json")
+    sys.exit(f"local_cluster.sh: error: no trial results under {root}/*/*/result.json")
+# Every node this cluster ever had (ray.nodes() keeps the dead ones): a search that started a
+# Ray of its own ran its trials on nodes of that one instead.
+ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+ours = {node["NodeID"] for node in ray.nodes()}
+ray.shutdown()
 for node, count in nodes.most_common():
     print(f"  node {node}: {count} trial(s)")
+strangers = sorted(set(nodes) - ours)
+if strangers:
+    sys.exit(
+        f"local_cluster.sh: error: the search did not attach to the cluster at {address}: "
+        f"{len(strangers)} of its trial nodes are not this cluster's ({', '.join(strangers)}); "
+        "a search without --address should find it in $RAY_TMPDIR/ray/ray_current_cluster"
+    )
+print(f"the search attached to the cluster at {address}")
 if len(nodes) < 2:
     sys.exit(f"local_cluster.sh: error: all {sum(nodes.values())} trials ran on one node")
 print(f"trials ran on {len(nodes)} nodes")

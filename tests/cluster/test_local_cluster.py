@@ -1,6 +1,8 @@
 """cluster/local_cluster.sh end to end: a real multi-node Ray cluster on this machine (Ray's
-fake multi-node provider), a small search on it whose trials must spread over two or more
-nodes, and a stop that leaves none of the processes it started alive."""
+fake multi-node provider), a small search run on it as a cluster's user runs one (no
+--address: it finds the cluster where `ray start` recorded it) whose trials must spread over
+two or more nodes of that cluster, and a stop that leaves none of the processes it started
+alive."""
 
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def still_alive(state: Path) -> list[int]:
 
 def with_temp_dir(state: Path) -> list[int]:
     """Processes whose command line names the cluster's Ray temp dir."""
-    marker = f"{state}/tmp/".encode()
+    marker = f"{state}/ray/".encode()
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
@@ -101,11 +103,15 @@ def run(state: Path, *args: str, timeout: float = 240) -> subprocess.CompletedPr
 def test_start_smoke_stop(state: Path, tmp_path: Path) -> None:
     run(state, "start", timeout=180)
     assert len(recorded(state)) >= 6  # gcs, raylets, monitor, agents of 2 nodes
+    # Where a driver with no address and RAY_TMPDIR=state looks (Ray's default temp dir there).
+    address = (state / "address").read_text().strip()
+    assert (state / "ray" / "ray_current_cluster").read_text().strip() == address
     status = run(state, "status")
     assert "ray.worker.cpu" in status.stdout or "recorded processes alive" in status.stdout
 
     out = tmp_path / "smoke"
     smoke = run(state, "smoke", "--out", str(out), *SMALL, timeout=300)
+    assert f"the search attached to the cluster at {address}" in smoke.stdout
     assert "trials ran on" in smoke.stdout
     nodes = trial_nodes(out)
     assert len(nodes) >= 4, f"expected 4+ trial results, got {len(nodes)}"
@@ -115,6 +121,7 @@ def test_start_smoke_stop(state: Path, tmp_path: Path) -> None:
     run(state, "stop", timeout=180)
     assert still_alive(state) == [], "recorded processes alive after stop"
     assert with_temp_dir(state) == [], "cluster processes alive after stop"
+    assert not (state / "ray" / "ray_current_cluster").exists(), "a stopped cluster is findable"
     after = subprocess.run([str(SCRIPT), "status"], env=_env(state), capture_output=True)
     assert after.returncode == 3
 
@@ -125,3 +132,56 @@ def test_smoke_without_a_cluster_fails_clearly(state: Path) -> None:
     )
     assert result.returncode == 1
     assert "no local cluster is running" in result.stderr
+
+
+#: Stands in for python: records how local_cluster.sh runs the search (the environment that
+#: decides which Ray it finds, and its arguments); the check after it (a script on stdin) passes.
+FAKE_PYTHON = """#!/bin/sh
+if [ "$1" = - ]; then cat >/dev/null; exit 0; fi
+printf '%s|%s|%s\\n' "${RAY_TMPDIR-unset}" "${RAY_ADDRESS-unset}" "$*" >>"$CALLS"
+"""
+
+
+def test_smoke_runs_the_search_as_on_a_clusters_head(state: Path, tmp_path: Path) -> None:
+    """No --address, even with RAY_ADDRESS in the caller's environment: the search must find
+    the cluster the way a search on a real head does, in Ray's default temp dir, which the
+    script points at its state folder (RAY_TMPDIR)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text(FAKE_PYTHON)
+    (fake / "ray").write_text("#!/bin/sh\nexit 0\n")
+    for program in fake.iterdir():
+        program.chmod(0o755)
+    calls = tmp_path / "calls"
+    with subprocess.Popen(["sleep", "120"]) as stand_in:  # the "cluster" smoke finds running
+        try:
+            (state / "pids").write_text(f"{stand_in.pid} {start_time(stand_in.pid)}\n")
+            (state / "address").write_text("192.0.2.2:6379\n")
+            env = {
+                **_env(state),
+                "LOCAL_CLUSTER_BIN": str(fake),
+                "CALLS": str(calls),
+                "RAY_ADDRESS": "192.0.2.9:6379",
+            }
+            result = subprocess.run(
+                [str(SCRIPT), "smoke", "--out", str(tmp_path / "out"), "--ipcs", "2"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            stand_in.kill()
+    assert result.returncode == 0, result.stderr
+    [search] = calls.read_text().splitlines()
+    tmpdir, address, args = search.split("|")
+    assert args.split() == [
+        "tune/search_alpha_beta.py",
+        "--preset",
+        "smoke",
+        "--out",
+        str(tmp_path / "out"),
+        "--ipcs",
+        "2",
+    ]
+    assert tmpdir == str(state) and address == "unset"
