@@ -19,7 +19,7 @@ def fashion_split(fashion: ImageDataset) -> HoldoutSplit:
 
 
 #: Fixtures that make a test slow whatever it asserts: a Ray instance, a search, two nodes.
-SLOW_FIXTURES = {"local_ray", "smoke_search", "smoke_run", "two_nodes"}
+SLOW_FIXTURES = {"local_ray", "smoke_search", "smoke_run", "gpu_cluster"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

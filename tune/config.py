@@ -160,9 +160,10 @@ class SearchConfig(Config):
     final_beside_search: bool = setting(
         True, flag="--final-after-phases", group=RESOURCES,
         help="the full evaluations (the random reference from an IPC's start, the top β "
-        "windows from the end of its β phase) run beside the search, in the slots it leaves "
-        "idle, and are awaited after the last IPC (--final-after-phases: each IPC's after its "
-        "phases)",
+        "windows from the end of its β phase) run beside the search in the trial slots it "
+        "never needs (the cluster's slots less --max-concurrent's), so they never delay a "
+        "phase, and are awaited after the last IPC, then in every slot (--final-after-phases: "
+        "each IPC's after its phases)",
     )  # fmt: skip
     max_concurrent: int = setting(
         2, group=RESOURCES,

@@ -1,6 +1,7 @@
-"""The full-budget evaluations of an IPC: its winner, the top β windows (the short-vs-full
-rank correlation) and the random reference, as Ray tasks submitted as soon as what they
-evaluate is known (:class:`EarlyFinal`) and awaited in :func:`finish_ipc`. A window or the
+"""The full-budget evaluations of an IPC: its winner, the top β windows (the short-vs-full rank
+correlation) and the random reference, as Ray tasks queued as soon as what they evaluate is
+known (:class:`EarlyFinal`), started in the slots the search leaves
+(:class:`~selmatch_tune.slots.FinalSlots`) and awaited in :func:`finish_ipc`. A window or the
 random subset is trained by the β trial's own body (``evaluate_selection``) with the full
 budget."""
 
@@ -26,6 +27,7 @@ from selmatch_tune.record import (
     SearchRecord,
     StageCost,
 )
+from selmatch_tune.slots import Final, FinalSlots
 from selmatch_tune.tracking import Tracker
 from selmatch_tune.trials import TrialSpec
 
@@ -78,14 +80,14 @@ def collect_winner(grid: Any, value: float, target: Path, searched: str = "alpha
 
 @dataclass
 class EarlyFinal:
-    """Full-budget evaluations submitted as soon as what they evaluate is known, so that they
-    fill the trial slots the search leaves idle and run beside the next phases and IPCs: the
+    """Full-budget evaluations queued as soon as what they evaluate is known, so that they
+    fill the trial slots the search leaves and run beside the next phases and IPCs: the
     random reference at the start of an IPC, the top β windows after its β phase. Only the
     winner's own evaluation waits for the α phase. The results are the same: each is the same
-    Ray task with the same payload and seeds, only submitted earlier."""
+    Ray task with the same payload and seeds, only queued earlier."""
 
-    reference: Any | None = None
-    windows: dict[float, Any] = field(default_factory=dict)
+    reference: Final | None = None
+    windows: dict[float, Final] = field(default_factory=dict)
 
 
 def top_windows(config: SearchConfig, beta: PhaseResult) -> list[float]:
@@ -95,16 +97,16 @@ def top_windows(config: SearchConfig, beta: PhaseResult) -> list[float]:
 
 
 def submit_windows(
-    config: SearchConfig, beta: PhaseResult, data: dict[str, Any], fixed: TrialSpec
-) -> dict[float, Any]:
-    task = _final_remote(config)
-    return {b: task.remote(data, fixed, {"kind": "window", "beta": b}, config.final.to_dict())
+    config: SearchConfig, beta: PhaseResult, data: dict[str, Any], fixed: TrialSpec,
+    slots: FinalSlots,
+) -> dict[float, Final]:  # fmt: skip
+    return {b: slots.submit(data, fixed, {"kind": "window", "beta": b}, config.final.to_dict())
             for b in top_windows(config, beta)}  # fmt: skip
 
 
 def final_evaluation(
     config: SearchConfig, entry: IpcRecord, data: dict[str, Any], fixed: TrialSpec,
-    early: EarlyFinal | None = None,
+    slots: FinalSlots, early: EarlyFinal | None = None,
 ) -> FinalResult:  # fmt: skip
     """The winner with the full budget, and the top β points too (short vs full ranking);
     what ``early`` submitted already is awaited, not submitted again. A winner that learned
@@ -112,27 +114,26 @@ def final_evaluation(
     images, seeds and augmentation), never computed twice."""
     from selmatch.synthetic import SyntheticSet
 
-    task = _final_remote(config)
     assert entry.beta is not None
     curve = entry.beta.curve
     early = early or EarlyFinal()
-    windows = early.windows or submit_windows(config, entry.beta, data, fixed)
+    windows = early.windows or submit_windows(config, entry.beta, data, fixed, slots)
     selected = entry.selected_as_is()
     if selected == "window" and entry.beta.best in windows:
         winner = windows[entry.beta.best]
     elif selected == "random" and early.reference is not None:
         winner = early.reference  # the reference is the winner: one evaluation
     elif selected == "random":
-        winner = task.remote(data, fixed, {"kind": "random"}, config.final.to_dict())
+        winner = slots.submit(data, fixed, {"kind": "random"}, config.final.to_dict())
     else:
         assert entry.set_dir is not None
         saved = SyntheticSet.load(entry.set_dir)
-        winner = task.remote(data, fixed, {
+        winner = slots.submit(data, fixed, {
             "kind": "set", "images": saved.images.numpy(), "labels": saved.labels.numpy(),
             "mask": saved.distill_mask.numpy(),
         }, config.final.to_dict())  # fmt: skip
-    result = ray.get(winner)
-    full = {b: ray.get(ref) for b, ref in windows.items()}
+    result = winner.result()
+    full = {b: final.result() for b, final in windows.items()}
     return FinalResult(
         test_mean=result["test_mean"], test_std=result["test_std"],
         val_mean=result["val_mean"], seeds=tuple(result["seeds"]), epochs=result["epochs"],
@@ -141,14 +142,19 @@ def final_evaluation(
     )  # fmt: skip
 
 
-def _final_remote(config: SearchConfig) -> Any:
-    return ray.remote(_final_task).options(num_cpus=config.cpus_per_trial, num_gpus=config.gpus)
+def final_slots(config: SearchConfig) -> FinalSlots:
+    """Where the search's full evaluations wait for a slot: each a Ray task with a trial's
+    resources."""
+    task = ray.remote(_final_task).options(num_cpus=config.cpus_per_trial, num_gpus=config.gpus)
+    return FinalSlots(config, task)
 
 
-def random_reference(config: SearchConfig, data: dict[str, Any], fixed: TrialSpec) -> Any:
+def random_reference(
+    config: SearchConfig, data: dict[str, Any], fixed: TrialSpec, slots: FinalSlots
+) -> Final:
     """A random class-balanced subset of the IPC, drawn from the same pool as the windows (its
     seed is the split's), trained like the winner: what the distilled set has to beat."""
-    return _final_remote(config).remote(data, fixed, {"kind": "random"}, config.final.to_dict())
+    return slots.submit(data, fixed, {"kind": "random"}, config.final.to_dict())
 
 
 def _reference_summary(result: dict[str, Any] | FinalResult) -> Reference:
@@ -160,8 +166,8 @@ def _reference_summary(result: dict[str, Any] | FinalResult) -> Reference:
 
 def finish_ipc(
     ipc: int, config: SearchConfig, entry: IpcRecord, data: dict[str, Any],
-    fixed: TrialSpec, early: EarlyFinal, record: SearchRecord, out: Path, tracker: Tracker,
-    log: Log,
+    fixed: TrialSpec, early: EarlyFinal, slots: FinalSlots, record: SearchRecord, out: Path,
+    tracker: Tracker, log: Log,
 ) -> None:  # fmt: skip
     """The IPC's full evaluation (its early part awaited, the winner's submitted), the random
     reference, the curves. The stage's cost is the time the driver waited for it here."""
@@ -170,7 +176,7 @@ def finish_ipc(
     started = time.perf_counter()
     computed = entry.final is None
     if entry.final is None:
-        entry.final = final_evaluation(config, entry, data, fixed, early)
+        entry.final = final_evaluation(config, entry, data, fixed, slots, early)
     if config.random_reference and entry.final.random is None:
         if entry.selected_as_is() == "random":  # the winner is the reference itself
             entry.final.random = _reference_summary(entry.final)
@@ -178,8 +184,8 @@ def finish_ipc(
             if not computed:  # a search finished before the reference existed
                 log(f"IPC {ipc}: final evaluation of a random subset of the same size "
                     "(the reference)")  # fmt: skip
-            reference = early.reference or random_reference(config, data, fixed)
-            entry.final.random = _reference_summary(ray.get(reference))
+            reference = early.reference or random_reference(config, data, fixed, slots)
+            entry.final.random = _reference_summary(reference.result())
             computed = True
     if computed:
         entry.final.cost = StageCost(time.perf_counter() - started).plus(entry.final.cost)

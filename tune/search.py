@@ -31,6 +31,7 @@ from selmatch_tune.costs import format_costs, stage_costs
 from selmatch_tune.finals import (
     EarlyFinal,
     collect_winner,
+    final_slots,
     finish_ipc,
     random_reference,
     submit_windows,
@@ -62,6 +63,7 @@ from selmatch_tune.record import (
     Winner,
     open_record,
 )
+from selmatch_tune.slots import FinalSlots
 from selmatch_tune.storage import check_storage
 from selmatch_tune.tracking import Tracker
 from selmatch_tune.trials import TrialSpec, alpha_trial, beta_trial
@@ -120,7 +122,7 @@ def fixed_settings(config: SearchConfig, pre: Precomputed, ipc: int) -> TrialSpe
 
 def search_ipc(
     ipc: int, config: SearchConfig, pre: Precomputed, data: dict[str, Any],
-    record: SearchRecord, out: Path, storage: str, tracker: Tracker, *,
+    record: SearchRecord, out: Path, storage: str, tracker: Tracker, slots: FinalSlots, *,
     bounds: tuple[float | None, float | None], resume: bool, log: Log,
 ) -> Callable[[], None]:  # fmt: skip
     """β search (and the random subset beside it), α search from the β phase's winner (and
@@ -137,7 +139,7 @@ def search_ipc(
     early = EarlyFinal()
     beside = config.final_beside_search
     if beside and config.random_reference and (entry.final is None or entry.final.random is None):
-        early.reference = random_reference(config, data, fixed)
+        early.reference = random_reference(config, data, fixed, slots)
     if entry.beta is None:
         phase = Phase("beta", ipc, bounded(config.beta_grid, bounds[0]), fixed, (), bounds[0])
         entry.beta, _ = run_phase(phase, config, data, storage, tracker, markers=markers,
@@ -145,7 +147,7 @@ def search_ipc(
         record.save(out)
     beta = entry.beta
     if beside and entry.final is None:
-        early.windows = submit_windows(config, beta, data, fixed)
+        early.windows = submit_windows(config, beta, data, fixed, slots)
     # a search begun before the random candidate existed keeps the α phase it has
     if entry.alpha is None and beta.random is None:
         repeats = 1 + config.top_repeats  # as many as a close top gets
@@ -176,7 +178,8 @@ def search_ipc(
             f"{config.final.num_seeds} seeds) of the winner, of the top "
             f"{config.full_eval_top} β windows{also}"
             + (", beside the search" if beside else ""))  # fmt: skip
-    return partial(finish_ipc, ipc, config, entry, data, fixed, early, record, out, tracker, log)
+    return partial(finish_ipc, ipc, config, entry, data, fixed, early, slots, record, out,
+                   tracker, log)  # fmt: skip
 
 
 def beta_winner(beta: PhaseResult) -> str:
@@ -347,6 +350,7 @@ def run_search(
     tracker.client.set_tag(record.parent_run_id, "ipcs", ",".join(map(str, config.ipcs)))
     record.save(out)
     started = time.perf_counter()
+    slots: FinalSlots | None = None
     try:
         pre = precompute_all(config, dataset, out, log)
         record.precompute = StageCost(time.perf_counter() - started).plus(record.precompute)
@@ -356,6 +360,7 @@ def run_search(
         storage_path = experiments_root(record, out, storage)
         check_storage(storage_path, log=log)  # every node writes its trials' sets there
         record.save(out)  # the experiments' folder must be found again on --resume
+        slots = final_slots(config)  # the full evaluations, in slots the search leaves
         previous: IpcRecord | None = None
         finishers: list[Callable[[], None]] = []
         for ipc in config.ipcs:
@@ -363,7 +368,7 @@ def run_search(
             if config.monotone and previous is not None and previous.beta is not None:
                 bounds = (previous.beta.best, previous.alpha.best if previous.alpha else None)
             finish = search_ipc(ipc, config, pre, data, record, out, storage_path, tracker,
-                                bounds=bounds, resume=resume, log=log)  # fmt: skip
+                                slots, bounds=bounds, resume=resume, log=log)  # fmt: skip
             if config.final_beside_search:
                 finishers.append(finish)
             else:
@@ -375,6 +380,8 @@ def run_search(
         tracker.finish(failed=True)
         raise
     finally:
+        if slots is not None:
+            slots.close()
         if wait_for_resources > 0:  # let the autoscaler remove idle workers again
             from ray.autoscaler.sdk import request_resources
 

@@ -17,7 +17,7 @@ from selmatch_tune.search import run_search
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -33,7 +33,7 @@ def smoke_search(
     out = tmp_path_factory.mktemp("search") / "smoke"
     own = not ray.is_initialized()
     if own:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with pytest.MonkeyPatch.context() as patch:
             # MLflow puts a new experiment's artifacts under ./mlruns: keep them out of the
