@@ -93,12 +93,7 @@ class FinalSlots:
     def _watch(self) -> None:
         """Start the next queued evaluation as soon as a running one ends."""
         while not self.stop.is_set():
-            with self.lock:
-                refs = [f.ref for f in self.running]
-            if refs:
-                ray.wait(refs, num_returns=1, timeout=1.0)
-            else:
-                self.stop.wait(1.0)
+            self._wait_for_one(idle=1.0)
             self.pump()
 
     def wait(self, final: Final) -> dict[str, Any]:
@@ -110,15 +105,20 @@ class FinalSlots:
                 self.pump()
                 if final.ref is not None:
                     return ray.get(final.ref)
-                with self.lock:
-                    refs = [f.ref for f in self.running]
-                if refs:
-                    ray.wait(refs, num_returns=1, timeout=1.0)
-                else:
-                    self.stop.wait(0.1)
+                self._wait_for_one(idle=0.1)
         finally:
             with self.lock:
                 self.waiting -= 1
+
+    def _wait_for_one(self, idle: float) -> None:
+        """Until a running evaluation ends (at most a second), or ``idle`` seconds if none
+        runs."""
+        with self.lock:
+            refs = [f.ref for f in self.running]
+        if refs:
+            ray.wait(refs, num_returns=1, timeout=1.0)
+        else:
+            self.stop.wait(idle)
 
     def close(self) -> None:
         """Stop the watching thread (what still runs goes on; its results are not awaited)."""
