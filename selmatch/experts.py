@@ -33,7 +33,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -47,8 +46,8 @@ from selmatch.config import (
 )
 from selmatch.data import ImageDataset, balanced_subset, holdout_split, smallest_class_size
 from selmatch.io import (
-    CorruptFileError,
     atomic_write,
+    open_safetensors,
     read_json,
     read_safetensors,
     versions,
@@ -417,13 +416,7 @@ class ExpertSet:
         """Expert ``index``'s parameters after each of ``epochs``: ``(len(epochs), P)``, read
         from its memory-mapped file (only these rows are copied)."""
         if index not in self._opened:
-            path = expert_file(self.directory, index)
-            try:
-                handle = safe_open(str(path), framework="pt")
-            except (SafetensorError, OSError) as error:
-                raise CorruptFileError(
-                    f"{path} is not a readable safetensors file ({error}); write it again"
-                ) from None
+            handle = open_safetensors(expert_file(self.directory, index))
             keys = sorted(k for k in handle.keys() if k.startswith("epoch_"))  # noqa: SIM118
             self._opened[index] = (handle, keys)
         handle, keys = self._opened[index]

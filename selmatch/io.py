@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from selmatch.config import SelmatchError
@@ -78,8 +78,22 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CorruptFileError(
-            f"{path} is not a readable safetensors file ({reason}); it may be truncated or "
-            "corrupt: write it again"
-        ) from None
+        raise _unreadable(path, error) from None
+
+
+def open_safetensors(path: str | Path) -> Any:
+    """``path`` opened memory-mapped (``safe_open``: tensors read one at a time, only when
+    asked for); a truncated or corrupt file is a :class:`CorruptFileError` naming it."""
+    path = Path(path)
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as error:
+        raise _unreadable(path, error) from None
+
+
+def _unreadable(path: Path, error: Exception) -> CorruptFileError:
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return CorruptFileError(
+        f"{path} is not a readable safetensors file ({reason}); it may be truncated or "
+        "corrupt: write it again"
+    )

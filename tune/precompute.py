@@ -44,8 +44,7 @@ from selmatch.experts import (
 from selmatch.io import atomic_write, write_json
 from selmatch.models import build_model
 from selmatch.params import ParamLayout
-from selmatch.train import resolve_device
-from selmatch_tune.devices import check_gpu_visible
+from selmatch_tune.devices import prepare_worker
 
 
 def cache_key(
@@ -70,20 +69,13 @@ def _layout(dataset: ImageDataset, config: ExpertConfig | ConsistencyConfig) -> 
     return ParamLayout.of(build_model(config.model, dataset.image_shape, dataset.num_classes))
 
 
-def _worker_device(threads: int, gpus: float, device: str) -> torch.device:
-    """A precompute task's threads and device, its GPU (if given one) checked."""
-    torch.set_num_threads(max(1, threads))
-    check_gpu_visible(gpus, device)
-    return resolve_device(device)
-
-
 def _train_expert_task(
     config_dict: dict[str, Any], index: int, arrays: dict[str, Any], threads: int,
     gpus: float = 0.0, device: str = "auto",
 ) -> dict[str, Any]:  # fmt: skip
     """Ray task body: train expert ``index`` on the driver's dataset (from the object store:
     worker nodes need no copy of the data) and return numpy arrays (driver-owned)."""
-    torch_device = _worker_device(threads, gpus, device)
+    torch_device = prepare_worker(threads, gpus, device)
     config = ExpertConfig.from_dict(config_dict)
     dataset = dataset_from_arrays(arrays)
     train_indices, _ = expert_training_indices(dataset, config)
@@ -107,7 +99,7 @@ def _consistency_task(
 ) -> dict[str, Any]:  # fmt: skip
     """Ray task body: train consistency network ``network`` and return its held-out samples'
     true-label probabilities as numpy arrays (driver-owned)."""
-    torch_device = _worker_device(threads, gpus, device)
+    torch_device = prepare_worker(threads, gpus, device)
     config = ConsistencyConfig.from_dict(config_dict)
     result = consistency_score.train_consistency_network(
         dataset_from_arrays(arrays), config, network, device=torch_device

@@ -31,7 +31,7 @@ from selmatch.params import ParamLayout
 from selmatch.sweep import evaluate_random, evaluate_window
 from selmatch.target import SetSpec
 from selmatch.window import WindowSpec
-from selmatch_tune.devices import check_gpu_visible
+from selmatch_tune.devices import prepare_worker
 from selmatch_tune.precompute import dataset_from_arrays
 
 
@@ -119,11 +119,9 @@ def _release() -> None:
 
 
 def set_threads(spec: TrialSpec) -> None:
-    """A worker's threads, and its GPU checked: one intra-op thread per CPU the trial was
-    given (trials side by side must not oversubscribe the cores: OpenMP spinning turns that
-    into a 10x slowdown); a GPU it was given must be one torch sees."""
-    torch.set_num_threads(max(1, int(spec.cpus_per_trial)))
-    check_gpu_visible(spec.gpus_per_trial, spec.evaluation.device)
+    """A trial's worker prepared: its threads, and its GPU checked
+    (:func:`~selmatch_tune.devices.prepare_worker`)."""
+    prepare_worker(spec.cpus_per_trial, spec.gpus_per_trial, spec.evaluation.device)
 
 
 def fetch_data(
