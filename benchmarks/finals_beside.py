@@ -54,13 +54,22 @@ def greedy_slots(config: Any) -> FinalSlots:
 
 
 def run(mode: str, args: argparse.Namespace, parent: Path) -> dict[str, Any]:
-    config = apply_sets(smoke(), [
-        f"ipcs=[{IPC}]", "beta_grid=[0.0, 0.5]", "alpha_grid=[0.0, 0.5, 1.0]",
-        f"max_concurrent={args.max_concurrent}", "gpus_per_trial=0", "full_eval_top=2",
-        f"final.train.epochs={args.final_epochs}", f"final.num_seeds={args.final_seeds}",
-        f"distill.iterations={args.iterations}", "distill.checkpoint_every=1000",
-        f"final_beside_search={'false' if mode == 'alone' else 'true'}",
-    ])  # fmt: skip
+    config = apply_sets(
+        smoke(),
+        [
+            f"ipcs=[{IPC}]",
+            "beta_grid=[0.0, 0.5]",
+            "alpha_grid=[0.0, 0.5, 1.0]",
+            f"max_concurrent={args.max_concurrent}",
+            "gpus_per_trial=0",
+            "full_eval_top=2",
+            f"final.train.epochs={args.final_epochs}",
+            f"final.num_seeds={args.final_seeds}",
+            f"distill.iterations={args.iterations}",
+            "distill.checkpoint_every=1000",
+            f"final_beside_search={'false' if mode == 'alone' else 'true'}",
+        ],
+    )
     original = search_module.final_slots
     if mode == "greedy":
         search_module.final_slots = greedy_slots
@@ -71,9 +80,12 @@ def run(mode: str, args: argparse.Namespace, parent: Path) -> dict[str, Any]:
         search_module.final_slots = original
     state = json.loads((parent / mode / "search_state.json").read_text())
     entry = state["ipcs"][str(IPC)]
-    return {"mode": mode, "alpha_seconds": entry["alpha"]["cost"]["seconds"],
-            "beta_seconds": entry["beta"]["cost"]["seconds"],
-            "search_seconds": time.perf_counter() - started}  # fmt: skip
+    return {
+        "mode": mode,
+        "alpha_seconds": entry["alpha"]["cost"]["seconds"],
+        "beta_seconds": entry["beta"]["cost"]["seconds"],
+        "search_seconds": time.perf_counter() - started,
+    }
 
 
 def main() -> None:
@@ -87,16 +99,26 @@ def main() -> None:
         default=2,
         help="the search's trials at once (default 2: no slot to spare)",
     )
-    parser.add_argument("--final-epochs", type=int, default=3000,
-                        help="epochs of each full evaluation (default 3000: tens of seconds, "
-                        "longer than an α trial)")  # fmt: skip
+    parser.add_argument(
+        "--final-epochs",
+        type=int,
+        default=3000,
+        help="epochs of each full evaluation (default 3000: tens of seconds, "
+        "longer than an α trial)",
+    )
     parser.add_argument("--final-seeds", type=int, default=1)
-    parser.add_argument("--iterations", type=int, default=60,
-                        help="distillation iterations of an α trial (default 60)")  # fmt: skip
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="runs of each mode, interleaved (default 2)")  # fmt: skip
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of " +
-                        ", ".join(MODES))  # fmt: skip
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=60,
+        help="distillation iterations of an α trial (default 60)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="runs of each mode, interleaved (default 2)"
+    )
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="comma-separated, of " + ", ".join(MODES)
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
@@ -112,28 +134,39 @@ def main() -> None:
             for repeat, mode in [(r, m) for r in range(args.repeats) for m in modes]:
                 row = run(mode, args, Path(folder) / str(repeat)) | {"repeat": repeat}
                 rows.append(row)
-                print(f"{mode:>7}: α phase {row['alpha_seconds']:.1f} s, β phase "
-                      f"{row['beta_seconds']:.1f} s, "
-                      f"search {row['search_seconds']:.1f} s")  # fmt: skip
+                print(
+                    f"{mode:>7}: α phase {row['alpha_seconds']:.1f} s, β phase "
+                    f"{row['beta_seconds']:.1f} s, "
+                    f"search {row['search_seconds']:.1f} s"
+                )
     finally:
         ray.shutdown()
         cluster.shutdown()
-    mean = {m: statistics.mean(r["alpha_seconds"] for r in rows if r["mode"] == m)
-            for m in modes}  # fmt: skip
+    mean = {m: statistics.mean(r["alpha_seconds"] for r in rows if r["mode"] == m) for m in modes}
     ratios = {m: mean[m] / mean["alone"] for m in modes} if "alone" in mean else {}
     for mode, ratio in ratios.items():
-        print(f"α phase, {mode} / alone: {ratio:.2f}x (mean of {args.repeats}: "
-              f"{mean[mode]:.1f} s)")  # fmt: skip
+        print(f"α phase, {mode} / alone: {ratio:.2f}x (mean of {args.repeats}: {mean[mode]:.1f} s)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({
-            "benchmark": "finals_beside", "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
-            "nodes": args.nodes, "max_concurrent": args.max_concurrent,
-            "final_epochs": args.final_epochs, "iterations": args.iterations,
-            "repeats": args.repeats, "rows": rows, "alpha_mean_seconds": mean,
-            "alpha_ratio_to_alone": ratios,
-        }, indent=2) + "\n")  # fmt: skip
+        args.out.write_text(
+            json.dumps(
+                {
+                    "benchmark": "finals_beside",
+                    "date": time.strftime("%Y-%m-%d"),
+                    "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+                    "nodes": args.nodes,
+                    "max_concurrent": args.max_concurrent,
+                    "final_epochs": args.final_epochs,
+                    "iterations": args.iterations,
+                    "repeats": args.repeats,
+                    "rows": rows,
+                    "alpha_mean_seconds": mean,
+                    "alpha_ratio_to_alone": ratios,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"wrote {args.out}")
 
 

@@ -81,9 +81,12 @@ def build_case(args: argparse.Namespace) -> Case:
     layout = ParamLayout.of(build_model(model, SHAPE, CLASSES, seed=0))
     experts = replace(preset.experts, model=model)
     matching = replace(
-        preset.distill, n_student_steps=args.student_steps, syn_batch=args.syn_batch,
-        iterations=args.iterations, checkpoint_every=args.iterations,
-    )  # fmt: skip
+        preset.distill,
+        n_student_steps=args.student_steps,
+        syn_batch=args.syn_batch,
+        iterations=args.iterations,
+        checkpoint_every=args.iterations,
+    )
     target = SetSpec(method="selmatch", init="random", ipc=args.ipc, alpha=0.5)
     return Case(experts, layout, target, matching, args.device)
 
@@ -98,9 +101,16 @@ def synthetic_dataset(per_class: int, seed: int = 0) -> ImageDataset:
 
     (train_images, train_labels), (test_images, test_labels) = part(per_class), part(2)
     return ImageDataset(
-        "synthetic-cifar10", train_images, train_labels, test_images, test_labels,
-        tuple(str(c) for c in range(CLASSES)), (0.5,) * 3, (0.25,) * 3, "random pixels",
-    )  # fmt: skip
+        "synthetic-cifar10",
+        train_images,
+        train_labels,
+        test_images,
+        test_labels,
+        tuple(str(c) for c in range(CLASSES)),
+        (0.5,) * 3,
+        (0.25,) * 3,
+        "random pixels",
+    )
 
 
 def trajectory(base: np.ndarray, epochs: range, expert: int) -> np.ndarray:
@@ -133,13 +143,15 @@ def after_experts(case: Case, data: dict[str, Any], device: torch.device) -> tup
     """The trial as it is (tune/trials.py ``alpha_trial``): one expert fetched zero-copy per
     draw, released once its two snapshots are copied."""
     trajectories = ObjectStoreTrajectories(data["trajectories"])
-    return InMemoryExperts(case.experts, case.layout, trajectories,
-                           first_epoch=data["first_epoch"]), []  # fmt: skip
+    return InMemoryExperts(
+        case.experts, case.layout, trajectories, first_epoch=data["first_epoch"]
+    ), []
 
 
 VERSIONS: dict[str, Callable[[Case, dict[str, Any], torch.device], tuple[Any, list]]] = {
-    "before": before_experts, "after": after_experts,
-}  # fmt: skip
+    "before": before_experts,
+    "after": after_experts,
+}
 
 
 def _status_mib(field: str) -> float:
@@ -162,26 +174,43 @@ def measure_trial(version: str, case: Case, data: dict[str, Any]) -> dict[str, A
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     dataset = dataset_from_arrays(ray.get(data["dataset"]))
-    split = holdout_split(dataset.train_labels, dataset.num_classes,
-                          val_fraction=case.experts.val_fraction,
-                          seed=case.experts.split_seed)  # fmt: skip
+    split = holdout_split(
+        dataset.train_labels,
+        dataset.num_classes,
+        val_fraction=case.experts.val_fraction,
+        seed=case.experts.split_seed,
+    )
     experts, resident = VERSIONS[version](case, data, device)
     peak_fetched = _peak_rss_mib()
     with tempfile.TemporaryDirectory() as directory:
-        synthetic = distill(case.target, case.distill, dataset, split, experts, None, directory,
-                            device=case.device, progress=False)  # fmt: skip
+        synthetic = distill(
+            case.target,
+            case.distill,
+            dataset,
+            split,
+            experts,
+            None,
+            directory,
+            device=case.device,
+            progress=False,
+        )
     del resident
     return {
-        "rss_start_mib": rss_start, "peak_rss_after_fetch_mib": peak_fetched,
-        "peak_rss_mib": _peak_rss_mib(), "store_pages_touched_mib": _status_mib("RssShmem"),
-        "peak_cuda_mib": (torch.cuda.max_memory_allocated(device) / MIB
-                          if device.type == "cuda" else None),
-        "final_loss": synthetic.manifest["final_loss"], "pid": os.getpid(),
-    }  # fmt: skip
+        "rss_start_mib": rss_start,
+        "peak_rss_after_fetch_mib": peak_fetched,
+        "peak_rss_mib": _peak_rss_mib(),
+        "store_pages_touched_mib": _status_mib("RssShmem"),
+        "peak_cuda_mib": (
+            torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
+        ),
+        "final_loss": synthetic.manifest["final_loss"],
+        "pid": os.getpid(),
+    }
 
 
-def measure(version: str, case: Case, counts: Sequence[int], epochs: range,
-            dataset_ref: ray.ObjectRef) -> dict[int, dict[str, Any]]:  # fmt: skip
+def measure(
+    version: str, case: Case, counts: Sequence[int], epochs: range, dataset_ref: ray.ObjectRef
+) -> dict[int, dict[str, Any]]:
     """The trial ``version`` at each count of experts, the largest count's objects put once
     (a trial with n experts gets the first n); they are freed on return."""
     refs = put_experts(case, max(counts), epochs)
@@ -191,8 +220,10 @@ def measure(version: str, case: Case, counts: Sequence[int], epochs: range,
         data = {"dataset": dataset_ref, "trajectories": refs[:count], "first_epoch": epochs.start}
         results[count] = ray.get(task.remote(version, case, data))
         results[count]["store_mib"] = count * len(epochs) * case.snapshot_bytes / MIB
-        print(f"  {version} {count:>4} experts: RSS {results[count]['rss_start_mib']:7.0f} → "
-              f"peak {results[count]['peak_rss_mib']:7.0f} MiB")  # fmt: skip
+        print(
+            f"  {version} {count:>4} experts: RSS {results[count]['rss_start_mib']:7.0f} → "
+            f"peak {results[count]['peak_rss_mib']:7.0f} MiB"
+        )
     return results
 
 
@@ -211,8 +242,9 @@ def _free_bytes() -> int:
     return min(available, shm.f_bavail * shm.f_frsize) - RESERVE
 
 
-def plan(counts: list[int], before_up_to: int, case: Case, full: range, kept: range,
-         free: int) -> tuple[list[int], list[int]]:  # fmt: skip
+def plan(
+    counts: list[int], before_up_to: int, case: Case, full: range, kept: range, free: int
+) -> tuple[list[int], list[int]]:
     """The counts measured for each version: the old one needs its objects twice (the store
     and the trial's copy), the new one once; a count past what fits is replaced by the largest
     that fits, and the requested one extrapolated."""
@@ -221,8 +253,10 @@ def plan(counts: list[int], before_up_to: int, case: Case, full: range, kept: ra
     after = fitting_counts(counts, free // per_after)
     for version, measured in (("before", before), ("after", after)):
         if len(measured) < 2 and len(measured) < len(counts):
-            raise SystemExit(f"{version}: fewer than two counts of experts fit ({measured}); "
-                             "nothing to extrapolate from")  # fmt: skip
+            raise SystemExit(
+                f"{version}: fewer than two counts of experts fit ({measured}); "
+                "nothing to extrapolate from"
+            )
     return before, after
 
 
@@ -243,8 +277,11 @@ def table(counts: list[int], results: dict[str, dict[int, dict[str, Any]]]) -> l
                 row[version] = measured[count] | {"extrapolated": False}
             else:
                 peaks = {n: m["peak_rss_mib"] for n, m in measured.items()}
-                row[version] = {"peak_rss_mib": extrapolate(peaks, count), "extrapolated": True,
-                                "extrapolated_from": sorted(peaks)[-2:]}  # fmt: skip
+                row[version] = {
+                    "peak_rss_mib": extrapolate(peaks, count),
+                    "extrapolated": True,
+                    "extrapolated_from": sorted(peaks)[-2:],
+                }
         rows.append(row)
     return rows
 
@@ -259,14 +296,18 @@ def report(rows: list[dict], extra: list[int], ratio: float, ratio_extrapolated:
     for row in rows:
         print(f"{row['experts']:>7} | {cell(row['before']):>24} | {cell(row['after']):>24}")
     if any(r["before"]["extrapolated"] or r["after"]["extrapolated"] for r in rows):
-        print("* extrapolated linearly in the number of experts from the two largest measured "
-              "counts (not measured: too large for this machine's memory)")  # fmt: skip
+        print(
+            "* extrapolated linearly in the number of experts from the two largest measured "
+            "counts (not measured: too large for this machine's memory)"
+        )
     if extra:
         print(f"  (measured only to extrapolate from: {extra} experts)")
     verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
-    print(f"after: peak RSS at {rows[-1]['experts']} experts / at {rows[0]['experts']} = "
-          f"{ratio:.3f}{' (extrapolated)' if ratio_extrapolated else ''} "
-          f"(target ≤ {TARGET_RATIO}: {verdict})")  # fmt: skip
+    print(
+        f"after: peak RSS at {rows[-1]['experts']} experts / at {rows[0]['experts']} = "
+        f"{ratio:.3f}{' (extrapolated)' if ratio_extrapolated else ''} "
+        f"(target ≤ {TARGET_RATIO}: {verdict})"
+    )
 
 
 def parse_counts(text: str, parser: argparse.ArgumentParser) -> list[int]:
@@ -283,22 +324,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--experts", default=None,
-                        help="counts of experts (default: 2,20,100; --smoke: 2,4)")  # fmt: skip
-    parser.add_argument("--before-up-to", type=int, default=20,
-                        help="measure the old trial up to this many experts, extrapolate beyond "
-                        "(default: 20)")  # fmt: skip
-    parser.add_argument("--smoke", action="store_true",
-                        help="width 8, 2 and 4 experts: seconds, for the tests")  # fmt: skip
+    parser.add_argument(
+        "--experts", default=None, help="counts of experts (default: 2,20,100; --smoke: 2,4)"
+    )
+    parser.add_argument(
+        "--before-up-to",
+        type=int,
+        default=20,
+        help="measure the old trial up to this many experts, extrapolate beyond (default: 20)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="width 8, 2 and 4 experts: seconds, for the tests"
+    )
     parser.add_argument("--width", type=int, default=None, help="ConvNet width (default: 128)")
     parser.add_argument("--ipc", type=int, default=2, help="images per class (default: 2)")
-    parser.add_argument("--per-class", type=int, default=30,
-                        help="synthetic training images per class (default: 30)")  # fmt: skip
+    parser.add_argument(
+        "--per-class",
+        type=int,
+        default=30,
+        help="synthetic training images per class (default: 30)",
+    )
     parser.add_argument("--student-steps", type=int, default=2, help="N (default: 2)")
     parser.add_argument("--syn-batch", type=int, default=10, help="b (default: 10)")
     parser.add_argument("--iterations", type=int, default=3, help="matching iterations (3)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda when present)")  # fmt: skip
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda when present)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     args.width = args.width or (8 if args.smoke else 128)
@@ -314,18 +367,27 @@ def run(args: argparse.Namespace, counts: list[int]) -> None:
     free = _free_bytes()
     before, after = plan(counts, args.before_up_to, case, full, kept, free)
     store = max(max(before) * len(full), max(after) * len(kept)) * case.snapshot_bytes
-    print(f"{case.device}: ConvNet width {args.width}, P = {case.layout.numel:,} "
-          f"({case.snapshot_bytes / MIB:.2f} MiB a snapshot); before: {len(full)} snapshots an "
-          f"expert, after: epochs {first}..{last}; {free / 2**30:.1f} GiB free for the store and "
-          f"trials; measured: before {before}, after {after}")  # fmt: skip
+    print(
+        f"{case.device}: ConvNet width {args.width}, P = {case.layout.numel:,} "
+        f"({case.snapshot_bytes / MIB:.2f} MiB a snapshot); before: {len(full)} snapshots an "
+        f"expert, after: epochs {first}..{last}; {free / 2**30:.1f} GiB free for the store and "
+        f"trials; measured: before {before}, after {after}"
+    )
     # the store holds one version's objects at a time; room for both in case the first
     # version's are not yet released when the second's are put
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=int(min(free, 2 * store + 2**30)))  # fmt: skip
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=int(min(free, 2 * store + 2**30)),
+    )
     try:
         dataset_ref = ray.put(dataset_arrays(synthetic_dataset(args.per_class)))
-        results = {"before": measure("before", case, before, full, dataset_ref),
-                   "after": measure("after", case, after, kept, dataset_ref)}  # fmt: skip
+        results = {
+            "before": measure("before", case, before, full, dataset_ref),
+            "after": measure("after", case, after, kept, dataset_ref),
+        }
     finally:
         ray.shutdown()
     rows = table(counts, results)
@@ -338,30 +400,55 @@ def run(args: argparse.Namespace, counts: list[int]) -> None:
         write_json(args, case, rows, results, kept, ratio, ratio_extrapolated)
 
 
-def write_json(args: argparse.Namespace, case: Case, rows: list[dict],
-               results: dict[str, dict[int, dict[str, Any]]], kept: range, ratio: float,
-               ratio_extrapolated: bool) -> None:  # fmt: skip
+def write_json(
+    args: argparse.Namespace,
+    case: Case,
+    rows: list[dict],
+    results: dict[str, dict[int, dict[str, Any]]],
+    kept: range,
+    ratio: float,
+    ratio_extrapolated: bool,
+) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "date": date.today().isoformat(), "machine": platform.machine(),
-        "processor": platform.processor(), "cpus": os.cpu_count(), "device": case.device,
-        "device_name": (torch.cuda.get_device_name(case.device)
-                        if case.device.startswith("cuda") else None),
-        "torch": torch.__version__, "ray": ray.__version__,
-        "settings": vars(args) | {"out": str(args.out)},
-        "shape": {"width": args.width, "norm": case.experts.model.norm,
-                  "image_shape": list(SHAPE), "classes": CLASSES,
-                  "parameters": case.layout.numel,
-                  "snapshots_before": case.experts.epochs + 1,
-                  "epochs_after": [kept.start, kept.stop - 1]},
-        "rows": rows,
-        "measured": {v: sorted(r) for v, r in results.items()},
-        "extrapolation": "values marked extrapolated are linear in the number of experts "
-        "through the two largest measured counts (extrapolated_from); not measured: too "
-        "large for this machine's memory",
-        "ratio": ratio, "ratio_extrapolated": ratio_extrapolated, "target_ratio": TARGET_RATIO,
-        "target_met": ratio <= TARGET_RATIO,
-    }, indent=2) + "\n")  # fmt: skip
+    args.out.write_text(
+        json.dumps(
+            {
+                "date": date.today().isoformat(),
+                "machine": platform.machine(),
+                "processor": platform.processor(),
+                "cpus": os.cpu_count(),
+                "device": case.device,
+                "device_name": (
+                    torch.cuda.get_device_name(case.device)
+                    if case.device.startswith("cuda")
+                    else None
+                ),
+                "torch": torch.__version__,
+                "ray": ray.__version__,
+                "settings": vars(args) | {"out": str(args.out)},
+                "shape": {
+                    "width": args.width,
+                    "norm": case.experts.model.norm,
+                    "image_shape": list(SHAPE),
+                    "classes": CLASSES,
+                    "parameters": case.layout.numel,
+                    "snapshots_before": case.experts.epochs + 1,
+                    "epochs_after": [kept.start, kept.stop - 1],
+                },
+                "rows": rows,
+                "measured": {v: sorted(r) for v, r in results.items()},
+                "extrapolation": "values marked extrapolated are linear in the number of experts "
+                "through the two largest measured counts (extrapolated_from); not measured: too "
+                "large for this machine's memory",
+                "ratio": ratio,
+                "ratio_extrapolated": ratio_extrapolated,
+                "target_ratio": TARGET_RATIO,
+                "target_met": ratio <= TARGET_RATIO,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"results written to {args.out}")
 
 

@@ -672,7 +672,8 @@ def _stage_run(
         progress=run.progress, mapper=mapper,
     )  # fmt: skip
     return replace(run, experts=saved, expert_ids=list(range(config.stage_experts))), (
-        saved.directory)  # fmt: skip
+        saved.directory
+    )
 
 
 def _write_result(

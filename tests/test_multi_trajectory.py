@@ -90,9 +90,20 @@ def _fake_run(trajectories_per_step: int) -> _Run:
     walks = [torch.arange(8 * 3, dtype=torch.float32).reshape(8, 3) + 100 * i for i in range(4)]
     experts = InMemoryExperts(ExpertConfig(), ParamLayout((), ()), walks)
     labels = torch.arange(20) % 10
-    return _Run(MTT, config.resolved(MTT), Path("unused"), torch.nn.Identity(),
-                ParamLayout((), ()), experts, experts.finished, labels, (16, 16), DSAConfig(),
-                torch.device("cpu"), False)  # fmt: skip
+    return _Run(
+        MTT,
+        config.resolved(MTT),
+        Path("unused"),
+        torch.nn.Identity(),
+        ParamLayout((), ()),
+        experts,
+        experts.finished,
+        labels,
+        (16, 16),
+        DSAConfig(),
+        torch.device("cpu"),
+        False,
+    )
 
 
 def test_e_trajectories_draw_what_e_single_iterations_draw() -> None:

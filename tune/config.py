@@ -173,12 +173,14 @@ class SearchConfig(Config):
         1.0, group=RESOURCES, help="CPUs per trial (also torch's thread count in it)"
     )
     gpus_per_trial: float | str = setting(
-        AUTO, group=RESOURCES, metavar="N|auto",
+        AUTO,
+        group=RESOURCES,
+        metavar="N|auto",
         help="GPUs per trial, also per precompute task and final evaluation: auto = 1 where "
         "the Ray cluster has GPUs when the search starts, else 0 (pass a number on an "
         "autoscaling cluster whose GPU workers start at zero); checked against the cluster "
         "at start",
-    )  # fmt: skip
+    )
     max_failures: int = setting(1, group=RESOURCES, help="retries of a failed trial")
     noise: float = setting(
         0.005, group=RESOURCES,
@@ -237,8 +239,9 @@ class SearchConfig(Config):
         check_int("max_concurrent", self.max_concurrent, 1, 10_000)
         check_float("cpus_per_trial", self.cpus_per_trial, 0.0, low_open=True)
         if self.gpus_per_trial != AUTO:
-            object.__setattr__(self, "gpus_per_trial", _number("gpus_per_trial",
-                                                               self.gpus_per_trial))  # fmt: skip
+            object.__setattr__(
+                self, "gpus_per_trial", _number("gpus_per_trial", self.gpus_per_trial)
+            )
         check_int("max_failures", self.max_failures, 0, 100)
         check_float("noise", self.noise, 0.0, 1.0)
         check_int("top_repeats", self.top_repeats, 0, 10)
@@ -276,8 +279,9 @@ def _number(name: str, value: object) -> float:
         try:
             value = float(value)
         except ValueError:
-            raise ConfigError(f"{flag(name)} must be auto or a number in [0, ∞), got {value!r}",
-                              setting=name) from None  # fmt: skip
+            raise ConfigError(
+                f"{flag(name)} must be auto or a number in [0, ∞), got {value!r}", setting=name
+            ) from None
     return check_float(name, value, 0.0)
 
 

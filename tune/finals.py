@@ -97,9 +97,12 @@ def top_windows(config: SearchConfig, beta: PhaseResult) -> list[float]:
 
 
 def submit_windows(
-    config: SearchConfig, beta: PhaseResult, data: dict[str, Any], fixed: TrialSpec,
+    config: SearchConfig,
+    beta: PhaseResult,
+    data: dict[str, Any],
+    fixed: TrialSpec,
     slots: FinalSlots,
-) -> dict[float, Final]:  # fmt: skip
+) -> dict[float, Final]:
     return {b: slots.submit(data, fixed, {"kind": "window", "beta": b}, config.final.to_dict())
             for b in top_windows(config, beta)}  # fmt: skip
 

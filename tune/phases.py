@@ -151,8 +151,7 @@ def _fit_experiment(
     start it anew (``search()`` gives a new experiment's search settings); its ResultGrid.
     ``slots`` more bundles of a trial's resources are reserved beside each trial, for the
     Ray tasks it starts (SeqMatch's stage experts)."""
-    bundle = {k: v for k, v in (("CPU", config.cpus_per_trial),
-                                ("GPU", config.gpus)) if v > 0}  # fmt: skip
+    bundle = {k: v for k, v in (("CPU", config.cpus_per_trial), ("GPU", config.gpus)) if v > 0}
     trainable = tune.with_resources(
         tune.with_parameters(trial, data=data),
         tune.PlacementGroupFactory([bundle] * (1 + slots)),

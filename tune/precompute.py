@@ -70,9 +70,13 @@ def _layout(dataset: ImageDataset, config: ExpertConfig | ConsistencyConfig) -> 
 
 
 def _train_expert_task(
-    config_dict: dict[str, Any], index: int, arrays: dict[str, Any], threads: int,
-    gpus: float = 0.0, device: str = "auto",
-) -> dict[str, Any]:  # fmt: skip
+    config_dict: dict[str, Any],
+    index: int,
+    arrays: dict[str, Any],
+    threads: int,
+    gpus: float = 0.0,
+    device: str = "auto",
+) -> dict[str, Any]:
     """Ray task body: train expert ``index`` on the driver's dataset (from the object store:
     worker nodes need no copy of the data) and return numpy arrays (driver-owned)."""
     torch_device = prepare_worker(threads, gpus, device)
@@ -94,9 +98,13 @@ def _train_expert_task(
 
 
 def _consistency_task(
-    config_dict: dict[str, Any], network: int, arrays: dict[str, Any], threads: int,
-    gpus: float = 0.0, device: str = "auto",
-) -> dict[str, Any]:  # fmt: skip
+    config_dict: dict[str, Any],
+    network: int,
+    arrays: dict[str, Any],
+    threads: int,
+    gpus: float = 0.0,
+    device: str = "auto",
+) -> dict[str, Any]:
     """Ray task body: train consistency network ``network`` and return its held-out samples'
     true-label probabilities as numpy arrays (driver-owned)."""
     torch_device = prepare_worker(threads, gpus, device)
@@ -204,8 +212,9 @@ def precompute(
         if consistency is None:
             raise ValueError("score 'consistency' needs its ConsistencyConfig")
         score_dir = cache_root / cache_key(consistency, image_size, _layout(dataset, consistency))
-        networks, seconds = _submit_consistency(consistency, dataset_ref, score_dir, resources,
-                                                worker, log)  # fmt: skip
+        networks, seconds = _submit_consistency(
+            consistency, dataset_ref, score_dir, resources, worker, log
+        )
     _collect(expert_refs, networks, cache_dir, consistency, score_dir, seconds, log)
     table = write_expert_scores(cache_dir, config)
     if score == consistency_score.SCORE_NAME:
@@ -217,8 +226,9 @@ def precompute(
     experts = ExpertSet.load(cache_dir)
     first, last = epochs or (0, config.epochs)
     kept = range(first, min(last, config.epochs) + 1)
-    trajectory_refs = [ray.put(experts.snapshots(i, kept).numpy())
-                       for i in range(config.num_experts)]  # fmt: skip
+    trajectory_refs = [
+        ray.put(experts.snapshots(i, kept).numpy()) for i in range(config.num_experts)
+    ]
     split = holdout_split(
         dataset.train_labels, dataset.num_classes, val_fraction=config.val_fraction,
         seed=config.split_seed,

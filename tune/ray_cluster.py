@@ -140,8 +140,10 @@ def connect(address: str | None, log: Log) -> None:
     found = find_cluster(address)
     if found.address:
         ray.init(address=found.address, log_to_driver=False)
-        log(f"attached to the Ray cluster at {ray.get_runtime_context().gcs_address} (from "
-            f"{found.source}): {describe_cluster()}")  # fmt: skip
+        log(
+            f"attached to the Ray cluster at {ray.get_runtime_context().gcs_address} (from "
+            f"{found.source}): {describe_cluster()}"
+        )
     else:
         local = start_local_ray(log_to_driver=False)
         why = "--address local" if found.source == "--address" else found.source
@@ -152,8 +154,10 @@ def describe_cluster() -> str:
     """``3 nodes, 24 CPUs, 8 GPUs``: the alive nodes and their resources."""
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     total = ray.cluster_resources()
-    return (f"{nodes} node{'s' if nodes != 1 else ''}, {total.get('CPU', 0):g} CPUs, "
-            f"{total.get('GPU', 0):g} GPUs")  # fmt: skip
+    return (
+        f"{nodes} node{'s' if nodes != 1 else ''}, {total.get('CPU', 0):g} CPUs, "
+        f"{total.get('GPU', 0):g} GPUs"
+    )
 
 
 def resolve_gpus(config: SearchConfig) -> SearchConfig:
@@ -175,10 +179,15 @@ def describe_trials(config: SearchConfig) -> str:
     """``8 trials at once (4 CPUs, 1 GPU each)``, with why when fewer than --max-concurrent."""
     slots = trial_slots(config)
     at_once = min(config.max_concurrent, slots)
-    limit = (f" (the cluster has room for {slots}; --max-concurrent {config.max_concurrent})"
-             if slots < config.max_concurrent else "")  # fmt: skip
-    return (f"{at_once} trial(s) at once, {config.cpus_per_trial:g} CPU and "
-            f"{config.gpus:g} GPU each{limit}")  # fmt: skip
+    limit = (
+        f" (the cluster has room for {slots}; --max-concurrent {config.max_concurrent})"
+        if slots < config.max_concurrent
+        else ""
+    )
+    return (
+        f"{at_once} trial(s) at once, {config.cpus_per_trial:g} CPU and "
+        f"{config.gpus:g} GPU each{limit}"
+    )
 
 
 def experiments_root(record: SearchRecord, out: Path, storage: str | None) -> str:

@@ -178,8 +178,9 @@ def search_ipc(
             f"{config.final.num_seeds} seeds) of the winner, of the top "
             f"{config.full_eval_top} β windows{also}"
             + (", beside the search" if beside else ""))  # fmt: skip
-    return partial(finish_ipc, ipc, config, entry, data, fixed, early, slots, record, out,
-                   tracker, log)  # fmt: skip
+    return partial(
+        finish_ipc, ipc, config, entry, data, fixed, early, slots, record, out, tracker, log
+    )
 
 
 def beta_winner(beta: PhaseResult) -> str:
@@ -335,8 +336,9 @@ def run_search(
     connect(address, log)
     config = resolve_gpus(config)
     check_resources(config, wait=wait_for_resources, log=log)
-    log(f"{describe_trials(config)}; precompute tasks and final evaluations get a trial's "
-        "resources")  # fmt: skip
+    log(
+        f"{describe_trials(config)}; precompute tasks and final evaluations get a trial's resources"
+    )
     # A local store (the default, or a database file named by --tracking-uri) keeps its new
     # experiment's artifacts next to the search, not in ./mlruns of the current directory; a
     # tracking server decides that itself.
@@ -367,8 +369,20 @@ def run_search(
             bounds: tuple[float | None, float | None] = (None, None)
             if config.monotone and previous is not None and previous.beta is not None:
                 bounds = (previous.beta.best, previous.alpha.best if previous.alpha else None)
-            finish = search_ipc(ipc, config, pre, data, record, out, storage_path, tracker,
-                                slots, bounds=bounds, resume=resume, log=log)  # fmt: skip
+            finish = search_ipc(
+                ipc,
+                config,
+                pre,
+                data,
+                record,
+                out,
+                storage_path,
+                tracker,
+                slots,
+                bounds=bounds,
+                resume=resume,
+                log=log,
+            )
             if config.final_beside_search:
                 finishers.append(finish)
             else:

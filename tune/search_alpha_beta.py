@@ -65,12 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
         "resources before giving up (default: 0 = fail at once)",
     )  # fmt: skip
     p.add_argument(
-        "--address", default=None, metavar="ADDRESS",
+        "--address",
+        default=None,
+        metavar="ADDRESS",
         help="the Ray cluster to attach to (host:port, or auto); local = always start a new "
         "local Ray (default: as ray.init() finds one: RAY_ADDRESS, else the cluster `ray "
         "start` runs on this node, else a new local Ray on loopback; the first lines say "
         "which)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--tracking-uri",
         default=None,

@@ -43,15 +43,20 @@ class FinalSlots:
     (default: the search's) in trials."""
 
     def __init__(
-        self, config: SearchConfig, task: Any, *, slots: Callable[[], int] | None = None,
+        self,
+        config: SearchConfig,
+        task: Any,
+        *,
+        slots: Callable[[], int] | None = None,
         reserved: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         from selmatch_tune.ray_cluster import trial_slots
 
         self.task = task
         self.slots = slots or (lambda: trial_slots(config))
-        self.reserved = (config.max_concurrent * (1 + config.stage_slots) if reserved is None
-                         else reserved)  # fmt: skip
+        self.reserved = (
+            config.max_concurrent * (1 + config.stage_slots) if reserved is None else reserved
+        )
         self.queued: deque[Final] = deque()
         self.running: list[Final] = []
         self.waiting = 0  # driver calls blocked in wait(): the search starts nothing then
@@ -77,8 +82,9 @@ class FinalSlots:
         """Start queued evaluations while there is room; forget the finished ones."""
         with self.lock:
             if self.running:
-                ready, _ = ray.wait([f.ref for f in self.running], num_returns=len(self.running),
-                                    timeout=0)  # fmt: skip
+                ready, _ = ray.wait(
+                    [f.ref for f in self.running], num_returns=len(self.running), timeout=0
+                )
                 self.running = [f for f in self.running if f.ref not in ready]
             while self.queued and len(self.running) < self.capacity():
                 final = self.queued.popleft()
@@ -86,8 +92,7 @@ class FinalSlots:
                 self.running.append(final)
                 self.started.append(len(self.running))
             if self.queued and self.thread is None:
-                self.thread = threading.Thread(target=self._watch, daemon=True,
-                                               name="final-slots")  # fmt: skip
+                self.thread = threading.Thread(target=self._watch, daemon=True, name="final-slots")
                 self.thread.start()
 
     def _watch(self) -> None:

@@ -73,8 +73,9 @@ def check_storage(
     try:
         filesystem, path = open_location(folder)
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        raise ConfigError(f"--storage {storage}: not a folder or a URI pyarrow opens "
-                          f"({_brief(error)}); {INSTEAD}") from None  # fmt: skip
+        raise ConfigError(
+            f"--storage {storage}: not a folder or a URI pyarrow opens ({_brief(error)}); {INSTEAD}"
+        ) from None
     nodes = _alive_nodes()
     failed: dict[str, str] = {}
     try:
@@ -85,8 +86,10 @@ def check_storage(
             with filesystem.open_input_stream(f"{path}/{DRIVER}") as stream:
                 stream.read()
         except OSError as error:
-            raise ConfigError(f"--storage {storage}: the driver cannot write and read there "
-                              f"({_brief(error)}); {INSTEAD}") from None  # fmt: skip
+            raise ConfigError(
+                f"--storage {storage}: the driver cannot write and read there "
+                f"({_brief(error)}); {INSTEAD}"
+            ) from None
         if len(nodes) > 1:
             failed = _run_on_nodes(nodes, folder, token, probe, timeout)
             for node_id, name in nodes.items():
@@ -97,8 +100,10 @@ def check_storage(
             filesystem.delete_dir(path)
     if failed:
         named = "; ".join(failed.values())
-        raise ConfigError(f"--storage {storage} is not shared by every node of the Ray cluster: "
-                          f"{named}; {INSTEAD}")  # fmt: skip
+        raise ConfigError(
+            f"--storage {storage} is not shared by every node of the Ray cluster: "
+            f"{named}; {INSTEAD}"
+        )
     count = max(len(nodes), 1)
     log(f"storage {storage}: checked on {count} node(s), each wrote and read it")
     return count
@@ -108,8 +113,11 @@ def _alive_nodes() -> dict[str, str]:
     """Node id → a name for the messages (its address and the id's start)."""
     if not ray.is_initialized():
         return {}
-    return {n["NodeID"]: f"node {n['NodeManagerAddress']} ({n['NodeID'][:8]})"
-            for n in ray.nodes() if n["Alive"]}  # fmt: skip
+    return {
+        n["NodeID"]: f"node {n['NodeManagerAddress']} ({n['NodeID'][:8]})"
+        for n in ray.nodes()
+        if n["Alive"]
+    }
 
 
 def _run_on_nodes(
@@ -134,7 +142,8 @@ def _run_on_nodes(
         except RayError as error:
             cause = getattr(error, "cause", None) or error
             failed[node_id] = f"{nodes[node_id]} cannot read the driver's file there or write " + (
-                f"its own ({_brief(cause)})")  # fmt: skip
+                f"its own ({_brief(cause)})"
+            )
     return failed
 
 

@@ -30,10 +30,21 @@ def test_a_count_that_does_not_fit_is_replaced_by_the_largest_that_does() -> Non
 def test_the_smoke_run_measures_both_versions_and_marks_what_it_extrapolated(tmp_path) -> None:
     out = tmp_path / "trial_memory.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "trial_memory.py"), "--smoke", "--experts",
-         "2,4,6", "--before-up-to", "4", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "trial_memory.py"),
+            "--smoke",
+            "--experts",
+            "2,4,6",
+            "--before-up-to",
+            "4",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["measured"] == {"before": [2, 4], "after": [2, 4, 6]}

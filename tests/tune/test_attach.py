@@ -23,9 +23,23 @@ import ray
 from ray.cluster_utils import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-SEARCH = [sys.executable, str(ROOT / "tune" / "search_alpha_beta.py"), "--preset", "smoke",
-          "--ipcs", "2", "--beta-grid", "0,0.5", "--alpha-grid", "1", "--full-eval-top", "0",
-          "--no-mtt-candidate", "--final-epochs", "2"]  # fmt: skip
+SEARCH = [
+    sys.executable,
+    str(ROOT / "tune" / "search_alpha_beta.py"),
+    "--preset",
+    "smoke",
+    "--ipcs",
+    "2",
+    "--beta-grid",
+    "0,0.5",
+    "--alpha-grid",
+    "1",
+    "--full-eval-top",
+    "0",
+    "--no-mtt-candidate",
+    "--final-epochs",
+    "2",
+]
 ON_CPU = ["--override", "short.device=cpu", "--override", "final.device=cpu"]
 
 
@@ -46,16 +60,20 @@ def gpu_cluster() -> Iterator[tuple[Cluster, Any, dict[str, str]]]:
         worker = cluster.add_node(num_cpus=2, num_gpus=2)
         cluster.wait_for_nodes()
         try:
-            yield cluster, worker, env | {k: v for k, v in os.environ.items()
-                                          if k.startswith("RAY_AUTH")}  # fmt: skip
+            yield (
+                cluster,
+                worker,
+                env | {k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH")},
+            )
         finally:
             cluster.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
 
 
 def _search(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(SEARCH + args, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    return subprocess.run(
+        SEARCH + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow

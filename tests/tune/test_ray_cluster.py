@@ -81,13 +81,18 @@ def test_gpus_per_trial_is_auto_or_a_number() -> None:
     with pytest.raises(ValueError, match="auto must be resolved against the cluster"):
         _ = smoke().gpus
     for bad in ("many", "-1", -0.5):
-        with pytest.raises(ConfigError, match=r"^--gpus-per-trial must be auto or a number|"
-                           r"^--gpus-per-trial must be a number in \[0, ∞\)"):  # fmt: skip
+        with pytest.raises(
+            ConfigError,
+            match=r"^--gpus-per-trial must be auto or a number|"
+            r"^--gpus-per-trial must be a number in \[0, ∞\)",
+        ):
             smoke().replace(gpus_per_trial=bad)
 
 
 def test_a_bad_gpus_per_trial_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--preset", "smoke", "--gpus-per-trial", "some", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("search_alpha_beta: error: --gpus-per-trial some: must be auto or a number "
-                   "in [0, ∞), got 'some'")  # fmt: skip
+    assert err == (
+        "search_alpha_beta: error: --gpus-per-trial some: must be auto or a number "
+        "in [0, ∞), got 'some'"
+    )

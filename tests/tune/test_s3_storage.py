@@ -38,10 +38,12 @@ def s3():
     endpoint = f"http://{host}:{port}"
     with pytest.MonkeyPatch.context() as patch:
         for name, value in {
-            "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",  # no wait for an EC2 metadata service
-        }.items():  # fmt: skip
+        }.items():
             patch.setenv(name, value)
         # S3FileSystem() itself ignores AWS_ENDPOINT_URL (only from_uri reads it)
         store = pyarrow.fs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True)
@@ -127,15 +129,35 @@ def test_a_search_in_s3_from_two_workers_survives_a_sigkill_of_its_driver(
     cluster, workers = three_nodes
     out, storage = tmp_path / "run", f"{s3}/searches"
     command = [
-        sys.executable, str(ROOT / "tune" / "search_alpha_beta.py"), "--preset", "smoke",
-        "--ipcs", "2", "--beta-grid", "0,0.5", "--no-random-reference", "--final-epochs", "2",
-        "--address", cluster.address, "--storage", storage, "--out", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        str(ROOT / "tune" / "search_alpha_beta.py"),
+        "--preset",
+        "smoke",
+        "--ipcs",
+        "2",
+        "--beta-grid",
+        "0,0.5",
+        "--no-random-reference",
+        "--final-epochs",
+        "2",
+        "--address",
+        cluster.address,
+        "--storage",
+        storage,
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed_log = tmp_path / "killed.txt"
     with killed_log.open("w") as stdout:
-        driver = subprocess.Popen(command, cwd=tmp_path, stdout=stdout, stderr=subprocess.STDOUT,
-                                  start_new_session=True, env=env)  # fmt: skip
+        driver = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
     deadline = time.monotonic() + 300
     while not (before := _finished(killed_log, "α")) and driver.poll() is None:
         assert time.monotonic() < deadline, "no α trial finished in 5 minutes"
@@ -149,8 +171,9 @@ def test_a_search_in_s3_from_two_workers_survives_a_sigkill_of_its_driver(
     state = json.loads((out / "search_state.json").read_text())
     assert "alpha" not in state["ipcs"]["2"]  # a partial α search is not a result
 
-    resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=600, env=env)  # fmt: skip
+    resumed = subprocess.run(
+        [*command, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "restoring the interrupted alpha search at IPC 2" in resumed.stdout
     state = json.loads((out / "search_state.json").read_text())
