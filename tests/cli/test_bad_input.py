@@ -3,8 +3,12 @@ stderr that names the argument or the file, prints no traceback and leaves the f
 were.
 
 The expected messages are the table of docs/troubleshooting.md ("Bad input: what each error
-says"), so the documentation cannot drift from the code. After changing a message, print the
-table afresh with ``.venv/bin/python tests/cli/test_bad_input.py`` and paste it there.
+says"), so the documentation cannot drift from the code. After changing a message, write the
+table afresh with ``.venv/bin/python tests/cli/test_bad_input.py --write``.
+
+The cases of this file are the first group; each ``cases_*.py`` beside it adds a group (its
+``CASES``: (command, names[, subprocess]) tuples, and ``build(root)``, which adds its inputs to
+the folder the cases run in), in the order of the file names.
 
 Most cases call the entry points in this process (a subprocess costs seconds of torch import);
 a handful run as the user would, in a subprocess. No case may reach Ray: the search cases fail
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import os
 import re
@@ -177,6 +182,22 @@ CASES = [
 # fmt: on
 
 
+def _groups() -> list:
+    """The modules ``cases_*.py`` beside this file, in name order."""
+    found = []
+    for path in sorted(Path(__file__).resolve().parent.glob("cases_*.py")):
+        spec = importlib.util.spec_from_file_location(f"bad_input_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        found.append(module)
+    return found
+
+
+GROUPS = _groups()
+CASES += [Case(*case) for group in GROUPS for case in group.CASES]
+
+
 # --------------------------------------------------------------------------- the inputs
 def _png(path: Path, value: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,6 +271,8 @@ def build_inputs(root: Path) -> None:
     for name, text in experts.items():
         (root / name).mkdir()
         (root / name / "manifest.json").write_text(text)
+    for group in GROUPS:
+        group.build(root)
 
 
 # --------------------------------------------------------------------------- running a case
@@ -405,7 +428,17 @@ def test_skip_bad_images_leaves_them_out_and_says_so_in_one_line(tmp_path, monke
     assert (tmp_path / "r.json").is_file()
 
 
-if __name__ == "__main__":  # print the doc table from the code as it is now
+def write_table(table: str) -> None:
+    """Replace the doc section's table with ``table``."""
+    text = DOC.read_text()
+    head, section = text.split(SECTION, 1)
+    body, *rest = section.split("\n## ", 1)
+    start, end = body.index("| input | exit code | message |"), body.rindex(" |\n") + 3
+    section = body[:start] + table + "\n" + body[end:]
+    DOC.write_text(head + SECTION + section + "".join("\n## " + r for r in rest))
+
+
+if __name__ == "__main__":  # print (or --write into the doc) the table from the code as it is
     import tempfile
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -415,4 +448,8 @@ if __name__ == "__main__":  # print the doc table from the code as it is now
         for case in CASES:
             code, _, err = run_case(case, folder, home)
             results[case.command] = (code, " / ".join(err.strip().splitlines()))
-        print(render_table(results))
+        if "--write" in sys.argv[1:]:
+            write_table(render_table(results))
+            print(f"{len(results)} rows written to {DOC}")
+        else:
+            print(render_table(results))
