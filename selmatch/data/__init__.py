@@ -9,6 +9,7 @@ from selmatch.data.balance import (
     smallest_class_size,
 )
 from selmatch.data.dataset import (
+    BadDatasetError,
     DatasetNotFoundError,
     ImageDataset,
     dataset_help,
@@ -19,6 +20,7 @@ from selmatch.data.dataset import (
 from selmatch.data.readers import BadImageError
 
 __all__ = [
+    "BadDatasetError",
     "BadImageError",
     "DatasetNotFoundError",
     "HoldoutSplit",

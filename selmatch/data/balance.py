@@ -80,7 +80,12 @@ def holdout_split(
         return HoldoutSplit(torch.arange(len(labels)), torch.empty(0, dtype=torch.int64), 0.0, seed)
     generator = torch.Generator().manual_seed(seed)
     val_parts = []
-    for group in groups:
+    for label, group in enumerate(groups):
+        if len(group) < 2:  # no fraction can leave one for training
+            raise ConfigError(
+                f"class {label} has {len(group)} training image(s); holding out validation "
+                "images needs at least 2 of every class (or --val-fraction 0)"
+            )
         count = max(1, round(val_fraction * len(group)), min(VAL_FLOOR, len(group) // 2))
         if count >= len(group):
             raise ConfigError(

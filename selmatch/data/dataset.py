@@ -21,6 +21,12 @@ class DatasetNotFoundError(SelmatchError, FileNotFoundError):
     """The files of a dataset are not where we looked; the message says how to get them."""
 
 
+class BadDatasetError(SelmatchError, ValueError):
+    """A dataset's files are there but wrong: damaged, of the wrong size, with labels out of
+    range, or laid out so that some would be left out. The message names the file or folder
+    and what to do."""
+
+
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Standardised images back to [0, 1] floats (clamped), given the per-channel
     statistics (a dataset's, or those a saved set's manifest records)."""
@@ -109,6 +115,23 @@ class DataOptions:
     download: bool = False
     image_size: int | None = None
     skip_bad_images: bool = False  # leave out image files that cannot be decoded
+    data_root_from_env: bool = False  # data_root came from $SELMATCH_DATA_ROOT
+
+    @property
+    def data_root_flag(self) -> str:
+        """``--data-root DIR`` as the messages name it, with where it came from."""
+        origin = " (from $SELMATCH_DATA_ROOT)" if self.data_root_from_env else ""
+        return f"--data-root {self.data_root}{origin}"
+
+    def check_data_root(self) -> None:
+        """A data root that was given must be a folder; only ``download`` may create it."""
+        root = self.data_root
+        if root is None or root.is_dir() or (self.download and not root.exists()):
+            return
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DatasetNotFoundError(
+            f"{self.data_root_flag} {what}; give the folder that holds the dataset's files"
+        )
 
 
 Loader = Callable[[DataOptions], ImageDataset]
@@ -165,22 +188,30 @@ def load_dataset(
 ) -> ImageDataset:
     """Load a registered dataset (or ``imagefolder:<path>``) into memory.
 
-    ``data_root`` defaults to ``$SELMATCH_DATA_ROOT``. ``download`` lets torchvision fetch the
-    files when a network exists; nothing is downloaded unless asked. An image file that cannot
-    be decoded (image folders, Tiny ImageNet) is an error naming it, unless ``skip_bad_images``:
-    then it is left out and listed in the dataset's ``skipped_files``.
+    ``data_root`` defaults to ``$SELMATCH_DATA_ROOT``; either must be an existing folder (the
+    system copy of Fashion-MNIST is used only when neither is given). ``download`` lets
+    torchvision fetch the files when a network exists; nothing is downloaded unless asked.
+    Every file read is checked (sizes, counts, label range, layout): a bad one is a
+    :class:`BadDatasetError` naming it. An image file that cannot be decoded (image folders,
+    Tiny ImageNet) is an error naming it, unless ``skip_bad_images``: then it is left out and
+    listed in the dataset's ``skipped_files``.
     """
-    from selmatch.data.readers import load_image_folder  # avoids a circular import
+    from selmatch.data.image_folder import load_image_folder  # avoids a circular import
 
     root = Path(data_root) if data_root is not None else default_data_root()
     options = DataOptions(
-        data_root=root, download=download, image_size=image_size, skip_bad_images=skip_bad_images
+        data_root=root,
+        download=download,
+        image_size=image_size,
+        skip_bad_images=skip_bad_images,
+        data_root_from_env=data_root is None and root is not None,
     )
     if name.startswith(IMAGEFOLDER_PREFIX):
         path = Path(name[len(IMAGEFOLDER_PREFIX) :]).expanduser()
         return load_image_folder(path, options)
     if name not in _REGISTRY:
         raise ConfigError(f"--dataset must be one of {', '.join(dataset_names())}; got {name!r}")
+    options.check_data_root()
     dataset = _REGISTRY[name].loader(options)
     if image_size is not None and dataset.image_shape[1:] != (image_size, image_size):
         dataset = resized(dataset, image_size)

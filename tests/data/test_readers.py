@@ -9,7 +9,7 @@ from PIL import Image
 
 from selmatch.config import ConfigError
 from selmatch.data import BadImageError, DatasetNotFoundError, load_dataset
-from selmatch.data.readers import _NumpyOnlyUnpickler
+from selmatch.data.cifar import _NumpyOnlyUnpickler
 
 
 @pytest.fixture(autouse=True)
@@ -39,13 +39,16 @@ def test_image_folder_reads_classes_and_splits(tmp_path) -> None:
 
 
 def test_image_folder_mixed_sizes_need_image_size(tmp_path) -> None:
-    write_png(tmp_path / "train" / "a" / "0.png", size=(12, 12))
-    write_png(tmp_path / "train" / "b" / "0.png", size=(20, 16), mode="L")
-    write_png(tmp_path / "test" / "a" / "0.png")
-    with pytest.raises(ConfigError, match="different sizes.*--image-size"):
+    for i in range(2):
+        write_png(tmp_path / "train" / "a" / f"{i}.png", size=(12, 12))
+        write_png(tmp_path / "train" / "b" / f"{i}.png", size=(20, 16), mode="L")
+    for name in ("a", "b"):
+        write_png(tmp_path / "test" / name / "0.png")
+    with pytest.raises(ConfigError, match="differ in size: .*b/0.png is 20x16.*--image-size"):
         load_dataset(f"imagefolder:{tmp_path}")
     data = load_dataset(f"imagefolder:{tmp_path}", image_size=8)
-    assert data.train_images.shape == (2, 3, 8, 8)  # grayscale promoted to RGB
+    # mostly colour: the grayscale ones are promoted to RGB
+    assert data.train_images.shape == (4, 3, 8, 8) and data.test_images.shape == (2, 3, 8, 8)
 
 
 def test_image_folder_missing_layout_says_what_it_needs(tmp_path) -> None:
@@ -79,9 +82,10 @@ def test_a_truncated_image_is_an_error_naming_it_unless_skipped(tmp_path) -> Non
 
 
 def test_not_an_image_or_nothing_readable_is_a_clear_error(tmp_path) -> None:
-    for split in ("train", "val"):
+    for split, count in (("train", 2), ("val", 1)):
         for name in ("cat", "dog"):
-            write_png(tmp_path / split / name / "0.png")
+            for i in range(count):
+                write_png(tmp_path / split / name / f"{i}.png")
     for name in ("cat", "dog"):
         (tmp_path / "val" / name / "0.png").write_text("not an image")
     with pytest.raises(BadImageError, match="cat/0.png: not an image file Pillow can identify"):
@@ -91,9 +95,10 @@ def test_not_an_image_or_nothing_readable_is_a_clear_error(tmp_path) -> None:
 
 
 def test_a_damaged_cache_entry_is_built_again(tmp_path) -> None:
-    for split in ("train", "val"):
+    for split, count in (("train", 2), ("val", 1)):
         for name in ("cat", "dog"):
-            write_png(tmp_path / "data" / split / name / "0.png")
+            for i in range(count):
+                write_png(tmp_path / "data" / split / name / f"{i}.png")
     data = load_dataset(f"imagefolder:{tmp_path / 'data'}")
     (entry,) = (tmp_path / "home" / ".cache" / "selmatch").glob("*.safetensors")
     entry.write_bytes(entry.read_bytes()[:100])
@@ -179,8 +184,8 @@ def test_cifar_not_under_root_mentions_download(tmp_path) -> None:
 
 
 def test_fashion_mnist_missing_says_how_to_install(tmp_path, monkeypatch) -> None:
-    from selmatch.data import readers
+    from selmatch.data import fashion_mnist
 
-    monkeypatch.setattr(readers, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
     with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist", data_root=tmp_path)
