@@ -8,6 +8,9 @@ output folder, addressed by an absolute URI; ``--tracking-uri`` points at a serv
 Child runs are created when a trial ends (completed or errored), tagged with the Tune trial
 id; before creating one, the adapter looks for a run with that tag, so a resumed search never
 logs a trial twice (a run that a kill left half-written, still RUNNING, is replaced).
+
+A ``--tracking-uri`` is checked before anything starts, and the search's MLflow HTTP requests
+give up within a minute: see :mod:`selmatch_tune.tracking_uri`.
 """
 
 from __future__ import annotations
