@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,7 @@ from selmatch.config import (
 from selmatch.data import HoldoutSplit, ImageDataset
 from selmatch.data.dataset import denormalize
 from selmatch.experts import Experts, Mapper
+from selmatch.identity import DATA_KEY, check_data, data_identity, fingerprint, tensor_digest
 from selmatch.initial import Initial
 from selmatch.io import atomic_write, read_json, read_safetensors, write_json
 from selmatch.levers import PRECISIONS, Levers, StudentStep
@@ -88,6 +90,7 @@ MATCHING = "trajectory matching"
 LEVERS = ("speed levers of the student step (off by default but for --speed auto on CUDA; "
           "docs/distillation.md)")  # fmt: skip
 STAGE_CACHE_DIR = "stage-experts"
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 class DistillationDivergedError(SelmatchError, ArithmeticError):
@@ -210,12 +213,13 @@ class DistillConfig(Config):
         check_int("max_start_epoch", self.max_start_epoch, 1, 10_000)
         check_int("min_start_epoch", self.min_start_epoch, 0, self.max_start_epoch - 1)
         check_int("syn_batch", self.syn_batch, 2, 1_000_000)
-        check_int("iterations", self.iterations, 0, 10_000_000)
-        check_float("lr_images", self.lr_images, 0.0, low_open=True)
+        check_int("iterations", self.iterations, 1, 10_000_000)
+        # rates are float32 in the loop: an infinite one would only diverge at iteration 0
+        check_float("lr_images", self.lr_images, 0.0, FLOAT32_MAX, low_open=True)
         check_float("momentum_images", self.momentum_images, 0.0, 1.0, high_open=True)
         if self.lr_init is not None:
-            check_float("lr_init", self.lr_init, 0.0, low_open=True)
-        check_float("lr_lr", self.lr_lr, 0.0)
+            check_float("lr_init", self.lr_init, 0.0, FLOAT32_MAX, low_open=True)
+        check_float("lr_lr", self.lr_lr, 0.0, FLOAT32_MAX)
         check_float("momentum_lr", self.momentum_lr, 0.0, 1.0, high_open=True)
         check_choice("mode", self.mode, MODES)
         check_int("trajectories_per_step", self.trajectories_per_step, 1, 1024)
@@ -223,6 +227,7 @@ class DistillConfig(Config):
         if self.levers.channels_last and self.trajectories_per_step > 1:
             raise ConfigError("--channels-last applies to --trajectories-per-step 1 only")
         check_int("checkpoint_every", self.checkpoint_every, 1)
+        check_int("seed", self.seed, 0, 2**31 - 1)
         if self.dsa_strategy != "none":
             DSAConfig(strategy=self.dsa_strategy)
 
@@ -363,6 +368,36 @@ def _retrained_windows(config: DistillConfig, subsets: int) -> list[tuple[int, i
 
 
 # --------------------------------------------------------------------------- checkpoints
+class CheckpointError(SelmatchError):
+    """A checkpoint cannot be continued: damaged, or not this run's."""
+
+
+def run_inputs(dataset: ImageDataset, experts: Experts, initial: Initial) -> dict[str, Any]:
+    """What a checkpoint records of the run's inputs, so that a resume meets the same ones: the
+    data's identity, the experts' fingerprint (settings, layout, which are finished) and the
+    digest of the real images the initialisation picked (the score table's choice)."""
+    return {
+        DATA_KEY: data_identity(dataset),
+        "experts": fingerprint({"config": experts.config.to_dict(),
+                                "layout": experts.layout.to_dict(),
+                                "finished": experts.finished}),
+        "experts_directory": str(experts.directory),
+        "initial": tensor_digest(initial.indices),
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Expected:
+    """What a checkpoint of this run must hold: the settings, the stages, the set's image
+    shape (N, C, H, W) and the inputs (:func:`run_inputs`)."""
+
+    target: SetSpec
+    config: DistillConfig
+    stages: list[Stage]
+    images: tuple[int, ...]
+    inputs: dict[str, Any]
+
+
 def _save_checkpoint(run: _Run, state: DistillState) -> None:
     tensors = {"images": state.images, "syn_lr": state.syn_lr.detach().reshape(1)}
     for name in ("image_momentum", "lr_momentum", "generator_state"):
@@ -375,7 +410,7 @@ def _save_checkpoint(run: _Run, state: DistillState) -> None:
     write_json(folder / "state.json", {
         "config": flat_settings(run.target, run.config), "stage": state.stage,
         "iteration": state.iteration, "losses": state.losses, "seconds": state.seconds,
-        "stage_lrs": state.stage_lrs,
+        "stage_lrs": state.stage_lrs, "inputs": run.inputs,
     })  # fmt: skip
 
 
@@ -384,27 +419,155 @@ RESUMABLE = ("iterations", "lr_images", "lr_lr", "checkpoint_every")
 
 
 def _load_checkpoint(
-    directory: Path, target: SetSpec, config: DistillConfig
+    directory: Path, expected: _Expected, dataset: ImageDataset, *, resume: bool
 ) -> DistillState | None:
+    """The state in ``directory``'s checkpoint, checked to be sound and this run's (the same
+    settings but for :data:`RESUMABLE`, data, experts and initial images); ``None`` if there
+    is none. A checkpoint without ``resume`` is an error: a run never overwrites another."""
     folder = directory / CHECKPOINT_DIR
     if not (folder / "state.json").is_file():
         return None
-    saved = read_json(folder / "state.json")
+    if not resume:
+        raise ConfigError(
+            f"--out {directory} holds a distillation already; add --resume or pick another --out"
+        )
+    saved = _checked_record(read_json(folder / "state.json"), folder / "state.json", expected)
     # More iterations, or lower learning rates after a divergence, continue the same run.
     check_resumable(
-        flat_settings(*settings_of(saved["config"])), flat_settings(target, config),
+        flat_settings(*settings_of(saved["config"])),
+        flat_settings(expected.target, expected.config),
         f"--resume: {directory} was distilled with other settings ({{changed}}); only "
         "--iterations, --lr-images, --lr-lr and --checkpoint-every may change on resume",
         may_change=RESUMABLE,
     )  # fmt: skip
     tensors = read_safetensors(folder / "state.safetensors")
+    _check_tensors(tensors, folder / "state.safetensors", expected, expected.stages[saved["stage"]])
+    _check_inputs(saved.get("inputs"), folder, expected, dataset)
     return DistillState(
-        images=tensors["images"], syn_lr=tensors["syn_lr"][0], stage=saved["stage"],
+        images=tensors["images"], syn_lr=tensors["syn_lr"].reshape(()), stage=saved["stage"],
         iteration=saved["iteration"], losses=saved["losses"],
         image_momentum=tensors.get("image_momentum"), lr_momentum=tensors.get("lr_momentum"),
         generator_state=tensors.get("generator_state"), seconds=saved["seconds"],
         stage_lrs=saved.get("stage_lrs", []),
     )  # fmt: skip
+
+
+def _damaged(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"--resume: {path}: {problem}; the checkpoint is damaged or not this run's: delete "
+        f"{path.parent} (or pick another --out) to start again"
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _checked_record(saved: Any, path: Path, expected: _Expected) -> dict[str, Any]:
+    """``state.json``'s record, its fields of the right kinds and in range."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise _damaged(path, "not a distillation checkpoint (no config)")
+    try:
+        settings_of(saved["config"])
+    except ConfigError as error:
+        raise _damaged(path, f"its config is not a distillation's ({error})") from None
+    stages, iteration = len(expected.stages), saved.get("iteration")
+    if not isinstance(saved.get("stage"), int) or not 0 <= saved["stage"] < stages:
+        raise _damaged(
+            path, f"stage must be an integer in [0, {stages - 1}], got {saved.get('stage')!r}"
+        )
+    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
+        raise _damaged(path, f"iteration must be an integer ≥ 0, got {iteration!r}")
+    if iteration > expected.config.iterations:
+        raise CheckpointError(
+            f"--iterations {expected.config.iterations} is fewer than the {iteration} that "
+            f"--resume's {path} has done already; resume with --iterations {iteration} or more, "
+            f"or delete {path.parent} to start again"
+        )
+    losses, lrs = saved.get("losses"), saved.get("stage_lrs", [])
+    if not isinstance(losses, list) or not all(_is_number(v) for v in losses):
+        raise _damaged(path, "losses must be a list of finite numbers")
+    if not _is_number(saved.get("seconds")):
+        raise _damaged(path, f"seconds must be a number, got {saved.get('seconds')!r}")
+    if not isinstance(lrs, list) or len(lrs) != saved["stage"] or not all(map(_is_number, lrs)):
+        raise _damaged(
+            path, f"stage_lrs must be {saved['stage']} finite number(s), one per finished stage"
+        )
+    return saved
+
+
+def _check_tensors(
+    tensors: dict[str, torch.Tensor], path: Path, expected: _Expected, stage: Stage
+) -> None:
+    """``state.safetensors``' tensors: the set's images (float, finite, its shape), a finite
+    positive lr, momentum of the learnable rows' shape, a CPU generator's state."""
+    missing = [k for k in ("images", "syn_lr") if k not in tensors]
+    if missing:
+        raise _damaged(path, f"it lacks the tensor(s) {', '.join(missing)}")
+    images, lr = tensors["images"], tensors["syn_lr"]
+    shape, learnable = tuple(images.shape), (len(stage.learnable), *expected.images[1:])
+    checks = (
+        (images.is_floating_point() and shape == expected.images,
+         f"images are {images.dtype} {shape}, this set's are float {expected.images}"),
+        (bool(torch.isfinite(images).all()), "images hold NaN or infinite pixels"),
+        (_fits(lr, (1,)) and float(lr.flatten()[0]) > 0,
+         f"syn_lr must be one finite float > 0, got {_shown(lr)}"),
+        (_fits(tensors.get("image_momentum"), learnable),
+         f"image_momentum must be float {learnable}, finite (the stage's learnable images)"),
+        (_fits(tensors.get("lr_momentum"), (1,)), "lr_momentum must be one finite number"),
+        (_is_generator_state(tensors.get("generator_state")),
+         "generator_state is not a random generator's state"),
+    )  # fmt: skip
+    for ok, problem in checks:
+        if not ok:
+            raise _damaged(path, problem)
+
+
+def _shown(tensor: torch.Tensor) -> str:
+    return str(tensor.flatten()[0].item()) if tensor.numel() == 1 else str(tuple(tensor.shape))
+
+
+def _fits(tensor: torch.Tensor | None, shape: tuple[int, ...]) -> bool:
+    """``tensor`` absent, or float, finite and of ``shape`` (a one-number shape: any)."""
+    if tensor is None:
+        return True
+    right = tensor.numel() == 1 if shape == (1,) else tuple(tensor.shape) == shape
+    return tensor.is_floating_point() and right and bool(torch.isfinite(tensor).all())
+
+
+def _is_generator_state(state: torch.Tensor | None) -> bool:
+    expected = torch.Generator().get_state()
+    return state is None or (state.dtype == expected.dtype and state.shape == expected.shape)
+
+
+def _check_inputs(recorded: Any, folder: Path, expected: _Expected, dataset: ImageDataset) -> None:
+    """The checkpoint's inputs against this run's: the data (--dataset, --data-root), the
+    experts (--experts) and the real images the initialisation picked (--scores, --score)."""
+    if not isinstance(recorded, dict):  # written before checkpoints recorded them
+        print(
+            f"selmatch: warning: --resume: {folder} predates recorded inputs; its data, experts "
+            "and scores are not checked against these",
+            file=sys.stderr,
+        )
+        return
+    check_data(recorded.get(DATA_KEY), dataset, f"--resume: the checkpoint in {folder}")
+    now = expected.inputs
+    if recorded.get("experts") not in (None, now["experts"]):
+        raise ConfigError(
+            f"--resume: {folder} was distilled against other experts "
+            f"({recorded.get('experts_directory')}, fingerprint {recorded['experts']}) than "
+            f"--experts {now['experts_directory']} ({now['experts']}): their settings, layout or "
+            f"finished experts differ; use the interrupted run's --experts, or delete {folder} "
+            "to start again"
+        )
+    if recorded.get("initial") not in (None, now["initial"]):
+        given = ("--scores and --score" if expected.target.needs_scores
+                 else "--val-fraction and --split-seed")  # fmt: skip
+        raise ConfigError(
+            f"--resume: {folder} started from other real images (digest {recorded['initial']}) "
+            f"than {given} pick now ({now['initial']}); use the interrupted run's {given}, or "
+            f"delete {folder} to start again"
+        )
 
 
 # --------------------------------------------------------------------------- the loop
@@ -476,6 +639,8 @@ class _Run:
     progress: bool
     #: the student step under the speed levers; ``None`` when all are off
     step: StudentStep | None = None
+    #: what the checkpoints record of the inputs (:func:`run_inputs`)
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 def sample_expert_segment(
@@ -587,11 +752,10 @@ def distill(
     levers.check_device(torch_device)
     initial = initial_set(target, config.seed, dataset, split, hardness)
     stages = stages_of(target, config, initial)
-    existing = _load_checkpoint(directory, target, config)
-    if existing is not None and not resume:
-        raise ConfigError(
-            f"--out {directory} holds a distillation already; add --resume or pick another --out"
-        )
+    inputs = run_inputs(dataset, experts, initial)
+    shape = (len(initial.labels), *dataset.image_shape)
+    existing = _load_checkpoint(directory, _Expected(target, config, stages, shape, inputs),
+                                dataset, resume=resume)  # fmt: skip
     template = student_template(
         build_model(experts.config.model, dataset.image_shape, dataset.num_classes)
     ).to(torch_device)
@@ -603,7 +767,7 @@ def distill(
         (dataset.image_shape[1], dataset.image_shape[2]),
         None if config.dsa_strategy == "none" else DSAConfig(strategy=config.dsa_strategy),
         torch_device, progress,
-        StudentStep(template, experts.layout, levers) if levers.active else None,
+        StudentStep(template, experts.layout, levers) if levers.active else None, inputs,
     )  # fmt: skip
     generator = torch.Generator().manual_seed(config.seed)
     state = existing or DistillState(

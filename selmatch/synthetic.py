@@ -99,19 +99,8 @@ class SyntheticSet:
         missing = [k for k in ("images", "labels", "distill_mask") if k not in tensors]
         if missing:
             raise SyntheticSetError(f"{tensor_path} lacks the tensor(s) {', '.join(missing)}")
+        _check_tensors(tensors, manifest, tensor_path)
         images, lr = tensors["images"], tensors.get("learned_lr")
-        if images.dim() != 4 or not images.is_floating_point():
-            raise SyntheticSetError(
-                f"{tensor_path}: images must be float (N, C, H, W), got {images.dtype} "
-                f"{tuple(images.shape)}"
-            )
-        if not len(manifest["mean"]) == len(manifest["std"]) == images.shape[1]:
-            raise SyntheticSetError(
-                f"{manifest_path}: mean and std need one value per image channel "
-                f"({images.shape[1]} in {tensor_path.name})"
-            )
-        if tensors["labels"].is_floating_point():
-            raise SyntheticSetError(f"{tensor_path}: labels must be integers")
         try:
             return cls(
                 images=images,
@@ -123,6 +112,67 @@ class SyntheticSet:
             )
         except SyntheticSetError as error:
             raise SyntheticSetError(f"{directory}: {error}") from None
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], manifest: dict[str, Any], path: Path) -> None:
+    """Refuse, naming ``path``, tensors that no reader of a set could use as they are: images
+    not float (N, C, H, W) of the manifest's channels (and recorded shape and size), pixels
+    that are not finite, labels not N integers in [0, num_classes), a mask not N zeros and
+    ones, source indices not N integers ≥ 0, a learned lr that is not finite."""
+    images, labels, mask = tensors["images"], tensors["labels"], tensors["distill_mask"]
+    if images.dim() != 4 or not images.is_floating_point():
+        raise SyntheticSetError(
+            f"{path}: images must be float (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
+    n, shape = images.shape[0], manifest.get("image_shape")
+    if not len(manifest["mean"]) == len(manifest["std"]) == images.shape[1]:
+        raise SyntheticSetError(
+            f"{path.parent / MANIFEST_FILE}: mean and std need one value per image channel "
+            f"({images.shape[1]} in {path.name})"
+        )
+    if shape is not None and list(images.shape[1:]) != shape:
+        raise SyntheticSetError(
+            f"{path}: images are {tuple(images.shape[1:])}, the manifest says {tuple(shape)}"
+        )
+    if manifest.get("size") not in (None, n):
+        raise SyntheticSetError(f"{path}: {n} images, the manifest says {manifest['size']}")
+    bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
+    if bad:
+        raise SyntheticSetError(f"{path}: NaN or infinite pixels in {bad} of the {n} images")
+    classes = manifest["num_classes"]
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.shape != (n,):
+        raise SyntheticSetError(
+            f"{path}: labels must be {n} integers (one per image), got {labels.dtype} "
+            f"{tuple(labels.shape)}"
+        )
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise SyntheticSetError(
+            f"{path}: labels must lie in [0, {classes}) (num_classes {classes}), got "
+            f"{int(labels.min())} to {int(labels.max())}"
+        )
+    if (
+        mask.is_floating_point()
+        or mask.shape != (n,)
+        or not bool(((mask == 0) | (mask == 1)).all())
+    ):
+        raise SyntheticSetError(
+            f"{path}: distill_mask must be {n} zeros and ones (one per image), got {mask.dtype} "
+            f"{tuple(mask.shape)}"
+        )
+    _check_extras(tensors, n, path)
+
+
+def _check_extras(tensors: dict[str, torch.Tensor], n: int, path: Path) -> None:
+    source, lr = tensors.get("source_indices"), tensors.get("learned_lr")
+    if source is not None and (
+        source.is_floating_point() or source.shape != (n,) or (n and int(source.min()) < 0)
+    ):
+        raise SyntheticSetError(
+            f"{path}: source_indices must be {n} integers ≥ 0 (one per image), got "
+            f"{source.dtype} {tuple(source.shape)}"
+        )
+    if lr is not None and lr.numel() and not bool(torch.isfinite(lr.flatten()[:1].float()).all()):
+        raise SyntheticSetError(f"{path}: learned_lr must be finite, got {float(lr.flatten()[0])}")
 
 
 def _checked_manifest(manifest: Any, path: Path) -> dict[str, Any]:
@@ -144,6 +194,15 @@ def _checked_manifest(manifest: Any, path: Path) -> dict[str, Any]:
         value = manifest[key]
         if not isinstance(value, list) or not value or not all(_is_number(v) for v in value):
             raise SyntheticSetError(f"{path}: {key} must be a list of numbers, got {value!r}")
+    classes = manifest["num_classes"]
+    if not _is_number(classes) or classes != int(classes) or classes < 1:
+        raise SyntheticSetError(f"{path}: num_classes must be an integer ≥ 1, got {classes!r}")
+    manifest["num_classes"] = int(classes)
+    shape = manifest.get("image_shape")
+    if shape is not None and not (
+        isinstance(shape, list) and len(shape) == 3 and all(_is_number(v) for v in shape)
+    ):
+        raise SyntheticSetError(f"{path}: image_shape must be [C, H, W], got {shape!r}")
     if not isinstance(manifest["dataset"], str):
         raise SyntheticSetError(f"{path}: dataset must be a string, got {manifest['dataset']!r}")
     return manifest

@@ -9,6 +9,7 @@ every epoch (for expert trajectories) at no extra pass over the data.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from torch import nn
 from selmatch.augment import AUGMENTATIONS, DSAConfig, black, make_augmenter
 from selmatch.config import (
     Config,
+    ConfigError,
     SelmatchError,
     check_choice,
     check_float,
@@ -95,13 +97,38 @@ class TrainStats:
     seconds: float
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+def resolve_device(device: str = "auto", *, flag: str = "--device") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N`` and (where this
+    torch is built with it) ``mps`` as named. Any other name, or a device this machine lacks,
+    is a one-line :class:`~selmatch.config.ConfigError` naming ``flag`` (the search passes the
+    setting's path)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SelmatchError(f"--device {device} asked for, but CUDA is not available here")
+    forms = "auto, cpu, cuda, cuda:N" + (", mps" if torch.backends.mps.is_built() else "")
+    match = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", device) if isinstance(device, str) else None
+    if match is None or (match[2] is not None and match[1] != "cuda"):
+        raise ConfigError(f"{flag} must be one of {forms}; got {device!r}")
+    if match[1] == "cuda":
+        _check_cuda(device, None if match[2] is None else int(match[2]), flag)
+    if match[1] == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"{flag} mps asked for, but torch sees no MPS device here; use {flag} cpu or auto"
+        )
     return torch.device(device)
+
+
+def _check_cuda(device: str, index: int | None, flag: str) -> None:
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"{flag} {device} asked for, but torch sees no CUDA device here (a CPU build of "
+            f"torch, or no NVIDIA driver); use {flag} cpu or auto"
+        )
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        raise ConfigError(
+            f"{flag} {device} asked for, but this machine has {count} CUDA device(s): "
+            f"cuda:0 to cuda:{count - 1}"
+        )
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:

@@ -7,7 +7,7 @@ import torch
 from matching_cases import Settings
 
 from selmatch import distill as distill_module
-from selmatch.config import ConfigError
+from selmatch.config import ConfigError, SelmatchError
 from selmatch.distill import DistillationDivergedError, DistillConfig, distill, draw, settings_of
 from selmatch.experts import ExpertConfig, ExpertSet, InMemoryExperts, train_experts
 from selmatch.models import ModelConfig
@@ -284,8 +284,140 @@ def test_settings_checked_against_the_experts(tmp_path, fashion, fashion_split, 
         (dict(dsa_strategy="blur"), "--dsa-strategy must be one of"),
         (dict(min_start_epoch=2), r"--min-start-epoch must be an integer in \[0, 1\], got 2"),
         (dict(min_start_epoch=-1), r"--min-start-epoch must be an integer in \[0, 1\]"),
+        (dict(iterations=0), r"--iterations must be an integer in \[1, 10000000\], got 0"),
+        (dict(seed=-1), r"--seed must be an integer in \[0, 2147483647\], got -1"),
+        (dict(lr_images=float("inf")), r"--lr-images must be a number in \(0, 3.40282e\+38\]"),
+        (dict(lr_lr=float("inf")), r"--lr-lr must be a number in \[0, 3.40282e\+38\]"),
+        (dict(lr_init=float("inf")), r"--lr-init must be a number in \(0, 3.40282e\+38\]"),
+        (dict(lr_lr=float("nan")), r"--lr-lr must be a number in"),
     ],
 )
 def test_bad_distill_settings(kwargs, message) -> None:
     with pytest.raises(ConfigError, match=message):
         TINY.replace(**kwargs)
+
+
+# --------------------------------------------------------------------------- resuming
+RESUMED = TINY.replace(iterations=2, checkpoint_every=1)
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, fashion, fashion_split, experts, hardness):
+    """A finished run of ``RESUMED``: its checkpoint stands for an interrupted one's."""
+    directory = tmp_path_factory.mktemp("interrupted")
+    run(RESUMED, fashion, fashion_split, experts, hardness, directory)
+    return directory
+
+
+def _copy(interrupted, tmp_path):
+    shutil.copytree(interrupted, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_a_checkpoint_records_the_inputs_and_a_resume_meets_them(
+    interrupted, tmp_path, fashion, fashion_split, experts, hardness
+) -> None:
+    from selmatch.identity import data_identity
+
+    folder = _copy(interrupted, tmp_path)
+    inputs = json.loads((folder / "checkpoint/state.json").read_text())["inputs"]
+    assert inputs["data"] == data_identity(fashion)
+    assert set(inputs) == {"data", "experts", "experts_directory", "initial"}
+    resumed = run(RESUMED, fashion, fashion_split, experts, hardness, folder, resume=True)
+    assert torch.equal(resumed.images, SyntheticSet.load(interrupted).images)
+
+
+def test_a_resume_refuses_other_experts(interrupted, tmp_path, fashion, fashion_split,
+                                        experts, hardness) -> None:  # fmt: skip
+    fewer = tmp_path / "one-expert"  # the same settings, but not the same finished experts
+    fewer.mkdir()
+    for name in ("manifest.json", "indices.safetensors", "expert_000.safetensors"):
+        shutil.copy(experts.directory / name, fewer / name)
+    folder = _copy(interrupted, tmp_path)
+    with pytest.raises(ConfigError, match=r"distilled against other experts .* than --experts "
+                       r".*one-expert .*use the interrupted run's --experts"):  # fmt: skip
+        run(RESUMED, fashion, fashion_split, ExpertSet.load(fewer), hardness, folder, resume=True)
+
+
+def test_a_resume_refuses_another_score_table(interrupted, tmp_path, fashion, fashion_split,
+                                              experts, hardness) -> None:  # fmt: skip
+    folder = _copy(interrupted, tmp_path)
+    with pytest.raises(ConfigError, match=r"started from other real images .* than --scores "
+                       "and --score pick now"):  # fmt: skip
+        run(RESUMED, fashion, fashion_split, experts, -hardness, folder, resume=True)
+
+
+def test_a_resume_refuses_other_data(interrupted, tmp_path, fashion, fashion_split, experts,
+                                     hardness) -> None:  # fmt: skip
+    from dataclasses import replace
+
+    other = replace(fashion, test_images=fashion.test_images.flip(0))  # another --data-root
+    folder = _copy(interrupted, tmp_path)
+    with pytest.raises(ConfigError, match=r"^--resume: the checkpoint in .*run/checkpoint made "
+                       r"from fashion-mnist .*digest .*--dataset and --data-root"):  # fmt: skip
+        run(RESUMED, other, fashion_split, experts, hardness, folder, resume=True)
+
+
+def test_a_checkpoint_written_before_inputs_were_recorded_resumes_with_a_warning(
+    interrupted, tmp_path, fashion, fashion_split, experts, hardness, capsys
+) -> None:
+    folder = _copy(interrupted, tmp_path)
+    state = json.loads((folder / "checkpoint/state.json").read_text())
+    del state["inputs"]
+    (folder / "checkpoint/state.json").write_text(json.dumps(state))
+    run(RESUMED, fashion, fashion_split, experts, -hardness, folder, resume=True)
+    warning = capsys.readouterr().err.splitlines()
+    assert len(warning) == 1 and "predates recorded inputs" in warning[0]
+
+
+def _edit_state(folder, **changes) -> None:
+    path = folder / "checkpoint/state.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+def _edit_tensors(folder, **changes) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = str(folder / "checkpoint/state.safetensors")
+    tensors = load_file(path) | changes
+    save_file({k: v for k, v in tensors.items() if v is not None}, path)
+
+
+@pytest.mark.parametrize(
+    ("state", "tensors", "message"),
+    [
+        (dict(iteration=-1), {}, r"state.json: iteration must be an integer ≥ 0, got -1"),
+        (dict(iteration="2"), {}, r"state.json: iteration must be an integer ≥ 0, got '2'"),
+        (dict(iteration=3), {}, r"--iterations 2 is fewer than the 3 that --resume's"),
+        (dict(stage=1), {}, r"state.json: stage must be an integer in \[0, 0\], got 1"),
+        (dict(losses="none"), {}, "state.json: losses must be a list of finite numbers"),
+        (dict(losses=[1.0, None]), {}, "state.json: losses must be a list of finite numbers"),
+        (dict(stage_lrs=[0.1]), {}, r"state.json: stage_lrs must be 0 finite number"),
+        (dict(config=None), {}, r"state.json: not a distillation checkpoint"),
+        (dict(config={"ipc": "four"}), {}, r"state.json: its config is not a distillation's"),
+        ({}, dict(images=torch.zeros(20, 1, 28, 28)),
+         r"state.safetensors: images are torch.float32 \(20, 1, 28, 28\), this set's are "
+         r"float \(40, 1, 28, 28\)"),
+        ({}, dict(images=torch.zeros(40, 1, 28, 28, dtype=torch.uint8)), "images are torch.uint8"),
+        ({}, dict(images=torch.full((40, 1, 28, 28), float("nan"))), "images hold NaN"),
+        ({}, dict(syn_lr=torch.tensor([float("nan")])), "syn_lr must be one finite float > 0"),
+        ({}, dict(syn_lr=torch.tensor([-0.1])), "syn_lr must be one finite float > 0"),
+        ({}, dict(syn_lr=torch.zeros(0)), "syn_lr must be one finite float > 0"),
+        ({}, dict(syn_lr=None), "state.safetensors: it lacks the tensor.s. syn_lr"),
+        ({}, dict(image_momentum=torch.zeros(40, 1, 28, 28)), r"image_momentum must be float "
+         r"\(20, 1, 28, 28\)"),
+        ({}, dict(lr_momentum=torch.zeros(3)), "lr_momentum must be one finite number"),
+        ({}, dict(generator_state=torch.zeros(3)), "generator_state is not a random generator"),
+    ],
+)  # fmt: skip
+def test_a_damaged_checkpoint_is_one_line_naming_its_file(
+    interrupted, tmp_path, fashion, fashion_split, experts, hardness, state, tensors, message
+) -> None:
+    folder = _copy(interrupted, tmp_path)
+    _edit_state(folder, **state)
+    _edit_tensors(folder, **tensors)
+    with pytest.raises(SelmatchError, match=message) as caught:
+        run(RESUMED, fashion, fashion_split, experts, hardness, folder, resume=True)
+    text = str(caught.value)
+    assert "\n" not in text and str(folder / "checkpoint") in text
+    assert "delete" in text and "start again" in text

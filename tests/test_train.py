@@ -1,12 +1,14 @@
 import pytest
 import torch
 
+from selmatch.config import ConfigError
 from selmatch.models import ModelConfig, build_model
 from selmatch.train import (
     TrainConfig,
     TrainingDivergedError,
     accuracy,
     epoch_batches,
+    resolve_device,
     train_network,
 )
 
@@ -75,3 +77,30 @@ def test_accuracy_in_batches_matches_one_pass(fashion) -> None:
     with torch.no_grad():
         whole = (model(fashion.normalize(images)).argmax(1) == labels).float().mean().item()
     assert small == pytest.approx(whole)
+
+
+@pytest.mark.parametrize("name", ["tpu:0", "CPU", "cpu:1", "cuda:x", "gpu", "", "mps:0"])
+def test_an_unknown_device_is_one_line_naming_the_accepted_forms(name) -> None:
+    with pytest.raises(ConfigError, match=r"^--device must be one of auto, cpu, cuda, cuda:N"):
+        resolve_device(name)
+    with pytest.raises(ConfigError, match=r"^short.device must be one of"):
+        resolve_device(name, flag="short.device")  # the search names the setting's path
+
+
+def test_a_device_this_machine_lacks_is_one_line(monkeypatch) -> None:
+    assert resolve_device("cpu") == CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == CPU
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(
+            ConfigError, match=f"^--device {name} asked for, but torch sees no CUDA"
+        ):
+            resolve_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match=r"has 2 CUDA device\(s\): cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="^--device mps asked for, but torch sees no MPS device"):
+        resolve_device("mps")
