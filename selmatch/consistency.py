@@ -52,6 +52,7 @@ from selmatch.data import (
     indices_by_class,
     smallest_class_size,
 )
+from selmatch.identity import DATA_KEY, check_data, data_identity
 from selmatch.io import atomic_write, read_json, read_safetensors, versions, write_json
 from selmatch.models import ModelConfig, build_model
 from selmatch.progress import progress_bar
@@ -249,7 +250,9 @@ def save_network(directory: Path, network: int, result: Mapping[str, Any]) -> No
     atomic_write(network_file(directory, network), partial(save_file, tensors))
 
 
-def prepare_directory(directory: Path, config: ConsistencyConfig) -> dict[str, float]:
+def prepare_directory(
+    directory: Path, config: ConsistencyConfig, dataset: ImageDataset | None = None
+) -> dict[str, float]:
     """Check ``directory`` holds networks of ``config`` (or none); the seconds of those done."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / MANIFEST
@@ -262,15 +265,19 @@ def prepare_directory(directory: Path, config: ConsistencyConfig) -> dict[str, f
         "use another folder or the same settings to resume",
         may_change=("num_networks",),
     )  # fmt: skip
+    if dataset is not None:
+        check_data(saved.get(DATA_KEY), dataset, f"--scores {directory} holds consistency networks")
     return {str(k): float(v) for k, v in saved.get("seconds", {}).items()}
 
 
 def write_manifest(
-    directory: Path, config: ConsistencyConfig, seconds: Mapping[str, float]
-) -> None:
+    directory: Path, config: ConsistencyConfig, seconds: Mapping[str, float],
+    data: Mapping[str, Any] | None = None,
+) -> None:  # fmt: skip
     write_json(directory / MANIFEST, {
         "kind": "selmatch-consistency", "config": config.to_dict(), "seconds": dict(seconds),
         "total_seconds": sum(seconds.values()), "versions": versions(),
+        **({DATA_KEY: dict(data)} if data is not None else {}),
     })  # fmt: skip
 
 
@@ -283,7 +290,8 @@ def finish(directory: Path, dataset: ImageDataset, config: ConsistencyConfig) ->
         {SCORE_NAME: score}, {SCORE_NAME: False},
         {"dataset": dataset.name, "consistency": config.describe(),
          "consistency_min_holdouts": int(count[scored].min()) if bool(scored.any()) else 0,
-         "val_fraction": config.val_fraction, "split_seed": config.split_seed},
+         "val_fraction": config.val_fraction, "split_seed": config.split_seed,
+         DATA_KEY: data_identity(dataset)},
     )  # fmt: skip
     if (directory / SCORES_FILE).is_file():
         table = ScoreTable.load(directory).merged(table)
@@ -299,8 +307,9 @@ def estimate_consistency(
     if dataset.name != config.dataset:
         raise ConfigError(f"config is for {config.dataset}, dataset is {dataset.name}")
     directory = Path(directory)
-    seconds = prepare_directory(directory, config)
-    write_manifest(directory, config, seconds)
+    seconds = prepare_directory(directory, config, dataset)
+    data = data_identity(dataset)
+    write_manifest(directory, config, seconds, data)
     torch_device = resolve_device(device)
     todo = [k for k in range(config.num_networks) if not network_file(directory, k).is_file()]
     for network in progress_bar(todo, desc="consistency networks", enabled=progress):
@@ -308,5 +317,5 @@ def estimate_consistency(
                                            progress=progress)  # fmt: skip
         save_network(directory, network, result)
         seconds[str(network)] = result["seconds"]
-        write_manifest(directory, config, seconds)
+        write_manifest(directory, config, seconds, data)
     return finish(directory, dataset, config)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -45,6 +45,7 @@ from selmatch.config import (
     setting,
 )
 from selmatch.data import ImageDataset, balanced_subset, holdout_split, smallest_class_size
+from selmatch.identity import DATA_KEY, check_data, data_identity
 from selmatch.io import (
     atomic_write,
     open_safetensors,
@@ -56,7 +57,13 @@ from selmatch.io import (
 from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
 from selmatch.progress import progress_bar
-from selmatch.scores import ForgettingTracker, ScoreTable, combine_expert_scores, el2n_scores
+from selmatch.scores import (
+    SCORES_FILE,
+    ForgettingTracker,
+    ScoreTable,
+    combine_expert_scores,
+    el2n_scores,
+)
 from selmatch.train import TrainConfig, resolve_device, train_network
 
 MANIFEST = "manifest.json"
@@ -214,17 +221,23 @@ def expert_training_indices(
     return chosen.sort().values, split.val
 
 
-def _check_directory(directory: Path, config: ExpertConfig) -> None:
+def _check_directory(directory: Path, config: ExpertConfig, dataset: ImageDataset) -> None:
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         return
     saved = read_json(manifest_path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ConfigError(
+            f"--out {directory}: its {MANIFEST} is not an experts manifest with its settings (a "
+            "damaged folder); pick another --out"
+        )
     check_resumable(
         ExpertConfig.from_dict(saved["config"]), config,
         f"--out {directory} holds experts made with other settings ({{changed}}); use another "
         "--out or the same settings to resume",
         may_change=("num_experts",),  # more experts may be added later
     )  # fmt: skip
+    check_data(saved.get(DATA_KEY), dataset, f"--out {directory} holds experts")
 
 
 def train_one_expert(
@@ -292,7 +305,7 @@ def train_experts(
         raise ConfigError(f"config is for {config.dataset}, dataset is {dataset.name}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _check_directory(directory, config)
+    _check_directory(directory, config, dataset)
     torch_device = resolve_device(device)
     train_indices, val_indices = expert_training_indices(dataset, config)
     save_file(
@@ -301,8 +314,10 @@ def train_experts(
     layout = ParamLayout.of(build_model(config.model, dataset.image_shape, dataset.num_classes))
     train = partial(train_one_expert, dataset, config, train_indices=train_indices,
                     device=torch_device, progress=progress)  # fmt: skip
-    fill_expert_folder(directory, config, layout, train, progress=progress, desc="experts")
-    write_expert_scores(directory, config)
+    data = data_identity(dataset)
+    fill_expert_folder(directory, config, layout, train, progress=progress, desc="experts",
+                       data=data)  # fmt: skip
+    write_expert_scores(directory, config, data)
     return directory
 
 
@@ -315,14 +330,16 @@ def fill_expert_folder(
     progress: bool,
     desc: str,
     mapper: Mapper = map,
+    data: Mapping[str, Any] | None = None,
 ) -> None:
     """Train the experts ``0 .. config.num_experts - 1`` that ``directory`` lacks with
     ``train(index)``, writing each file atomically as it finishes (so an interruption keeps
     the finished ones) and the manifest after each. ``mapper(train, indices)`` yields the
     results in the order of ``indices``: the built-in ``map`` trains them one after another
-    here, a search passes one that runs them as parallel Ray tasks."""
+    here, a search passes one that runs them as parallel Ray tasks. ``data`` (the dataset's
+    :func:`selmatch.identity.data_identity`) goes into the manifest."""
     timing = _read_manifest_timing(directory)
-    _write_manifest(directory, config, layout, timing)
+    _write_manifest(directory, config, layout, timing, data)
     todo = [i for i in range(config.num_experts) if not expert_file(directory, i).is_file()]
     results = zip(todo, mapper(train, todo), strict=True)
     for index, (tensors, seconds, _) in progress_bar(
@@ -330,7 +347,7 @@ def fill_expert_folder(
     ):
         atomic_write(expert_file(directory, index), partial(save_file, tensors))
         timing[str(index)] = seconds
-        _write_manifest(directory, config, layout, timing)
+        _write_manifest(directory, config, layout, timing, data)
 
 
 def _read_manifest_timing(directory: Path) -> dict[str, list[float]]:
@@ -339,8 +356,9 @@ def _read_manifest_timing(directory: Path) -> dict[str, list[float]]:
 
 
 def _write_manifest(
-    directory: Path, config: ExpertConfig, layout: ParamLayout, timing: dict[str, list[float]]
-) -> None:
+    directory: Path, config: ExpertConfig, layout: ParamLayout, timing: dict[str, list[float]],
+    data: Mapping[str, Any] | None = None,
+) -> None:  # fmt: skip
     all_seconds = [s for values in timing.values() for s in values]
     manifest = {
         "kind": "selmatch-experts",
@@ -352,21 +370,29 @@ def _write_manifest(
         "mean_epoch_seconds": sum(all_seconds) / len(all_seconds) if all_seconds else None,
         "versions": versions(),
     }
+    if data is not None:
+        manifest[DATA_KEY] = dict(data)
     write_json(directory / MANIFEST, manifest)
 
 
-def write_expert_scores(directory: Path, config: ExpertConfig) -> ScoreTable:
+def write_expert_scores(
+    directory: Path, config: ExpertConfig, data: Mapping[str, Any] | None = None
+) -> ScoreTable:
+    """Average the experts' scores into the folder's table, recording ``data`` (the dataset's
+    :func:`selmatch.identity.data_identity`). Other scores the table holds (an imported C-score,
+    consistency) are kept."""
     files = sorted(directory.glob("expert_*.safetensors"))
     per_expert = [
         {k: v for k, v in load_file(str(f)).items() if k in ("forgetting", "el2n")} for f in files
     ]
-    table = ScoreTable(
-        combine_expert_scores(per_expert),
-        {"forgetting": True, "el2n": True},
-        {"dataset": config.dataset, "source": f"{len(files)} expert(s) in {directory}",
-         "el2n_epoch": config.el2n_epoch, "expert_epochs": config.epochs,
-         "val_fraction": config.val_fraction, "split_seed": config.split_seed},
-    )  # fmt: skip
+    info = {"dataset": config.dataset, "source": f"{len(files)} expert(s) in {directory}",
+            "el2n_epoch": config.el2n_epoch, "expert_epochs": config.epochs,
+            "val_fraction": config.val_fraction, "split_seed": config.split_seed}  # fmt: skip
+    if data is not None:
+        info[DATA_KEY] = dict(data)
+    table = ScoreTable(combine_expert_scores(per_expert), {"forgetting": True, "el2n": True}, info)
+    if (directory / SCORES_FILE).is_file():
+        table = ScoreTable.load(directory).merged(table)
     table.save(directory)
     return table
 
@@ -402,6 +428,17 @@ class ExpertSet:
         return sorted(
             int(f.stem.split("_")[1]) for f in self.directory.glob("expert_*.safetensors")
         )
+
+    def check_data(self, dataset: ImageDataset, flag: str = "--experts") -> ExpertSet:
+        """These experts, after checking they were trained on ``dataset`` (its name and, where
+        the manifest recorded it, its content)."""
+        if self.config.dataset != dataset.name:
+            raise ConfigError(
+                f"{flag} {self.directory} holds experts of {self.config.dataset}, not "
+                f"{dataset.name}"
+            )
+        check_data(self.manifest.get(DATA_KEY), dataset, f"{flag} {self.directory} holds experts")
+        return self
 
     def trajectory(self, index: int) -> torch.Tensor:
         """Expert ``index``'s parameters, one row per epoch: ``(epochs + 1, num_params)``."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from torch import nn
 
 from selmatch.config import ConfigError, SelmatchError
 from selmatch.io import atomic_write, read_json, read_safetensors, write_json
+
+if TYPE_CHECKING:
+    from selmatch.data import ImageDataset
 
 #: Score kinds and whether a *higher* value means a *harder* sample.
 HIGHER_IS_HARDER: dict[str, bool] = {
@@ -158,13 +161,33 @@ class ScoreTable:
         directions = info.pop(key)
         return cls(read_safetensors(directory / SCORES_FILE), directions, info)
 
+    def check_data(self, flag: str, directory: Path, dataset: ImageDataset) -> ScoreTable:
+        """This table, after checking it scores ``dataset``: its name, one score per training
+        image, and the content it recorded (:func:`selmatch.identity.check_data`); ``flag``
+        names the option in errors."""
+        from selmatch.identity import DATA_KEY, check_data
+
+        name = dataset.name
+        if self.info.get("dataset") not in (None, name):
+            raise ConfigError(f"{flag} {directory} is for {self.info['dataset']}, not {name}")
+        size = int(dataset.train_labels.shape[0])
+        for kind, values in self.scores.items():
+            if values.dim() != 1 or values.shape[0] != size:
+                raise ConfigError(
+                    f"{flag} {directory}: its {kind!r} scores {values.numel()} images, "
+                    f"the training set of {name} holds {size}; the data changed since the table "
+                    "was made: make it again for this data"
+                )
+        check_data(self.info.get(DATA_KEY), dataset, f"{flag} {directory} was")
+        return self
+
     def checked(
-        self, flag: str, directory: Path, dataset: str, val_fraction: float, split_seed: int
-    ) -> ScoreTable:
-        """This table, after checking it scores ``dataset`` and was made on the same hold-out
-        split (so the validation slice stays unseen); ``flag`` names the option in errors."""
-        if self.info.get("dataset") not in (None, dataset):
-            raise ConfigError(f"{flag} {directory} is for {self.info['dataset']}, not {dataset}")
+        self, flag: str, directory: Path, dataset: ImageDataset, val_fraction: float,
+        split_seed: int,
+    ) -> ScoreTable:  # fmt: skip
+        """This table, after checking it scores ``dataset`` (:meth:`check_data`) and was made
+        on the same hold-out split (so the validation slice stays unseen)."""
+        self.check_data(flag, directory, dataset)
         made_with = (self.info.get("val_fraction"), self.info.get("split_seed"))
         if made_with[0] is not None and made_with != (val_fraction, split_seed):
             raise ConfigError(

@@ -26,6 +26,7 @@ from selmatch.config import (
 )
 from selmatch.data import HoldoutSplit, ImageDataset
 from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set
+from selmatch.identity import DATA_KEY, check_data, data_identity, tensor_digest
 from selmatch.initial import RealInit, WindowInit
 from selmatch.io import read_json, write_json
 from selmatch.plots import save_curve
@@ -133,8 +134,10 @@ def _pct(row: dict[str, Any], kind: str) -> str:
 
 
 def _load_previous(
-    path: Path, config: SweepConfig
+    path: Path, config: SweepConfig, dataset: ImageDataset, ranking: str
 ) -> tuple[dict[float, Any], dict[str, Any] | None]:
+    """The rows a sweep in ``path`` finished, checked to be this sweep: the same settings, the
+    same data and the same ranking (``ranking``: the digest of the hardness it ranked by)."""
     if not path.is_file():
         return {}, None
     saved = read_json(path)
@@ -144,6 +147,13 @@ def _load_previous(
         "--out or the same settings to resume",
         may_change=("betas",),
     )  # fmt: skip
+    inputs = saved.get("inputs") or {}
+    check_data(inputs.get(DATA_KEY), dataset, f"--out {path.parent} holds a window sweep")
+    if inputs.get("ranking") not in (None, ranking):
+        raise ConfigError(
+            f"--scores: --out {path.parent} holds a sweep ranked by other scores than --scores "
+            f"and --score give now; use the ones it was made with, or another --out"
+        )
     return {float(b): row for b, row in saved["rows"].items()}, saved.get("random")
 
 
@@ -158,7 +168,9 @@ def window_sweep(
 ) -> SweepResult:
     """Evaluate the window at every β of ``config.betas`` and a random subset; write results."""
     directory = Path(directory)
-    rows, random_row = _load_previous(directory / "sweep.json", config)
+    ranking = tensor_digest(hardness)
+    inputs = {DATA_KEY: data_identity(dataset), "ranking": ranking}
+    rows, random_row = _load_previous(directory / "sweep.json", config, dataset, ranking)
     evaluation = config.evaluation
     if random_row is None:
         random_row = evaluate_random(
@@ -169,17 +181,18 @@ def window_sweep(
     for beta in progress_bar(todo, desc=f"β sweep, IPC {config.ipc}", enabled=progress):
         spec = WindowSpec(config.ipc, beta, 0.0, config.beta_convention)
         rows[beta] = evaluate_window(dataset, split, hardness, spec, evaluation).to_dict()
-        _write(directory, result)  # after every β: an interruption loses at most one trial
+        _write(directory, result, inputs)  # after every β: an interruption loses at most one trial
     result.rows = {b: rows[b] for b in config.betas}
-    _write(directory, result)
+    _write(directory, result, inputs)
     return result
 
 
-def _write(directory: Path, result: SweepResult) -> None:
+def _write(directory: Path, result: SweepResult, inputs: dict[str, Any]) -> None:
     config = result.config
     betas = sorted(result.rows)
     write_json(directory / "sweep.json", {
         "config": config.to_dict(),
+        "inputs": inputs,
         "rows": {str(b): result.rows[b] for b in betas},
         "random": result.random,
         "best_beta_by_val": result.best_beta if betas else None,

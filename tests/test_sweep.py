@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from selmatch import sweep as sweep_module
+from selmatch.config import ConfigError
 from selmatch.evaluate import EvalConfig
 from selmatch.models import ModelConfig
 from selmatch.sweep import SweepConfig, window_sweep
@@ -60,6 +61,25 @@ def test_a_sweep_with_other_settings_is_not_mixed_in(tmp_path, fashion, fashion_
     other = config.replace(score="el2n")
     with pytest.raises(Exception, match="other settings"):
         window_sweep(fashion, fashion_split, fake_hardness, other, tmp_path, progress=False)
+
+
+def test_a_sweep_resumed_with_other_scores_or_data_is_refused(
+    tmp_path, fashion, fashion_split, fake_hardness
+) -> None:
+    import dataclasses
+
+    config = SweepConfig(ipc=2, betas=(0.0,), evaluation=FAST)
+    window_sweep(fashion, fashion_split, fake_hardness, config, tmp_path, progress=False)
+    saved = (tmp_path / "sweep.json").read_text()
+    other_scores = fake_hardness.flip(0)
+    with pytest.raises(ConfigError, match="^--scores: .* ranked by other scores"):
+        window_sweep(fashion, fashion_split, other_scores, config, tmp_path, progress=False)
+    images = fashion.train_images.clone()
+    images[0] ^= 1
+    other_data = dataclasses.replace(fashion, train_images=images)
+    with pytest.raises(ConfigError, match="holds a window sweep made from fashion-mnist"):
+        window_sweep(other_data, fashion_split, fake_hardness, config, tmp_path, progress=False)
+    assert (tmp_path / "sweep.json").read_text() == saved
 
 
 def test_sweep_validates_every_beta_up_front() -> None:

@@ -41,6 +41,7 @@ from selmatch.experts import (
     train_one_expert,
     write_expert_scores,
 )
+from selmatch.identity import data_digest, data_identity
 from selmatch.io import atomic_write, write_json
 from selmatch.models import build_model
 from selmatch.params import ParamLayout
@@ -49,13 +50,17 @@ from selmatch_tune.devices import prepare_worker
 
 def cache_key(
     config: ExpertConfig | ConsistencyConfig, image_size: int | None = None,
-    layout: ParamLayout | None = None,
+    layout: ParamLayout | None = None, data: str | None = None,
 ) -> str:  # fmt: skip
     """A folder name that changes whenever anything that shapes the cached networks changes:
     their settings (for experts, all but their number: more may be added), the images' size
-    when the dataset is resized, and the network's parameter layout (so a change of the
-    architecture never reuses networks of the old one)."""
+    when the dataset is resized, the network's parameter layout (so a change of the
+    architecture never reuses networks of the old one) and the data's digest
+    (:func:`selmatch.identity.data_digest`: another copy of a dataset of the same name, an
+    image folder that grew, never reuses networks trained on the old one)."""
     identity = config.identity() if isinstance(config, ExpertConfig) else config.to_dict()
+    if data is not None:
+        identity = {**identity, "data": data}
     if image_size is not None:
         identity = {**identity, "image_size": image_size}
     if layout is not None:
@@ -189,7 +194,8 @@ def precompute(
     train on ``device`` (a GPU the task is given must be visible there). ``epochs``
     (first, last): the snapshots matching can reach, the only ones put in the object store
     (default: every epoch)."""
-    cache_dir = cache_root / cache_key(config, image_size, _layout(dataset, config))
+    digest = data_digest(dataset)
+    cache_dir = cache_root / cache_key(config, image_size, _layout(dataset, config), digest)
     dataset_ref = ray.put(dataset_arrays(dataset))
     cache_dir.mkdir(parents=True, exist_ok=True)
     if not (cache_dir / "manifest.json").is_file():
@@ -211,12 +217,14 @@ def precompute(
     if score == consistency_score.SCORE_NAME:
         if consistency is None:
             raise ValueError("score 'consistency' needs its ConsistencyConfig")
-        score_dir = cache_root / cache_key(consistency, image_size, _layout(dataset, consistency))
+        score_dir = cache_root / cache_key(
+            consistency, image_size, _layout(dataset, consistency), digest
+        )
         networks, seconds = _submit_consistency(
             consistency, dataset_ref, score_dir, resources, worker, log
         )
     _collect(expert_refs, networks, cache_dir, consistency, score_dir, seconds, log)
-    table = write_expert_scores(cache_dir, config)
+    table = write_expert_scores(cache_dir, config, data_identity(dataset))
     if score == consistency_score.SCORE_NAME:
         assert consistency is not None
         table = consistency_score.finish(score_dir, dataset, consistency)
@@ -255,7 +263,7 @@ def read_score_table(directory: Path, dataset: ImageDataset, config: ExpertConfi
     from selmatch.scores import ScoreTable
 
     return ScoreTable.load(directory).checked(
-        "--score-table", directory, dataset.name, config.val_fraction, config.split_seed
+        "--score-table", directory, dataset, config.val_fraction, config.split_seed
     )
 
 
@@ -337,4 +345,5 @@ def _write_cache_manifest(directory: Path, dataset: ImageDataset, config: Expert
         "kind": "selmatch-experts", "format_version": 1, "config": config.to_dict(),
         "layout": layout.to_dict(), "num_params": layout.numel, "epoch_seconds": {},
         "mean_epoch_seconds": None, "written_by": "selmatch_tune.precompute",
+        "data": data_identity(dataset),
     })  # fmt: skip

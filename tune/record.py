@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selmatch.artifacts import SEARCH_STATE
 from selmatch.config import Config, ConfigError, check_resumable
 from selmatch.io import write_json
 from selmatch_tune.config import SearchConfig
 
-STATE = "search_state.json"
+STATE = SEARCH_STATE  # the marker of a search folder (selmatch.artifacts)
 Log = Callable[[str], None]
 
 
@@ -212,12 +213,15 @@ class IpcRecord(Config):
 @dataclass
 class SearchRecord(Config):
     """A search folder's record. ``started``: the precompute finished, so the folder holds a
-    search (``None`` in records of versions from before the flag: they had started)."""
+    search (``None`` in records of versions from before the flag: they had started). ``data``:
+    what the search ran on (:func:`selmatch.identity.data_identity`; a resume must run on the
+    same)."""
 
     OMIT_NONE = True
     config: dict[str, Any]
     ipcs: dict[int, IpcRecord] = field(default_factory=dict)
     started: bool | None = None
+    data: dict[str, Any] | None = None
     parent_run_id: str | None = None
     storage_id: str | None = None
     score_dir: str | None = None

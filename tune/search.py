@@ -26,6 +26,7 @@ import ray
 
 from selmatch.cli.common import check_output
 from selmatch.data import ImageDataset, holdout_split, load_dataset
+from selmatch.identity import check_data, data_identity
 from selmatch_tune.config import SearchConfig, fit_to_data, validation_warning
 from selmatch_tune.costs import format_costs, stage_costs
 from selmatch_tune.finals import (
@@ -291,7 +292,7 @@ def prepare(
     leaving out, and counting, the image files that cannot be decoded), the settings are
     fitted to it (``fit_to_data``), and ``out`` holds no search or (``resume``) this one.
     Nothing is written."""
-    check_output(out, "folder")
+    check_output(out, "folder", writes="search")
     dataset = load_dataset(config.dataset, data_root=data_root, image_size=config.image_size,
                            skip_bad_images=skip_bad_images)  # fmt: skip
     log(dataset.describe())
@@ -308,7 +309,11 @@ def prepare(
     warning = validation_warning(config, len(split.val))
     if warning:
         log(warning)
-    return config, dataset, open_record(out, config, resume, log=log)
+    record = open_record(out, config, resume, log=log)
+    if record.has_started:  # --resume: the same data as the search's first run
+        check_data(record.data, dataset, f"--resume: the search in {out} was")
+    record.data = data_identity(dataset)
+    return config, dataset, record
 
 
 def run_search(

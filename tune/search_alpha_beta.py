@@ -314,11 +314,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     data_root = str(args.data_root) if args.data_root else None
     from selmatch_tune.search import SearchInterrupted, run_search
+    from selmatch_tune.tracking_uri import bound_http_retries, check_tracking_uri
 
     out = args.out
     try:
-        check_output(out, "folder")
+        check_output(out, "folder", writes="search")
         config = apply_overrides(PRESETS[args.preset](), args)
+        if args.tracking_uri is not None:  # before data and Ray: a bad URI fails in seconds
+            check_tracking_uri(args.tracking_uri)
+            bound_http_retries()
         out = out or Path("runs") / f"search-{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"preset {config.preset}: {config.dataset}, IPCs {list(config.ipcs)}")
         if config.reduced:

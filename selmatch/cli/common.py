@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
+from selmatch.artifacts import check_out
 from selmatch.augment import DSAConfig
 from selmatch.cli import options
 from selmatch.config import ConfigError
@@ -33,20 +34,26 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{tool}: error: {message} (see {self.prog} --help)\n")
 
 
-def check_output(path: Path | None, kind: Literal["folder", "file", "any"]) -> None:
+def check_output(
+    path: Path | None, kind: Literal["folder", "file", "any"], *, writes: str,
+    accepts: tuple[str, ...] = (), flag: str = "--out",
+) -> None:  # fmt: skip
     """Refuse, before any work, an ``--out`` that cannot be written: a folder output that is an
-    existing file, a file output that is an existing folder, or a path below a file."""
+    existing file, a file output that is an existing folder, a path below a file, or one where
+    the command's artifact (``writes``, a kind of :data:`selmatch.artifacts.ARTIFACTS`) would
+    overwrite or mix with another kind of artifact (:func:`selmatch.artifacts.check_out`)."""
     if path is None:
         return
     if kind == "folder" and path.exists() and not path.is_dir():
         raise ConfigError(
-            f"--out {path} is a file; give a folder (a new one, or one this command wrote)"
+            f"{flag} {path} is a file; give a folder (a new one, or one this command wrote)"
         )
     if kind == "file" and path.is_dir():
-        raise ConfigError(f"--out {path} is a folder; give a file name, e.g. {path / 'out.json'}")
+        raise ConfigError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'out.json'}")
     below = next((p for p in path.parents if p.exists() or p.is_symlink()), None)
     if below is not None and not below.is_dir():
-        raise ConfigError(f"--out {path} lies below {below}, which is a file, not a folder")
+        raise ConfigError(f"{flag} {path} lies below {below}, which is a file, not a folder")
+    check_out(path, writes, accepts=accepts, flag=flag)
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +219,6 @@ def load_hardness(args: argparse.Namespace, dataset: ImageDataset, split: Holdou
     """The chosen score as "higher is harder", after checking it belongs to this data split."""
     directory = args.scores or Path("runs") / "experts" / slug(dataset.name)
     table = ScoreTable.load(directory).checked(
-        "--scores", directory, dataset.name, split.val_fraction, split.seed
+        "--scores", directory, dataset, split.val_fraction, split.seed
     )
     return table.hardness(args.score)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from selmatch.artifacts import COVERAGE_KIND
 from selmatch.cli import common
 from selmatch.coverage import set_coverage
 from selmatch.experts import ExpertSet
@@ -48,11 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    common.check_output(args.out, "file")
+    common.check_output(args.out, "file", writes="coverage report")
     saved = SyntheticSet.load(args.set)
     args.dataset = saved.manifest["dataset"]
     dataset, split = common.load_data(args)
-    experts = ExpertSet.load(args.experts or Path("runs") / "experts" / common.slug(dataset.name))
+    experts = ExpertSet.load(
+        args.experts or Path("runs") / "experts" / common.slug(dataset.name)
+    ).check_data(dataset)
     hardness = common.load_hardness(args, dataset, split)
     report = set_coverage(
         saved.images, dataset, experts, hardness, split.pool, sample=args.sample,
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         f"by {args.score})"
     )
     out = args.out or Path(args.set) / "coverage.json"
-    write_json(out, {"set": str(args.set), "score": args.score, **report.to_dict()})
+    report_json = {"set": str(args.set), "score": args.score, **report.to_dict()}
+    write_json(out, {"kind": COVERAGE_KIND, **report_json})
     print(f"written to {out.resolve()}")
     return 0

@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    common.check_output(args.out, "folder")
+    common.check_output(args.out, "folder", writes="distilled set")
     given = options.values(args, SET_OPTIONS)
     if args.method != "selmatch":
         given["alpha"] = 1.0  # every image of MTT and SeqMatch is learned
@@ -83,7 +83,9 @@ def run_distill(args: argparse.Namespace) -> int:
     levers = config.levers_on(device)
     levers.check_device(device)  # before any loading
     dataset, split = common.load_data(args)
-    experts = ExpertSet.load(args.experts or Path("runs") / "experts" / common.slug(dataset.name))
+    experts = ExpertSet.load(
+        args.experts or Path("runs") / "experts" / common.slug(dataset.name)
+    ).check_data(dataset)
     hardness = common.load_hardness(args, dataset, split) if target.needs_scores else None
     out = args.out or Path("runs") / "distill" / (
         f"{common.slug(dataset.name)}-{target.method}-ipc{target.ipc}"
@@ -111,9 +113,10 @@ def run_distill(args: argparse.Namespace) -> int:
         resume=args.resume, progress=not args.no_progress, stage_cache=stage_cache,
     )  # fmt: skip
     draw(out)
+    loss = result.manifest["final_loss"]  # None: nothing learned (α = 0, selection only)
     print(
         f"{len(result.labels)} images ({result.num_distill} distilled), final loss "
-        f"{result.manifest['final_loss']:.4f}, learned lr {result.learned_lr:.4g}, "
+        f"{'none' if loss is None else f'{loss:.4f}'}, learned lr {result.learned_lr:.4g}, "
         f"{result.manifest['seconds']:.0f} s"
     )
     if target.method == "seqmatch":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from selmatch.artifacts import EVALUATION_KIND
 from selmatch.cli import common
 from selmatch.config import ConfigError, check_float
 from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset, smallest_class_size
@@ -93,7 +94,7 @@ def _load_set(args: argparse.Namespace) -> SyntheticSet:
 
 
 def run(args: argparse.Namespace) -> int:
-    common.check_output(args.out, "file")
+    common.check_output(args.out, "file", writes="evaluation result")
     check_float("val_fraction", args.val_fraction, 0.0, 0.5)
     saved = _load_set(args) if args.set is not None else None
     stages = _sequential_stages(args, saved)
@@ -136,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{dataset.name} {name}: {result.summary()}")
     out = args.out or Path("runs") / "evaluate" / f"{common.slug(dataset.name)}_{name}.json"
     payload = {
+        "kind": EVALUATION_KIND,
         "dataset": dataset.name,
         "set": what,
         "config": config.to_dict(),

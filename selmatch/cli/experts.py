@@ -46,12 +46,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    common.check_output(args.out, "folder")
-    config = ExpertConfig(
-        dataset=args.dataset, model=common.model_config(args), val_fraction=args.val_fraction,
+def expert_config(args: argparse.Namespace, dataset: str) -> ExpertConfig:
+    """The experts' settings the options give, for ``dataset``."""
+    return ExpertConfig(
+        dataset=dataset, model=common.model_config(args), val_fraction=args.val_fraction,
         split_seed=args.split_seed, **options.values(args, EXPERT_OPTIONS),
     )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    common.check_output(args.out, "folder", writes="experts folder")
+    config = expert_config(args, args.dataset)
     dataset, _ = common.load_data(args)
     out = args.out or Path("runs") / "experts" / common.slug(dataset.name)
     print(dataset.describe())

@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    common.check_output(args.out, "any")  # export_set checks the target itself
+    common.check_output(args.out, "any", writes="export")  # export_set checks the target itself
     exported = export_set(args.set_dir, args.out, args.format, overwrite=args.overwrite)
     selected = exported.count - exported.num_distill
     print(

@@ -12,6 +12,8 @@ import torch
 from selmatch.cli import common, options
 from selmatch.config import ConfigError
 from selmatch.consistency import ESTIMATE, ConsistencyConfig, estimate_consistency
+from selmatch.data import ImageDataset
+from selmatch.identity import DATA_KEY, data_identity
 from selmatch.scores import SCORES_FILE, ScoreTable, import_score_file
 
 SUMMARY = (
@@ -53,6 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--name", default="cscore", help="name of the imported score (default: cscore)"
     )
     parser.add_argument(
+        "--overwrite", action="store_true",
+        help="let --import replace a score of the same --name that --scores holds already "
+        "(default: refuse)",
+    )  # fmt: skip
+    parser.add_argument(
         "--hardest", choices=("high", "low"), default=None,
         help="which end of the imported score is hardest (default: low for cscore, else high)",
     )  # fmt: skip
@@ -83,27 +90,39 @@ def _estimate(args: argparse.Namespace, directory: Path) -> None:
           "were reused); per-network seconds are in consistency.json")  # fmt: skip
 
 
+def _existing(directory: Path, dataset: ImageDataset) -> ScoreTable | None:
+    """The table ``directory`` holds, checked to be of ``dataset``; None where it holds none."""
+    if not (directory / SCORES_FILE).is_file():
+        return None
+    return ScoreTable.load(directory).check_data("--scores", directory, dataset)
+
+
 def run(args: argparse.Namespace) -> int:
     directory = args.scores or Path("runs") / "experts" / common.slug(args.dataset)
     if args.estimate is not None and args.import_file is not None:
         raise ConfigError("--estimate and --import exclude each other; give one")
+    if args.estimate is not None or args.import_file is not None:  # writes into --scores
+        common.check_output(args.scores, "folder", writes="score table",
+                            accepts=("experts folder",), flag="--scores")  # fmt: skip
     if args.estimate is not None:
+        _existing(directory, common.load_images(args))
         _estimate(args, directory)
     if args.import_file is not None:
         dataset = common.load_images(args)
+        existing = _existing(directory, dataset)
+        if existing is not None and args.name in existing.scores and not args.overwrite:
+            raise ConfigError(
+                f"--name {args.name}: --scores {directory} holds a {args.name!r} score already; "
+                "pass --overwrite to replace it, or import under another --name"
+            )
         values = import_score_file(args.import_file, num_samples=len(dataset.train_labels))
         higher = (args.hardest or ("low" if args.name == "cscore" else "high")) == "high"
         imported = ScoreTable(
             {args.name: values}, {args.name: higher},
-            {"dataset": dataset.name, f"{args.name}_source": str(args.import_file.resolve())},
+            {"dataset": dataset.name, f"{args.name}_source": str(args.import_file.resolve()),
+             DATA_KEY: data_identity(dataset)},
         )  # fmt: skip
-        table = (
-            ScoreTable.load(directory).merged(imported)
-            if (directory / SCORES_FILE).is_file()
-            else imported
-        )
-        if table.info.get("dataset") not in (None, dataset.name):
-            raise ConfigError(f"--scores {directory} is for {table.info['dataset']}")
+        table = existing.merged(imported) if existing is not None else imported
         table.save(directory)
         end = "high" if higher else "low"
         print(f"imported {args.name} ({end} = hard) into {directory.resolve()}")

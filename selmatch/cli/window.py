@@ -77,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_window(args: argparse.Namespace) -> int:
-    common.check_output(args.out, "folder")
+    common.check_output(args.out, "folder", writes="window set")
     spec = WindowSpec(args.ipc, args.beta, args.alpha, args.beta_convention)
     dataset, split = common.load_data(args)
     hardness = common.load_hardness(args, dataset, split)
@@ -114,7 +114,7 @@ def check_betas(values: tuple[float, ...]) -> tuple[float, ...]:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    common.check_output(args.out, "folder")
+    common.check_output(args.out, "folder", writes="window sweep")
     dataset, split = common.load_data(args)
     hardness = common.load_hardness(args, dataset, split)
     epochs = common.parse_epochs(args.epochs, args.ipc * dataset.num_classes, len(split.pool))

@@ -72,10 +72,17 @@ def test_import_external_scores(experts_dir, tmp_path) -> None:
     out = selmatch("scores", "--scores", str(experts_dir), "--import", str(good))
     assert out.returncode == 0, out.stderr
     assert "cscore" in out.stdout and "lower = harder" in out.stdout
+    before = (experts_dir / "scores.safetensors").read_bytes()
+    again = selmatch("scores", "--scores", str(experts_dir), "--import", str(good))
+    assert again.returncode == 2 and "pass --overwrite to replace it" in again.stderr
     short = tmp_path / "short.npy"
     np.save(short, np.zeros(10))
-    out = selmatch("scores", "--scores", str(experts_dir), "--import", str(short))
+    out = selmatch("scores", "--scores", str(experts_dir), "--import", str(short), "--overwrite")
     assert out.returncode == 2 and "expected one score per training sample: (60000,)" in out.stderr
+    assert (experts_dir / "scores.safetensors").read_bytes() == before
+    replaced = selmatch("scores", "--scores", str(experts_dir), "--import", str(good),
+                        "--overwrite")  # fmt: skip
+    assert replaced.returncode == 0, replaced.stderr
 
 
 @pytest.mark.slow
