@@ -30,7 +30,7 @@ from selmatch.config import Config, ConfigError, check_float, check_int, setting
 from selmatch.data import HoldoutSplit, ImageDataset
 from selmatch.models import ModelConfig, build_model
 from selmatch.synthetic import SyntheticSet, SyntheticSetError
-from selmatch.train import TrainConfig, accuracy, resolve_device, train_network
+from selmatch.train import TrainConfig, accuracy, check_device, resolve_device, train_network
 
 #: SelMatch's rule: evaluation trains for 25% of the steps of 200 epochs on the full set.
 FULL_DATA_EPOCHS = 200
@@ -90,6 +90,7 @@ class EvalConfig(Config):
     def __post_init__(self) -> None:
         check_int("num_seeds", self.num_seeds, 1, 1000)
         check_int("seed", self.seed, 0, 2**31 - 1)
+        check_device("device", self.device)
         if self.full_epochs is not None:
             check_float("full_epochs", self.full_epochs, 1e-6, 1e6)
 

@@ -29,6 +29,7 @@ from selmatch.config import (
     check_int,
     setting,
 )
+from selmatch.config import flag as flag_of
 from selmatch.progress import progress_bar
 
 SCHEDULES = ("cosine", "constant")
@@ -97,6 +98,23 @@ class TrainStats:
     seconds: float
 
 
+_FORMS = "auto, cpu, cuda, cuda:N" + (", mps" if torch.backends.mps.is_built() else "")
+
+
+def _device_form(device: object) -> re.Match[str] | None:
+    match = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", device) if isinstance(device, str) else None
+    return None if match is None or (match[2] is not None and match[1] != "cuda") else match
+
+
+def check_device(name: str, value: object) -> str:
+    """Return ``value`` if it names a device in a form :func:`resolve_device` reads (whether
+    this machine has it is checked where the work runs: a search's head may lack the GPUs its
+    workers have), else raise a one-line error naming the setting ``name``."""
+    if value != "auto" and _device_form(value) is None:
+        raise ConfigError(f"{flag_of(name)} must be one of {_FORMS}; got {value!r}", setting=name)
+    return str(value)
+
+
 def resolve_device(device: str = "auto", *, flag: str = "--device") -> torch.device:
     """``auto`` -> CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N`` and (where this
     torch is built with it) ``mps`` as named. Any other name, or a device this machine lacks,
@@ -104,10 +122,9 @@ def resolve_device(device: str = "auto", *, flag: str = "--device") -> torch.dev
     setting's path)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    forms = "auto, cpu, cuda, cuda:N" + (", mps" if torch.backends.mps.is_built() else "")
-    match = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", device) if isinstance(device, str) else None
-    if match is None or (match[2] is not None and match[1] != "cuda"):
-        raise ConfigError(f"{flag} must be one of {forms}; got {device!r}")
+    match = _device_form(device)
+    if match is None:
+        raise ConfigError(f"{flag} must be one of {_FORMS}; got {device!r}")
     if match[1] == "cuda":
         _check_cuda(device, None if match[2] is None else int(match[2]), flag)
     if match[1] == "mps" and not torch.backends.mps.is_available():

@@ -2,11 +2,13 @@ import pytest
 import torch
 
 from selmatch.config import ConfigError
+from selmatch.evaluate import EvalConfig
 from selmatch.models import ModelConfig, build_model
 from selmatch.train import (
     TrainConfig,
     TrainingDivergedError,
     accuracy,
+    check_device,
     epoch_batches,
     resolve_device,
     train_network,
@@ -85,6 +87,14 @@ def test_an_unknown_device_is_one_line_naming_the_accepted_forms(name) -> None:
         resolve_device(name)
     with pytest.raises(ConfigError, match=r"^short.device must be one of"):
         resolve_device(name, flag="short.device")  # the search names the setting's path
+    with pytest.raises(ConfigError, match=r"^--device must be one of") as error:
+        EvalConfig(device=name)  # the form is checked where the settings are made
+    assert error.value.setting == "device"
+
+
+def test_the_form_of_a_device_is_checked_without_the_device() -> None:
+    for name in ("auto", "cpu", "cuda", "cuda:3"):  # this machine may lack CUDA: still a form
+        assert check_device("device", name) == name
 
 
 def test_a_device_this_machine_lacks_is_one_line(monkeypatch) -> None:

@@ -45,6 +45,12 @@ CASES = [
     # the device
     ("selmatch distill --ipc 5 --device tpu:0", "--device"),
     ("selmatch evaluate --ipc 5 --device tpu:0", "--device"),
+    # the search's devices: their form checked on the head, before Ray (whether a worker has
+    # the device is checked on the worker)
+    ("python tune/search_alpha_beta.py --override short.device=tpu",
+     "--override short.device=tpu"),
+    ("python tune/search_alpha_beta.py --override final.device=cuda:x",
+     "--override final.device=cuda:x"),
     # damaged checkpoints
     (f"{RESUME} sets-ckpt-iteration", "sets-ckpt-iteration/checkpoint/state.json"),
     (f"{RESUME} sets-ckpt-stage", "sets-ckpt-stage/checkpoint/state.json"),
