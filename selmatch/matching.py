@@ -7,8 +7,9 @@ step size η (the learnable lr). The loss is
 
     L = ‖θ̂_{t+N} − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²
 
-(MTT's normalisation: the division by the parameter count cancels). Two exact ways to get
-``∂L/∂images`` and ``∂L/∂η``:
+(MTT's normalisation: the division by the parameter count cancels), written once, in
+:func:`matching_loss`, and used by every mode. Two exact ways to get ``∂L/∂images`` and
+``∂L/∂η``:
 
 - :func:`unrolled_match` (default): keep the graph of all N steps (``create_graph=True``),
   back-propagate once. Memory grows with N × batch.
@@ -16,7 +17,7 @@ step size η (the learnable lr). The loss is
   N+1 parameter vectors (a few MB), then walk back one step at a time, rebuilding that step's
   graph and carrying the adjoint λ_n = ∂L/∂θ̂_n:
 
-      λ_N = 2 (θ̂_N − θ*_{t+M}) / ‖θ*_t − θ*_{t+M}‖²
+      λ_N = ∂L/∂θ̂_N   (autograd of :func:`matching_loss` at θ̂_N alone)
       ∂L/∂x_n = −η (∂g_n/∂x_n)ᵀ λ_{n+1},   ∂L/∂η −= g_n · λ_{n+1},   λ_n = λ_{n+1} − η H_n λ_{n+1}
 
   where g_n is the step's gradient and H_n λ a Hessian-vector product. Peak memory is one
@@ -198,8 +199,55 @@ def _scope(step: StudentStep | None) -> AbstractContextManager[Any]:
     return nullcontext() if step is None else step.scope()
 
 
-def _distance(start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (start - target).square().sum()
+def matching_loss(final: torch.Tensor, start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L = ‖θ̂_{t+N} − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖² of one trajectory (vectors (P,)), or the
+    mean of the E trajectories' L (matrices (E, P), row by row). The only copy of the loss:
+    the unrolled modes back-propagate through it, the checkpointed ones take λ_N from it."""
+    return ((final - target).square().sum(-1) / (start - target).square().sum(-1)).mean()
+
+
+def _final_adjoint(
+    final: torch.Tensor, start: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checkpointed modes' loss at the student's final parameters and λ_N = ∂L/∂θ̂_N, by
+    autograd of :func:`matching_loss` at a leaf copy of them (a few P-sized temporaries)."""
+    with torch.enable_grad():
+        leaf = final.detach().requires_grad_(True)
+        loss = matching_loss(leaf, start, target)
+        (adjoint,) = torch.autograd.grad(loss, leaf)
+    return loss.detach(), adjoint
+
+
+def _unrolled(
+    step_grad: StepGrad,
+    start: torch.Tensor,
+    target: torch.Tensor,
+    synthetic: SyntheticTensors,
+    syn_lr: torch.Tensor,
+    steps: int,
+) -> MatchResult:
+    """The unrolled modes: ``steps`` student steps with their graph, one backward pass."""
+    params = start.detach().clone().requires_grad_(True)
+    for n in range(steps):
+        params = params - syn_lr * step_grad(params, n, True)
+    return _backward(matching_loss(params, start, target), synthetic, syn_lr)
+
+
+def _checkpointed(
+    step_grad: StepGrad,
+    forward_grad: StepGrad,
+    start: torch.Tensor,
+    target: torch.Tensor,
+    synthetic: SyntheticTensors,
+    lr: torch.Tensor,
+    steps: int,
+) -> MatchResult:
+    """The checkpointed modes: a forward pass without a graph (``forward_grad``), then the
+    reverse sweep from λ_N (``step_grad``, which tracks the learnable images)."""
+    trajectory = _forward_trajectory(forward_grad, start, lr, steps)
+    loss, adjoint = _final_adjoint(trajectory[-1], start, target)
+    grad_images, grad_lr = _reverse_sweep(step_grad, trajectory, adjoint, synthetic, lr)
+    return MatchResult(float(loss), grad_images, grad_lr)
 
 
 def unrolled_match(
@@ -216,11 +264,7 @@ def unrolled_match(
     step_grad = _step_grad_fn(_step_loss_fn(template, layout, synthetic, plan),
                               _step_inputs_fn(synthetic, plan), step, slots=True)  # fmt: skip
     with _scope(step):
-        params = start.detach().clone().requires_grad_(True)
-        for n in range(len(plan.batches)):
-            params = params - syn_lr * step_grad(params, n, True)
-        loss = (params - target).square().sum() / _distance(start, target)
-        return _backward(loss, synthetic, syn_lr)
+        return _unrolled(step_grad, start, target, synthetic, syn_lr, len(plan.batches))
 
 
 def checkpointed_match(
@@ -242,13 +286,8 @@ def checkpointed_match(
     forward_grad = _step_grad_fn(_step_loss_fn(template, layout, frozen_view, plan),
                                  _step_inputs_fn(frozen_view, plan), step)  # fmt: skip
     with _scope(step):
-        trajectory = _forward_trajectory(forward_grad, start, lr, len(plan.batches))
-        distance = _distance(start, target)
-        final = trajectory[-1]
-        loss = (final - target).square().sum() / distance
-        adjoint = 2.0 * (final - target) / distance
-        grad_images, grad_lr = _reverse_sweep(step_grad, trajectory, adjoint, synthetic, lr)
-    return MatchResult(float(loss), grad_images, grad_lr)
+        steps = len(plan.batches)
+        return _checkpointed(step_grad, forward_grad, start, target, synthetic, lr, steps)
 
 
 def _backward(loss: torch.Tensor, synthetic: SyntheticTensors, syn_lr: torch.Tensor) -> MatchResult:
@@ -351,10 +390,6 @@ def _batched_step_loss_fn(
     return lambda params, n: network(params, *inputs(n))
 
 
-def _distances(starts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return (starts - targets).square().sum(1)
-
-
 def batched_unrolled_match(
     template: nn.Module,
     layout: ParamLayout,
@@ -372,11 +407,7 @@ def batched_unrolled_match(
                               _batched_step_inputs_fn(synthetic, plans), step,
                               slots=True)  # fmt: skip
     with _scope(step):
-        params = starts.detach().clone().requires_grad_(True)
-        for n in range(len(plans[0].batches)):
-            params = params - syn_lr * step_grad(params, n, True)
-        loss = ((params - targets).square().sum(1) / _distances(starts, targets)).mean()
-        return _backward(loss, synthetic, syn_lr)
+        return _unrolled(step_grad, starts, targets, synthetic, syn_lr, len(plans[0].batches))
 
 
 def batched_checkpointed_match(
@@ -390,7 +421,7 @@ def batched_checkpointed_match(
     step: StudentStep | None = None,
 ) -> MatchResult:
     """:func:`checkpointed_match` of E trajectories at once: N + 1 parameter matrices (E, P),
-    one adjoint per trajectory, λ_N = 2 (θ̂_N − θ*_{t+M}) / (E ‖θ*_t − θ*_{t+M}‖²) row by row."""
+    one adjoint per trajectory (row e of λ_N: ∂ of the mean loss wrt student e's θ̂_N)."""
     _check_plans(starts, targets, plans)
     step_grad = _step_grad_fn(_batched_step_loss_fn(template, layout, synthetic, plans),
                               _batched_step_inputs_fn(synthetic, plans), step)  # fmt: skip
@@ -399,13 +430,8 @@ def batched_checkpointed_match(
     forward_grad = _step_grad_fn(_batched_step_loss_fn(template, layout, frozen_view, plans),
                                  _batched_step_inputs_fn(frozen_view, plans), step)  # fmt: skip
     with _scope(step):
-        trajectory = _forward_trajectory(forward_grad, starts, lr, len(plans[0].batches))
-        distances = _distances(starts, targets)
-        final = trajectory[-1]
-        loss = ((final - targets).square().sum(1) / distances).mean()
-        adjoint = 2.0 * (final - targets) / (len(plans) * distances[:, None])
-        grad_images, grad_lr = _reverse_sweep(step_grad, trajectory, adjoint, synthetic, lr)
-    return MatchResult(float(loss), grad_images, grad_lr)
+        steps = len(plans[0].batches)
+        return _checkpointed(step_grad, forward_grad, starts, targets, synthetic, lr, steps)
 
 
 BATCHED_MODES = {"unrolled": batched_unrolled_match, "checkpointed": batched_checkpointed_match}

@@ -1,10 +1,16 @@
 import pytest
 import torch
+from matching_cases import matching_case
 
+from selmatch import matching
 from selmatch.augment import DSAConfig
 from selmatch.matching import (
     SyntheticTensors,
+    _final_adjoint,
+    batched_checkpointed_match,
+    batched_unrolled_match,
     checkpointed_match,
+    matching_loss,
     plan_student_steps,
     student_template,
     unrolled_match,
@@ -89,3 +95,65 @@ def test_mixed_batches_keep_the_requested_order() -> None:
     assert out.flatten().tolist() == [11.0, 0.0, 12.0, 3.0, 10.0]
     out.sum().backward()
     assert learnable.grad.flatten().tolist() == [1.0, 1.0, 1.0]
+
+
+MATCHERS = {
+    "unrolled": (unrolled_match, 1),
+    "checkpointed": (checkpointed_match, 1),
+    "batched unrolled": (batched_unrolled_match, 3),
+    "batched checkpointed": (batched_checkpointed_match, 3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MATCHERS))
+def test_every_mode_reports_the_one_shared_loss(name, monkeypatch) -> None:
+    function, trajectories = MATCHERS[name]
+    template, layout, starts, targets, synthetic, lr, plans = matching_case(
+        trajectories=trajectories, dtype=D, n_frozen=9, n_learnable=11, steps=3, batch=7,
+        shape=(1, 16, 16),
+    )  # fmt: skip
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def recorded(final: torch.Tensor, start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = matching_loss(final, start, target)
+        calls.append((final.detach().clone(), loss.detach()))
+        return loss
+
+    monkeypatch.setattr(matching, "matching_loss", recorded)
+    if trajectories == 1:
+        result = function(template, layout, starts[0], targets[0], synthetic, lr, plans[0])
+    else:
+        result = function(template, layout, starts, targets, synthetic, lr, plans)
+    assert len(calls) == 1
+    final, loss = calls[0]
+    assert final.shape == (starts[0] if trajectories == 1 else starts).shape
+    assert result.loss == float(loss)
+
+
+def test_the_loss_of_e_trajectories_is_the_mean_of_their_losses() -> None:
+    start = torch.randn(3, 50, dtype=D)
+    target, final = start + torch.randn_like(start), start + torch.randn_like(start)
+    singles = [
+        (f - t).square().sum() / (s - t).square().sum()
+        for f, s, t in zip(final, start, target, strict=True)
+    ]
+    assert torch.equal(matching_loss(final[0], start[0], target[0]), singles[0])
+    batched = matching_loss(final, start, target)
+    assert abs(float(batched) - float(sum(singles)) / 3) <= 1e-15 * float(batched)
+
+
+def test_the_final_adjoint_is_the_loss_gradient() -> None:
+    """λ_N of the checkpointed modes (autograd of the shared loss) is the closed form
+    2 (θ̂_N − θ*_{t+M}) / (E ‖θ*_t − θ*_{t+M}‖²), row by row, and agrees with finite differences."""
+    start = torch.randn(3, 40, dtype=D)
+    target, final = start + torch.randn_like(start), start + torch.randn_like(start)
+    for f, s, t, count in ((final[0], start[0], target[0], 1), (final, start, target, 3)):
+        loss, adjoint = _final_adjoint(f, s, t)
+        assert torch.equal(loss, matching_loss(f, s, t))
+        distance = (s - t).square().sum(-1, keepdim=True)
+        assert torch.allclose(adjoint, 2 * (f - t) / (count * distance), rtol=1e-14, atol=0)
+        eps, direction = 1e-6, torch.zeros_like(f)
+        direction.view(-1)[7] = 1.0
+        numeric = (matching_loss(f + eps * direction, s, t)
+                   - matching_loss(f - eps * direction, s, t)) / (2 * eps)  # fmt: skip
+        assert abs(float(numeric) - float(adjoint.view(-1)[7])) < 1e-8
