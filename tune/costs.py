@@ -13,18 +13,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from selmatch_tune.phase_kinds import PHASES
 from selmatch_tune.record import SearchRecord, StageCost
 
-#: the stages in the order a search runs them, with the name a table shows
-STAGES = (
-    ("precompute", "precompute (experts, score)"),
-    ("beta", "β trials"),
-    ("beta_random", "random subset (β candidate)"),
-    ("alpha", "α trials"),
-    ("alpha_mtt", "plain MTT (α candidate)"),
-    ("subsets", "K trials (SeqMatch)"),
-    ("final", "final evaluation"),
-)
+
+def _stages() -> tuple[tuple[str, str], ...]:
+    """The stages in the order a search runs them, with the name a table shows: the
+    precompute, each registered phase's trials and the candidate beside them, the final
+    evaluation."""
+    stages = [("precompute", "precompute (experts, score)")]
+    for kind in PHASES.values():
+        stages.append((kind.name, kind.stage))
+        if kind.candidate is not None:
+            stages.append((f"{kind.name}_{kind.candidate[0]}", kind.candidate[1]))
+    return (*stages, ("final", "final evaluation"))
+
+
+STAGES = _stages()
 
 
 @dataclass(frozen=True)
@@ -45,14 +50,15 @@ def stage_costs(record: SearchRecord) -> list[CostRow]:
     if record.precompute is not None:
         parts["precompute"].append(record.precompute)
     for entry in record.ipcs.values():
-        for stage, phase in (("beta", entry.beta), ("alpha", entry.alpha),
-                             ("subsets", entry.subsets)):  # fmt: skip
-            if phase is not None and phase.cost is not None:
-                parts[stage].append(phase.cost)
-        if entry.beta is not None and entry.beta.random is not None and entry.beta.random.cost:
-            parts["beta_random"].append(entry.beta.random.cost)
-        if entry.alpha is not None and entry.alpha.mtt is not None and entry.alpha.mtt.cost:
-            parts["alpha_mtt"].append(entry.alpha.mtt.cost)
+        for name, kind in PHASES.items():
+            phase = entry.phase(name)
+            if phase is None:
+                continue
+            if phase.cost is not None:
+                parts[name].append(phase.cost)
+            candidate = getattr(phase, kind.candidate[0]) if kind.candidate else None
+            if candidate is not None and candidate.cost:
+                parts[f"{name}_{kind.candidate[0]}"].append(candidate.cost)
         if entry.final is not None and entry.final.cost is not None:
             parts["final"].append(entry.final.cost)
     rows = []

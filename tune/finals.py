@@ -17,6 +17,7 @@ import ray
 
 from selmatch.config import SelmatchError
 from selmatch_tune.config import SearchConfig
+from selmatch_tune.phase_kinds import PHASES
 from selmatch_tune.phases import METRIC, Log
 from selmatch_tune.record import (
     FinalResult,
@@ -194,14 +195,12 @@ def finish_ipc(
         entry.final.cost = StageCost(time.perf_counter() - started).plus(entry.final.cost)
     record.save(out)
     title = f"{config.short.model.describe()}, {config.short.budget()}"
-    xlabels = {"beta": f"β ({config.beta_convention})", "alpha": "α (distilled share)",
-               "subsets": "K (SeqMatch subsets)"}  # fmt: skip
-    for name, xlabel in xlabels.items():
-        summary = getattr(entry, name)
+    for name, kind in PHASES.items():
+        summary = entry.phase(name)
         if summary is None:
             continue
         path = save_phase_plot(out / f"{name}-ipc{ipc}.png", summary, name=name, ipc=ipc,
-                               title=title, xlabel=xlabel)  # fmt: skip
+                               title=title, xlabel=kind.axis(config.beta_convention))  # fmt: skip
         tracker.log_artifact(path, "curves")
     assert entry.set_dir is not None
     tracker.log_artifact(Path(entry.set_dir) / "grid.png", f"sets/ipc{ipc}")

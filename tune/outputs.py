@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from selmatch.plots import save_curve
+from selmatch_tune.phase_kinds import ALPHA, phase_kind
 from selmatch_tune.record import PhaseResult, SearchRecord
 
 COLUMNS = (
@@ -122,9 +123,6 @@ def below_random(rows: list[dict[str, Any]]) -> list[str]:
     ]  # fmt: skip
 
 
-PHASE_TITLE = {"subsets": "SeqMatch K"}
-
-
 def save_phase_plot(
     path: Path, summary: PhaseResult, *, name: str, ipc: int, title: str, xlabel: str
 ) -> Path:
@@ -139,12 +137,12 @@ def save_phase_plot(
                          (summary.against, "the α phase's winner")):  # fmt: skip
         if other is not None:
             baselines += [(f"{label}, val", other.val), (f"{label}, test", other.test)]
-    start = f", from {START[summary.init]}" if name == "alpha" and summary.init else ""
+    start = f", from {START[summary.init]}" if name == ALPHA.name and summary.init else ""
     return save_curve(
         xs, [("val (short)", [curve[x].val for x in xs]),
              ("test (short)", [curve[x].test for x in xs])],
         path, xlabel=xlabel,
-        title=f"{PHASE_TITLE.get(name, name)} search, IPC {ipc}{start}\n{title}",
+        title=f"{phase_kind(name).title} search, IPC {ipc}{start}\n{title}",
         best_x=summary.best, baselines=baselines,
     )  # fmt: skip
 

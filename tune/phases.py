@@ -18,10 +18,11 @@ from ray import tune
 from selmatch.config import SelmatchError
 from selmatch_tune.concave import ConcaveGridSampler, grid_index
 from selmatch_tune.config import SearchConfig
+from selmatch_tune.phase_kinds import PhaseKind, phase_kind
 from selmatch_tune.record import Baseline, PhaseResult, Point, StageCost
 from selmatch_tune.searcher import ConcaveSearch
 from selmatch_tune.tracking import Tracker, TrialLogger
-from selmatch_tune.trials import TrialSpec, alpha_trial, beta_trial
+from selmatch_tune.trials import TrialSpec
 
 Log = Callable[[str], None]
 
@@ -35,14 +36,18 @@ class SearchInterrupted(SelmatchError):
 
 @dataclass
 class Phase:
-    """One Tune experiment: the β or the α search at one IPC."""
+    """One Tune experiment: a registered phase's search at one IPC."""
 
-    name: str  # "beta" or "alpha"
+    name: str  # a key of selmatch_tune.phase_kinds.PHASES
     ipc: int
     grid: tuple[float, ...]
     fixed: TrialSpec  # what every trial shares; the searched leaf is Tune's choice
     anchors: tuple[float, ...] = ()  # grid values always evaluated (α's 0 and 1)
     bound: float | None = None  # the monotone rule's bound (the previous IPC's best)
+
+    @property
+    def kind(self) -> PhaseKind:
+        return phase_kind(self.name)
 
 
 def bounded(grid: tuple[float, ...], bound: float | None) -> tuple[float, ...]:
@@ -187,16 +192,16 @@ def run_phase(
     tracker: Tracker, *, markers: Path, resume: bool, log: Log,
 ) -> tuple[PhaseResult, Any]:  # fmt: skip
     """Run (or restore) one Tune experiment; returns its summary and its ResultGrid."""
-    searched = phase.name
+    kind = phase.kind
+    searched = kind.name
     param_space = {**phase.fixed.to_dict(), searched: tune.choice(list(phase.grid))}
     name = f"{searched}-ipc{phase.ipc}"
     logger = TrialLogger(tracker, phase=searched, ipc=phase.ipc, searched=searched, log=log)
-    full = len({"beta": config.beta_grid, "alpha": config.alpha_grid,
-                "subsets": config.subsets_grid}[searched])  # fmt: skip
+    full = len(kind.grid(config))
     kept = " and the anchors " + ", ".join(f"{a:g}" for a in phase.anchors) if phase.anchors else ""
     bounded = (f" (≤ {phase.bound:g}, the previous IPC's best{kept}: {len(phase.grid)} of {full})"
                if len(phase.grid) < full and phase.bound is not None else "")  # fmt: skip
-    shown = {"subsets": "SeqMatch's K"}.get(searched, searched)
+    shown = kind.shown
     log(f"IPC {phase.ipc}: searching {shown} over {len(phase.grid)} grid values{bounded}, "
         f"{config.max_concurrent} trial(s) at a time")  # fmt: skip
     marker = markers / f"{name}.finished"
@@ -211,7 +216,7 @@ def run_phase(
 
     started = time.perf_counter()
     grid = _fit_experiment(
-        beta_trial if searched == "beta" else alpha_trial, param_space, name, logger, config,
+        kind.trial, param_space, name, logger, config,
         data, storage, resume=resume, log=log,
         what=f"{searched} search at IPC {phase.ipc}", search=concave_search,
         slots=phase.fixed.stage_parallel,

@@ -22,6 +22,7 @@ from selmatch.artifacts import SEARCH_STATE
 from selmatch.config import Config, ConfigError, check_resumable
 from selmatch.io import write_json
 from selmatch_tune.config import SearchConfig
+from selmatch_tune.phase_kinds import phase_kind
 
 STATE = SEARCH_STATE  # the marker of a search folder (selmatch.artifacts)
 Log = Callable[[str], None]
@@ -182,6 +183,11 @@ class IpcRecord(Config):
     winner: Winner | None = None
     set_dir: str | None = None
     final: FinalResult | None = None
+
+    def phase(self, name: str) -> PhaseResult | None:
+        """The result of the registered phase ``name`` (None: not run yet)."""
+        result: PhaseResult | None = getattr(self, phase_kind(name).name)
+        return result
 
     def winner_or_default(self) -> Winner:
         """The winner; a search from before the baselines were candidates won with its

@@ -37,6 +37,7 @@ from selmatch_tune.finals import (
     random_reference,
     submit_windows,
 )
+from selmatch_tune.phase_kinds import ALPHA, BETA, SUBSETS
 from selmatch_tune.phases import (
     Log,
     Phase,
@@ -67,7 +68,7 @@ from selmatch_tune.record import (
 from selmatch_tune.slots import FinalSlots
 from selmatch_tune.storage import check_storage
 from selmatch_tune.tracking import Tracker
-from selmatch_tune.trials import TrialSpec, alpha_trial, beta_trial
+from selmatch_tune.trials import TrialSpec
 
 __all__ = ["SearchInterrupted", "check_resources", "prepare", "run_search"]
 
@@ -142,7 +143,7 @@ def search_ipc(
     if beside and config.random_reference and (entry.final is None or entry.final.random is None):
         early.reference = random_reference(config, data, fixed, slots)
     if entry.beta is None:
-        phase = Phase("beta", ipc, bounded(config.beta_grid, bounds[0]), fixed, (), bounds[0])
+        phase = Phase(BETA.name, ipc, bounded(BETA.grid(config), bounds[0]), fixed, (), bounds[0])
         entry.beta, _ = run_phase(phase, config, data, storage, tracker, markers=markers,
                                   resume=resume, log=log)  # fmt: skip
         record.save(out)
@@ -155,7 +156,7 @@ def search_ipc(
         log(f"IPC {ipc}: the random class-balanced subset as a β-phase candidate "
             f"({repeats} evaluation(s), the windows' budget)")  # fmt: skip
         beta.random, _ = run_baseline(
-            f"beta-random-ipc{ipc}", "beta", beta_trial, fixed.replace(init="random"), repeats,
+            f"beta-random-ipc{ipc}", BETA.name, BETA.trial, fixed.replace(init="random"), repeats,
             **common,
         )  # fmt: skip
         beta.init = beta_winner(beta)
@@ -205,7 +206,7 @@ def search_alpha(
     alpha_fixed = _distill_fixed(config, pre, entry, fixed).replace(init=init)
     anchors = tuple(a for a in (0.0, 1.0) if a in config.alpha_grid)
     grid = tuple(sorted({*bounded(config.alpha_grid, bound), *anchors}))
-    phase = Phase("alpha", ipc, grid, alpha_fixed, anchors, bound)
+    phase = Phase(ALPHA.name, ipc, grid, alpha_fixed, anchors, bound)
     alpha, results = run_phase(phase, config, common["data"], common["storage"],
                                common["tracker"], markers=markers, resume=common["resume"],
                                log=common["log"])  # fmt: skip
@@ -215,7 +216,7 @@ def search_alpha(
     if init == "window" and config.mtt_candidate:
         common["log"](f"IPC {ipc}: plain MTT (the random subset, α = 1) as an α-phase candidate")
         alpha.mtt, mtt_results = run_baseline(
-            f"alpha-mtt-ipc{ipc}", "alpha", alpha_trial,
+            f"alpha-mtt-ipc{ipc}", ALPHA.name, ALPHA.trial,
             alpha_fixed.replace(init="random", alpha=1.0), 1, **common,
         )  # fmt: skip
         best_val = alpha.best_point.val
@@ -263,7 +264,7 @@ def search_subsets(
         method="seqmatch", init="random", alpha=1.0, seqmatch_experts=config.seqmatch_experts,
         stage_parallel=config.stage_slots,
     )  # fmt: skip
-    phase = Phase("subsets", ipc, grid, seq_fixed)
+    phase = Phase(SUBSETS.name, ipc, grid, seq_fixed)
     subsets, results = run_phase(phase, config, common["data"], common["storage"],
                                  common["tracker"], markers=markers, resume=common["resume"],
                                  log=log)  # fmt: skip
@@ -281,7 +282,7 @@ def search_subsets(
     log(f"IPC {ipc}: the winner is SeqMatch with K = {best:g} subsets "
         f"({config.seqmatch_experts} stage experts)")  # fmt: skip
     target = out / "sets" / f"ipc{ipc}"
-    entry.set_dir = str(collect_winner(results, best, target, searched="subsets"))
+    entry.set_dir = str(collect_winner(results, best, target, searched=SUBSETS.name))
 
 
 def prepare(

@@ -27,6 +27,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from selmatch_tune.phase_kinds import PHASES
+
 EXPERIMENT = "selmatch-search"
 
 
@@ -194,7 +196,8 @@ class TrialLogger(Callback):
 
     def _name(self, trial: Any) -> str:
         """``β = 0.3 (trial 1a2b3c4d, repeat 1)``: what the terminal says about a trial."""
-        symbol = {"beta": "β", "alpha": "α", "subsets": "K"}.get(self.searched, self.searched)
+        kind = PHASES.get(self.searched)  # a baseline's trials: "init"
+        symbol = kind.symbol if kind is not None else self.searched
         repeat = int(trial.config.get("repeat", 0))
         value = trial.config.get(self.searched)
         shown = f"{value:g}" if isinstance(value, (int, float)) else str(value)
