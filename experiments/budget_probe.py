@@ -1,8 +1,8 @@
 """Why does distillation lower accuracy in the Fashion-MNIST study? A probe, at 1 % first.
 
-In the study (docs/results.md), MTT starts from exactly the random class-balanced subset that
-the random-subset baseline evaluates (subset seed 0 of the same pool) and ends, after 200
-matching iterations, 4.5 points below it. The study names its budget cuts as likely causes:
+In the study (plan v1, docs/study-log.md), MTT starts from exactly the random class-balanced
+subset that the random-subset baseline evaluates (subset seed 0 of the same pool) and ends, after
+200 matching iterations, 4.5 points below it. The study names its budget cuts as likely causes:
 weak experts (2 x 5 epochs), few iterations (200), a pixel lr (1000) set for CIFAR. This
 probe undoes them one or two at a time, against the study's own sets, with the study's
 evaluation (``EVAL`` of ``fmnist_study.py``: the steps of 2 full-data epochs, 3 seeds):

@@ -6,7 +6,7 @@ every window of the β grid (data-fraction 0, 0.1, ..., 0.9) and the random clas
 subset are trained with the quick preset's trial budget (ConvNet width 16, 50 epochs, DSA),
 2 seeds each. The score's cost is measured too. One JSON file per (score, IPC) goes to
 ``experiments/results/consistency-budget/`` and is skipped when it exists (resumable); the
-table is printed at the end and written to ``table.md`` there (docs/results.md quotes it).
+table is printed at the end and written to ``table.md`` there (docs/study-log.md quotes it).
 
     python experiments/consistency_budget.py
 """

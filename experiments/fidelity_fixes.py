@@ -1,5 +1,5 @@
-"""Before/after measurements of the fidelity fixes of issue 19 (docs/results.md, "Fidelity
-fixes"), on Fashion-MNIST at 1 % (IPC 60) with the study's evaluation protocol, and one
+"""Before/after measurements of the fidelity fixes of issue 19 (docs/study-log.md, "Issue
+19"), on Fashion-MNIST at 1 % (IPC 60) with the study's evaluation protocol, and one
 distillation check at the quick preset's scale.
 
 The fixes are one after another, each measured against the state before it:

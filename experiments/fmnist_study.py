@@ -1,8 +1,9 @@
-"""The Fashion-MNIST study of docs/results.md: random subset, oracle window, MTT, SelMatch
-(searched β, α) and SeqMatch at 1 / 2 / 5 / 10 % of the data, the Table-3 ablation and coverage.
+"""The Fashion-MNIST study of docs/results.md (plans v1 and v2: docs/study-log.md): random
+subset, oracle window, MTT, SelMatch (searched β, α) and SeqMatch at 1 / 2 / 5 / 10 % of the
+data, the Table-3 ablation and coverage.
 
 Every method gets the same budget, the compute plan (``PLANS`` below, stated in
-docs/results.md). ``--plan v1`` is the first study (experts 2 x 5 epochs, start epochs
+docs/study-log.md). ``--plan v1`` is the first study (experts 2 x 5 epochs, start epochs
 [0, 3), pixel lr 1000); ``--plan v2`` reruns it with what the budget probe found makes
 distillation gain (experts 2 x 15 epochs, start epochs [8, 13), pixel lr 100), its search
 included, at 1 / 5 / 10 %. The work is a list of steps, each a ``selmatch`` /
@@ -11,13 +12,14 @@ finished steps and resumes an interrupted distillation or search, so the study r
 (``--ipcs 60`` first, ``--stop-after 100`` to stop starting new steps after 100 minutes).
 Every evaluation is logged to MLflow (``OUT/mlflow.db``, experiment ``fmnist-study`` or
 ``fmnist-study-v2``, one run per set) and the tables are written to
-``experiments/results/fmnist-study[-v2]/``, together with what a fresh machine needs to go on:
-the search's state, the evaluations' JSON files and the sets (whole up to IPC 120, as pictures
-above). A run on a machine without ``OUT`` copies them back first, so only the unfinished steps
-run (plus the experts, retrained deterministically when the search resumes).
+``experiments/results/fmnist-study[-v2|-v3]/``, together with what a fresh machine needs to go
+on: the search's state, its cache of experts and consistency networks, the evaluations' JSON
+files and each set's pictures, loss curve and manifest (never the set itself: a step remakes it
+when a later step needs it). A run on a machine without ``OUT`` copies them back first, so only
+the unfinished steps run; ``--no-restore`` measures every step again.
 
+    python experiments/fmnist_study.py --plan v3                 # the current study, resumable
     python experiments/fmnist_study.py --ipcs 60 --stop-after 100
-    python experiments/fmnist_study.py --plan v2 --ipcs 60
     python experiments/fmnist_study.py --dry-run      # print the commands only
 """
 
@@ -96,7 +98,7 @@ PLANS = {
             "100)",
         },
     ),
-    # the budget probe's best settings (docs/results.md, "Why distillation loses here")
+    # the budget probe's best settings (docs/study-log.md, "Why distillation loses here")
     "v2": Plan(
         "v2",
         "fmnist-study-v2",
@@ -192,8 +194,11 @@ class Study:
 
 def distill_step(study: Study, method: str, ipc: int, beta: float, alpha: float,
                  experts: str, out: Path, *, iterations: int = ITERATIONS,
-                 extra: tuple[str, ...] = (), scores: str | None = None) -> bool:  # fmt: skip
-    """``extra`` options follow the plan's (a later value of an option wins)."""
+                 extra: tuple[str, ...] = (), scores: str | None = None,
+                 later: tuple[Path, ...] = ()) -> bool:  # fmt: skip
+    """``extra`` options follow the plan's (a later value of an option wins). ``later``: the
+    outputs of the later steps that read the set; until they all exist, a set whose evaluation
+    is done but whose file is gone (sets are not committed) is distilled again."""
     iterations = iterations // 2 if method == "seqmatch" else iterations
     command = study.selmatch(
         "distill", "--method", method, "--ipc", str(ipc), "--experts", experts,
@@ -203,9 +208,16 @@ def distill_step(study: Study, method: str, ipc: int, beta: float, alpha: float,
     )  # fmt: skip
     if (out / "checkpoint" / "state.json").exists():
         command.append("--resume")
-    # a set whose evaluation is done need not be there (larger sets are not committed whole)
-    return study.run(f"distill {out.name}", command, out / "set.safetensors",
-                     out.parent / f"eval-{out.name}.json")  # fmt: skip
+    return study.run(f"distill {out.name}", command, *set_done(out, *later))
+
+
+def set_done(out: Path, *later: Path) -> tuple[Path, ...]:
+    """What says the set ``out`` is made: its file, or (sets are not committed) its evaluation
+    once every output in ``later`` that reads the set exists too."""
+    evaluated = (out.parent / f"eval-{out.name}.json", *later)
+    if all(path.exists() for path in evaluated):
+        return (out / "set.safetensors", evaluated[0])
+    return (out / "set.safetensors",)
 
 
 def evaluate_step(study: Study, name: str, *what: str, result: Path | None = None) -> bool:
@@ -235,11 +247,13 @@ def winners(search: Path) -> dict[int, dict[str, Any]]:
     return rows
 
 
-SET_FILES = ("set.safetensors", "manifest.json", "grid.png", "loss.csv", "loss.png")
-SET_LIMIT = 5_000_000  # bytes: sets up to IPC 120 are committed whole, larger ones as pictures
-#: the search's cache that is committed: its experts and consistency networks (plan v3: 10 MB,
-#: which a fresh machine would otherwise retrain for about 50 minutes on 2 cores before the
-#: study could go on), not SeqMatch's stage experts (one set per distillation)
+#: what is committed of a set: not ``set.safetensors`` (1.8 MB at IPC 60, 19 MB at IPC 600),
+#: which its step remakes in minutes to an hour (steps.log) when a later step needs it
+SET_FILES = ("manifest.json", "grid.png", "loss.csv", "loss.png")
+#: the search's cache that is committed as it is (float32): its experts and consistency networks
+#: (plan v3: 8.8 MB, which a fresh machine would otherwise retrain before the study could go on:
+#: the two 15-epoch experts 14.5 min, the consistency networks about 12 min on 2 cores, in
+#: docs/study-log.md), not SeqMatch's stage experts (one set per distillation)
 CACHE_KEPT = ("fashion-mnist-", "consistency-fashion-mnist-")
 
 
@@ -263,17 +277,17 @@ def portable(out: Path, search: Path, results: Path) -> dict[Path, Path]:
         ipc = directory.name.rpartition("ipc")[2]
         name = "search-winner" if directory.parent.name == "sets" else directory.name
         for file in SET_FILES:
-            path = directory / file
-            if path.exists() and (file != "set.safetensors" or path.stat().st_size <= SET_LIMIT):
-                pairs[path] = results / f"ipc{ipc}-sets" / name / file
+            if (directory / file).exists():
+                pairs[directory / file] = results / f"ipc{ipc}-sets" / name / file
     return pairs
 
 
 def restore(out: Path, search: Path, results: Path) -> None:
     """Copy the committed results back into an empty or partial OUT (a fresh machine): the
     search's state and its cache of experts and consistency networks (without them they are
-    retrained, deterministically, when it resumes), the finished evaluations, the sets kept
-    whole and the steps' durations; finished steps are then skipped."""
+    retrained, deterministically, when it resumes), the finished evaluations, the pictures and
+    manifests of the evaluated sets and the steps' durations; finished steps are then skipped
+    (a set that a later, unfinished step reads is distilled again: ``set_done``)."""
     copied = 0
     for directory in results.glob("ipc*-sets/*"):
         ipc = directory.parent.name.removesuffix("-sets")
@@ -285,7 +299,7 @@ def restore(out: Path, search: Path, results: Path) -> None:
             or (results / "evals" / f"eval-{directory.name}.json").exists()
         )
         if (target / "manifest.json").exists() or not needed:
-            continue  # there already, or a set to distil again (it was kept as pictures only)
+            continue  # there already, or a set to distil again (never evaluated)
         target.mkdir(parents=True, exist_ok=True)
         for file in directory.iterdir():
             (target / file.name).write_bytes(file.read_bytes())
@@ -327,13 +341,15 @@ def window_step(study: Study, ipc: int, row: dict[str, Any]) -> bool:
     ), window / "set.safetensors", study.out / f"eval-{window.name}.json")  # fmt: skip
 
 
-def selmatch_step(study: Study, ipc: int, row: dict[str, Any]) -> bool:
+def selmatch_step(
+    study: Study, ipc: int, row: dict[str, Any], later: tuple[Path, ...] = ()
+) -> bool:
     """SelMatch as searched (``OUT/distill-selmatch-ipcN``): β*, α* and the winning
     initialisation, the window at β* or the random subset (seed: the split's)."""
     init = ("--init", "random", "--subset-seed", "0") if row.get("init") == "random" else ()
     return distill_step(study, "selmatch", ipc, float(row["beta"]), float(row["alpha"]),
                         row["experts"], study.out / f"distill-selmatch-ipc{ipc}", extra=init,
-                        scores=row.get("scores", row["experts"]))  # fmt: skip
+                        scores=row.get("scores", row["experts"]), later=later)  # fmt: skip
 
 
 def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
@@ -348,11 +364,12 @@ def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
     ok = ok and evaluate_step(study, window.name, "--set", str(window))
     distilled = {m: out / f"distill-{m}-ipc{ipc}" for m in ("selmatch", "mtt", "seqmatch")}
     for method, directory in distilled.items():
+        later = readers(study, ipc, method)
         if method == "selmatch":
-            ok = ok and selmatch_step(study, ipc, row)
+            ok = ok and selmatch_step(study, ipc, row, later)
         else:
             ok = ok and distill_step(study, method, ipc, beta, alpha, experts, directory,
-                                     scores=scores)  # fmt: skip
+                                     scores=scores, later=later)  # fmt: skip
         ok = ok and evaluate_step(study, directory.name, "--set", str(directory))
     if study.plan.name == "v3":
         ok = ok and seqmatch_variants(study, ipc, experts, scores, distilled["seqmatch"])
@@ -374,6 +391,19 @@ def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
     return ok
 
 
+def readers(study: Study, ipc: int, method: str) -> tuple[Path, ...]:
+    """The outputs of the steps after its evaluation that read the set ``distill-METHOD-ipcN``:
+    the ablation and coverage at 1 %, SeqMatch's sequential evaluation (plan v3)."""
+    out, outputs = study.out, []
+    if ipc == ABLATION_IPC and method == "selmatch":
+        outputs.append(out / f"eval-ablation-dsa-ipc{ipc}.json")
+    if ipc == ABLATION_IPC and method in ("selmatch", "mtt"):
+        outputs.append(out / f"coverage-{method}-ipc{ipc}.json")
+    if study.plan.name == "v3" and method == "seqmatch":
+        outputs.append(out / f"eval-distill-seqmatch-sequential-ipc{ipc}.json")
+    return tuple(outputs)
+
+
 #: SeqMatch's retrained stage experts in the study: as many as the ordinary experts, each first
 #: taught the earlier subsets for the library's default 100 epochs per step
 STAGE_EXPERTS = ("--seqmatch-experts", "retrained", "--stage-experts", "2")
@@ -388,18 +418,21 @@ def seqmatch_variants(study: Study, ipc: int, experts: str, scores: str, segment
     out = study.out
     retrained = out / f"distill-seqmatch-retrained-ipc{ipc}"
     cache = ("--stage-cache", str(out / "cache" / "stage-experts"))
-    ok = distill_step(study, "seqmatch", ipc, 0.0, 1.0, experts, retrained,
-                      extra=(*STAGE_EXPERTS, *cache), scores=scores)  # fmt: skip
-    ok = ok and evaluate_step(study, retrained.name, "--set", str(retrained))
     sequential = ("--eval-order", "sequential")
-    ok = ok and evaluate_step(study, f"distill-seqmatch-retrained-sequential-ipc{ipc}", "--set",
+    in_order = out / f"eval-distill-seqmatch-retrained-sequential-ipc{ipc}.json"
+    ok = distill_step(study, "seqmatch", ipc, 0.0, 1.0, experts, retrained,
+                      extra=(*STAGE_EXPERTS, *cache), scores=scores, later=(in_order,))  # fmt: skip
+    ok = ok and evaluate_step(study, retrained.name, "--set", str(retrained))
+    ok = ok and evaluate_step(study, in_order.stem.removeprefix("eval-"), "--set",
                               str(retrained), *sequential)  # fmt: skip
     manifest = segment / "manifest.json"
     if ok and manifest.exists() and not json.loads(manifest.read_text()).get("stage_lrs"):
         print(f"[study] {segment.name} was distilled before per-stage lrs were kept: distilling "
               "the segment variant again for its sequential evaluation")  # fmt: skip
         segment = out / f"distill-seqmatch-staged-ipc{ipc}"
-        ok = distill_step(study, "seqmatch", ipc, 0.0, 1.0, experts, segment, scores=scores)
+        in_order = out / f"eval-distill-seqmatch-sequential-ipc{ipc}.json"
+        ok = distill_step(study, "seqmatch", ipc, 0.0, 1.0, experts, segment, scores=scores,
+                          later=(in_order,))  # fmt: skip
         ok = ok and evaluate_step(study, segment.name, "--set", str(segment))
     return ok and evaluate_step(study, f"distill-seqmatch-sequential-ipc{ipc}", "--set",
                                 str(segment), *sequential)  # fmt: skip
@@ -546,6 +579,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
                         help="start no new step after this many minutes")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument("--no-restore", action="store_true",
+                        help="do not copy the committed results into OUT first: every step "
+                        "without its output in OUT runs (to measure the study again, with a "
+                        "fresh --out)")  # fmt: skip
     parser.add_argument("--collect", action="store_true",
                         help="only gather finished results into MLflow and the tables")  # fmt: skip
     args = parser.parse_args(argv)
@@ -563,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     if not set(ipcs) <= set(plan.ipcs):
         parser.error(f"--ipcs must be among {allowed} (plan {plan.name}), got {args.ipcs}")
     out.mkdir(parents=True, exist_ok=True)
-    if not args.dry_run:
+    if not args.dry_run and not args.no_restore:
         restore(out, search, plan.results)
     study = Study(out, dry_run=args.dry_run, stop_after=args.stop_after, plan=plan)
     # The search grows with the chunks: every IPC up to the largest of this chunk (a larger

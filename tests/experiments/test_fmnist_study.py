@@ -34,8 +34,8 @@ def make_set(directory: Path, size: int) -> None:
 def test_committed_results_restore_a_fresh_run_folder(study, tmp_path, capsys) -> None:
     out, search = tmp_path / "old", tmp_path / "old" / "search"
     make_set(out / "window-ipc60", 100)
-    make_set(out / "distill-mtt-ipc600", study.SET_LIMIT + 1)  # too large to commit whole
-    make_set(out / "distill-seqmatch-ipc600", study.SET_LIMIT + 1)  # ... and not evaluated
+    make_set(out / "distill-mtt-ipc600", 100)
+    make_set(out / "distill-seqmatch-ipc600", 100)  # not evaluated
     make_set(search / "sets" / "ipc60", 100)
     (out / "checkpoint-ipc60").mkdir()  # not a set: ignored
     (out / "eval-window-ipc60.json").write_text("{}")
@@ -52,13 +52,15 @@ def test_committed_results_restore_a_fresh_run_folder(study, tmp_path, capsys) -
         copy.write_bytes(path.read_bytes())
     committed = study.RESULTS
     (committed / "steps.log").write_text("window ipc60\t5 s\n")  # as collect left it
-    assert (committed / "ipc60-sets" / "window-ipc60" / "set.safetensors").exists()
-    assert not (committed / "ipc600-sets" / "distill-mtt-ipc600" / "set.safetensors").exists()
+    # no set is committed itself (its step remakes it), only its pictures and manifest
+    assert not list(committed.glob("**/set.safetensors"))
+    assert (committed / "ipc60-sets" / "window-ipc60" / "manifest.json").exists()
     assert (committed / "ipc600-sets" / "distill-mtt-ipc600" / "grid.png").exists()
 
     fresh, fresh_search = tmp_path / "fresh", tmp_path / "fresh" / "search"
     study.restore(fresh, fresh_search, study.RESULTS)
-    assert (fresh / "window-ipc60" / "set.safetensors").read_bytes() == b"x" * 100
+    assert (fresh / "window-ipc60" / "grid.png").exists()
+    assert not (fresh / "window-ipc60" / "set.safetensors").exists()
     assert (fresh_search / "sets" / "ipc60" / "manifest.json").exists()
     assert (fresh / "eval-distill-mtt-ipc600.json").exists()
     # an evaluated set kept as pictures is restored (its step is done by its evaluation), an
@@ -308,3 +310,38 @@ def test_a_segment_set_without_per_stage_lrs_is_distilled_again_for_its_sequenti
     lines = [line for line in capsys.readouterr().out.splitlines() if "[study]" in line]
     assert not any("staged" in line for line in lines)
     assert any(f"--set {segment} --eval-order sequential" in line for line in lines)
+
+
+def test_an_evaluated_set_is_distilled_again_while_a_later_step_needs_it(
+    study, tmp_path, capsys
+) -> None:
+    """Sets are not committed: a restored set whose evaluation is done counts as made only
+    when the later steps that read it (here the coverage at 1 %) are done too."""
+    out = tmp_path / "run"
+    runner = study.Study(out, dry_run=True, stop_after=None, plan=study.PLANS["v3"])
+    out.mkdir()
+    (out / "eval-distill-mtt-ipc60.json").write_text("{}")
+    later = study.readers(runner, 60, "mtt")
+    assert later == (out / "coverage-mtt-ipc60.json",)
+    study.distill_step(runner, "mtt", 60, 0.5, 1.0, "experts", out / "distill-mtt-ipc60",
+                       later=later)  # fmt: skip
+    assert "distill distill-mtt-ipc60" in capsys.readouterr().out  # the coverage needs it
+    (out / "coverage-mtt-ipc60.json").write_text("{}")
+    study.distill_step(runner, "mtt", 60, 0.5, 1.0, "experts", out / "distill-mtt-ipc60",
+                       later=later)  # fmt: skip
+    assert "distill-mtt-ipc60" not in capsys.readouterr().out
+    assert study.readers(runner, 300, "mtt") == ()  # no coverage at 5 %
+    assert study.readers(runner, 300, "seqmatch") == (
+        out / "eval-distill-seqmatch-sequential-ipc300.json",
+    )
+
+
+def test_no_restore_leaves_the_run_folder_as_it_is(study, tmp_path, monkeypatch) -> None:
+    restored = []
+    monkeypatch.setattr(study, "restore", lambda *args: restored.append(args))
+    monkeypatch.setattr(study.Study, "run", lambda self, name, command, *done: False)
+    out = tmp_path / "run"
+    assert study.main(["--plan", "v3", "--out", str(out), "--no-restore"]) == 0
+    assert restored == []
+    assert study.main(["--plan", "v3", "--out", str(out)]) == 0
+    assert len(restored) == 1
