@@ -30,10 +30,10 @@ from selmatch_tune.record import (
 )
 from selmatch_tune.slots import Final, FinalSlots
 from selmatch_tune.tracking import Tracker
-from selmatch_tune.trials import TrialSpec
+from selmatch_tune.trials import TrialData, TrialSpec
 
 
-def _final_task(data: dict[str, Any], fixed: TrialSpec, payload: dict[str, Any],
+def _final_task(data: TrialData, fixed: TrialSpec, payload: dict[str, Any],
                 evaluation: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """Ray task body: full-length evaluation of a window (β point), of a random class-balanced
     subset (the reference) or of a saved set."""
@@ -100,7 +100,7 @@ def top_windows(config: SearchConfig, beta: PhaseResult) -> list[float]:
 def submit_windows(
     config: SearchConfig,
     beta: PhaseResult,
-    data: dict[str, Any],
+    data: TrialData,
     fixed: TrialSpec,
     slots: FinalSlots,
 ) -> dict[float, Final]:
@@ -109,7 +109,7 @@ def submit_windows(
 
 
 def final_evaluation(
-    config: SearchConfig, entry: IpcRecord, data: dict[str, Any], fixed: TrialSpec,
+    config: SearchConfig, entry: IpcRecord, data: TrialData, fixed: TrialSpec,
     slots: FinalSlots, early: EarlyFinal | None = None,
 ) -> FinalResult:  # fmt: skip
     """The winner with the full budget, and the top β points too (short vs full ranking);
@@ -154,7 +154,7 @@ def final_slots(config: SearchConfig) -> FinalSlots:
 
 
 def random_reference(
-    config: SearchConfig, data: dict[str, Any], fixed: TrialSpec, slots: FinalSlots
+    config: SearchConfig, data: TrialData, fixed: TrialSpec, slots: FinalSlots
 ) -> Final:
     """A random class-balanced subset of the IPC, drawn from the same pool as the windows (its
     seed is the split's), trained like the winner: what the distilled set has to beat."""
@@ -169,7 +169,7 @@ def _reference_summary(result: dict[str, Any] | FinalResult) -> Reference:
 
 
 def finish_ipc(
-    ipc: int, config: SearchConfig, entry: IpcRecord, data: dict[str, Any],
+    ipc: int, config: SearchConfig, entry: IpcRecord, data: TrialData,
     fixed: TrialSpec, early: EarlyFinal, slots: FinalSlots, record: SearchRecord, out: Path,
     tracker: Tracker, log: Log,
 ) -> None:  # fmt: skip

@@ -22,7 +22,7 @@ from selmatch_tune.phase_kinds import PhaseKind, phase_kind
 from selmatch_tune.record import Baseline, PhaseResult, Point, StageCost
 from selmatch_tune.searcher import ConcaveSearch
 from selmatch_tune.tracking import Tracker, TrialLogger
-from selmatch_tune.trials import TrialSpec
+from selmatch_tune.trials import TrialData, TrialSpec
 
 Log = Callable[[str], None]
 
@@ -32,6 +32,26 @@ METRIC = "val_accuracy"
 
 class SearchInterrupted(SelmatchError):
     """A Tune experiment ended before its search did (Ctrl-C): the state is saved."""
+
+
+@dataclass
+class SearchContext:
+    """What every Tune experiment of a search shares: its settings, the precomputed data in
+    the object store, where Tune keeps its experiments (``storage``: a folder or a URI), the
+    MLflow tracker, the search's folder (its ``phases/`` holds the markers of finished
+    phases), whether this run resumes one, and where progress lines go."""
+
+    config: SearchConfig
+    data: TrialData
+    storage: str
+    tracker: Tracker
+    out: Path
+    resume: bool
+    log: Log
+
+    @property
+    def markers(self) -> Path:
+        return self.out / "phases"
 
 
 @dataclass
@@ -149,20 +169,21 @@ def search_finished(phase: Phase, config: SearchConfig, grid: Any) -> bool:
 
 def _fit_experiment(
     trial: Callable[..., None], param_space: dict[str, Any], name: str, logger: TrialLogger,
-    config: SearchConfig, data: dict[str, Any], storage: str, *, resume: bool, log: Log,
-    what: str, search: Callable[[], dict[str, Any]] = dict, slots: int = 0,
+    ctx: SearchContext, *, what: str, search: Callable[[], dict[str, Any]] = dict,
+    slots: int = 0,
 ) -> Any:  # fmt: skip
-    """Restore the interrupted Tune experiment ``name`` under ``storage`` (with ``resume``), or
-    start it anew (``search()`` gives a new experiment's search settings); its ResultGrid.
-    ``slots`` more bundles of a trial's resources are reserved beside each trial, for the
-    Ray tasks it starts (SeqMatch's stage experts)."""
+    """Restore the interrupted Tune experiment ``name`` under the context's storage (when it
+    resumes), or start it anew (``search()`` gives a new experiment's search settings); its
+    ResultGrid. ``slots`` more bundles of a trial's resources are reserved beside each trial,
+    for the Ray tasks it starts (SeqMatch's stage experts)."""
+    config, data, storage, log = ctx.config, ctx.data, ctx.storage, ctx.log
     bundle = {k: v for k, v in (("CPU", config.cpus_per_trial), ("GPU", config.gpus)) if v > 0}
     trainable = tune.with_resources(
         tune.with_parameters(trial, data=data),
         tune.PlacementGroupFactory([bundle] * (1 + slots)),
     )
     path = f"{storage.rstrip('/')}/{name}"  # a folder, or a URI such as s3://bucket/ray
-    if resume and tune.Tuner.can_restore(path):
+    if ctx.resume and tune.Tuner.can_restore(path):
         log(f"restoring the interrupted {what}")
         tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
                                    resume_errored=True)  # fmt: skip
@@ -187,16 +208,14 @@ def _fit_experiment(
     return tuner.fit()
 
 
-def run_phase(
-    phase: Phase, config: SearchConfig, data: dict[str, Any], storage: str,
-    tracker: Tracker, *, markers: Path, resume: bool, log: Log,
-) -> tuple[PhaseResult, Any]:  # fmt: skip
+def run_phase(phase: Phase, ctx: SearchContext) -> tuple[PhaseResult, Any]:
     """Run (or restore) one Tune experiment; returns its summary and its ResultGrid."""
+    config, storage, log = ctx.config, ctx.storage, ctx.log
     kind = phase.kind
     searched = kind.name
     param_space = {**phase.fixed.to_dict(), searched: tune.choice(list(phase.grid))}
     name = f"{searched}-ipc{phase.ipc}"
-    logger = TrialLogger(tracker, phase=searched, ipc=phase.ipc, searched=searched, log=log)
+    logger = TrialLogger(ctx.tracker, phase=searched, ipc=phase.ipc, searched=searched, log=log)
     full = len(kind.grid(config))
     kept = " and the anchors " + ", ".join(f"{a:g}" for a in phase.anchors) if phase.anchors else ""
     bounded = (f" (≤ {phase.bound:g}, the previous IPC's best{kept}: {len(phase.grid)} of {full})"
@@ -204,7 +223,7 @@ def run_phase(
     shown = kind.shown
     log(f"IPC {phase.ipc}: searching {shown} over {len(phase.grid)} grid values{bounded}, "
         f"{config.max_concurrent} trial(s) at a time")  # fmt: skip
-    marker = markers / f"{name}.finished"
+    marker = ctx.markers / f"{name}.finished"
 
     def concave_search() -> dict[str, Any]:
         marker.unlink(missing_ok=True)
@@ -216,8 +235,7 @@ def run_phase(
 
     started = time.perf_counter()
     grid = _fit_experiment(
-        kind.trial, param_space, name, logger, config,
-        data, storage, resume=resume, log=log,
+        kind.trial, param_space, name, logger, ctx,
         what=f"{searched} search at IPC {phase.ipc}", search=concave_search,
         slots=phase.fixed.stage_parallel,
     )  # fmt: skip
@@ -242,18 +260,16 @@ def run_phase(
 
 def run_baseline(
     name: str, phase: str, trial: Callable[..., None], fixed: TrialSpec, repeats: int,
-    config: SearchConfig, data: dict[str, Any], storage: str, tracker: Tracker, *,
-    resume: bool, log: Log,
+    ctx: SearchContext,
 ) -> tuple[Baseline, Any]:  # fmt: skip
     """A fixed candidate of a phase (the random subset, plain MTT), evaluated ``repeats``
     times (seeds offset by the repeat, as a grid point's repeats are) in a Tune experiment of
     its own: logged to MLflow like every trial, restored on resume."""
     param_space = {**fixed.to_dict(), "repeat": tune.grid_search(list(range(repeats)))}
-    path = f"{storage.rstrip('/')}/{name}"
-    logger = TrialLogger(tracker, phase=phase, ipc=fixed.ipc, searched="init", log=log)
+    path = f"{ctx.storage.rstrip('/')}/{name}"
+    logger = TrialLogger(ctx.tracker, phase=phase, ipc=fixed.ipc, searched="init", log=ctx.log)
     started = time.perf_counter()
-    grid = _fit_experiment(trial, param_space, name, logger, config, data, storage,
-                           resume=resume, log=log, what=f"{name} experiment")  # fmt: skip
+    grid = _fit_experiment(trial, param_space, name, logger, ctx, what=f"{name} experiment")
     results = [grid[i] for i in range(len(grid))]
     scored = [r for r in results if r.error is None and r.metrics and METRIC in r.metrics]
     if len(results) < repeats or any(r.error is None and r not in scored for r in results):
@@ -267,5 +283,5 @@ def run_baseline(
         test=sum(m["test_accuracy"] for m in metrics) / len(metrics),
         n=len(metrics), failed=len(results) - len(metrics),
         work_seconds=max(m.get("work_seconds", 0.0) for m in metrics),
-        cost=_cost(started, grid, config),
+        cost=_cost(started, grid, ctx.config),
     ), grid  # fmt: skip

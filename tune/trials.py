@@ -124,15 +124,28 @@ def set_threads(spec: TrialSpec) -> None:
     prepare_worker(spec.cpus_per_trial, spec.gpus_per_trial, spec.evaluation.device)
 
 
-def fetch_data(
-    spec: TrialSpec, data: dict[str, Any]
-) -> tuple[ImageDataset, torch.Tensor, HoldoutSplit]:
+@dataclass(frozen=True)
+class TrialData:
+    """What the precompute put in Ray's object store once, for every trial and final
+    evaluation: the dataset's arrays, the hardness vector, the hold-out split's pool and
+    validation indices and each expert's trajectory (epochs ``first_epoch`` on), as object
+    references (a trial fetches what it reads)."""
+
+    dataset: Any
+    hardness: Any
+    pool: Any
+    val: Any
+    trajectories: tuple[Any, ...]
+    first_epoch: int = 0
+
+
+def fetch_data(spec: TrialSpec, data: TrialData) -> tuple[ImageDataset, torch.Tensor, HoldoutSplit]:
     """The dataset, the hardness vector and the hold-out split, from the object store."""
-    dataset = dataset_from_arrays(ray.get(data["dataset"]))
-    hardness = torch.from_numpy(np.array(ray.get(data["hardness"])))
+    dataset = dataset_from_arrays(ray.get(data.dataset))
+    hardness = torch.from_numpy(np.array(ray.get(data.hardness)))
     split = HoldoutSplit(
-        torch.from_numpy(np.array(ray.get(data["pool"]))),
-        torch.from_numpy(np.array(ray.get(data["val"]))),
+        torch.from_numpy(np.array(ray.get(data.pool))),
+        torch.from_numpy(np.array(ray.get(data.val))),
         spec.val_fraction, spec.split_seed,
     )  # fmt: skip
     return dataset, hardness, split
@@ -176,7 +189,7 @@ def _metrics(result: EvalResult, started: float, fetched: float) -> dict[str, An
     }  # fmt: skip
 
 
-def beta_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
+def beta_trial(config: dict[str, Any], *, data: TrialData) -> None:
     """Window subset at β → short-epoch evaluation (no distillation). With ``init="random"``:
     the β phase's baseline, the random class-balanced subset of the same size (the one the
     final reference and a random-initialised α phase use: its seed is the split's)."""
@@ -229,7 +242,7 @@ def _train_one(train: TrainOne, index: int, cpus: float) -> Any:
     return result
 
 
-def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
+def alpha_trial(config: dict[str, Any], *, data: TrialData) -> None:
     """A distillation → short-epoch evaluation of the set with combined augmentation (DSA on
     ``D_distill``, crop+flip on ``D_select``); the set goes back to storage as the trial's
     checkpoint, so the winner's set can be collected.
@@ -248,9 +261,9 @@ def alpha_trial(config: dict[str, Any], *, data: dict[str, Any]) -> None:
     assert spec.experts is not None and spec.layout is not None and spec.experts_dir
     experts = InMemoryExperts(
         spec.experts, ParamLayout.from_dict(spec.layout),
-        ObjectStoreTrajectories(data["trajectories"]),
+        ObjectStoreTrajectories(data.trajectories),
         Path(spec.experts_dir),  # where the precompute cached them: the set's provenance
-        first_epoch=data.get("first_epoch", 0),
+        first_epoch=data.first_epoch,
     )  # fmt: skip
     fetched = time.perf_counter()
     target = spec.target()
