@@ -4,7 +4,7 @@ A sample's C-score is its expected accuracy under a network trained on the rest 
 *without* it. It is estimated here with K networks, each trained on a class-balanced fraction
 s of the scored pool; a sample's score is the softmax probability of its true label, averaged
 over the networks that held it out. Higher = easier (the C-score's own direction), so the
-score's direction is "lower is harder" (:data:`selmatch.scores.HIGHER_IS_HARDER`).
+score's direction is "lower is harder" (:data:`selmatch.score_kinds.CONSISTENCY`).
 
 **The splits.** With s the training fraction, a *round* is F = ⌈1 / (1 − s)⌉ networks. Each
 round draws a fresh random order of every class, and its network j holds out the j-th run of
@@ -56,10 +56,12 @@ from selmatch.identity import DATA_KEY, check_data, data_identity
 from selmatch.io import atomic_write, read_json, read_safetensors, versions, write_json
 from selmatch.models import ModelConfig, build_model
 from selmatch.progress import progress_bar
+from selmatch.score_kinds import CONSISTENCY
 from selmatch.scores import SCORES_FILE, ScoreTable
 from selmatch.train import TrainConfig, resolve_device, train_network
 
-SCORE_NAME = "consistency"
+#: the score's name in a table (:data:`selmatch.score_kinds.CONSISTENCY`)
+SCORE_NAME = CONSISTENCY.name
 MIN_HOLDOUTS = 2
 MANIFEST = "consistency.json"
 #: the ``--help`` sections of its settings
@@ -287,7 +289,7 @@ def finish(directory: Path, dataset: ImageDataset, config: ConsistencyConfig) ->
     score, count = combine_consistency(len(dataset.train_labels), results)
     scored = count > 0
     table = ScoreTable(
-        {SCORE_NAME: score}, {SCORE_NAME: False},
+        {SCORE_NAME: score}, {SCORE_NAME: CONSISTENCY.higher_is_harder},
         {"dataset": dataset.name, "consistency": config.describe(),
          "consistency_min_holdouts": int(count[scored].min()) if bool(scored.any()) else 0,
          "val_fraction": config.val_fraction, "split_seed": config.split_seed,

@@ -65,6 +65,7 @@ from selmatch.matching import (
     plan_student_steps,
     student_template,
 )
+from selmatch.methods import find_method
 from selmatch.models import build_model
 from selmatch.params import ParamLayout
 from selmatch.plots import save_curve, save_set_grid
@@ -83,8 +84,6 @@ from selmatch.train import resolve_device
 
 #: ``DistillConfig.speed`` values
 SPEEDS = ("auto", "off")
-#: The learnable lr's start per method (METHOD.md: SelMatch's scripts 0.001, MTT's 0.01).
-DEFAULT_LR_INIT = {"selmatch": 0.001, "mtt": 0.01, "seqmatch": 0.01}
 CHECKPOINT_DIR = "checkpoint"
 MATCHING = "trajectory matching"
 LEVERS = ("speed levers of the student step (off by default but for --speed auto on CUDA; "
@@ -238,8 +237,8 @@ class DistillConfig(Config):
         out (:func:`selmatch.target.target_of` reads them), and an ``lr_init`` equal to that
         method's default was the default (``None``)."""
         settings = {k: v for k, v in data.items() if k not in SET_KEYS}
-        method = data.get("method")
-        if method in DEFAULT_LR_INIT and settings.get("lr_init") == DEFAULT_LR_INIT[method]:
+        method = find_method(data.get("method"))
+        if method is not None and settings.get("lr_init") == method.lr_init:
             settings["lr_init"] = None
         return cast(DistillConfig, super().from_dict(settings))
 
@@ -247,7 +246,7 @@ class DistillConfig(Config):
         """These settings for a distillation of ``target``: ``lr_init`` the method's unless
         given; for retrained SeqMatch, its stage experts' settings checked and
         ``stage_expert_epochs`` T+ + M unless given. The one place the two parts meet."""
-        lr_init = DEFAULT_LR_INIT[target.method] if self.lr_init is None else self.lr_init
+        lr_init = target.method_kind.lr_init if self.lr_init is None else self.lr_init
         if not target.retrained:
             return self.replace(lr_init=lr_init)
         check_int("stage_experts", self.stage_experts, 1, 10_000)
@@ -333,7 +332,7 @@ def initial_set(
 def stages_of(target: SetSpec, config: DistillConfig, initial: Initial) -> list[Stage]:
     """Each stage's learnable and frozen rows and start epochs (``config`` resolved)."""
     everything = torch.arange(len(initial.labels))
-    if target.method != "seqmatch":
+    if not target.method_kind.sequential:
         learnable = everything[initial.distill_mask]
         frozen = (
             torch.empty(0, dtype=torch.int64) if target.merge else everything[~initial.distill_mask]
@@ -862,7 +861,8 @@ def _write_result(
             "distill": flat_settings(target, config),
             "experts": {"directory": str(experts.directory.resolve()),
                         "config": experts.config.to_dict(), "used": experts.finished},
-            **_seqmatch_manifest(target, initial, state, stage_folders),
+            **target.method_kind.manifest_extras(target, initial, state.stage_lrs,
+                                                 stage_folders),
             "final_loss": state.losses[-1] if state.losses else None,
             "seconds": state.seconds, **initial.info,
         },
@@ -870,19 +870,6 @@ def _write_result(
     result.save(directory)
     _write_loss_file(directory, state)
     return result
-
-
-def _seqmatch_manifest(
-    target: SetSpec, initial: Initial, state: DistillState, stage_folders: list[str]
-) -> dict[str, Any]:
-    """What sequential evaluation needs (each image's subset, each stage's learned lr) and
-    which variant made the set; ``None`` for the other methods."""
-    if target.method != "seqmatch":
-        return {"subset_ids": None, "seqmatch_experts": None, "stage_lrs": None}
-    return {
-        "subset_ids": initial.subset_ids.tolist(), "seqmatch_experts": target.seqmatch_experts,
-        "stage_lrs": list(state.stage_lrs), "stage_expert_folders": stage_folders,
-    }  # fmt: skip
 
 
 def _write_loss_file(directory: Path, state: DistillState) -> None:

@@ -28,6 +28,7 @@ import torch
 
 from selmatch.config import Config, ConfigError, check_float, check_int, setting
 from selmatch.data import HoldoutSplit, ImageDataset
+from selmatch.methods import SEQUENTIAL, UNION, find_method
 from selmatch.models import ModelConfig, build_model
 from selmatch.synthetic import SyntheticSet, SyntheticSetError
 from selmatch.train import TrainConfig, accuracy, check_device, resolve_device, train_network
@@ -36,7 +37,7 @@ from selmatch.train import TrainConfig, accuracy, check_device, resolve_device, 
 FULL_DATA_EPOCHS = 200
 STEP_FRACTION = 0.25
 #: How a SeqMatch set is trained at evaluation (module docstring).
-EVAL_ORDERS = ("union", "sequential")
+EVAL_ORDERS = (UNION, SEQUENTIAL)
 #: the ``--help`` section of the seeds and the device
 SEEDS = "seeds and device"
 
@@ -255,7 +256,8 @@ def sequential_stages(saved: SyntheticSet) -> tuple[torch.Tensor, tuple[float, .
     """The subset of every image and each stage's learned lr of a saved SeqMatch set, as
     :func:`evaluate_sequential` takes them; a one-line error for any other set."""
     manifest = saved.manifest
-    if manifest.get("method") != "seqmatch":
+    method = find_method(manifest.get("method"))  # None: a set of no known method
+    if method is None or SEQUENTIAL not in method.eval_orders:
         raise ConfigError(
             f"--eval-order sequential needs a SeqMatch set; this one is {manifest.get('method')}"
         )

@@ -57,6 +57,7 @@ from selmatch.io import (
 from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
 from selmatch.progress import progress_bar
+from selmatch.score_kinds import EL2N, FORGETTING, ExpertScore, of_kind
 from selmatch.scores import (
     SCORES_FILE,
     ForgettingTracker,
@@ -287,8 +288,8 @@ def record_expert(
     tensors = {f"epoch_{e:04d}": flat for e, flat in enumerate(recorder.trajectory)}
     if scores:
         assert recorder.el2n is not None  # el2n_epoch <= epochs is checked by the config
-        tensors["forgetting"] = recorder.full_length(recorder.forgetting.scores())
-        tensors["el2n"] = recorder.full_length(recorder.el2n)
+        tensors[FORGETTING.name] = recorder.full_length(recorder.forgetting.scores())
+        tensors[EL2N.name] = recorder.full_length(recorder.el2n)
     return tensors, recorder.epoch_seconds, layout
 
 
@@ -382,15 +383,14 @@ def write_expert_scores(
     :func:`selmatch.identity.data_identity`). Other scores the table holds (an imported C-score,
     consistency) are kept."""
     files = sorted(directory.glob("expert_*.safetensors"))
-    per_expert = [
-        {k: v for k, v in load_file(str(f)).items() if k in ("forgetting", "el2n")} for f in files
-    ]
+    made = {s.name: s.higher_is_harder for s in of_kind(ExpertScore)}  # forgetting, el2n
+    per_expert = [{k: v for k, v in load_file(str(f)).items() if k in made} for f in files]
     info = {"dataset": config.dataset, "source": f"{len(files)} expert(s) in {directory}",
             "el2n_epoch": config.el2n_epoch, "expert_epochs": config.epochs,
             "val_fraction": config.val_fraction, "split_seed": config.split_seed}  # fmt: skip
     if data is not None:
         info[DATA_KEY] = dict(data)
-    table = ScoreTable(combine_expert_scores(per_expert), {"forgetting": True, "el2n": True}, info)
+    table = ScoreTable(combine_expert_scores(per_expert), made, info)
     if (directory / SCORES_FILE).is_file():
         table = ScoreTable.load(directory).merged(table)
     table.save(directory)

@@ -2,8 +2,9 @@
 
 Scores are float64 vectors aligned with the dataset's training index; samples that were not
 scored (the validation slice, or samples left out of expert training) are NaN. Every kind has
-a *direction*: for ``forgetting`` and ``el2n`` a higher score is harder; for ``cscore`` (the
-consistency score, published for CIFAR) a *lower* score is harder. :func:`hardness` turns any
+a *direction* (:mod:`selmatch.score_kinds`, the registry of the kinds): for ``forgetting`` and
+``el2n`` a higher score is harder; for ``cscore`` (the consistency score, published for CIFAR)
+a *lower* score is harder. :func:`hardness` turns any
 score into "higher is harder" so that nothing downstream needs to know the direction — getting
 this direction wrong is the most reported selection bug of this field, hence a contract test.
 
@@ -30,17 +31,14 @@ from torch import nn
 
 from selmatch.config import ConfigError, SelmatchError
 from selmatch.io import atomic_write, read_json, read_safetensors, write_json
+from selmatch.score_kinds import REGISTRY
 
 if TYPE_CHECKING:
     from selmatch.data import ImageDataset
 
-#: Score kinds and whether a *higher* value means a *harder* sample.
-HIGHER_IS_HARDER: dict[str, bool] = {
-    "forgetting": True,
-    "el2n": True,
-    "cscore": False,
-    "consistency": False,
-}
+#: Registered score kinds and whether a *higher* value means a *harder* sample
+#: (:mod:`selmatch.score_kinds`).
+HIGHER_IS_HARDER: dict[str, bool] = {s.name: s.higher_is_harder for s in REGISTRY.values()}
 SCORES_FILE = "scores.safetensors"
 SCORES_MANIFEST = "scores.json"
 

@@ -6,8 +6,9 @@ score, the learned share α, SeqMatch's K subsets and variant); :class:`selmatch
 DistillConfig` says how it is matched (N, M, T±, b, iterations, learning rates, memory, speed
 levers, seed). A search holds one ``DistillConfig`` for all its trials, and each trial builds
 its own ``SetSpec`` (:meth:`selmatch_tune.trials.TrialSpec.target`), so no setting of the set
-is written twice. :func:`initialisation_of` is the one place a method and its ``init`` choose
-where the set starts (:mod:`selmatch.initial`).
+is written twice. What differs between the methods is asked of the method's object
+(:attr:`SetSpec.method_kind`, :mod:`selmatch.methods`): where the set starts
+(:func:`initialisation_of`), its stages, whether it needs scores, which options it takes.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from selmatch.config import Config, ConfigError, check_choice, check_float, check_int, setting
-from selmatch.initial import Initialisation, RandomInit, RealInit, SequentialInit, WindowInit
-from selmatch.window import BETA_CONVENTIONS, WindowSpec
+from selmatch.config import Config, check_choice, check_float, check_int, setting
+from selmatch.initial import Initialisation
+from selmatch.methods import METHODS, Method, method_of
+from selmatch.methods import SELMATCH as SELMATCH_METHOD
+from selmatch.window import BETA_CONVENTIONS
 
-METHODS = ("selmatch", "mtt", "seqmatch")
 #: What SeqMatch's stage k matches: a later segment of the ordinary experts, or experts
 #: retrained on the earlier subsets first (:mod:`selmatch.distill`'s docstring).
 SEQMATCH_EXPERTS = ("segment", "retrained")
@@ -37,7 +39,7 @@ class SetSpec(Config):
     """The set a distillation makes (module docstring): α, β and K in the papers' symbols."""
 
     method: str = setting(
-        "selmatch", choices=METHODS,
+        SELMATCH_METHOD.name, choices=METHODS,
         help="selmatch: the window at β, the easier α share learned; mtt: a random real start, "
         "everything learned; seqmatch: K subsets learned one after another",
     )  # fmt: skip
@@ -88,8 +90,7 @@ class SetSpec(Config):
         check_choice("method", self.method, METHODS)
         check_int("ipc", self.ipc, 1)
         check_choice("init", self.init, INITS)
-        if self.init != "window" and self.method != "selmatch":
-            raise ConfigError("--init applies to --method selmatch only")
+        self.method_kind.check_option(self, "init")
         check_float("beta", self.beta, 0.0)
         # α = 0 is selection only: nothing is learned, the set is its initialisation
         check_float("alpha", self.alpha, 0.0, 1.0)
@@ -97,11 +98,9 @@ class SetSpec(Config):
             check_int("subset_seed", self.subset_seed, 0, 2**31 - 1)
         check_choice("beta_convention", self.beta_convention, BETA_CONVENTIONS)
         check_int("subsets", self.subsets, 1, self.ipc)
-        if self.merge and self.method != "selmatch":
-            raise ConfigError("--merge is an ablation of --method selmatch only")
+        self.method_kind.check_option(self, "merge")
         check_choice("seqmatch_experts", self.seqmatch_experts, SEQMATCH_EXPERTS)
-        if self.retrained and self.method != "seqmatch":
-            raise ConfigError("--seqmatch-experts retrained applies to --method seqmatch only")
+        self.method_kind.check_option(self, "seqmatch_experts")
 
     @property
     def retrained(self) -> bool:
@@ -109,13 +108,19 @@ class SetSpec(Config):
         return self.seqmatch_experts == "retrained"
 
     @property
+    def method_kind(self) -> Method:
+        """The method's object (:mod:`selmatch.methods`), which says what differs."""
+        return method_of(self.method)
+
+    @property
     def stages(self) -> int:
-        return self.subsets if self.method == "seqmatch" else 1
+        """How many stages learn the set, one after another (SeqMatch's K; 1 otherwise)."""
+        return self.method_kind.stages(self)
 
     @property
     def needs_scores(self) -> bool:
         """Whether the set starts from a difficulty window (and so needs the scores)."""
-        return self.method == "selmatch" and self.init == "window"
+        return self.method_kind.needs_scores(self)
 
     def random_subset_seed(self, seed: int) -> int:
         """The seed of a random initial subset: ``subset_seed``, else the run's ``seed``."""
@@ -133,15 +138,7 @@ def target_of(settings: Mapping[str, Any]) -> SetSpec:
 
 
 def initialisation_of(target: SetSpec, seed: int) -> Initialisation:
-    """Where a distillation of ``target`` starts (:mod:`selmatch.initial`): the one place a
-    method and its ``init`` choose a kind. ``seed``: the run's, a random subset's unless
-    ``subset_seed`` says otherwise."""
-    subset_seed = target.random_subset_seed(seed)
-    if target.needs_scores:
-        return WindowInit(WindowSpec(target.ipc, target.beta, target.alpha,
-                                     target.beta_convention))  # fmt: skip
-    if target.method == "selmatch":
-        return RandomInit(target.ipc, target.alpha, subset_seed)
-    if target.method == "seqmatch":
-        return SequentialInit(target.ipc, target.subsets, subset_seed)
-    return RealInit(target.ipc, subset_seed)
+    """Where a distillation of ``target`` starts (:mod:`selmatch.initial`): its method's
+    choice (:meth:`selmatch.methods.Method.initialisation`). ``seed``: the run's, a random
+    subset's unless ``subset_seed`` says otherwise."""
+    return target.method_kind.initialisation(target, seed)

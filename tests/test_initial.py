@@ -5,10 +5,9 @@ A new kind is added to KINDS and to ``made`` below, and passes the same test."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from initial_contract import keeps_the_initialisation_contract
 
 from selmatch.initial import KINDS, RandomInit, RealInit, SequentialInit, WindowInit
 from selmatch.target import SetSpec, initialisation_of
@@ -35,30 +34,9 @@ def hardness(fashion) -> torch.Tensor:
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
 def test_every_kind_keeps_the_contract(kind, fashion, fashion_split, hardness) -> None:
     init, learned, subsets = made(kind)
-    start = init.select(fashion, fashion_split, hardness)
-    n = IPC * fashion.num_classes
-    # class-balanced, grouped by class, from the pool only, each image once
-    assert torch.equal(torch.bincount(start.labels, minlength=fashion.num_classes),
-                       torch.full((fashion.num_classes,), IPC))  # fmt: skip
-    assert torch.equal(start.labels, start.labels.sort(stable=True).values)
-    assert torch.isin(start.indices, fashion_split.pool).all()
-    assert not torch.isin(start.indices, fashion_split.val).any()
-    assert len(set(start.indices.tolist())) == n
-    assert torch.equal(start.labels, fashion.train_labels[start.indices])
-    # what is learned and in which stage: the set's length, the kind's share, K subsets
-    assert start.distill_mask.dtype == torch.bool and start.distill_mask.shape == (n,)
-    per_class = torch.bincount(start.labels[start.distill_mask], minlength=fashion.num_classes)
-    assert (per_class == learned).all()
-    assert start.subset_ids.dtype == torch.int64 and start.subset_ids.shape == (n,)
-    assert set(start.subset_ids.tolist()) == set(range(subsets))
-    for k in range(subsets):  # every subset class-balanced: near-equal parts of each class
-        sizes = torch.bincount(start.labels[start.subset_ids == k], minlength=fashion.num_classes)
-        assert len(set(sizes.tolist())) == 1
-    # the same settings draw the same set; the manifest names the kind
-    again = init.select(fashion, fashion_split, hardness)
-    assert torch.equal(again.indices, start.indices)
-    assert torch.equal(again.distill_mask, start.distill_mask)
-    assert start.info["init"] == kind.kind and json.loads(json.dumps(start.info)) == start.info
+    assert init.kind == kind.kind
+    keeps_the_initialisation_contract(init, fashion, fashion_split, hardness, IPC, learned,
+                                      subsets)  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", [RandomInit, RealInit, SequentialInit], ids=lambda k: k.__name__)

@@ -8,6 +8,7 @@ from pathlib import Path
 from selmatch.cli import common, options
 from selmatch.distill import DistillConfig, distill, draw
 from selmatch.experts import ExpertSet
+from selmatch.methods import SEQUENTIAL, method_of
 from selmatch.target import SetSpec
 from selmatch.train import resolve_device
 
@@ -75,8 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_distill(args: argparse.Namespace) -> int:
     common.check_output(args.out, "folder", writes="distilled set")
     given = options.values(args, SET_OPTIONS)
-    if args.method != "selmatch":
-        given["alpha"] = 1.0  # every image of MTT and SeqMatch is learned
+    fixed_alpha = method_of(args.method).alpha
+    if fixed_alpha is not None:  # every image of MTT and SeqMatch is learned
+        given["alpha"] = fixed_alpha
     target = SetSpec(**given)
     config = DistillConfig(**options.values(args, CONFIG_OPTIONS)).resolved(target)
     device = resolve_device(args.device)
@@ -119,10 +121,11 @@ def run_distill(args: argparse.Namespace) -> int:
         f"{'none' if loss is None else f'{loss:.4f}'}, learned lr {result.learned_lr:.4g}, "
         f"{result.manifest['seconds']:.0f} s"
     )
-    if target.method == "seqmatch":
+    method = target.method_kind
+    if method.sequential:
         print(f"learned lr per stage: {result.manifest['stage_lrs']}")
     print(f"set, manifest.json, loss.csv, loss.png and grid.png written to {out.resolve()}")
     print(f"evaluate it with: selmatch evaluate --set {out}")
-    if target.method == "seqmatch":
+    if SEQUENTIAL in method.eval_orders:
         print(f"or in SeqMatch's order: selmatch evaluate --set {out} --eval-order sequential")
     return 0

@@ -22,6 +22,7 @@ from selmatch.evaluate import (
     sequential_stages,
 )
 from selmatch.io import write_json
+from selmatch.methods import UNION, find_method, saved_set_augment
 from selmatch.synthetic import SyntheticSet
 
 SUMMARY = "train networks on a random class-balanced subset or a saved set; report accuracy"
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         name = f"random-ipc{args.ipc}-s{args.subset_seed}"
     augment = args.augment
     if augment == "auto":
-        augment = "combined" if mask is not None and bool(mask.any()) else "dsa"
+        augment = saved_set_augment(mask)
     epochs = common.parse_epochs(args.epochs, len(labels), len(split.pool))
     config = common.eval_config(args, common.train_config(args, epochs=epochs, augment=augment))
     print(dataset.describe())
@@ -174,7 +175,8 @@ def _evaluate(
     stages: tuple[torch.Tensor, tuple[float, ...]] | None,
     args: argparse.Namespace,
 ) -> EvalResult:
-    """Sequential or union training; a SeqMatch set's result names the order either way."""
+    """Sequential or union training; the result of a set that has several orders (SeqMatch's)
+    names the order either way."""
     progress = not args.no_progress
     if stages is not None:
         subset_ids, lrs = stages
@@ -185,5 +187,6 @@ def _evaluate(
     result = evaluate_set(
         images, labels, dataset, config, split=split, dsa_mask=mask, progress=progress
     )
-    seqmatch = saved is not None and saved.manifest["method"] == "seqmatch"
-    return replace(result, eval_order="union") if seqmatch else result
+    method = find_method(saved.manifest["method"]) if saved is not None else None
+    has_orders = method is not None and len(method.eval_orders) > 1
+    return replace(result, eval_order=UNION) if has_orders else result

@@ -14,6 +14,7 @@ from selmatch.config import ConfigError
 from selmatch.consistency import ESTIMATE, ConsistencyConfig, estimate_consistency
 from selmatch.data import ImageDataset
 from selmatch.identity import DATA_KEY, data_identity
+from selmatch.score_kinds import CSCORE, EstimatedScore, imported_direction, of_kind
 from selmatch.scores import SCORES_FILE, ScoreTable, import_score_file
 
 SUMMARY = (
@@ -52,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a .npy file of one score per training sample to add to the table",
     )  # fmt: skip
     parser.add_argument(
-        "--name", default="cscore", help="name of the imported score (default: cscore)"
+        "--name", default=CSCORE.name, help=f"name of the imported score (default: {CSCORE.name})"
     )
     parser.add_argument(
         "--overwrite", action="store_true",
@@ -65,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     estimate = parser.add_argument_group(ESTIMATE)
     estimate.add_argument(
-        "--estimate", choices=("consistency",), default=None,
+        "--estimate", choices=tuple(s.name for s in of_kind(EstimatedScore)), default=None,
         help="estimate a score instead of reading one: consistency (a hold-out C-score)",
     )  # fmt: skip
     options.add_options(parser, ConsistencyConfig, CONSISTENCY_OPTIONS, groups={ESTIMATE: estimate})
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 "pass --overwrite to replace it, or import under another --name"
             )
         values = import_score_file(args.import_file, num_samples=len(dataset.train_labels))
-        higher = (args.hardest or ("low" if args.name == "cscore" else "high")) == "high"
+        higher = imported_direction(args.name) if args.hardest is None else args.hardest == "high"
         imported = ScoreTable(
             {args.name: values}, {args.name: higher},
             {"dataset": dataset.name, f"{args.name}_source": str(args.import_file.resolve()),
