@@ -41,6 +41,7 @@ def _final_task(data: TrialData, fixed: TrialSpec, payload: dict[str, Any],
     import torch
 
     from selmatch.evaluate import EvalConfig, evaluate_set
+    from selmatch.methods import saved_set_augment
     from selmatch_tune.trials import evaluate_selection, fetch_data, set_threads
 
     set_threads(fixed)
@@ -53,8 +54,8 @@ def _final_task(data: TrialData, fixed: TrialSpec, payload: dict[str, Any],
     mask = torch.from_numpy(np.array(payload["mask"]))
     labels = torch.from_numpy(np.array(payload["labels"]))
     # a set with a distilled part is trained with combined augmentation, as in the α trials
-    if bool(mask.any()):
-        config = config.replace(train=config.train.replace(augment="combined"))
+    augment = saved_set_augment(mask, config.train.augment)
+    config = config.replace(train=config.train.replace(augment=augment))
     return evaluate_set(images, labels, dataset, config, split=split, dsa_mask=mask).to_dict()
 
 

@@ -27,6 +27,7 @@ from selmatch.data import HoldoutSplit, ImageDataset
 from selmatch.distill import DistillConfig, distill
 from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set
 from selmatch.experts import ExpertConfig, InMemoryExperts, Mapper, TrainOne
+from selmatch.methods import method_of
 from selmatch.params import ParamLayout
 from selmatch.sweep import evaluate_random, evaluate_window
 from selmatch.target import SetSpec
@@ -97,7 +98,7 @@ class TrialSpec(Config):
         SeqMatch always starts from the random subset and learns every image (``init`` is
         SelMatch's option, left at its default)."""
         searched: dict[str, Any] = {"alpha": self.alpha, "init": self.init}
-        if self.method == "seqmatch":
+        if method_of(self.method).sequential:
             searched = {"subsets": int(self.subsets or 2), "alpha": 1.0,
                         "seqmatch_experts": self.seqmatch_experts}  # fmt: skip
         return SetSpec(
@@ -268,8 +269,9 @@ def alpha_trial(config: dict[str, Any], *, data: TrialData) -> None:
     fetched = time.perf_counter()
     target = spec.target()
     evaluation = spec.seeded()
-    if target.alpha > 0:  # α = 0 is the oracle window (or the random subset) as it was
-        evaluation = evaluation.replace(train=evaluation.train.replace(augment="combined"))
+    # α = 0 is the oracle window (or the random subset) as it was; α > 0: combined
+    augment = target.method_kind.evaluation_augment(target, evaluation.train.augment)
+    evaluation = evaluation.replace(train=evaluation.train.replace(augment=augment))
     with tempfile.TemporaryDirectory() as directory, tempfile.TemporaryDirectory() as stages:
         synthetic = distill(target, spec.matching(), dataset, split, experts, hardness, directory,
                             device=evaluation.device, progress=False, stage_cache=stages,
