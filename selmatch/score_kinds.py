@@ -143,3 +143,16 @@ def imported_direction(name: str) -> bool:
     registered imported score's (cscore: lower = harder), else higher = harder."""
     known = REGISTRY.get(name)
     return known.higher_is_harder if isinstance(known, ImportedScore) else True
+
+
+def score_setting(group: str = "", help: str = "") -> Any:
+    """The difficulty score as every config declares it (the set's, the sweep's, the
+    search's): one default, forgetting (free with the experts); ``help`` where a command says
+    more about where the score comes from."""
+    from selmatch.config import setting
+
+    return setting(
+        FORGETTING.name, group=group,
+        help=help or "which score orders the samples: consistency, forgetting, el2n, or an "
+        "imported one such as cscore",
+    )  # fmt: skip

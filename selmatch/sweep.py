@@ -31,7 +31,8 @@ from selmatch.initial import RealInit, WindowInit
 from selmatch.io import read_json, write_json
 from selmatch.plots import save_curve
 from selmatch.progress import progress_bar
-from selmatch.window import BETA_CONVENTIONS, WindowSpec
+from selmatch.score_kinds import score_setting
+from selmatch.window import BETA_CONVENTIONS, WindowSpec, beta_convention_setting
 
 DEFAULT_BETAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the authors' sweep
 
@@ -48,16 +49,8 @@ class SweepConfig(Config):
         help="window starts to evaluate, comma-separated, each ≥ 0 and read in "
         "--beta-convention; the default grid is the authors' sweep",
     )  # fmt: skip
-    beta_convention: str = setting(
-        "ipc-units", choices=BETA_CONVENTIONS,
-        help="how β is read: ipc-units skips int(IPC·β) hardest per class (the authors' code, "
-        "Table 5); data-fraction skips that fraction of each class (the paper's text)",
-    )  # fmt: skip
-    score: str = setting(
-        "forgetting",
-        help="which score orders the samples: consistency, forgetting, el2n, or an imported one "
-        "such as cscore",
-    )  # fmt: skip
+    beta_convention: str = beta_convention_setting()
+    score: str = score_setting()
     evaluation: EvalConfig = setting(
         factory=EvalConfig, cli=False,
         help="how the networks of every window and of the random subset are trained and scored",

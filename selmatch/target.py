@@ -22,7 +22,8 @@ from selmatch.config import Config, check_choice, check_float, check_int, settin
 from selmatch.initial import Initialisation
 from selmatch.methods import METHODS, Method, method_of
 from selmatch.methods import SELMATCH as SELMATCH_METHOD
-from selmatch.window import BETA_CONVENTIONS
+from selmatch.score_kinds import score_setting
+from selmatch.window import BETA_CONVENTIONS, beta_convention_setting
 
 #: What SeqMatch's stage k matches: a later segment of the ordinary experts, or experts
 #: retrained on the earlier subsets first (:mod:`selmatch.distill`'s docstring).
@@ -56,16 +57,8 @@ class SetSpec(Config):
         0.5, symbol="α", group=SELMATCH,
         help="share of the window that is learned (D_distill), in [0, 1]; 0 = selection only",
     )  # fmt: skip
-    beta_convention: str = setting(
-        "ipc-units", choices=BETA_CONVENTIONS, group=DIFFICULTY,
-        help="ipc-units: β skips int(IPC·β) hardest per class (authors' code, reproduces "
-        "Table 5); data-fraction: β skips that fraction of each class (paper text)",
-    )  # fmt: skip
-    score: str = setting(
-        "forgetting", group=DIFFICULTY,
-        help="which score orders the samples: consistency, forgetting, el2n, or an imported one "
-        "such as cscore",
-    )  # fmt: skip
+    beta_convention: str = beta_convention_setting(group=DIFFICULTY)
+    score: str = score_setting(group=DIFFICULTY)
     subset_seed: int | None = setting(
         None, group=RUN,
         help="seed of a random initial subset (mtt, seqmatch, --init random) (default: --seed)",

@@ -19,10 +19,18 @@ frozen), the next ``int(IPC · α)`` form ``D_distill`` (updated by distillation
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from selmatch.config import Config, ConfigError, check_choice, check_float, check_int
+from selmatch.config import (
+    Config,
+    ConfigError,
+    check_choice,
+    check_float,
+    check_int,
+    setting,
+)
 from selmatch.data import ImageDataset, indices_by_class
 from selmatch.synthetic import SyntheticSet
 
@@ -31,6 +39,17 @@ BETA_CONVENTION_TEXT = {
     "ipc-units": "β in units of IPC: skip int(IPC·β) hardest per class (authors' code, Table 5)",
     "data-fraction": "β as a fraction of the data: skip int(β·n_c) hardest per class (paper text)",
 }
+
+
+def beta_convention_setting(group: str = "") -> Any:
+    """The β convention as every config declares it (the set's, the sweep's, the search's):
+    one default, the authors' code's reading (it reproduces Table 5), and one help text; a
+    preset that reads β otherwise says so itself."""
+    return setting(
+        "ipc-units", choices=BETA_CONVENTIONS, group=group,
+        help="how β is read: ipc-units skips int(IPC·β) hardest per class (the authors' code, "
+        "Table 5); data-fraction skips that fraction of each class (the paper's text)",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from selmatch.data import HoldoutSplit, smallest_class_size
 from selmatch.distill import DistillConfig
 from selmatch.evaluate import EvalConfig
 from selmatch.experts import ExpertConfig
+from selmatch.score_kinds import score_setting
 from selmatch.target import SEQMATCH_EXPERTS, SetSpec
-from selmatch.window import BETA_CONVENTIONS
+from selmatch.window import BETA_CONVENTIONS, beta_convention_setting
 
 #: The methods a search can distil with, and what ``--method`` offers.
 SEARCH_METHODS = ("selmatch", "seqmatch")
@@ -64,12 +65,12 @@ class SearchConfig(Config):
     experts: ExpertConfig = setting(
         factory=ExpertConfig, cli=False, help="the expert trajectories (trained once, cached)"
     )
-    score: str = setting(
-        "forgetting", group=WHAT,
+    score: str = score_setting(
+        group=WHAT,
         help="difficulty score ordering the window: consistency (a hold-out C-score estimate, "
         "trained beside the experts: the quick and smoke presets'), forgetting or el2n (free "
         "by-products of the experts), or a score of --score-table",
-    )  # fmt: skip
+    )
     score_table: str | None = setting(
         None, group=WHAT, metavar="DIR",
         help="rank by --score from the score table in DIR instead of the experts' own: e.g. "
@@ -80,12 +81,7 @@ class SearchConfig(Config):
         factory=ConsistencyConfig, cli=False,
         help="how the consistency score is estimated (used when score is consistency)",
     )  # fmt: skip
-    beta_convention: str = setting(
-        "data-fraction", choices=BETA_CONVENTIONS, group=WHAT,
-        help="how β is read: ipc-units skips int(IPC·β) hardest samples per class (the "
-        "authors' code, Table 5); data-fraction skips that fraction of each class (the paper's "
-        "text)",
-    )  # fmt: skip
+    beta_convention: str = beta_convention_setting(group=WHAT)
     beta_grid: tuple[float, ...] = setting(
         factory=lambda: tuple(round(0.1 * i, 1) for i in range(10)), group=WHAT, metavar="B,..",
         help="β values searched, increasing, e.g. 0,0.1,0.2 (window starts; their meaning: "
