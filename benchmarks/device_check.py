@@ -133,12 +133,32 @@ class Shapes:
     max_repeats: int
 
 
-PAPER = Shapes(width=128, depth=3, image=(3, 32, 32), set_size=5000, alpha=0.2, batch=125,
-               steps=(20, 55), expert_images=50_000, eval_images=5_000, row_seconds=6.0,
-               max_repeats=10)  # fmt: skip
-TINY = Shapes(width=8, depth=1, image=(3, 8, 8), set_size=20, alpha=0.5, batch=10,
-              steps=(2, 3), expert_images=200, eval_images=40, row_seconds=0.5,
-              max_repeats=2)  # fmt: skip
+PAPER = Shapes(
+    width=128,
+    depth=3,
+    image=(3, 32, 32),
+    set_size=5000,
+    alpha=0.2,
+    batch=125,
+    steps=(20, 55),
+    expert_images=50_000,
+    eval_images=5_000,
+    row_seconds=6.0,
+    max_repeats=10,
+)
+TINY = Shapes(
+    width=8,
+    depth=1,
+    image=(3, 8, 8),
+    set_size=20,
+    alpha=0.5,
+    batch=10,
+    steps=(2, 3),
+    expert_images=200,
+    eval_images=40,
+    row_seconds=0.5,
+    max_repeats=2,
+)
 
 
 class Clock:
@@ -178,8 +198,11 @@ def guarded(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return {"status": "ok", **work()}
     except Exception as error:
         tail = traceback.format_exc().strip().splitlines()[-6:]
-        return {"status": "error", "error": f"{type(error).__name__}: {error}".splitlines()[0],
-                "traceback": tail}  # fmt: skip
+        return {
+            "status": "error",
+            "error": f"{type(error).__name__}: {error}".splitlines()[0],
+            "traceback": tail,
+        }
 
 
 def synchronize(device: torch.device) -> None:
@@ -198,18 +221,24 @@ def device_peak(device: torch.device) -> tuple[str, dict[str, float] | None]:
 def environment(device: torch.device) -> dict[str, Any]:
     name, peak = device_peak(device)
     info: dict[str, Any] = {
-        "device": str(device), "device_name": name, "peak_tflops": peak,
-        "torch": torch.__version__, "python": platform.python_version(),
+        "device": str(device),
+        "device_name": name,
+        "peak_tflops": peak,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "cudnn_conv_fp32_precision": getattr(
             getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None
         ),
-    }  # fmt: skip
+    }
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
-        info |= {"cuda": torch.version.cuda, "capability": list(torch.cuda.get_device_capability()),
-                 "memory_gib": properties.total_memory / 2**30,
-                 "multiprocessors": properties.multi_processor_count}  # fmt: skip
+        info |= {
+            "cuda": torch.version.cuda,
+            "capability": list(torch.cuda.get_device_capability()),
+            "memory_gib": properties.total_memory / 2**30,
+            "multiprocessors": properties.multi_processor_count,
+        }
     return info
 
 
@@ -233,10 +262,17 @@ class Case:
             self.synthetic.frozen.double(),
             self.synthetic.learnable.detach().double().requires_grad_(True),
             self.synthetic.labels,
-        )  # fmt: skip
+        )
         syn_lr = self.syn_lr.detach().double().requires_grad_(True)
-        return Case(model, student_template(model), self.layout, self.starts.double(),
-                    self.targets.double(), synthetic, syn_lr)  # fmt: skip
+        return Case(
+            model,
+            student_template(model),
+            self.layout,
+            self.starts.double(),
+            self.targets.double(),
+            synthetic,
+            syn_lr,
+        )
 
     def plans(
         self, shapes: Shapes, n_steps: int, device: torch.device, count: int = 1
@@ -244,9 +280,18 @@ class Case:
         """``count`` plans (batches and DSA draws) for N = ``n_steps``, one generator: the
         first is the one-trajectory rows' plan."""
         generator = torch.Generator().manual_seed(n_steps)
-        return [plan_student_steps(len(self.synthetic), n_steps, shapes.batch, shapes.image[1:],
-                                   DSAConfig(), generator, device)
-                for _ in range(count)]  # fmt: skip
+        return [
+            plan_student_steps(
+                len(self.synthetic),
+                n_steps,
+                shapes.batch,
+                shapes.image[1:],
+                DSAConfig(),
+                generator,
+                device,
+            )
+            for _ in range(count)
+        ]
 
 
 def build_case(shapes: Shapes, device: torch.device) -> Case:
@@ -263,9 +308,10 @@ def build_case(shapes: Shapes, device: torch.device) -> Case:
     images = torch.randn(shapes.set_size, *shapes.image, generator=generator).to(device)
     n_frozen = shapes.set_size - round(shapes.alpha * shapes.set_size)
     synthetic = SyntheticTensors(
-        images[:n_frozen], images[n_frozen:].clone().requires_grad_(True),
+        images[:n_frozen],
+        images[n_frozen:].clone().requires_grad_(True),
         (torch.arange(shapes.set_size) % 10).to(device),
-    )  # fmt: skip
+    )
     syn_lr = torch.tensor(0.01, device=device, requires_grad=True)
     return Case(model, template, layout, starts, targets, synthetic, syn_lr)
 
@@ -276,15 +322,27 @@ def step_call(
     """One iteration of row ``name`` (its E trajectories: the first E of ``plans``); the rows'
     StudentSteps live across N (one compilation)."""
     mode, levers, trajectories = ROWS[name]
-    args = (case.starts[:trajectories], case.targets[:trajectories], case.synthetic,
-            case.syn_lr, plans[:trajectories])  # fmt: skip
+    args = (
+        case.starts[:trajectories],
+        case.targets[:trajectories],
+        case.synthetic,
+        case.syn_lr,
+        plans[:trajectories],
+    )
     if mode == "plain":
         precision = "default" if levers is None else levers.precision
 
         def plain() -> MatchResult:
             with precision_scope(precision):
-                return plain_match(case.model, case.layout, case.starts[0], case.targets[0],
-                                   case.synthetic, case.syn_lr, plans[0])  # fmt: skip
+                return plain_match(
+                    case.model,
+                    case.layout,
+                    case.starts[0],
+                    case.targets[0],
+                    case.synthetic,
+                    case.syn_lr,
+                    plans[0],
+                )
 
         return plain
     if levers is not None and name not in steps:
@@ -315,8 +373,12 @@ def time_calls(
     peak = None
     if device.type == "cuda":
         peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    return result, {"first_call_s": first, "seconds": statistics.median(times),
-                    "repeats": len(times), "peak_mib": peak}  # fmt: skip
+    return result, {
+        "first_call_s": first,
+        "seconds": statistics.median(times),
+        "repeats": len(times),
+        "peak_mib": peak,
+    }
 
 
 def errors(result: MatchResult, reference: MatchResult) -> dict[str, float]:
@@ -344,15 +406,24 @@ def flops_section(case: Case, shapes: Shapes, device: torch.device) -> dict[str,
     per_n: dict[str, Any] = {}
     for n_steps in shapes.steps:
         plans = case.plans(shapes, n_steps, device)
-        counts = {name: count_flops(step_call(name, case, plans, {}))
-                  for name in ("default", "memory-saving", "plain")}  # fmt: skip
-        floors = None if peak is None else {
-            precision: counts["default"] / (tflops * 1e12) for precision, tflops in peak.items()
-        }  # fmt: skip
+        counts = {
+            name: count_flops(step_call(name, case, plans, {}))
+            for name in ("default", "memory-saving", "plain")
+        }
+        floors = (
+            None
+            if peak is None
+            else {
+                precision: counts["default"] / (tflops * 1e12) for precision, tflops in peak.items()
+            }
+        )
         per_n[str(n_steps)] = {"flops": counts, "floor_s": floors}
-    return {"per_n": per_n, "peak_tflops": peak,
-            "floor_definition": "FLOPs of one default-mode iteration (FlopCounterMode) / the "
-            "device's dense peak; rows are compared with the bf16 floor"}  # fmt: skip
+    return {
+        "per_n": per_n,
+        "peak_tflops": peak,
+        "floor_definition": "FLOPs of one default-mode iteration (FlopCounterMode) / the "
+        "device's dense peak; rows are compared with the bf16 floor",
+    }
 
 
 def step_rows(
@@ -410,9 +481,12 @@ def _free(device: torch.device) -> None:
 
 
 def _measure(
-    name: str, call: Callable[[], MatchResult], device: torch.device, shapes: Shapes,
+    name: str,
+    call: Callable[[], MatchResult],
+    device: torch.device,
+    shapes: Shapes,
     results: dict[str, MatchResult],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     result, timing = time_calls(call, device, shapes)
     results[name] = result
     return timing
@@ -423,8 +497,11 @@ def _compare(
 ) -> None:
     """Errors against the reference, speed against default, × floor: filled into the rows."""
     reference = results.get(FLOAT64, results.get(REFERENCE, results.get("default")))
-    rows = [r for r in report.data["rows"] if r["n_steps"] == n_steps and r["status"] == "ok"
-            and r["row"] in ROWS]  # fmt: skip
+    rows = [
+        r
+        for r in report.data["rows"]
+        if r["n_steps"] == n_steps and r["status"] == "ok" and r["row"] in ROWS
+    ]
     default = next((r["seconds"] for r in rows if r["row"] == "default"), None)
     for row in rows:
         trajectories = ROWS[row["row"]][2]
@@ -449,20 +526,25 @@ def expert_epoch(shapes: Shapes, device: torch.device) -> dict[str, Any]:
     """One epoch of a ConvNet-BN expert (the experts' settings: SGD lr 0.01, batch 256, DSA) on
     random uint8 images of the CIFAR shape, after a two-batch warm-up."""
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (shapes.expert_images, *shapes.image), dtype=torch.uint8,
-                           generator=generator)  # fmt: skip
+    images = torch.randint(
+        0, 256, (shapes.expert_images, *shapes.image), dtype=torch.uint8, generator=generator
+    )
     labels = torch.randint(0, 10, (shapes.expert_images,), generator=generator)
     model_config = ModelConfig(width=shapes.width, depth=shapes.depth)
     train = ExpertConfig(model=model_config).train_config().replace(epochs=1)
     model = build_model(model_config, shapes.image, 10, seed=0)
     warm = 2 * train.batch_size
-    train_network(model, images[:warm], labels[:warm], train, seed=0, device=device,
-                  normalize=_normalize)  # fmt: skip
-    stats = train_network(model, images, labels, train, seed=0, device=device,
-                          normalize=_normalize)  # fmt: skip
-    return {"model": model_config.describe(), "images": shapes.expert_images,
-            "batch": train.batch_size, "seconds": stats.seconds,
-            "images_per_s": shapes.expert_images / stats.seconds}  # fmt: skip
+    train_network(
+        model, images[:warm], labels[:warm], train, seed=0, device=device, normalize=_normalize
+    )
+    stats = train_network(model, images, labels, train, seed=0, device=device, normalize=_normalize)
+    return {
+        "model": model_config.describe(),
+        "images": shapes.expert_images,
+        "batch": train.batch_size,
+        "seconds": stats.seconds,
+        "images_per_s": shapes.expert_images / stats.seconds,
+    }
 
 
 def eval_epoch(shapes: Shapes, device: torch.device) -> dict[str, Any]:
@@ -476,12 +558,17 @@ def eval_epoch(shapes: Shapes, device: torch.device) -> dict[str, Any]:
     train = TrainConfig(epochs=1, augment="combined")
     model = build_model(ModelConfig(name="resnet18"), shapes.image, 10, seed=0)
     warm = 2 * train.batch_size
-    train_network(model, images[:warm], labels[:warm], train, seed=0, device=device,
-                  dsa_mask=mask[:warm])  # fmt: skip
+    train_network(
+        model, images[:warm], labels[:warm], train, seed=0, device=device, dsa_mask=mask[:warm]
+    )
     stats = train_network(model, images, labels, train, seed=0, device=device, dsa_mask=mask)
-    return {"model": "resnet18", "images": shapes.eval_images, "batch": train.batch_size,
-            "seconds": stats.seconds,
-            "images_per_s": shapes.eval_images / stats.seconds}  # fmt: skip
+    return {
+        "model": "resnet18",
+        "images": shapes.eval_images,
+        "batch": train.batch_size,
+        "seconds": stats.seconds,
+        "images_per_s": shapes.eval_images / stats.seconds,
+    }
 
 
 # --------------------------------------------------------------------------- the search
@@ -494,26 +581,102 @@ def pipeline_commands(work: Path, tiny: bool) -> list[tuple[str, list[str]]]:
     networks × 4 epochs), one SelMatch distillation (β 0.2, α 0.5, N 10, b 64, 30 iterations)
     and its short evaluation (50 epochs, one seed); ``tiny``: the same commands, a few seconds
     each on a CPU."""
-    per_class, epochs, iterations, eval_epochs = ("50", "1", "2", "2") if tiny else \
-        ("1000", "4", "30", "50")  # fmt: skip
+    per_class, epochs, iterations, eval_epochs = (
+        ("50", "1", "2", "2") if tiny else ("1000", "4", "30", "50")
+    )
     # the distillation reads expert epochs up to max start 2 + M 2 = 4
     expert_epochs = "4"
     experts, distilled = str(work / "experts"), str(work / "distill")
     return [
-        ("experts", ["experts", "--out", experts, "--width", "16", "--num-experts", "2",
-                     "--epochs", expert_epochs, "--per-class", per_class, "--batch-size", "256",
-                     "--el2n-epoch", "1"]),
-        ("consistency", ["scores", "--scores", experts, "--estimate", "consistency",
-                         "--networks", "4", "--epochs", epochs, "--per-class", per_class,
-                         "--width", "16"]),
-        ("distill", ["distill", "--method", "selmatch", "--ipc", "10", "--experts", experts,
-                     "--scores", experts, "--out", distilled, "--beta", "0.2", "--alpha", "0.5",
-                     "--score", "consistency", "--beta-convention", "data-fraction",
-                     "--student-steps", "10", "--expert-epochs", "2", "--max-start-epoch", "2",
-                     "--syn-batch", "64", "--iterations", iterations]),
-        ("evaluate", ["evaluate", "--set", distilled, "--width", "16", "--epochs", eval_epochs,
-                      "--seeds", "1", "--out", str(work / "eval.json")]),
-    ]  # fmt: skip
+        (
+            "experts",
+            [
+                "experts",
+                "--out",
+                experts,
+                "--width",
+                "16",
+                "--num-experts",
+                "2",
+                "--epochs",
+                expert_epochs,
+                "--per-class",
+                per_class,
+                "--batch-size",
+                "256",
+                "--el2n-epoch",
+                "1",
+            ],
+        ),
+        (
+            "consistency",
+            [
+                "scores",
+                "--scores",
+                experts,
+                "--estimate",
+                "consistency",
+                "--networks",
+                "4",
+                "--epochs",
+                epochs,
+                "--per-class",
+                per_class,
+                "--width",
+                "16",
+            ],
+        ),
+        (
+            "distill",
+            [
+                "distill",
+                "--method",
+                "selmatch",
+                "--ipc",
+                "10",
+                "--experts",
+                experts,
+                "--scores",
+                experts,
+                "--out",
+                distilled,
+                "--beta",
+                "0.2",
+                "--alpha",
+                "0.5",
+                "--score",
+                "consistency",
+                "--beta-convention",
+                "data-fraction",
+                "--student-steps",
+                "10",
+                "--expert-epochs",
+                "2",
+                "--max-start-epoch",
+                "2",
+                "--syn-batch",
+                "64",
+                "--iterations",
+                iterations,
+            ],
+        ),
+        (
+            "evaluate",
+            [
+                "evaluate",
+                "--set",
+                distilled,
+                "--width",
+                "16",
+                "--epochs",
+                eval_epochs,
+                "--seeds",
+                "1",
+                "--out",
+                str(work / "eval.json"),
+            ],
+        ),
+    ]
 
 
 def pipeline_section(
@@ -527,28 +690,54 @@ def pipeline_section(
     for stage, command in pipeline_commands(work, args.tiny):
         timeout = clock.left() - 10
         if timeout < 15:
-            return {"status": "error", "error": f"time budget spent before {stage}",
-                    "reason": reason, "stages_s": stages}  # fmt: skip
+            return {
+                "status": "error",
+                "error": f"time budget spent before {stage}",
+                "reason": reason,
+                "stages_s": stages,
+            }
         data = ["--data-root", args.data_root] if args.data_root else []
-        command = [sys.executable, "-m", "selmatch", *command, "--device", str(device),
-                   "--no-progress", *data]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "selmatch",
+            *command,
+            "--device",
+            str(device),
+            "--no-progress",
+            *data,
+        ]
         started = time.perf_counter()
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                  cwd=ROOT)  # fmt: skip
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+            )
         except subprocess.TimeoutExpired:
-            return {"status": "error", "error": f"{stage} timed out after {timeout:.0f} s",
-                    "reason": reason, "stages_s": stages}  # fmt: skip
+            return {
+                "status": "error",
+                "error": f"{stage} timed out after {timeout:.0f} s",
+                "reason": reason,
+                "stages_s": stages,
+            }
         stages[stage] = time.perf_counter() - started
         if done.returncode != 0:
-            return {"status": "error", "error": f"{stage}: exit code {done.returncode}",
-                    "reason": reason, "stages_s": stages,
-                    "output_tail": (done.stdout + done.stderr).splitlines()[-20:]}  # fmt: skip
+            return {
+                "status": "error",
+                "error": f"{stage}: exit code {done.returncode}",
+                "reason": reason,
+                "stages_s": stages,
+                "output_tail": (done.stdout + done.stderr).splitlines()[-20:],
+            }
     result = json.loads((work / "eval.json").read_text())["result"]
-    return {"kind": "pipeline", "reason": reason, "seconds": sum(stages.values()),
-            "stages_s": stages, "test_accuracy": result["test_mean"],
-            "val_accuracy": result["val_mean"],
-            "train_seconds": result["train_seconds"]}  # fmt: skip
+    return {
+        "kind": "pipeline",
+        "reason": reason,
+        "seconds": sum(stages.values()),
+        "stages_s": stages,
+        "test_accuracy": result["test_mean"],
+        "val_accuracy": result["val_mean"],
+        "train_seconds": result["train_seconds"],
+    }
 
 
 def search_section(args: argparse.Namespace, device: torch.device, clock: Clock) -> dict[str, Any]:
@@ -558,14 +747,24 @@ def search_section(args: argparse.Namespace, device: torch.device, clock: Clock)
         return {"status": "skipped", "error": "--search skip"}
     missing = [p for p in SEARCH_PACKAGES if importlib.util.find_spec(p) is None]
     if args.search == "pipeline" or missing:
-        reason = "--search pipeline" if args.search == "pipeline" else \
-            f"the search's packages are not installed here: {', '.join(missing)}"  # fmt: skip
+        reason = (
+            "--search pipeline"
+            if args.search == "pipeline"
+            else f"the search's packages are not installed here: {', '.join(missing)}"
+        )
         return guarded(partial(pipeline_section, args, device, clock, reason))
     folder = Path(args.search_out or tempfile.mkdtemp(prefix="device-check-search-")) / "search"
     command = [sys.executable, str(ROOT / "tune" / "search_alpha_beta.py"), "--out", str(folder)]
     if args.search == "dry":
-        command += ["--preset", "smoke", "--dry-run", "--override", "distill.precision=tf32",
-                    "--override", "distill.channels_last=true"]  # fmt: skip
+        command += [
+            "--preset",
+            "smoke",
+            "--dry-run",
+            "--override",
+            "distill.precision=tf32",
+            "--override",
+            "distill.channels_last=true",
+        ]
     else:
         command += ["--preset", args.search]
         if device.type == "cuda":
@@ -581,16 +780,21 @@ def search_section(args: argparse.Namespace, device: torch.device, clock: Clock)
     except subprocess.TimeoutExpired as expired:
         raw = expired.stdout or b""  # bytes, whatever text= says
         output = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-        return {"status": "error", "error": f"timed out after {timeout:.0f} s",
-                "command": command[1:], "output_tail": output.splitlines()[-30:]}  # fmt: skip
+        return {
+            "status": "error",
+            "error": f"timed out after {timeout:.0f} s",
+            "command": command[1:],
+            "output_tail": output.splitlines()[-30:],
+        }
     table = folder / "best_hparams.csv"
     return {
         "status": "ok" if done.returncode == 0 else "error",
         **({} if done.returncode == 0 else {"error": f"exit code {done.returncode}"}),
-        "command": command[1:], "seconds": time.perf_counter() - started,
+        "command": command[1:],
+        "seconds": time.perf_counter() - started,
         "best_hparams": table.read_text().splitlines() if table.is_file() else None,
         "output_tail": (done.stdout + done.stderr).splitlines()[-30:],
-    }  # fmt: skip
+    }
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -602,17 +806,19 @@ def markdown(data: dict[str, Any]) -> str:
     sections, settings = data["sections"], data["settings"]
     env = sections.get("environment", {})
     lines = [
-        "# Device check", "",
+        "# Device check",
+        "",
         f"{env.get('device_name')} ({env.get('device')}), torch {env.get('torch')}, "
         f"{settings['shapes_name']} shapes: ConvNet-D{settings['shapes']['depth']} width "
         f"{settings['shapes']['width']} (BatchNorm), "
         f"{'×'.join(map(str, settings['shapes']['image']))}, b {settings['shapes']['batch']}, "
         f"set {settings['shapes']['set_size']} (α {settings['shapes']['alpha']}), DSA; errors "
-        f"against {_reference_name(settings)}; {data.get('seconds', 0):.0f} s in all.", "",
+        f"against {_reference_name(settings)}; {data.get('seconds', 0):.0f} s in all.",
+        "",
         "| N | row | E | status | first call s | s / iteration | trajectories/s | vs default "
         "| peak MiB | × floor | loss err | image-grad err | lr-grad err | within 1e-3 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for row in data["rows"]:
         status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row.get('error')}"
         lines.append(
@@ -654,13 +860,17 @@ def _summary(name: str, section: dict[str, Any]) -> str:
         )
     if name == "search" and section.get("kind") == "pipeline":
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in section["stages_s"].items())
-        return f"library pipeline of one quick-preset IPC 10 trial ({section['reason']}): " \
-            f"{stages}; test {100 * section['test_accuracy']:.2f} %"  # fmt: skip
+        return (
+            f"library pipeline of one quick-preset IPC 10 trial ({section['reason']}): "
+            f"{stages}; test {100 * section['test_accuracy']:.2f} %"
+        )
     if name == "search":
         table = section.get("best_hparams") or section.get("output_tail", [])[-1:]
         return f"{section['seconds']:.0f} s: " + " / ".join(table).replace("|", "/")
-    return f"{section['model']}: {section['images']} images in {section['seconds']:.2f} s " \
-        f"({section['images_per_s']:.0f} images/s)"  # fmt: skip
+    return (
+        f"{section['model']}: {section['images']} images in {section['seconds']:.2f} s "
+        f"({section['images_per_s']:.0f} images/s)"
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -668,9 +878,10 @@ def resized(shapes: Shapes, args: argparse.Namespace) -> Shapes:
     """``shapes`` with the step's sizes given on the command line (a CPU measurement between
     tiny and the paper's)."""
     changes: dict[str, Any] = {
-        name: getattr(args, name) for name in ("width", "depth", "batch", "set_size")
+        name: getattr(args, name)
+        for name in ("width", "depth", "batch", "set_size")
         if getattr(args, name) is not None
-    }  # fmt: skip
+    }
     if args.steps:
         changes["steps"] = tuple(int(n) for n in args.steps.split(","))
     if args.image_size:
@@ -686,8 +897,9 @@ def step_sections(
     """The FLOP count and the step rows on one case, freed afterwards."""
     case = build_case(shapes, device)
     report.section("flops", guarded(partial(flops_section, case, shapes, device)))
-    report.section("step", guarded(partial(step_rows, report, case, shapes, device, clock,
-                                           reserve)))  # fmt: skip
+    report.section(
+        "step", guarded(partial(step_rows, report, case, shapes, device, clock, reserve))
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -697,10 +909,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     name = "tiny" if args.tiny else "paper CIFAR"
     if shapes != (TINY if args.tiny else PAPER):
         name = f"resized {name}"
-    settings = {"shapes_name": name, "shapes": asdict(shapes),
-                "budget_s": args.budget_s, "search": args.search, "rows": args.rows,
-                "reference": args.reference,
-                "argv": sys.argv[1:]}  # fmt: skip
+    settings = {
+        "shapes_name": name,
+        "shapes": asdict(shapes),
+        "budget_s": args.budget_s,
+        "search": args.search,
+        "rows": args.rows,
+        "reference": args.reference,
+        "argv": sys.argv[1:],
+    }
     report = Report(args.out, settings)
     report.section("environment", guarded(partial(environment, device)))
     # the epochs need about a minute on a GPU; a search (or the pipeline) wants 90 s more
@@ -721,31 +938,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true",
-                        help="tiny shapes for a CPU (width 8, 3×8×8, N 2 and 3, b 10); the "
-                        "search only as a dry run (default: the paper's CIFAR shapes)")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/device-check",
-                        help="folder of device_check.json and device_check.md "
-                        "(default: benchmarks/results/device-check)")  # fmt: skip
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny shapes for a CPU (width 8, 3×8×8, N 2 and 3, b 10); the "
+        "search only as a dry run (default: the paper's CIFAR shapes)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks/results/device-check",
+        help="folder of device_check.json and device_check.md "
+        "(default: benchmarks/results/device-check)",
+    )
     parser.add_argument("--device", default=None, help="default: cuda if there is one, else cpu")
-    parser.add_argument("--budget-s", type=float, default=450.0,
-                        help="seconds for everything; rows are skipped and the search cut when "
-                        "it runs out (default: 450, inside 8 minutes with start-up)")  # fmt: skip
-    parser.add_argument("--search", default=None,
-                        choices=("quick", "smoke", "dry", "pipeline", "skip"),
-                        help="the search to run: quick (the preset end to end), smoke, dry "
-                        "(--dry-run of smoke with levers set), pipeline (the quick preset's "
-                        "library work for one trial as selmatch commands, no Ray: what runs "
-                        "where Ray, Optuna or MLflow is missing) or skip (default: quick, dry "
-                        "with --tiny)")  # fmt: skip
-    parser.add_argument("--search-out", default=None,
-                        help="parent folder of the search's output (default: a new temporary "
-                        "folder; only best_hparams.csv goes into the JSON)")  # fmt: skip
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=450.0,
+        help="seconds for everything; rows are skipped and the search cut when "
+        "it runs out (default: 450, inside 8 minutes with start-up)",
+    )
+    parser.add_argument(
+        "--search",
+        default=None,
+        choices=("quick", "smoke", "dry", "pipeline", "skip"),
+        help="the search to run: quick (the preset end to end), smoke, dry "
+        "(--dry-run of smoke with levers set), pipeline (the quick preset's "
+        "library work for one trial as selmatch commands, no Ray: what runs "
+        "where Ray, Optuna or MLflow is missing) or skip (default: quick, dry "
+        "with --tiny)",
+    )
+    parser.add_argument(
+        "--search-out",
+        default=None,
+        help="parent folder of the search's output (default: a new temporary "
+        "folder; only best_hparams.csv goes into the JSON)",
+    )
     parser.add_argument("--data-root", default=None, help="passed to the search")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    parser.add_argument("--rows", default=",".join(ROWS),
-                        help="the step rows to measure, comma-separated (default: all: "
-                        f"{', '.join(ROWS)})")  # fmt: skip
+    parser.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help=f"the step rows to measure, comma-separated (default: all: {', '.join(ROWS)})",
+    )
     parser.add_argument(
         "--reference",
         default=REFERENCE,
@@ -760,9 +996,13 @@ def main() -> None:
     sizes.add_argument("--steps", default=None, help="values of N, comma-separated")
     sizes.add_argument("--set-size", type=int, default=None, help="synthetic set size")
     sizes.add_argument("--image-size", type=int, default=None, help="PX: 3×PX×PX images")
-    sizes.add_argument("--repeats", type=int, default=None,
-                       help="timed repeats per row, whatever they take (default: as many as "
-                       "fit the row's time budget, at most 10; 2 with --tiny)")  # fmt: skip
+    sizes.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats per row, whatever they take (default: as many as "
+        "fit the row's time budget, at most 10; 2 with --tiny)",
+    )
     args = parser.parse_args()
     rows = [row.strip() for row in args.rows.split(",") if row.strip()]
     unknown = sorted(set(rows) - set(ROWS))

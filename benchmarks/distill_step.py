@@ -42,8 +42,10 @@ from selmatch.params import ParamLayout
 
 SHAPES = {"fmnist": (1, 28, 28), "cifar": (3, 32, 32)}
 IMPLEMENTATIONS: dict[str, Callable[..., MatchResult]] = {
-    "plain": plain_match, "default": unrolled_match, "saving": checkpointed_match,
-}  # fmt: skip
+    "plain": plain_match,
+    "default": unrolled_match,
+    "saving": checkpointed_match,
+}
 
 
 def make_case(shape, width, set_size, alpha, n_steps, batch, device, dtype=torch.float32, seed=0):
@@ -56,14 +58,20 @@ def make_case(shape, width, set_size, alpha, n_steps, batch, device, dtype=torch
     images = torch.randn(set_size, *shape, device=device, dtype=dtype)
     n_frozen = set_size - round(alpha * set_size)
     synthetic = SyntheticTensors(
-        images[:n_frozen], images[n_frozen:].clone().requires_grad_(True),
+        images[:n_frozen],
+        images[n_frozen:].clone().requires_grad_(True),
         (torch.arange(set_size) % 10).to(device),
-    )  # fmt: skip
+    )
     syn_lr = torch.tensor(0.01, device=device, dtype=dtype, requires_grad=True)
     plan = plan_student_steps(
-        set_size, n_steps, batch, shape[1:], DSAConfig(), torch.Generator().manual_seed(seed),
+        set_size,
+        n_steps,
+        batch,
+        shape[1:],
+        DSAConfig(),
+        torch.Generator().manual_seed(seed),
         torch.device(device),
-    )  # fmt: skip
+    )
     return model, template, layout, start, target, synthetic, syn_lr, plan
 
 
@@ -85,25 +93,48 @@ def check_equal(device: str) -> dict:
             / reference.grad_learnable.norm()
         )
         lr_diff = float((result.grad_lr - reference.grad_lr).abs() / reference.grad_lr.abs())
-        report[name] = {"loss_rel_diff": loss_diff, "image_grad_rel_diff": grad_diff,
-                        "lr_grad_rel_diff": lr_diff}  # fmt: skip
+        report[name] = {
+            "loss_rel_diff": loss_diff,
+            "image_grad_rel_diff": grad_diff,
+            "lr_grad_rel_diff": lr_diff,
+        }
         assert max(loss_diff, grad_diff, lr_diff) < 1e-4, (name, report[name])
     return report
 
 
 def measure_memory(args, shape_name, n_steps, name) -> float:
     """Peak memory (MiB) of one iteration, in a fresh process."""
-    command = [sys.executable, __file__, "--memory-probe", f"{shape_name},{n_steps},{name}",
-               "--width", str(args.width), "--batch", str(args.batch), "--set-size",
-               str(args.set_size), "--alpha", str(args.alpha), "--device", args.device]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--memory-probe",
+        f"{shape_name},{n_steps},{name}",
+        "--width",
+        str(args.width),
+        "--batch",
+        str(args.batch),
+        "--set-size",
+        str(args.set_size),
+        "--alpha",
+        str(args.alpha),
+        "--device",
+        args.device,
+    ]
     out = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def memory_probe(args) -> None:
     shape_name, n_steps, name = args.memory_probe.split(",")
-    case = make_case(SHAPES[shape_name], args.width, args.set_size, args.alpha, int(n_steps),
-                     args.batch, args.device)  # fmt: skip
+    case = make_case(
+        SHAPES[shape_name],
+        args.width,
+        args.set_size,
+        args.alpha,
+        int(n_steps),
+        args.batch,
+        args.device,
+    )
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -165,21 +196,35 @@ def main() -> None:
         f"{'shape':<7} {'N':>3} {'plain s':>8} {'default s':>9} {'saving s':>9} "
         f"{'plain/default':>13} {'mem plain':>10} {'mem default':>11} {'mem saving':>10}"
     )
-    print(f"\nwidth {args.width}, b {args.batch}, set {args.set_size}, α {args.alpha}, "
-          f"{args.device}, {torch.get_num_threads()} threads; memory in MiB")  # fmt: skip
+    print(
+        f"\nwidth {args.width}, b {args.batch}, set {args.set_size}, α {args.alpha}, "
+        f"{args.device}, {torch.get_num_threads()} threads; memory in MiB"
+    )
     print(header)
     for shape_name in args.shapes.split(","):
         for n_steps in (int(n) for n in args.steps.split(",")):
-            case = make_case(SHAPES[shape_name], args.width, args.set_size, args.alpha, n_steps,
-                             args.batch, args.device)  # fmt: skip
+            case = make_case(
+                SHAPES[shape_name],
+                args.width,
+                args.set_size,
+                args.alpha,
+                n_steps,
+                args.batch,
+                args.device,
+            )
             seconds = {
                 name: time_it(name, case, args.repeats, args.device) for name in IMPLEMENTATIONS
             }
             memory = {
                 name: measure_memory(args, shape_name, n_steps, name) for name in IMPLEMENTATIONS
             }
-            row = {"shape": shape_name, "n_steps": n_steps, "seconds": seconds, "peak_mib": memory,
-                   "speedup_default_vs_plain": seconds["plain"] / seconds["default"]}  # fmt: skip
+            row = {
+                "shape": shape_name,
+                "n_steps": n_steps,
+                "seconds": seconds,
+                "peak_mib": memory,
+                "speedup_default_vs_plain": seconds["plain"] / seconds["default"],
+            }
             rows.append(row)
             s, m = seconds, memory
             print(
@@ -195,12 +240,21 @@ def main() -> None:
             print(f"{shape_name}: memory-saving peak at N={high} / N={low}: {ratio:.2f}x")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({
-            "machine": platform.machine(), "processor": platform.processor(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "device": args.device, "settings": vars(args) | {"out": str(args.out)},
-            "equal": equal, "rows": rows,
-        }, indent=2))  # fmt: skip
+        args.out.write_text(
+            json.dumps(
+                {
+                    "machine": platform.machine(),
+                    "processor": platform.processor(),
+                    "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                    "device": args.device,
+                    "settings": vars(args) | {"out": str(args.out)},
+                    "equal": equal,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
         print(f"results written to {args.out}")
 
 

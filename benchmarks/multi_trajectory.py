@@ -37,9 +37,14 @@ from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
 
 Case = tuple[
-    torch.nn.Module, ParamLayout, torch.Tensor, torch.Tensor, SyntheticTensors, torch.Tensor,
+    torch.nn.Module,
+    ParamLayout,
+    torch.Tensor,
+    torch.Tensor,
+    SyntheticTensors,
+    torch.Tensor,
     list[StudentPlan],
-]  # fmt: skip
+]
 
 
 def make_case(
@@ -66,9 +71,10 @@ def make_case(
     images = torch.randn(set_size, *shape, device=device, dtype=dtype)
     n_frozen = set_size - round(alpha * set_size)
     synthetic = SyntheticTensors(
-        images[:n_frozen], images[n_frozen:].clone().requires_grad_(True),
+        images[:n_frozen],
+        images[n_frozen:].clone().requires_grad_(True),
         (torch.arange(set_size) % 10).to(device),
-    )  # fmt: skip
+    )
     syn_lr = torch.tensor(0.01, device=device, dtype=dtype, requires_grad=True)
     generator = torch.Generator().manual_seed(seed)
     size, dsa = (shape[1], shape[2]), DSAConfig()
@@ -125,9 +131,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--tiny", action="store_true",
+        "--tiny",
+        action="store_true",
         help="seconds-long run: width 8, b 16, N 3, a set of 40 (overhead-bound shapes)",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
     args = parser.parse_args()
     if args.tiny:
@@ -136,35 +143,61 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     counts = sorted({1, *(int(e) for e in args.trajectories.split(","))})
     equal = check_equal(args.device, args.mode)
-    print("batched E = 4 vs the mean of 4 sequential (float64): "
-          + ", ".join(f"{k} {v:.1e}" for k, v in equal.items()))  # fmt: skip
-    print(f"\nConvNet width {args.width}, 1×28×28, N {args.steps}, b {args.batch}, set "
-          f"{args.set_size}, α {args.alpha}, {args.mode}, {args.device}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        "batched E = 4 vs the mean of 4 sequential (float64): "
+        + ", ".join(f"{k} {v:.1e}" for k, v in equal.items())
+    )
+    print(
+        f"\nConvNet width {args.width}, 1×28×28, N {args.steps}, b {args.batch}, set "
+        f"{args.set_size}, α {args.alpha}, {args.mode}, {args.device}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"{'E':>3} {'s/iteration':>11} {'traj/s':>8} {'images/s':>9} {'traj/s vs E=1':>14}")
     rows: list[dict[str, float]] = []
     for count in counts:
-        case = make_case(count, (1, 28, 28), args.width, args.set_size, args.alpha, args.steps,
-                         args.batch, args.device)  # fmt: skip
+        case = make_case(
+            count,
+            (1, 28, 28),
+            args.width,
+            args.set_size,
+            args.alpha,
+            args.steps,
+            args.batch,
+            args.device,
+        )
         seconds = time_it(args.mode, case, args.repeats, args.device)
         row = {
-            "E": count, "seconds": seconds, "trajectories_per_s": count / seconds,
+            "E": count,
+            "seconds": seconds,
+            "trajectories_per_s": count / seconds,
             "images_per_s": count * args.steps * args.batch / seconds,
-        }  # fmt: skip
+        }
         row["ratio_vs_e1"] = row["trajectories_per_s"] / (
             rows[0]["trajectories_per_s"] if rows else row["trajectories_per_s"]
         )
         rows.append(row)
-        print(f"{count:>3} {seconds:>11.3f} {row['trajectories_per_s']:>8.2f} "
-              f"{row['images_per_s']:>9.0f} {row['ratio_vs_e1']:>13.2f}x", flush=True)  # fmt: skip
+        print(
+            f"{count:>3} {seconds:>11.3f} {row['trajectories_per_s']:>8.2f} "
+            f"{row['images_per_s']:>9.0f} {row['ratio_vs_e1']:>13.2f}x",
+            flush=True,
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({
-            "machine": platform.machine(), "processor": platform.processor(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "device": args.device, "settings": vars(args) | {"out": str(args.out)},
-            "equal": equal, "rows": rows,
-        }, indent=2))  # fmt: skip
+        args.out.write_text(
+            json.dumps(
+                {
+                    "machine": platform.machine(),
+                    "processor": platform.processor(),
+                    "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                    "device": args.device,
+                    "settings": vars(args) | {"out": str(args.out)},
+                    "equal": equal,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
         print(f"results written to {args.out}")
 
 

@@ -57,11 +57,17 @@ def simulated(sizes: list[int], parallels: list[int], noise: float, runs: int) -
                 noisy = {v: curve(v) + draw.gauss(0.0, noise) for v in values}
                 whole_hits += abs(values.index(max(values, key=noisy.__getitem__)) - best) <= 1
                 counts.append(result.trials)
-            rows.append({"grid": size, "parallel": parallel, "runs": runs,
-                         "mean_trials": statistics.mean(counts),
-                         "share_of_grid": statistics.mean(counts) / size,
-                         "within_one_step": hits / runs,
-                         "whole_grid_within_one_step": whole_hits / runs})  # fmt: skip
+            rows.append(
+                {
+                    "grid": size,
+                    "parallel": parallel,
+                    "runs": runs,
+                    "mean_trials": statistics.mean(counts),
+                    "share_of_grid": statistics.mean(counts) / size,
+                    "within_one_step": hits / runs,
+                    "whole_grid_within_one_step": whole_hits / runs,
+                }
+            )
     return rows
 
 
@@ -81,10 +87,18 @@ def replay_sweeps(parallels: list[int], repeats: int) -> list[dict]:
                 result = simulate(curve, betas, parallel=parallel, noise=noise, seed=seed)
                 gaps.append(means[best] - means[result.pick])
                 counts.append(result.trials)
-            rows.append({"sweep": path.parent.name, "grid": len(betas), "parallel": parallel,
-                         "noise": noise, "mean_trials": statistics.mean(counts),
-                         "grid_best": best, "mean_gap_points": 100 * statistics.mean(gaps),
-                         "max_gap_points": 100 * max(gaps)})  # fmt: skip
+            rows.append(
+                {
+                    "sweep": path.parent.name,
+                    "grid": len(betas),
+                    "parallel": parallel,
+                    "noise": noise,
+                    "mean_trials": statistics.mean(counts),
+                    "grid_best": best,
+                    "mean_gap_points": 100 * statistics.mean(gaps),
+                    "max_gap_points": 100 * max(gaps),
+                }
+            )
     return rows
 
 
@@ -106,11 +120,16 @@ def ray_overhead(search_dir: Path) -> dict:
             trials += 1
         if spans:  # wall time of the phase, times the trial slots it had
             slots += (max(e for _, e in spans) - min(s for s, _ in spans)) * concurrency
-    return {"trials": trials, "fetch_seconds": fetch, "work_seconds": work,
-            "trial_seconds": total, "slot_seconds": slots,
-            "fetch_share": fetch / total if total else None,
-            "outside_work_share": (total - work) / total if total else None,
-            "slot_utilisation": work / slots if slots else None}  # fmt: skip
+    return {
+        "trials": trials,
+        "fetch_seconds": fetch,
+        "work_seconds": work,
+        "trial_seconds": total,
+        "slot_seconds": slots,
+        "fetch_share": fetch / total if total else None,
+        "outside_work_share": (total - work) / total if total else None,
+        "slot_utilisation": work / slots if slots else None,
+    }
 
 
 def winners(search_dir: Path) -> list[dict[str, str]]:
@@ -123,16 +142,23 @@ def stage_report(search_dir: Path, baseline_dir: Path | None) -> dict:
     whether the winners held."""
     record = SearchRecord.load(search_dir)
     rows = stage_costs(record)
-    report: dict = {"search": str(search_dir), "seconds": record.seconds,
-                    "stages": [vars(row) for row in rows], "table": format_costs(rows),
-                    "winners": winners(search_dir)}  # fmt: skip
+    report: dict = {
+        "search": str(search_dir),
+        "seconds": record.seconds,
+        "stages": [vars(row) for row in rows],
+        "table": format_costs(rows),
+        "winners": winners(search_dir),
+    }
     if baseline_dir is not None:
         before = SearchRecord.load(baseline_dir)
         base_rows = stage_costs(before)
-        report |= {"baseline": str(baseline_dir), "baseline_seconds": before.seconds,
-                   "baseline_table": format_costs(base_rows),
-                   "speedup": (before.seconds or 0) / (record.seconds or float("nan")),
-                   "baseline_winners": winners(baseline_dir)}  # fmt: skip
+        report |= {
+            "baseline": str(baseline_dir),
+            "baseline_seconds": before.seconds,
+            "baseline_table": format_costs(base_rows),
+            "speedup": (before.seconds or 0) / (record.seconds or float("nan")),
+            "baseline_winners": winners(baseline_dir),
+        }
         report["same_winners"] = report["winners"] == report["baseline_winners"]
     return report
 
@@ -160,39 +186,49 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     parallels = [int(p) for p in args.parallel.split(",")]
-    report: dict = {"simulated": simulated(sizes, parallels, args.noise, args.runs),
-                    "real_sweeps": replay_sweeps(parallels, args.runs)}  # fmt: skip
+    report: dict = {
+        "simulated": simulated(sizes, parallels, args.noise, args.runs),
+        "real_sweeps": replay_sweeps(parallels, args.runs),
+    }
     print(f"1. noisy concave curves (noise std {args.noise}, {args.runs} curves each)")
     header = ("grid", "P", "trials", "share", "pick ±1 step", "whole grid ±1")
     print("{:>5} {:>3} {:>7} {:>6} {:>13} {:>14}".format(*header))
     for r in report["simulated"]:
-        print(f"{r['grid']:>5} {r['parallel']:>3} {r['mean_trials']:>7.2f} "
-              f"{r['share_of_grid']:>6.0%} {r['within_one_step']:>13.0%} "
-              f"{r['whole_grid_within_one_step']:>14.0%}")  # fmt: skip
+        print(
+            f"{r['grid']:>5} {r['parallel']:>3} {r['mean_trials']:>7.2f} "
+            f"{r['share_of_grid']:>6.0%} {r['within_one_step']:>13.0%} "
+            f"{r['whole_grid_within_one_step']:>14.0%}"
+        )
     print(
         "\n2. recorded Fashion-MNIST β sweeps (validation accuracy, replayed with their seed noise)"
     )
     for r in report["real_sweeps"]:
         gap = f"mean {r['mean_gap_points']:.2f}, max {r['max_gap_points']:.2f} points"
-        print(f"{r['sweep']:<28} P={r['parallel']} trials {r['mean_trials']:.2f}/{r['grid']}, "
-              f"gap to the grid's best: {gap}")  # fmt: skip
+        print(
+            f"{r['sweep']:<28} P={r['parallel']} trials {r['mean_trials']:.2f}/{r['grid']}, "
+            f"gap to the grid's best: {gap}"
+        )
     if args.search_dir:
         report["ray_overhead"] = ray_overhead(args.search_dir)
         o = report["ray_overhead"]
-        print(f"\n3. Ray overhead in {args.search_dir}: {o['trials']} trials, "
-              f"fetching data {o['fetch_share']:.1%} of trial time, everything but the work "
-              f"{o['outside_work_share']:.1%}; work fills {o['slot_utilisation']:.0%} of the "
-              "trial slots' wall time (the rest: scheduling, trial start-up, and waiting while "
-              "the search has no useful point to propose)")  # fmt: skip
+        print(
+            f"\n3. Ray overhead in {args.search_dir}: {o['trials']} trials, "
+            f"fetching data {o['fetch_share']:.1%} of trial time, everything but the work "
+            f"{o['outside_work_share']:.1%}; work fills {o['slot_utilisation']:.0%} of the "
+            "trial slots' wall time (the rest: scheduling, trial start-up, and waiting while "
+            "the search has no useful point to propose)"
+        )
     if args.search_dir:
         stages = report["stages"] = stage_report(args.search_dir, args.baseline_dir)
         print(f"\n4. cost by stage of {args.search_dir}\n{stages['table']}")
         if args.baseline_dir:
             print(f"\nbaseline {args.baseline_dir}:\n{stages['baseline_table']}")
-            print(f"\nwall time: {stages['baseline_seconds']:.0f} s before, "
-                  f"{stages['seconds']:.0f} s now: {stages['speedup']:.2f}x; winners "
-                  f"{'the same' if stages['same_winners'] else 'DIFFERENT'}: "
-                  f"{stages['winners']}")  # fmt: skip
+            print(
+                f"\nwall time: {stages['baseline_seconds']:.0f} s before, "
+                f"{stages['seconds']:.0f} s now: {stages['speedup']:.2f}x; winners "
+                f"{'the same' if stages['same_winners'] else 'DIFFERENT'}: "
+                f"{stages['winners']}"
+            )
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
         print(f"results written to {args.out}")

@@ -31,8 +31,10 @@ def selmatch(*arguments: str, cache: Path | None = None) -> None:
     start cheaper than the first's, and the difference of the two no longer cancel it)."""
     env = dict(os.environ)
     if cache is not None:
-        env |= {"TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
-                "TRITON_CACHE_DIR": str(cache / "triton")}  # fmt: skip
+        env |= {
+            "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+            "TRITON_CACHE_DIR": str(cache / "triton"),
+        }
     subprocess.run([sys.executable, "-m", "selmatch", *arguments], check=True, env=env)
 
 
@@ -47,28 +49,72 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
     if not 0 < args.short < args.long:
-        parser.error(f"--short and --long must satisfy 0 < short < long, got {args.short}, "
-                     f"{args.long}")  # fmt: skip
+        parser.error(
+            f"--short and --long must satisfy 0 < short < long, got {args.short}, {args.long}"
+        )
     work = args.work or Path(tempfile.mkdtemp(prefix="speed-auto-"))
     common = ["--device", args.device, "--no-progress"]
     common += ["--data-root", args.data_root] if args.data_root else []
-    width, steps, batch, per_class, ipc = ("8", "2", "10", "50", "5") if args.tiny else \
-        ("128", "20", "125", "1000", "50")  # fmt: skip
+    width, steps, batch, per_class, ipc = (
+        ("8", "2", "10", "50", "5") if args.tiny else ("128", "20", "125", "1000", "50")
+    )
     experts = str(work / "experts")
-    selmatch("experts", "--out", experts, "--width", width, "--num-experts", "2", "--epochs", "6",
-             "--per-class", per_class, *common)  # fmt: skip
+    selmatch(
+        "experts",
+        "--out",
+        experts,
+        "--width",
+        width,
+        "--num-experts",
+        "2",
+        "--epochs",
+        "6",
+        "--per-class",
+        per_class,
+        *common,
+    )
     result: dict[str, dict[str, float]] = {}
     for speed in ("off", "auto"):
         seconds, losses = {}, {}
         for iterations in (args.short, args.long):
             out = work / f"{speed}-{iterations}"
-            selmatch("distill", "--method", "selmatch", "--ipc", ipc, "--experts", experts,
-                     "--scores", experts, "--score", "el2n", "--beta", "0.2", "--alpha", "0.5",
-                     "--beta-convention", "data-fraction",
-                     "--student-steps", steps, "--expert-epochs", "2", "--max-start-epoch", "4",
-                     "--syn-batch", batch, "--iterations", str(iterations), "--speed", speed,
-                     "--checkpoint-every", str(args.long), "--out", str(out),
-                     *common, cache=work / f"cache-{speed}-{iterations}")  # fmt: skip
+            selmatch(
+                "distill",
+                "--method",
+                "selmatch",
+                "--ipc",
+                ipc,
+                "--experts",
+                experts,
+                "--scores",
+                experts,
+                "--score",
+                "el2n",
+                "--beta",
+                "0.2",
+                "--alpha",
+                "0.5",
+                "--beta-convention",
+                "data-fraction",
+                "--student-steps",
+                steps,
+                "--expert-epochs",
+                "2",
+                "--max-start-epoch",
+                "4",
+                "--syn-batch",
+                batch,
+                "--iterations",
+                str(iterations),
+                "--speed",
+                speed,
+                "--checkpoint-every",
+                str(args.long),
+                "--out",
+                str(out),
+                *common,
+                cache=work / f"cache-{speed}-{iterations}",
+            )
             manifest = json.loads((out / "manifest.json").read_text())
             seconds[iterations], losses[iterations] = manifest["seconds"], manifest["final_loss"]
         per_iteration = (seconds[args.long] - seconds[args.short]) / (args.long - args.short)
@@ -78,14 +124,22 @@ def main() -> None:
             "final_loss": losses[args.long],
         }
     ratio = result["off"]["s_per_iteration"] / result["auto"]["s_per_iteration"]
-    report = {"device": args.device, "tiny": args.tiny, "short": args.short, "long": args.long,
-              "speeds": result, "auto_vs_off": ratio}  # fmt: skip
+    report = {
+        "device": args.device,
+        "tiny": args.tiny,
+        "short": args.short,
+        "long": args.long,
+        "speeds": result,
+        "auto_vs_off": ratio,
+    }
     print(json.dumps(report, indent=2))
-    print(f"--speed auto: {result['auto']['s_per_iteration']:.4f} s/iteration "
-          f"(start {result['auto']['start_s']:.1f} s), --speed off: "
-          f"{result['off']['s_per_iteration']:.4f} s/iteration (start "
-          f"{result['off']['start_s']:.1f} s): auto is {ratio:.2f}x off; final loss "
-          f"{result['auto']['final_loss']:.5f} vs {result['off']['final_loss']:.5f}")  # fmt: skip
+    print(
+        f"--speed auto: {result['auto']['s_per_iteration']:.4f} s/iteration "
+        f"(start {result['auto']['start_s']:.1f} s), --speed off: "
+        f"{result['off']['s_per_iteration']:.4f} s/iteration (start "
+        f"{result['off']['start_s']:.1f} s): auto is {ratio:.2f}x off; final loss "
+        f"{result['auto']['final_loss']:.5f} vs {result['off']['final_loss']:.5f}"
+    )
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
 

@@ -50,15 +50,23 @@ def counted_flops(fn, *args, **kwargs) -> int:
     return counter.get_total_flops()
 
 
-def seconds_per_step(model_config: ModelConfig, batch: int, batches: int,
-                     device: str) -> tuple[float, int]:  # fmt: skip
+def seconds_per_step(
+    model_config: ModelConfig, batch: int, batches: int, device: str
+) -> tuple[float, int]:
     """One SGD step with DSA: (seconds, the mean over ``batches`` steps after a warm-up; FLOPs)."""
     model = build_model(model_config, SHAPE, 10, seed=0).to(device)
     images = torch.randn(batch * batches, *SHAPE)  # normalised floats, as after a transform
     labels = torch.arange(batch * batches) % 10
     config = TrainConfig(epochs=1, batch_size=batch, augment="dsa")
-    flops = counted_flops(train_network, model, images[:batch], labels[:batch], config, seed=0,
-                          device=torch.device(device))  # also the warm-up  # fmt: skip
+    flops = counted_flops(
+        train_network,
+        model,
+        images[:batch],
+        labels[:batch],
+        config,
+        seed=0,
+        device=torch.device(device),
+    )  # also the warm-up
     _sync(device)
     started = time.perf_counter()
     train_network(model, images, labels, config, seed=0, device=torch.device(device))
@@ -75,41 +83,67 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu, cuda, cuda:N (default: cuda when present)")  # fmt: skip
-    parser.add_argument("--batches", type=int, default=20,
-                        help="training steps timed per network (default: 20)")  # fmt: skip
-    parser.add_argument("--student-steps", type=int, default=None,
-                        help="N timed per matching iteration (default: the preset's)")  # fmt: skip
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda, cuda:N (default: cuda when present)",
+    )
+    parser.add_argument(
+        "--batches", type=int, default=20, help="training steps timed per network (default: 20)"
+    )
+    parser.add_argument(
+        "--student-steps",
+        type=int,
+        default=None,
+        help="N timed per matching iteration (default: the preset's)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="matching iterations timed")
-    parser.add_argument("--trials", type=int, default=6,
-                        help="trials assumed per β and per α search (default: 6)")  # fmt: skip
+    parser.add_argument(
+        "--trials", type=int, default=6, help="trials assumed per β and per α search (default: 6)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
 
     preset = paper()
     d = preset.distill
     n_measured = args.student_steps or d.n_student_steps
-    expert_step, expert_flops = seconds_per_step(preset.experts.model, preset.experts.batch_size,
-                                                 args.batches, args.device)  # fmt: skip
-    eval_step, eval_flops = seconds_per_step(preset.final.model, preset.final.train.batch_size,
-                                             args.batches, args.device)  # fmt: skip
-    units = {"expert_step_s": expert_step, "eval_step_s": eval_step,
-             "expert_step_flops": expert_flops, "eval_step_flops": eval_flops}  # fmt: skip
-    print(f"{args.device}: expert step {expert_step * 1e3:.1f} ms, {expert_flops / 1e9:.1f} GFLOP "
-          f"(ConvNet-128, batch 256); evaluation step {eval_step * 1e3:.1f} ms, "
-          f"{eval_flops / 1e9:.1f} GFLOP (ResNet-18, batch 128)")  # fmt: skip
+    expert_step, expert_flops = seconds_per_step(
+        preset.experts.model, preset.experts.batch_size, args.batches, args.device
+    )
+    eval_step, eval_flops = seconds_per_step(
+        preset.final.model, preset.final.train.batch_size, args.batches, args.device
+    )
+    units = {
+        "expert_step_s": expert_step,
+        "eval_step_s": eval_step,
+        "expert_step_flops": expert_flops,
+        "eval_step_flops": eval_flops,
+    }
+    print(
+        f"{args.device}: expert step {expert_step * 1e3:.1f} ms, {expert_flops / 1e9:.1f} GFLOP "
+        f"(ConvNet-128, batch 256); evaluation step {eval_step * 1e3:.1f} ms, "
+        f"{eval_flops / 1e9:.1f} GFLOP (ResNet-18, batch 128)"
+    )
 
     rows = []
-    expert_steps = (preset.experts.num_experts * preset.experts.epochs
-                    * math.ceil(POOL / preset.experts.batch_size))  # fmt: skip
-    rows.append({"stage": "experts (all)", "ipc": None,
-                 "device_hours": expert_steps * expert_step / 3600,
-                 "pflop": expert_steps * expert_flops / 1e15})  # fmt: skip
+    expert_steps = (
+        preset.experts.num_experts
+        * preset.experts.epochs
+        * math.ceil(POOL / preset.experts.batch_size)
+    )
+    rows.append(
+        {
+            "stage": "experts (all)",
+            "ipc": None,
+            "device_hours": expert_steps * expert_step / 3600,
+            "pflop": expert_steps * expert_flops / 1e15,
+        }
+    )
     for ipc in preset.ipcs:
         size = ipc * 10
-        case = make_case(SHAPE, preset.experts.model.width, size, 0.5, n_measured, d.syn_batch,
-                         args.device)  # fmt: skip
+        case = make_case(
+            SHAPE, preset.experts.model.width, size, 0.5, n_measured, d.syn_batch, args.device
+        )
         iteration = time_it("default", case, args.repeats, args.device)
         iteration *= d.n_student_steps / n_measured
         iteration_flops = counted_flops(run_once, "default", case)
@@ -127,29 +161,54 @@ def main() -> None:
         ):
             seconds = iterations * iteration + steps * eval_step
             flops = iterations * iteration_flops + steps * eval_flops
-            rows.append({"stage": stage, "ipc": ipc, "device_hours": seconds / 3600,
-                         "pflop": flops / 1e15})  # fmt: skip
-        print(f"IPC {ipc}: matching iteration {iteration:.2f} s, {iteration_flops / 1e12:.2f} TFLOP"
-              + (f" (measured at N={n_measured}, scaled to N={d.n_student_steps})"
-                 if n_measured != d.n_student_steps else ""))  # fmt: skip
+            rows.append(
+                {"stage": stage, "ipc": ipc, "device_hours": seconds / 3600, "pflop": flops / 1e15}
+            )
+        print(
+            f"IPC {ipc}: matching iteration {iteration:.2f} s, {iteration_flops / 1e12:.2f} TFLOP"
+            + (
+                f" (measured at N={n_measured}, scaled to N={d.n_student_steps})"
+                if n_measured != d.n_student_steps
+                else ""
+            )
+        )
     total = sum(r["device_hours"] for r in rows)
     total_pflop = sum(r["pflop"] for r in rows)
     print(f"\n{'stage':<18} {'IPC':>5} {'device-hours':>13} {'PFLOP':>10}")
     for row in rows:
-        print(f"{row['stage']:<18} {row['ipc'] or '':>5} {row['device_hours']:>13.2f} "
-              f"{row['pflop']:>10.1f}")  # fmt: skip
-    print(f"{'total':<18} {'':>5} {total:>13.2f} {total_pflop:>10.1f}  (divide the hours by the "
-          "number of devices that run trials side by side)")  # fmt: skip
+        print(
+            f"{row['stage']:<18} {row['ipc'] or '':>5} {row['device_hours']:>13.2f} "
+            f"{row['pflop']:>10.1f}"
+        )
+    print(
+        f"{'total':<18} {'':>5} {total:>13.2f} {total_pflop:>10.1f}  (divide the hours by the "
+        "number of devices that run trials side by side)"
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        device_name = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
-                       else platform.processor() or platform.machine())  # fmt: skip
-        args.out.write_text(json.dumps({
-            "device": args.device, "device_name": device_name, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "settings": vars(args) | {"out": str(args.out)},
-            "student_steps_measured": n_measured, "units": units, "stages": rows,
-            "total_device_hours": total, "total_pflop": total_pflop,
-        }, indent=2) + "\n")  # fmt: skip
+        device_name = (
+            torch.cuda.get_device_name(args.device)
+            if args.device.startswith("cuda")
+            else platform.processor() or platform.machine()
+        )
+        args.out.write_text(
+            json.dumps(
+                {
+                    "device": args.device,
+                    "device_name": device_name,
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "settings": vars(args) | {"out": str(args.out)},
+                    "student_steps_measured": n_measured,
+                    "units": units,
+                    "stages": rows,
+                    "total_device_hours": total,
+                    "total_pflop": total_pflop,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"results written to {args.out}")
 
 

@@ -51,13 +51,16 @@ def run_batch(trainable, fixed: TrialSpec, betas: list[float], parallel: int, st
     fetch = sum(m["fetch_seconds"] for m in results)
     slots = min(parallel, len(results)) * wall  # slots that had a trial to run
     return {
-        "parallel": parallel, "trials": len(results), "wall_s": wall,
+        "parallel": parallel,
+        "trials": len(results),
+        "wall_s": wall,
         "trials_per_minute": 60 * len(results) / wall,
-        "work_s_per_trial": work / len(results), "fetch_s_per_trial": fetch / len(results),
+        "work_s_per_trial": work / len(results),
+        "fetch_s_per_trial": fetch / len(results),
         # slot time not spent in a trial's work: scheduling, process start, fetching, reporting
         "overhead_s_per_trial": (slots - work) / len(results),
         "nodes": len({m["node_id"] for m in results}),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -65,8 +68,11 @@ def main() -> None:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--address", default=None, help="Ray cluster (default: a local Ray)")
-    parser.add_argument("--parallel", default="1,2,3",
-                        help="concurrencies to measure (1, the baseline, always runs)")  # fmt: skip
+    parser.add_argument(
+        "--parallel",
+        default="1,2,3",
+        help="concurrencies to measure (1, the baseline, always runs)",
+    )
     parser.add_argument("--trials", type=int, default=8, help="trials per concurrency")
     parser.add_argument("--epochs", type=int, default=30, help="training epochs per trial")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -79,8 +85,9 @@ def main() -> None:
     cpus = ray.cluster_resources().get("CPU", 0.0)
     nodes = len([n for n in ray.nodes() if n["Alive"]])
     config = quick()
-    config = config.replace(short=config.short.replace(
-        train=config.short.train.replace(epochs=args.epochs)))  # fmt: skip
+    config = config.replace(
+        short=config.short.replace(train=config.short.train.replace(epochs=args.epochs))
+    )
     with tempfile.TemporaryDirectory() as scratch:
         # the experts are cached in runs/cache, shared with `make demo` (same quick settings)
         pre = precompute_all(config, ROOT / "runs" / "trial-scaling", None, print)
@@ -89,26 +96,42 @@ def main() -> None:
         trainable = tune.with_resources(tune.with_parameters(beta_trial, data=data), {"cpu": 1})
         betas = [round(0.1 * (i % 10), 1) + 0.01 * (i // 10) for i in range(args.trials)]
         rows: list[dict[str, float]] = []
-        print(f"{nodes} node(s), {cpus:g} CPUs; {args.trials} β trials of {args.epochs} epochs "
-              "(IPC 10, quick preset) per row")  # fmt: skip
-        print(f"{'P':>3} {'wall s':>8} {'trials/min':>11} {'speed-up':>9} {'work s':>7} "
-              f"{'overhead s':>11} {'fetch s':>8} {'nodes':>6}")  # fmt: skip
+        print(
+            f"{nodes} node(s), {cpus:g} CPUs; {args.trials} β trials of {args.epochs} epochs "
+            "(IPC 10, quick preset) per row"
+        )
+        print(
+            f"{'P':>3} {'wall s':>8} {'trials/min':>11} {'speed-up':>9} {'work s':>7} "
+            f"{'overhead s':>11} {'fetch s':>8} {'nodes':>6}"
+        )
         for parallel in parallels:
             row = run_batch(trainable, fixed, betas, parallel, str(Path(scratch) / "ray"))
             row["speedup_vs_p1"] = rows[0]["wall_s"] / row["wall_s"] if rows else 1.0
             rows.append(row)
-            print(f"{parallel:>3} {row['wall_s']:>8.1f} {row['trials_per_minute']:>11.2f} "
-                  f"{row['speedup_vs_p1']:>8.2f}x {row['work_s_per_trial']:>7.1f} "
-                  f"{row['overhead_s_per_trial']:>11.2f} {row['fetch_s_per_trial']:>8.3f} "
-                  f"{row['nodes']:>6}")  # fmt: skip
+            print(
+                f"{parallel:>3} {row['wall_s']:>8.1f} {row['trials_per_minute']:>11.2f} "
+                f"{row['speedup_vs_p1']:>8.2f}x {row['work_s_per_trial']:>7.1f} "
+                f"{row['overhead_s_per_trial']:>11.2f} {row['fetch_s_per_trial']:>8.3f} "
+                f"{row['nodes']:>6}"
+            )
     ray.shutdown()
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({
-            "machine": platform.machine(), "processor": platform.processor(),
-            "address": args.address, "nodes": nodes, "cpus": cpus,
-            "settings": vars(args) | {"out": str(args.out)}, "rows": rows,
-        }, indent=2) + "\n")  # fmt: skip
+        args.out.write_text(
+            json.dumps(
+                {
+                    "machine": platform.machine(),
+                    "processor": platform.processor(),
+                    "address": args.address,
+                    "nodes": nodes,
+                    "cpus": cpus,
+                    "settings": vars(args) | {"out": str(args.out)},
+                    "rows": rows,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"results written to {args.out}")
 
 

@@ -84,10 +84,24 @@ LABELS = {
 
 def experts_step(study: Study, name: str) -> bool:
     folder = study.out / f"experts-{name}"
-    return study.run(f"experts {name}", study.selmatch(
-        "experts", "--width", "32", "--num-experts", "2", "--epochs", str(EXPERTS[name]),
-        "--el2n-epoch", "2", "--no-progress", "--out", str(folder),
-    ), folder / "scores.safetensors")  # fmt: skip
+    return study.run(
+        f"experts {name}",
+        study.selmatch(
+            "experts",
+            "--width",
+            "32",
+            "--num-experts",
+            "2",
+            "--epochs",
+            str(EXPERTS[name]),
+            "--el2n-epoch",
+            "2",
+            "--no-progress",
+            "--out",
+            str(folder),
+        ),
+        folder / "scores.safetensors",
+    )
 
 
 def probe_step(study: Study, name: str, ipc: int = 60) -> bool:
@@ -105,8 +119,17 @@ def probe_step(study: Study, name: str, ipc: int = 60) -> bool:
             (out / "set.safetensors").unlink()
     method = name.partition("-")[0]
     beta, alpha = searched(ipc) if method == "selmatch" else (0.0, 1.0)
-    ok = distill_step(study, method, ipc, beta, alpha, str(study.out / f"experts-{experts}"),
-                      out, iterations=iterations, extra=extra)  # fmt: skip
+    ok = distill_step(
+        study,
+        method,
+        ipc,
+        beta,
+        alpha,
+        str(study.out / f"experts-{experts}"),
+        out,
+        iterations=iterations,
+        extra=extra,
+    )
     return ok and evaluate_step(study, name, "--set", str(out), result=result)
 
 
@@ -125,8 +148,11 @@ def collect(out: Path) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     tables = []
     for ipc in sorted({r["ipc"] for r in rows}):
-        reference = [study_rows[(m, ipc)] for m in ("random", "window", "distill-mtt",
-                     "distill-selmatch") if (m, ipc) in study_rows]  # fmt: skip
+        reference = [
+            study_rows[(m, ipc)]
+            for m in ("random", "window", "distill-mtt", "distill-selmatch")
+            if (m, ipc) in study_rows
+        ]
         base = next((float(r["test_mean"]) for r in reference if r["method"] == "random"), None)
         lines = [f"| IPC {ipc} | test % (3 seeds) | Δ vs the random subset |", "|---|---|---|"]
         for row in [*reference, *(r for r in rows if r["ipc"] == ipc)]:
@@ -152,14 +178,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fmnist-probe",
-                        help="working folder (default: runs/fmnist-probe)")  # fmt: skip
-    parser.add_argument("--probes", default=",".join(PROBES),
-                        help=f"which probes, in order (default: {','.join(PROBES)})")  # fmt: skip
-    parser.add_argument("--ipc", type=int, default=60, choices=study_module.PLANS["v1"].ipcs,
-                        help="images per class (default: 60)")  # fmt: skip
-    parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
-                        help="start no new step after this many minutes")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "runs" / "fmnist-probe",
+        help="working folder (default: runs/fmnist-probe)",
+    )
+    parser.add_argument(
+        "--probes",
+        default=",".join(PROBES),
+        help=f"which probes, in order (default: {','.join(PROBES)})",
+    )
+    parser.add_argument(
+        "--ipc",
+        type=int,
+        default=60,
+        choices=study_module.PLANS["v1"].ipcs,
+        help="images per class (default: 60)",
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="start no new step after this many minutes",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     names = args.probes.split(",")

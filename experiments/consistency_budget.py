@@ -90,9 +90,11 @@ def main() -> int:
                 rows[str(beta)] = evaluate_window(dataset, split, hardness, spec, TRIAL).to_dict()
             write_json(path, {"score": name, "ipc": ipc, "score_seconds": seconds, "rows": rows})
             best = max(rows, key=lambda b: rows[b]["val_mean"])
-            print(f"[budget] {name} IPC {ipc}: best β {best} val "
-                  f"{100 * rows[best]['val_mean']:.2f} test {100 * rows[best]['test_mean']:.2f}",
-                  flush=True)  # fmt: skip
+            print(
+                f"[budget] {name} IPC {ipc}: best β {best} val "
+                f"{100 * rows[best]['val_mean']:.2f} test {100 * rows[best]['test_mean']:.2f}",
+                flush=True,
+            )
     table = summary()
     (OUT / "table.md").write_text(table)
     print(table)
@@ -100,11 +102,17 @@ def main() -> int:
 
 
 def summary() -> str:
-    lines = ["| score | cost (s, 2 cores) | " + " | ".join(
-        f"IPC {i}: best β (val) | val % | test %" for i in IPCS) + " |",
-        "|---|---|" + "---|---|---|" * len(IPCS)]  # fmt: skip
-    randoms = {i: json.loads((OUT / f"random-ipc{i}.json").read_text()) for i in IPCS
-               if (OUT / f"random-ipc{i}.json").exists()}  # fmt: skip
+    lines = [
+        "| score | cost (s, 2 cores) | "
+        + " | ".join(f"IPC {i}: best β (val) | val % | test %" for i in IPCS)
+        + " |",
+        "|---|---|" + "---|---|---|" * len(IPCS),
+    ]
+    randoms = {
+        i: json.loads((OUT / f"random-ipc{i}.json").read_text())
+        for i in IPCS
+        if (OUT / f"random-ipc{i}.json").exists()
+    }
     names = ["el2n-quick-experts", *CONSISTENCY]
     for name in names:
         cells, cost = [], ""
@@ -116,8 +124,11 @@ def summary() -> str:
             payload = json.loads(path.read_text())
             rows, cost = payload["rows"], f"{payload['score_seconds']:.0f}"
             best = max(rows, key=lambda b: rows[b]["val_mean"])
-            cells += [best, f"{100 * rows[best]['val_mean']:.2f}",
-                      f"{100 * rows[best]['test_mean']:.2f}"]  # fmt: skip
+            cells += [
+                best,
+                f"{100 * rows[best]['val_mean']:.2f}",
+                f"{100 * rows[best]['test_mean']:.2f}",
+            ]
         lines.append(f"| {name} | {cost} | " + " | ".join(cells) + " |")
     cells = []
     for ipc in IPCS:

@@ -62,10 +62,16 @@ FOLDERS = {"window": "window-ipc{ipc}", "selmatch": "distill-selmatch-ipc{ipc}"}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds-long", type=int, default=1,
-                        help="seeds of the 10-epoch evaluations (default: 1)")  # fmt: skip
-    parser.add_argument("--ipc", type=int, default=60, choices=sorted(SETS),
-                        help="images per class of the sets compared (default: 60)")  # fmt: skip
+    parser.add_argument(
+        "--seeds-long", type=int, default=1, help="seeds of the 10-epoch evaluations (default: 1)"
+    )
+    parser.add_argument(
+        "--ipc",
+        type=int,
+        default=60,
+        choices=sorted(SETS),
+        help="images per class of the sets compared (default: 60)",
+    )
     parser.add_argument(
         "--sets",
         default=",".join(NAMES),
@@ -101,18 +107,34 @@ def main(argv: list[str] | None = None) -> int:
         "selmatch": (selmatch.images, selmatch.labels, selmatch.distill_mask, "combined"),
     }
     runs = [(name, 2.0, 3, 0, OUT / f"{name}-ipc{ipc}-full2.json") for name in chosen]
-    runs += [(name, 10.0, 1, seed, long_path(name, ipc, seed)) for seed in range(args.seeds_long)
-             for name in chosen]  # fmt: skip
+    runs += [
+        (name, 10.0, 1, seed, long_path(name, ipc, seed))
+        for seed in range(args.seeds_long)
+        for name in chosen
+    ]
     for name, full_epochs, seeds, first, path in runs:
         images, labels, mask, augment = sets[name]
         if not path.exists():
-            config = EvalConfig(model=ModelConfig(width=32), train=TrainConfig(augment=augment),
-                                num_seeds=seeds, seed=first, full_epochs=full_epochs)  # fmt: skip
+            config = EvalConfig(
+                model=ModelConfig(width=32),
+                train=TrainConfig(augment=augment),
+                num_seeds=seeds,
+                seed=first,
+                full_epochs=full_epochs,
+            )
             started = time.perf_counter()
             result = evaluate_set(images, labels, dataset, config, split=split, dsa_mask=mask)
-            write_json(path, {"set": name, "ipc": ipc, "full_epochs": full_epochs,
-                              "augment": augment, "result": result.to_dict(),
-                              "seconds": time.perf_counter() - started})  # fmt: skip
+            write_json(
+                path,
+                {
+                    "set": name,
+                    "ipc": ipc,
+                    "full_epochs": full_epochs,
+                    "augment": augment,
+                    "result": result.to_dict(),
+                    "seconds": time.perf_counter() - started,
+                },
+            )
             print(f"[budget] {name} full:{full_epochs:g}: {result.summary()}", flush=True)
     print(table(ipc))
     return 0
@@ -123,8 +145,9 @@ def rebuild(out: Path, ipc: int) -> None:
     skipped when it is there)."""
     search = ROOT / "runs" / STUDY.folder / "search"
     if not (search / "best_hparams.csv").exists():
-        raise SystemExit(f"--ipc {ipc}: no search in {search}; run experiments/fmnist_study.py "
-                         f"--plan v3 first")  # fmt: skip
+        raise SystemExit(
+            f"--ipc {ipc}: no search in {search}; run experiments/fmnist_study.py --plan v3 first"
+        )
     row = study_module.winners(search)[ipc]
     out.mkdir(parents=True, exist_ok=True)
     study = study_module.Study(out, dry_run=False, stop_after=None, plan=STUDY)
@@ -148,10 +171,18 @@ def copy_study_evaluation(name: str, ipc: int) -> None:
     if path.exists() or not found.exists():
         return
     record = json.loads(found.read_text())
-    write_json(path, {"set": name, "ipc": ipc, "full_epochs": 2.0,
-                      "augment": record["config"]["train"]["augment"], "result": record["result"],
-                      "seconds": record.get("wall_seconds"),
-                      "source": f"the plan-v3 study's {found.name}"})  # fmt: skip
+    write_json(
+        path,
+        {
+            "set": name,
+            "ipc": ipc,
+            "full_epochs": 2.0,
+            "augment": record["config"]["train"]["augment"],
+            "result": record["result"],
+            "seconds": record.get("wall_seconds"),
+            "source": f"the plan-v3 study's {found.name}",
+        },
+    )
 
 
 def long_path(name: str, ipc: int, seed: int) -> Path:
@@ -161,14 +192,19 @@ def long_path(name: str, ipc: int, seed: int) -> Path:
 
 
 def table(ipc: int = 60) -> str:
-    lines = [f"| set (IPC {ipc}, {PERCENT[ipc]}) | 2 full-data epochs | 10 full-data epochs |",
-             "|---|---|---|"]  # fmt: skip
+    lines = [
+        f"| set (IPC {ipc}, {PERCENT[ipc]}) | 2 full-data epochs | 10 full-data epochs |",
+        "|---|---|---|",
+    ]
     for name in NAMES:
         cells = []
-        for paths in ([OUT / f"{name}-ipc{ipc}-full2.json"],
-                      sorted(OUT.glob(f"{name}-ipc{ipc}-full10*.json"))):  # fmt: skip
-            results: list[dict[str, Any]] = [json.loads(p.read_text())["result"] for p in paths
-                                             if p.exists()]  # fmt: skip
+        for paths in (
+            [OUT / f"{name}-ipc{ipc}-full2.json"],
+            sorted(OUT.glob(f"{name}-ipc{ipc}-full10*.json")),
+        ):
+            results: list[dict[str, Any]] = [
+                json.loads(p.read_text())["result"] for p in paths if p.exists()
+            ]
             test = [a for r in results for a in r["test_accuracy"]]
             val = [a for r in results for a in r["val_accuracy"]]
             if not test:

@@ -55,9 +55,12 @@ QUICK_EVAL = {"width": 16, "full_epochs": 2.0, "seeds": 3}
 
 
 def eval_config(setting: dict[str, Any], augment: str) -> EvalConfig:
-    return EvalConfig(model=ModelConfig(width=setting["width"]),
-                      train=TrainConfig(augment=augment), num_seeds=setting["seeds"],
-                      full_epochs=setting["full_epochs"])  # fmt: skip
+    return EvalConfig(
+        model=ModelConfig(width=setting["width"]),
+        train=TrainConfig(augment=augment),
+        num_seeds=setting["seeds"],
+        full_epochs=setting["full_epochs"],
+    )
 
 
 @contextmanager
@@ -89,11 +92,12 @@ def step(name: str, work: Callable[[], dict[str, Any]], **info: Any) -> dict[str
     print(f"[fixes] {name} ...", flush=True)
     started = time.perf_counter()
     result = work()
-    payload = {"name": name, **info, "result": result,
-               "seconds": time.perf_counter() - started}  # fmt: skip
+    payload = {"name": name, **info, "result": result, "seconds": time.perf_counter() - started}
     write_json(path, payload)
-    print(f"[fixes] {name}: test {100 * result['test_mean']:.2f} ± "
-          f"{100 * result['test_std']:.2f} %", flush=True)  # fmt: skip
+    print(
+        f"[fixes] {name}: test {100 * result['test_mean']:.2f} ± {100 * result['test_std']:.2f} %",
+        flush=True,
+    )
     return payload
 
 
@@ -114,20 +118,41 @@ def main() -> int:
         ).to_dict()
 
     def selmatch60() -> dict[str, Any]:
-        return evaluate_set(saved.images, saved.labels, dataset,
-                            eval_config(STUDY_EVAL, "combined"), split=split,
-                            dsa_mask=saved.distill_mask).to_dict()  # fmt: skip
+        return evaluate_set(
+            saved.images,
+            saved.labels,
+            dataset,
+            eval_config(STUDY_EVAL, "combined"),
+            split=split,
+            dsa_mask=saved.distill_mask,
+        ).to_dict()
 
-    step("1-padding-random-ipc60", random60, fix="ConvNet padding 3 on 28x28",
-         before=str(V2 / "evals" / "eval-random-ipc60.json"))  # fmt: skip
+    step(
+        "1-padding-random-ipc60",
+        random60,
+        fix="ConvNet padding 3 on 28x28",
+        before=str(V2 / "evals" / "eval-random-ipc60.json"),
+    )
     with grey_crop_padding(), dsa_per_batch():
-        step("1-padding-selmatch-ipc60", selmatch60, fix="ConvNet padding 3 on 28x28",
-             before=str(V2 / "evals" / "eval-distill-selmatch-ipc60.json"))  # fmt: skip
+        step(
+            "1-padding-selmatch-ipc60",
+            selmatch60,
+            fix="ConvNet padding 3 on 28x28",
+            before=str(V2 / "evals" / "eval-distill-selmatch-ipc60.json"),
+        )
     with dsa_per_batch():
-        step("2-black-crop-selmatch-ipc60", selmatch60, fix="crop+flip pads with black",
-             before="1-padding-selmatch-ipc60.json")  # fmt: skip
-    step("3-dsa-per-image-selmatch-ipc60", selmatch60, fix="DSA operation drawn per image",
-         before="2-black-crop-selmatch-ipc60.json")  # fmt: skip
+        step(
+            "2-black-crop-selmatch-ipc60",
+            selmatch60,
+            fix="crop+flip pads with black",
+            before="1-padding-selmatch-ipc60.json",
+        )
+    step(
+        "3-dsa-per-image-selmatch-ipc60",
+        selmatch60,
+        fix="DSA operation drawn per image",
+        before="2-black-crop-selmatch-ipc60.json",
+    )
     lr_init_check(dataset, split)
     return 0
 
@@ -140,25 +165,46 @@ def lr_init_check(dataset: Any, split: Any) -> None:
     from selmatch.scores import ScoreTable
 
     hardness = ScoreTable.load(experts_dir).hardness("el2n")
-    target = SetSpec(method="selmatch", ipc=10, beta=0.4, alpha=0.5,
-                     beta_convention="data-fraction", score="el2n")  # fmt: skip
+    target = SetSpec(
+        method="selmatch",
+        ipc=10,
+        beta=0.4,
+        alpha=0.5,
+        beta_convention="data-fraction",
+        score="el2n",
+    )
     for lr_init in (0.01, 0.001):
         distill_config = DistillConfig(
-            n_student_steps=10, expert_epochs=2, max_start_epoch=2, syn_batch=64,
-            iterations=100, checkpoint_every=100, lr_init=lr_init,
-        )  # fmt: skip
+            n_student_steps=10,
+            expert_epochs=2,
+            max_start_epoch=2,
+            syn_batch=64,
+            iterations=100,
+            checkpoint_every=100,
+            lr_init=lr_init,
+        )
 
         def work(config: DistillConfig = distill_config) -> dict[str, Any]:
             with tempfile.TemporaryDirectory() as directory:
-                made = distill(target, config, dataset, split, experts, hardness, directory,
-                               progress=False)  # fmt: skip
-                result = evaluate_set(made.images, made.labels, dataset,
-                                      eval_config(QUICK_EVAL, "combined"), split=split,
-                                      dsa_mask=made.distill_mask).to_dict()  # fmt: skip
+                made = distill(
+                    target, config, dataset, split, experts, hardness, directory, progress=False
+                )
+                result = evaluate_set(
+                    made.images,
+                    made.labels,
+                    dataset,
+                    eval_config(QUICK_EVAL, "combined"),
+                    split=split,
+                    dsa_mask=made.distill_mask,
+                ).to_dict()
                 return result | {"learned_lr": made.learned_lr}
 
-        step(f"4-lr-init-{lr_init:g}-selmatch-ipc10", work, fix="SelMatch lr init 0.001",
-             distill=flat_settings(target, distill_config))  # fmt: skip
+        step(
+            f"4-lr-init-{lr_init:g}-selmatch-ipc10",
+            work,
+            fix="SelMatch lr init 0.001",
+            distill=flat_settings(target, distill_config),
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,17 @@ RESULTS_ROOT = ROOT / "experiments" / "results"
 ABLATION_IPC = 60
 CONVENTION = "data-fraction"
 EVAL = ["--width", "32", "--seeds", "3", "--no-progress"]  # and the plan's --epochs
-DISTILL = ["--student-steps", "20", "--expert-epochs", "2", "--syn-batch", "100",
-           "--checkpoint-every", "25", "--no-progress"]  # fmt: skip
+DISTILL = [
+    "--student-steps",
+    "20",
+    "--expert-epochs",
+    "2",
+    "--syn-batch",
+    "100",
+    "--checkpoint-every",
+    "25",
+    "--no-progress",
+]
 ITERATIONS = 200
 
 
@@ -119,9 +128,16 @@ PLANS = {
 # fixes (ConvNet padding on 28x28, black crop padding, per-image DSA in combined augmentation,
 # SelMatch's lr init 0.001: in the code), a search whose space contains random, MTT and the
 # oracle window; v2's experts and matching settings
-V3_SEARCH = ("--override", "consistency.model.width=32", "--override", "consistency.epochs=6",
-             "--override", "consistency.per_class=null",
-             "--alpha-grid", "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1")  # fmt: skip
+V3_SEARCH = (
+    "--override",
+    "consistency.model.width=32",
+    "--override",
+    "consistency.epochs=6",
+    "--override",
+    "consistency.per_class=null",
+    "--alpha-grid",
+    "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
+)
 PLANS["v3"] = Plan(
     "v3",
     "fmnist-study-v3",
@@ -147,21 +163,50 @@ RESULTS = PLANS["v1"].results  # the first study (read by the budget probe)
 
 def search_command(out: Path, ipcs: tuple[int, ...], plan: Plan = PLANS["v1"]) -> list[str]:
     return [
-        str(BIN / "python"), str(ROOT / "tune" / "search_alpha_beta.py"), "--preset", "quick",
-        "--out", str(out), "--ipcs", ",".join(map(str, ipcs)), "--width", "32",
-        "--num-experts", "2", "--expert-train-epochs", str(plan.expert_epochs),
-        "--score", plan.score, *plan.search_options,
-        "--override", "experts.per_class=null", "--override", "experts.el2n_epoch=2",
+        str(BIN / "python"),
+        str(ROOT / "tune" / "search_alpha_beta.py"),
+        "--preset",
+        "quick",
+        "--out",
+        str(out),
+        "--ipcs",
+        ",".join(map(str, ipcs)),
+        "--width",
+        "32",
+        "--num-experts",
+        "2",
+        "--expert-train-epochs",
+        str(plan.expert_epochs),
+        "--score",
+        plan.score,
+        *plan.search_options,
+        "--override",
+        "experts.per_class=null",
+        "--override",
+        "experts.el2n_epoch=2",
         # the matching options mean in the search what they mean in `selmatch distill`
-        "--student-steps", "20", *plan.matching, "--syn-batch", "100",
-        "--iterations", "50", "--override", "short.full_epochs=0.4",
-        "--override", "final.full_epochs=2", "--final-seeds", "2", "--full-eval-top", "1",
-    ]  # fmt: skip
+        "--student-steps",
+        "20",
+        *plan.matching,
+        "--syn-batch",
+        "100",
+        "--iterations",
+        "50",
+        "--override",
+        "short.full_epochs=0.4",
+        "--override",
+        "final.full_epochs=2",
+        "--final-seeds",
+        "2",
+        "--full-eval-top",
+        "1",
+    ]
 
 
 class Study:
-    def __init__(self, out: Path, *, dry_run: bool, stop_after: float | None,
-                 plan: Plan = PLANS["v1"]) -> None:  # fmt: skip
+    def __init__(
+        self, out: Path, *, dry_run: bool, stop_after: float | None, plan: Plan = PLANS["v1"]
+    ) -> None:
         self.out = out
         self.plan = plan
         self.dry_run = dry_run
@@ -182,8 +227,10 @@ class Study:
         started = time.time()
         code = subprocess.run(command, cwd=ROOT).returncode
         if code != 0:
-            raise SystemExit(f"[study] {name} stopped with exit code {code}; rerun to go on "
-                             "(finished steps are kept)")  # fmt: skip
+            raise SystemExit(
+                f"[study] {name} stopped with exit code {code}; rerun to go on "
+                "(finished steps are kept)"
+            )
         with self.log_path.open("a") as handle:
             handle.write(f"{name}\t{time.time() - started:.0f} s\n")
         return True
@@ -192,20 +239,52 @@ class Study:
         return [str(BIN / "selmatch"), *args]
 
 
-def distill_step(study: Study, method: str, ipc: int, beta: float, alpha: float,
-                 experts: str, out: Path, *, iterations: int = ITERATIONS,
-                 extra: tuple[str, ...] = (), scores: str | None = None,
-                 later: tuple[Path, ...] = ()) -> bool:  # fmt: skip
+def distill_step(
+    study: Study,
+    method: str,
+    ipc: int,
+    beta: float,
+    alpha: float,
+    experts: str,
+    out: Path,
+    *,
+    iterations: int = ITERATIONS,
+    extra: tuple[str, ...] = (),
+    scores: str | None = None,
+    later: tuple[Path, ...] = (),
+) -> bool:
     """``extra`` options follow the plan's (a later value of an option wins). ``later``: the
     outputs of the later steps that read the set; until they all exist, a set whose evaluation
     is done but whose file is gone (sets are not committed) is distilled again."""
     iterations = iterations // 2 if method == "seqmatch" else iterations
     command = study.selmatch(
-        "distill", "--method", method, "--ipc", str(ipc), "--experts", experts,
-        "--scores", scores or experts, "--score", study.plan.score, "--beta", f"{beta:g}",
-        "--beta-convention", CONVENTION, "--alpha", f"{alpha:g}", "--subsets", "2",
-        *DISTILL, *study.plan.matching, *extra, "--iterations", str(iterations), "--out", str(out),
-    )  # fmt: skip
+        "distill",
+        "--method",
+        method,
+        "--ipc",
+        str(ipc),
+        "--experts",
+        experts,
+        "--scores",
+        scores or experts,
+        "--score",
+        study.plan.score,
+        "--beta",
+        f"{beta:g}",
+        "--beta-convention",
+        CONVENTION,
+        "--alpha",
+        f"{alpha:g}",
+        "--subsets",
+        "2",
+        *DISTILL,
+        *study.plan.matching,
+        *extra,
+        "--iterations",
+        str(iterations),
+        "--out",
+        str(out),
+    )
     if (out / "checkpoint" / "state.json").exists():
         command.append("--resume")
     return study.run(f"distill {out.name}", command, *set_done(out, *later))
@@ -224,9 +303,13 @@ def evaluate_step(study: Study, name: str, *what: str, result: Path | None = Non
     """Evaluate ``what`` (``--set DIR`` or ``--ipc N``) with the study's protocol into
     ``result`` (default ``OUT/eval-NAME.json``) unless it exists."""
     result = result or study.out / f"eval-{name}.json"
-    return study.run(f"evaluate {name}", study.selmatch(
-        "evaluate", *what, *EVAL, "--epochs", study.plan.evaluation, "--out", str(result),
-    ), result)  # fmt: skip
+    return study.run(
+        f"evaluate {name}",
+        study.selmatch(
+            "evaluate", *what, *EVAL, "--epochs", study.plan.evaluation, "--out", str(result)
+        ),
+        result,
+    )
 
 
 def winners(search: Path) -> dict[int, dict[str, Any]]:
@@ -335,10 +418,26 @@ def window_step(study: Study, ipc: int, row: dict[str, Any]) -> bool:
     """The oracle window at the searched β* (``OUT/window-ipcN``) unless it, or its
     evaluation, is there."""
     window, scores = study.out / f"window-ipc{ipc}", row.get("scores", row["experts"])
-    return study.run(f"window ipc{ipc}", study.selmatch(
-        "window", "--scores", scores, "--score", study.plan.score, "--ipc", str(ipc), "--beta",
-        f"{float(row['beta']):g}", "--beta-convention", CONVENTION, "--out", str(window),
-    ), window / "set.safetensors", study.out / f"eval-{window.name}.json")  # fmt: skip
+    return study.run(
+        f"window ipc{ipc}",
+        study.selmatch(
+            "window",
+            "--scores",
+            scores,
+            "--score",
+            study.plan.score,
+            "--ipc",
+            str(ipc),
+            "--beta",
+            f"{float(row['beta']):g}",
+            "--beta-convention",
+            CONVENTION,
+            "--out",
+            str(window),
+        ),
+        window / "set.safetensors",
+        study.out / f"eval-{window.name}.json",
+    )
 
 
 def selmatch_step(
@@ -347,9 +446,18 @@ def selmatch_step(
     """SelMatch as searched (``OUT/distill-selmatch-ipcN``): β*, α* and the winning
     initialisation, the window at β* or the random subset (seed: the split's)."""
     init = ("--init", "random", "--subset-seed", "0") if row.get("init") == "random" else ()
-    return distill_step(study, "selmatch", ipc, float(row["beta"]), float(row["alpha"]),
-                        row["experts"], study.out / f"distill-selmatch-ipc{ipc}", extra=init,
-                        scores=row.get("scores", row["experts"]), later=later)  # fmt: skip
+    return distill_step(
+        study,
+        "selmatch",
+        ipc,
+        float(row["beta"]),
+        float(row["alpha"]),
+        row["experts"],
+        study.out / f"distill-selmatch-ipc{ipc}",
+        extra=init,
+        scores=row.get("scores", row["experts"]),
+        later=later,
+    )
 
 
 def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
@@ -368,8 +476,9 @@ def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
         if method == "selmatch":
             ok = ok and selmatch_step(study, ipc, row, later)
         else:
-            ok = ok and distill_step(study, method, ipc, beta, alpha, experts, directory,
-                                     scores=scores, later=later)  # fmt: skip
+            ok = ok and distill_step(
+                study, method, ipc, beta, alpha, experts, directory, scores=scores, later=later
+            )
         ok = ok and evaluate_step(study, directory.name, "--set", str(directory))
     if study.plan.name == "v3":
         ok = ok and seqmatch_variants(study, ipc, experts, scores, distilled["seqmatch"])
@@ -384,10 +493,23 @@ def study_ipc(study: Study, ipc: int, row: dict[str, Any]) -> bool:
     ok = ok and evaluate_step(study, ablation.name, "--set", str(ablation))
     for method in ("selmatch", "mtt"):
         coverage = out / f"coverage-{method}-ipc{ipc}.json"
-        ok = ok and study.run(f"coverage {method}", study.selmatch(
-            "coverage", "--set", str(distilled[method]), "--experts", experts, "--scores",
-            scores, "--score", score, "--out", str(coverage),
-        ), coverage)  # fmt: skip
+        ok = ok and study.run(
+            f"coverage {method}",
+            study.selmatch(
+                "coverage",
+                "--set",
+                str(distilled[method]),
+                "--experts",
+                experts,
+                "--scores",
+                scores,
+                "--score",
+                score,
+                "--out",
+                str(coverage),
+            ),
+            coverage,
+        )
     return ok
 
 
@@ -420,22 +542,37 @@ def seqmatch_variants(study: Study, ipc: int, experts: str, scores: str, segment
     cache = ("--stage-cache", str(out / "cache" / "stage-experts"))
     sequential = ("--eval-order", "sequential")
     in_order = out / f"eval-distill-seqmatch-retrained-sequential-ipc{ipc}.json"
-    ok = distill_step(study, "seqmatch", ipc, 0.0, 1.0, experts, retrained,
-                      extra=(*STAGE_EXPERTS, *cache), scores=scores, later=(in_order,))  # fmt: skip
+    ok = distill_step(
+        study,
+        "seqmatch",
+        ipc,
+        0.0,
+        1.0,
+        experts,
+        retrained,
+        extra=(*STAGE_EXPERTS, *cache),
+        scores=scores,
+        later=(in_order,),
+    )
     ok = ok and evaluate_step(study, retrained.name, "--set", str(retrained))
-    ok = ok and evaluate_step(study, in_order.stem.removeprefix("eval-"), "--set",
-                              str(retrained), *sequential)  # fmt: skip
+    ok = ok and evaluate_step(
+        study, in_order.stem.removeprefix("eval-"), "--set", str(retrained), *sequential
+    )
     manifest = segment / "manifest.json"
     if ok and manifest.exists() and not json.loads(manifest.read_text()).get("stage_lrs"):
-        print(f"[study] {segment.name} was distilled before per-stage lrs were kept: distilling "
-              "the segment variant again for its sequential evaluation")  # fmt: skip
+        print(
+            f"[study] {segment.name} was distilled before per-stage lrs were kept: distilling "
+            "the segment variant again for its sequential evaluation"
+        )
         segment = out / f"distill-seqmatch-staged-ipc{ipc}"
         in_order = out / f"eval-distill-seqmatch-sequential-ipc{ipc}.json"
-        ok = distill_step(study, "seqmatch", ipc, 0.0, 1.0, experts, segment, scores=scores,
-                          later=(in_order,))  # fmt: skip
+        ok = distill_step(
+            study, "seqmatch", ipc, 0.0, 1.0, experts, segment, scores=scores, later=(in_order,)
+        )
         ok = ok and evaluate_step(study, segment.name, "--set", str(segment))
-    return ok and evaluate_step(study, f"distill-seqmatch-sequential-ipc{ipc}", "--set",
-                                str(segment), *sequential)  # fmt: skip
+    return ok and evaluate_step(
+        study, f"distill-seqmatch-sequential-ipc{ipc}", "--set", str(segment), *sequential
+    )
 
 
 def earlier_rows(have: set[tuple[str, int]], results: Path) -> list[dict[str, Any]]:
@@ -447,11 +584,17 @@ def earlier_rows(have: set[tuple[str, int]], results: Path) -> list[dict[str, An
     with open(results / "results.csv", newline="") as handle:
         kept = [r for r in csv.DictReader(handle) if (r["method"], int(r["ipc"])) not in have]
     for row in kept:
-        row.update(ipc=int(row["ipc"]), epochs=int(row["epochs"]), seeds=int(row["seeds"]),
-                   **{k: float(row[k]) for k in ("test_mean", "test_std", "val_mean")})  # fmt: skip
+        row.update(
+            ipc=int(row["ipc"]),
+            epochs=int(row["epochs"]),
+            seeds=int(row["seeds"]),
+            **{k: float(row[k]) for k in ("test_mean", "test_std", "val_mean")},
+        )
     if kept:
-        print(f"[study] kept {len(kept)} earlier row(s) of {results / 'results.csv'} "
-              "without an evaluation file")  # fmt: skip
+        print(
+            f"[study] kept {len(kept)} earlier row(s) of {results / 'results.csv'} "
+            "without an evaluation file"
+        )
     return kept
 
 
@@ -463,10 +606,17 @@ def read_evaluations(out: Path) -> list[dict[str, Any]]:
         result = payload["result"]
         name = path.stem.removeprefix("eval-")
         method, _, ipc = name.rpartition("-ipc")
-        rows.append({"method": method, "ipc": int(ipc),
-                     "test_mean": result["test_mean"], "test_std": result["test_std"],
-                     "val_mean": result["val_mean"], "epochs": result["epochs"],
-                     "seeds": len(result["seeds"])})  # fmt: skip
+        rows.append(
+            {
+                "method": method,
+                "ipc": int(ipc),
+                "test_mean": result["test_mean"],
+                "test_std": result["test_std"],
+                "val_mean": result["val_mean"],
+                "epochs": result["epochs"],
+                "seeds": len(result["seeds"]),
+            }
+        )
     return rows
 
 
@@ -521,27 +671,36 @@ def collect(out: Path, search: Path, plan: Plan = PLANS["v1"]) -> None:
     )
 
 
-METHODS = {"random": "random subset", "window": "oracle window", "distill-mtt": "MTT",
-           "distill-selmatch": "SelMatch", "distill-seqmatch": "SeqMatch (segment, union)",
-           "distill-seqmatch-staged": "SeqMatch (segment, union; distilled again with its "
-           "per-stage lrs)",
-           "distill-seqmatch-sequential": "SeqMatch (segment, sequential)",
-           "distill-seqmatch-retrained": "SeqMatch (retrained stage experts, union)",
-           "distill-seqmatch-retrained-sequential": "SeqMatch (retrained, sequential: the "
-           "authors')"}  # fmt: skip
-ABLATION = {"distill-mtt": "MTT (random real init, every image learned, DSA)",
-            "ablation-init": "+ selection init (window at β*, α = 1)",
-            "ablation-dsa": "+ partial update (α*, DSA on the whole set)",
-            "distill-selmatch": "+ combined augmentation (= SelMatch)"}  # fmt: skip
+METHODS = {
+    "random": "random subset",
+    "window": "oracle window",
+    "distill-mtt": "MTT",
+    "distill-selmatch": "SelMatch",
+    "distill-seqmatch": "SeqMatch (segment, union)",
+    "distill-seqmatch-staged": "SeqMatch (segment, union; distilled again with its per-stage lrs)",
+    "distill-seqmatch-sequential": "SeqMatch (segment, sequential)",
+    "distill-seqmatch-retrained": "SeqMatch (retrained stage experts, union)",
+    "distill-seqmatch-retrained-sequential": "SeqMatch (retrained, sequential: the authors')",
+}
+ABLATION = {
+    "distill-mtt": "MTT (random real init, every image learned, DSA)",
+    "ablation-init": "+ selection init (window at β*, α = 1)",
+    "ablation-dsa": "+ partial update (α*, DSA on the whole set)",
+    "distill-selmatch": "+ combined augmentation (= SelMatch)",
+}
 
 
 def tables(rows: list[dict[str, Any]], coverage: dict[str, Any]) -> str:
     """The study's tables in Markdown (test accuracy %, mean ± std over seeds)."""
-    cell = {(r["method"], r["ipc"]): f"{100 * r['test_mean']:.2f} ± {100 * r['test_std']:.2f}"
-            for r in rows}  # fmt: skip
+    cell = {
+        (r["method"], r["ipc"]): f"{100 * r['test_mean']:.2f} ± {100 * r['test_std']:.2f}"
+        for r in rows
+    }
     ipcs = sorted({r["ipc"] for r in rows})
-    lines = ["| method | " + " | ".join(f"IPC {i} ({i / 60:g} %)" for i in ipcs) + " |",
-             "|---|" + "---|" * len(ipcs)]  # fmt: skip
+    lines = [
+        "| method | " + " | ".join(f"IPC {i} ({i / 60:g} %)" for i in ipcs) + " |",
+        "|---|" + "---|" * len(ipcs),
+    ]
     for key, name in METHODS.items():
         lines.append(f"| {name} | " + " | ".join(cell.get((key, i), "—") for i in ipcs) + " |")
     lines += ["", f"Ablation (Table 3) at IPC {ABLATION_IPC}:", "", "| | test % |", "|---|---|"]
@@ -549,13 +708,19 @@ def tables(rows: list[dict[str, Any]], coverage: dict[str, Any]) -> str:
         f"| {name} | {cell.get((key, ABLATION_IPC), '—')} |" for key, name in ABLATION.items()
     ]
     if coverage:
-        lines += ["", f"Coverage at IPC {ABLATION_IPC} (share of samples within r of the set):",
-                  "", "| set | r | test | train | train easy half | train hard half |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"Coverage at IPC {ABLATION_IPC} (share of samples within r of the set):",
+            "",
+            "| set | r | test | train | train easy half | train hard half |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, c in coverage.items():
-            lines.append(f"| {name.removeprefix('coverage-')} | {c['radius']:.3g} | "
-                         f"{c['test']:.3f} | {c['train']:.3f} | {c['train_easy']:.3f} | "
-                         f"{c['train_hard']:.3f} |")  # fmt: skip
+            lines.append(
+                f"| {name.removeprefix('coverage-')} | {c['radius']:.3g} | "
+                f"{c['test']:.3f} | {c['train']:.3f} | {c['train_easy']:.3f} | "
+                f"{c['train_hard']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -563,28 +728,50 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--plan", choices=sorted(PLANS), default="v1",
-                        help="compute plan: v1, the first study (experts 2 x 5 epochs, start "
-                        "epochs [0, 3), pixel lr 1000), or v2, the budget probe's best "
-                        "(experts 2 x 15 epochs, start epochs [8, 13), pixel lr 100), or v3, "
-                        "v2 ranked by the consistency score with issue 19's fixes and a "
-                        "search that contains random, MTT and the oracle window "
-                        "(default: v1)")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=None,
-                        help="working folder (default: runs/fmnist-study for v1, "
-                        "runs/fmnist-study-v2 for v2, runs/fmnist-study-v3 for v3)")  # fmt: skip
-    parser.add_argument("--ipcs", default=None,
-                        help="IPCs to study in this chunk (default: all of the plan's: "
-                        "60,120,300,600 for v1, 60,300,600 for v2 and v3)")  # fmt: skip
-    parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
-                        help="start no new step after this many minutes")  # fmt: skip
+    parser.add_argument(
+        "--plan",
+        choices=sorted(PLANS),
+        default="v1",
+        help="compute plan: v1, the first study (experts 2 x 5 epochs, start "
+        "epochs [0, 3), pixel lr 1000), or v2, the budget probe's best "
+        "(experts 2 x 15 epochs, start epochs [8, 13), pixel lr 100), or v3, "
+        "v2 ranked by the consistency score with issue 19's fixes and a "
+        "search that contains random, MTT and the oracle window "
+        "(default: v1)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="working folder (default: runs/fmnist-study for v1, "
+        "runs/fmnist-study-v2 for v2, runs/fmnist-study-v3 for v3)",
+    )
+    parser.add_argument(
+        "--ipcs",
+        default=None,
+        help="IPCs to study in this chunk (default: all of the plan's: "
+        "60,120,300,600 for v1, 60,300,600 for v2 and v3)",
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="start no new step after this many minutes",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
-    parser.add_argument("--no-restore", action="store_true",
-                        help="do not copy the committed results into OUT first: every step "
-                        "without its output in OUT runs (to measure the study again, with a "
-                        "fresh --out)")  # fmt: skip
-    parser.add_argument("--collect", action="store_true",
-                        help="only gather finished results into MLflow and the tables")  # fmt: skip
+    parser.add_argument(
+        "--no-restore",
+        action="store_true",
+        help="do not copy the committed results into OUT first: every step "
+        "without its output in OUT runs (to measure the study again, with a "
+        "fresh --out)",
+    )
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="only gather finished results into MLflow and the tables",
+    )
     args = parser.parse_args(argv)
     plan = PLANS[args.plan]
     out = args.out or ROOT / "runs" / plan.folder
@@ -609,8 +796,9 @@ def main(argv: list[str] | None = None) -> int:
     command = search_command(search, searched, plan)
     if (search / "search_state.json").exists():
         command.append("--resume")
-    if not study.run(f"search {','.join(map(str, searched))}", command,
-                     search / f"done-{max(ipcs)}"):  # fmt: skip
+    if not study.run(
+        f"search {','.join(map(str, searched))}", command, search / f"done-{max(ipcs)}"
+    ):
         return 0
     if args.dry_run:
         if not (search / f"done-{max(ipcs)}").exists():

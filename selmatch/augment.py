@@ -34,16 +34,18 @@ class DSAConfig(Config):
     'S' mode); ``False`` applies every operation of ``strategy`` in turn."""
 
     strategy: str = setting(
-        DEFAULT_DSA_STRATEGY, flag="--dsa-strategy", metavar="OPS",
+        DEFAULT_DSA_STRATEGY,
+        flag="--dsa-strategy",
+        metavar="OPS",
         help="'_'-joined DSA operations, from color, crop, cutout, flip, scale and rotate",
-    )  # fmt: skip
+    )
     single: bool = setting(
-        True, cli=False,
+        True,
+        cli=False,
         help="draw one operation per batch (DSA's 'S' mode, as MTT and SelMatch); false: "
         "apply every operation of strategy in turn",
-    )  # fmt: skip
-    prob_flip: float = setting(0.5, cli=False,
-                               help="probability of the horizontal flip, in [0, 1]")  # fmt: skip
+    )
+    prob_flip: float = setting(0.5, cli=False, help="probability of the horizontal flip, in [0, 1]")
     ratio_scale: float = setting(
         1.2, cli=False, help="scale: factors drawn per axis from [1/r, r], r in [1, 4]"
     )
@@ -51,9 +53,8 @@ class DSAConfig(Config):
         15.0, cli=False, help="rotate: angles drawn from [-r, r] degrees, r in [0, 180]"
     )
     ratio_crop_pad: float = setting(
-        0.125, cli=False,
-        help="crop: shifts of up to this fraction of the image side, in [0, 0.5]",
-    )  # fmt: skip
+        0.125, cli=False, help="crop: shifts of up to this fraction of the image side, in [0, 0.5]"
+    )
     ratio_cutout: float = setting(
         0.5, cli=False, help="cutout: side of the erased square, a fraction of the image side"
     )

@@ -143,14 +143,16 @@ def check_float(
     upper = "∞" if high is None else f"{high:g}"
     interval = f"{left}{low:g}, {upper}{right}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{flag(name)} must be a number in {interval}, got {value!r}",
-                          setting=name)  # fmt: skip
+        raise ConfigError(
+            f"{flag(name)} must be a number in {interval}, got {value!r}", setting=name
+        )
     number = float(value)
     too_low = number <= low if low_open else number < low
     too_high = high is not None and (number >= high if high_open else number > high)
     if too_low or too_high or number != number:  # the last test rejects NaN
-        raise ConfigError(f"{flag(name)} must be a number in {interval}, got {value:g}",
-                          setting=name)  # fmt: skip
+        raise ConfigError(
+            f"{flag(name)} must be a number in {interval}, got {value:g}", setting=name
+        )
     return number
 
 
@@ -183,9 +185,11 @@ def changed_settings(
     them)."""
     before, now = _flat(_settings_dict(previous)), _flat(_settings_dict(wanted))
     keep = set(may_change)
-    return sorted(k for k in before.keys() | now.keys()
-                  if k.split(".")[0] not in keep and k not in keep
-                  and before.get(k) != now.get(k))  # fmt: skip
+    return sorted(
+        k
+        for k in before.keys() | now.keys()
+        if k.split(".")[0] not in keep and k not in keep and before.get(k) != now.get(k)
+    )
 
 
 def check_resumable(

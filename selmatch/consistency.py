@@ -37,14 +37,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from selmatch.config import (
-    Config,
-    ConfigError,
-    check_float,
-    check_int,
-    check_resumable,
-    setting,
-)
+from selmatch.config import Config, ConfigError, check_float, check_int, check_resumable, setting
 from selmatch.data import (
     ImageDataset,
     balanced_subset,
@@ -76,53 +69,63 @@ class ConsistencyConfig(Config):
     0.1, cosine, weight decay 5e-4) with crop+flip, which a short run learns fastest with."""
 
     dataset: str = setting(
-        "fashion-mnist", group=DATA, metavar="NAME",
+        "fashion-mnist",
+        group=DATA,
+        metavar="NAME",
         help="the data scored: fashion-mnist, cifar10, cifar100, tiny-imagenet or "
         "imagefolder:<path>",
-    )  # fmt: skip
+    )
     model: ModelConfig = setting(
-        factory=lambda: ModelConfig(width=32), cli=False,
-        help="the networks' architecture (--model, --width, --depth, --norm; width 32 by "
-        "default)",
-    )  # fmt: skip
+        factory=lambda: ModelConfig(width=32),
+        cli=False,
+        help="the networks' architecture (--model, --width, --depth, --norm; width 32 by default)",
+    )
     num_networks: int = setting(
-        4, flag="--networks", symbol="K", group=ESTIMATE,
+        4,
+        flag="--networks",
+        symbol="K",
+        group=ESTIMATE,
         help="networks trained, in [2 x ceil(1 / (1 - s)), 10000], so that every sample is "
         "held out at least twice",
-    )  # fmt: skip
+    )
     train_fraction: float = setting(
-        0.5, symbol="s", metavar="S", group=ESTIMATE,
+        0.5,
+        symbol="s",
+        metavar="S",
+        group=ESTIMATE,
         help="share of each class a network trains on, in (0, 0.95]",
-    )  # fmt: skip
+    )
     epochs: int = setting(6, group=ESTIMATE, help="epochs per network, in [1, 10000]")
     per_class: int | None = setting(
-        None, metavar="N", group=ESTIMATE,
+        None,
+        metavar="N",
+        group=ESTIMATE,
         help="score only a class-balanced part of N ≥ 2 images per class of the pool, from "
         "which the windows are then drawn (default: the whole pool)",
-    )  # fmt: skip
+    )
     lr: float = setting(
-        0.1, group=ESTIMATE,
+        0.1,
+        group=ESTIMATE,
         help="SGD learning rate (momentum 0.9, weight decay 5e-4, cosine schedule)",
-    )  # fmt: skip
+    )
     batch_size: int = setting(256, group=ESTIMATE, help="mini-batch size")
     augment: str = setting(
-        "crop_flip", cli=False,
+        "crop_flip",
+        cli=False,
         help="augmentation of the networks' training (crop_flip: what a short run learns "
         "fastest with)",
-    )  # fmt: skip
+    )
     seed: int = setting(
-        0, group=ESTIMATE,
-        help="seed of the splits and of the networks, network k using seed + k",
-    )  # fmt: skip
+        0, group=ESTIMATE, help="seed of the splits and of the networks, network k using seed + k"
+    )
     val_fraction: float = setting(
-        0.02, metavar="F", group=DATA,
+        0.02,
+        metavar="F",
+        group=DATA,
         help="fraction of each class of the training set held out as the validation slice, "
         "which is never scored",
-    )  # fmt: skip
-    split_seed: int = setting(
-        0, metavar="S", group=DATA,
-        help="seed of the validation hold-out",
-    )  # fmt: skip
+    )
+    split_seed: int = setting(0, metavar="S", group=DATA, help="seed of the validation hold-out")
 
     def __post_init__(self) -> None:
         check_float("train_fraction", self.train_fraction, 0.0, 0.95, low_open=True)
@@ -140,8 +143,9 @@ class ConsistencyConfig(Config):
         return math.ceil(1.0 / (1.0 - self.train_fraction) - 1e-9)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                           augment=self.augment)  # fmt: skip
+        return TrainConfig(
+            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, augment=self.augment
+        )
 
     def describe(self) -> str:
         part = "the pool" if self.per_class is None else f"{self.per_class} images/class"
@@ -155,22 +159,28 @@ def scored_indices(dataset: ImageDataset, config: ConsistencyConfig) -> torch.Te
     """The training indices that get a score: the pool (training set minus the validation
     slice), or a class-balanced ``per_class`` part of it."""
     split = holdout_split(
-        dataset.train_labels, dataset.num_classes, val_fraction=config.val_fraction,
+        dataset.train_labels,
+        dataset.num_classes,
+        val_fraction=config.val_fraction,
         seed=config.split_seed,
-    )  # fmt: skip
+    )
     if config.per_class is None:
         return split.pool
     available = smallest_class_size(dataset.train_labels, dataset.num_classes, split.pool)
     per_class = min(config.per_class, available)
-    chosen = balanced_subset(dataset.train_labels, dataset.num_classes, per_class,
-                             seed=config.seed, among=split.pool)  # fmt: skip
+    chosen = balanced_subset(
+        dataset.train_labels, dataset.num_classes, per_class, seed=config.seed, among=split.pool
+    )
     return chosen.sort().values
 
 
 def held_out_indices(
-    labels: torch.Tensor, num_classes: int, scored: torch.Tensor, config: ConsistencyConfig,
+    labels: torch.Tensor,
+    num_classes: int,
+    scored: torch.Tensor,
+    config: ConsistencyConfig,
     network: int,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """The scored indices network ``network`` never trains on (see the module's splits)."""
     per_round = config.networks_per_round
     round_, slot = divmod(network, per_round)
@@ -186,9 +196,13 @@ def held_out_indices(
 
 
 def train_consistency_network(
-    dataset: ImageDataset, config: ConsistencyConfig, network: int, *, device: torch.device,
+    dataset: ImageDataset,
+    config: ConsistencyConfig,
+    network: int,
+    *,
+    device: torch.device,
     progress: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Train network ``network`` on its part of the pool; the probability of the true label
     of every sample it held out (eval mode), and its seconds."""
     started = time.perf_counter()
@@ -201,20 +215,33 @@ def train_consistency_network(
     seed = config.seed + network
     model = build_model(config.model, dataset.image_shape, dataset.num_classes, seed=seed)
     train_network(
-        model, dataset.train_images[train_indices], labels[train_indices], config.train_config(),
-        seed=seed, device=device, normalize=dataset.normalize, progress=progress,
+        model,
+        dataset.train_images[train_indices],
+        labels[train_indices],
+        config.train_config(),
+        seed=seed,
+        device=device,
+        normalize=dataset.normalize,
+        progress=progress,
         desc=f"network {network}",
-    )  # fmt: skip
+    )
     probability = true_label_probability(model, dataset, held_out, device=device)
-    return {"held_out": held_out, "probability": probability,
-            "seconds": time.perf_counter() - started}  # fmt: skip
+    return {
+        "held_out": held_out,
+        "probability": probability,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 @torch.no_grad()
 def true_label_probability(
-    model: torch.nn.Module, dataset: ImageDataset, indices: torch.Tensor, *,
-    device: torch.device, batch_size: int = 1024,
-) -> torch.Tensor:  # fmt: skip
+    model: torch.nn.Module,
+    dataset: ImageDataset,
+    indices: torch.Tensor,
+    *,
+    device: torch.device,
+    batch_size: int = 1024,
+) -> torch.Tensor:
     """softmax(f(x))[y] of the training samples ``indices`` (float64), in eval mode."""
     model.eval()
     out = []
@@ -247,8 +274,10 @@ def network_file(directory: Path, network: int) -> Path:
 
 
 def save_network(directory: Path, network: int, result: Mapping[str, Any]) -> None:
-    tensors = {"held_out": result["held_out"].to(torch.int64).contiguous(),
-               "probability": result["probability"].to(torch.float64).contiguous()}  # fmt: skip
+    tensors = {
+        "held_out": result["held_out"].to(torch.int64).contiguous(),
+        "probability": result["probability"].to(torch.float64).contiguous(),
+    }
     atomic_write(network_file(directory, network), partial(save_file, tensors))
 
 
@@ -262,25 +291,34 @@ def prepare_directory(
         return {}
     saved = read_json(path)
     check_resumable(
-        ConsistencyConfig.from_dict(saved["config"]), config,
+        ConsistencyConfig.from_dict(saved["config"]),
+        config,
         f"--out {directory} holds consistency networks made with other settings ({{changed}}); "
         "use another folder or the same settings to resume",
         may_change=("num_networks",),
-    )  # fmt: skip
+    )
     if dataset is not None:
         check_data(saved.get(DATA_KEY), dataset, f"--scores {directory} holds consistency networks")
     return {str(k): float(v) for k, v in saved.get("seconds", {}).items()}
 
 
 def write_manifest(
-    directory: Path, config: ConsistencyConfig, seconds: Mapping[str, float],
+    directory: Path,
+    config: ConsistencyConfig,
+    seconds: Mapping[str, float],
     data: Mapping[str, Any] | None = None,
-) -> None:  # fmt: skip
-    write_json(directory / MANIFEST, {
-        "kind": "selmatch-consistency", "config": config.to_dict(), "seconds": dict(seconds),
-        "total_seconds": sum(seconds.values()), "versions": versions(),
-        **({DATA_KEY: dict(data)} if data is not None else {}),
-    })  # fmt: skip
+) -> None:
+    write_json(
+        directory / MANIFEST,
+        {
+            "kind": "selmatch-consistency",
+            "config": config.to_dict(),
+            "seconds": dict(seconds),
+            "total_seconds": sum(seconds.values()),
+            "versions": versions(),
+            **({DATA_KEY: dict(data)} if data is not None else {}),
+        },
+    )
 
 
 def finish(directory: Path, dataset: ImageDataset, config: ConsistencyConfig) -> ScoreTable:
@@ -289,12 +327,17 @@ def finish(directory: Path, dataset: ImageDataset, config: ConsistencyConfig) ->
     score, count = combine_consistency(len(dataset.train_labels), results)
     scored = count > 0
     table = ScoreTable(
-        {SCORE_NAME: score}, {SCORE_NAME: CONSISTENCY.higher_is_harder},
-        {"dataset": dataset.name, "consistency": config.describe(),
-         "consistency_min_holdouts": int(count[scored].min()) if bool(scored.any()) else 0,
-         "val_fraction": config.val_fraction, "split_seed": config.split_seed,
-         DATA_KEY: data_identity(dataset)},
-    )  # fmt: skip
+        {SCORE_NAME: score},
+        {SCORE_NAME: CONSISTENCY.higher_is_harder},
+        {
+            "dataset": dataset.name,
+            "consistency": config.describe(),
+            "consistency_min_holdouts": int(count[scored].min()) if bool(scored.any()) else 0,
+            "val_fraction": config.val_fraction,
+            "split_seed": config.split_seed,
+            DATA_KEY: data_identity(dataset),
+        },
+    )
     if (directory / SCORES_FILE).is_file():
         table = ScoreTable.load(directory).merged(table)
     table.save(directory)
@@ -302,9 +345,13 @@ def finish(directory: Path, dataset: ImageDataset, config: ConsistencyConfig) ->
 
 
 def estimate_consistency(
-    dataset: ImageDataset, config: ConsistencyConfig, directory: str | Path, *,
-    device: str = "auto", progress: bool = True,
-) -> ScoreTable:  # fmt: skip
+    dataset: ImageDataset,
+    config: ConsistencyConfig,
+    directory: str | Path,
+    *,
+    device: str = "auto",
+    progress: bool = True,
+) -> ScoreTable:
     """Train the missing networks of ``directory`` one after another and write the score."""
     if dataset.name != config.dataset:
         raise ConfigError(f"config is for {config.dataset}, dataset is {dataset.name}")
@@ -315,8 +362,9 @@ def estimate_consistency(
     torch_device = resolve_device(device)
     todo = [k for k in range(config.num_networks) if not network_file(directory, k).is_file()]
     for network in progress_bar(todo, desc="consistency networks", enabled=progress):
-        result = train_consistency_network(dataset, config, network, device=torch_device,
-                                           progress=progress)  # fmt: skip
+        result = train_consistency_network(
+            dataset, config, network, device=torch_device, progress=progress
+        )
         save_network(directory, network, result)
         seconds[str(network)] = result["seconds"]
         write_manifest(directory, config, seconds, data)

@@ -22,8 +22,9 @@ from selmatch.experts import ExpertSet
 from selmatch.models import build_model
 
 
-def nearest_distances(queries: torch.Tensor, points: torch.Tensor, *, exclude_self: bool = False,
-                      chunk: int = 2048) -> torch.Tensor:  # fmt: skip
+def nearest_distances(
+    queries: torch.Tensor, points: torch.Tensor, *, exclude_self: bool = False, chunk: int = 2048
+) -> torch.Tensor:
     """For each query, the Euclidean distance to its nearest point (optionally ignoring the
     point at the same index, when queries and points are the same set)."""
     out = []
@@ -66,9 +67,13 @@ class CoverageReport:
 
 @torch.no_grad()
 def expert_features(
-    experts: ExpertSet, dataset: ImageDataset, calibration: torch.Tensor, device: torch.device,
-    *, expert: int = 0,
-) -> nn.Module:  # fmt: skip
+    experts: ExpertSet,
+    dataset: ImageDataset,
+    calibration: torch.Tensor,
+    device: torch.device,
+    *,
+    expert: int = 0,
+) -> nn.Module:
     """Expert ``expert`` at its last epoch, BatchNorm statistics re-estimated on the real
     ``calibration`` images, in eval mode."""
     model = build_model(experts.config.model, dataset.image_shape, dataset.num_classes)

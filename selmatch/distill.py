@@ -72,22 +72,17 @@ from selmatch.plots import save_curve, save_set_grid
 from selmatch.progress import progress_bar
 from selmatch.seqmatch import EarlierSubsets, cached_stage_experts, stage_expert_config
 from selmatch.synthetic import SyntheticSet
-from selmatch.target import (
-    RUN,
-    SEQMATCH,
-    SET_KEYS,
-    SetSpec,
-    initialisation_of,
-    target_of,
-)
+from selmatch.target import RUN, SEQMATCH, SET_KEYS, SetSpec, initialisation_of, target_of
 from selmatch.train import resolve_device
 
 #: ``DistillConfig.speed`` values
 SPEEDS = ("auto", "off")
 CHECKPOINT_DIR = "checkpoint"
 MATCHING = "trajectory matching"
-LEVERS = ("speed levers of the student step (off by default but for --speed auto on CUDA; "
-          "docs/distillation.md)")  # fmt: skip
+LEVERS = (
+    "speed levers of the student step (off by default but for --speed auto on CUDA; "
+    "docs/distillation.md)"
+)
 STAGE_CACHE_DIR = "stage-experts"
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
@@ -107,19 +102,26 @@ class DistillConfig(Config):
     them in, and a run uses, saves and compares only resolved settings."""
 
     stage_experts: int = setting(
-        2, group=SEQMATCH, metavar="N", paper="100",
+        2,
+        group=SEQMATCH,
+        metavar="N",
+        paper="100",
         help="retrained: experts per stage k > 1 (CPU-sized)",
-    )  # fmt: skip
+    )
     stage_prefix_epochs: int = setting(
-        100, group=SEQMATCH, metavar="E",
+        100,
+        group=SEQMATCH,
+        metavar="E",
         help="retrained: epochs of each step on the earlier subsets (S1, then S1+S2, ...) "
         "before the real data",
-    )  # fmt: skip
+    )
     stage_expert_epochs: int | None = setting(
-        None, group=SEQMATCH, metavar="E",
+        None,
+        group=SEQMATCH,
+        metavar="E",
         help="retrained: real-data epochs recorded per stage expert (default: T+ + M, the "
         "least the start window needs; the authors: 20)",
-    )  # fmt: skip
+    )
     n_student_steps: int = setting(
         20,
         flag="--student-steps",
@@ -129,80 +131,106 @@ class DistillConfig(Config):
         help="student SGD steps per iteration",
     )
     expert_epochs: int = setting(
-        2, symbol="M", group=MATCHING,
+        2,
+        symbol="M",
+        group=MATCHING,
         help="expert epochs the student's N steps are matched to (the target is θ*_{t+M})",
-    )  # fmt: skip
+    )
     min_start_epoch: int = setting(
-        0, symbol="T−", group=MATCHING,
+        0,
+        symbol="T−",
+        group=MATCHING,
         help="matched segments start at an expert epoch in [T−, T+): 0 in MTT and SelMatch; "
         "a later T−, as DATM does for large IPC, matches only later training",
-    )  # fmt: skip
+    )
     max_start_epoch: int = setting(
-        10, symbol="T+", paper="80", group=MATCHING,
+        10,
+        symbol="T+",
+        paper="80",
+        group=MATCHING,
         help="latest expert epoch a matched segment may start at (exclusive)",
-    )  # fmt: skip
-    syn_batch: int = setting(100, symbol="b", paper="125", group=MATCHING,
-                             help="synthetic images per student step")  # fmt: skip
-    iterations: int = setting(200, paper="10,000", group=MATCHING,
-                              help="matching iterations (image updates)")  # fmt: skip
+    )
+    syn_batch: int = setting(
+        100, symbol="b", paper="125", group=MATCHING, help="synthetic images per student step"
+    )
+    iterations: int = setting(
+        200, paper="10,000", group=MATCHING, help="matching iterations (image updates)"
+    )
     lr_images: float = setting(1000.0, group=MATCHING, help="pixel learning rate (SGD)")
     momentum_images: float = setting(0.5, group=MATCHING, help="pixel momentum")
     lr_init: float | None = setting(
-        None, group=MATCHING,
+        None,
+        group=MATCHING,
         help="initial learnable lr η (default: 0.001 for selmatch, as its authors' scripts; "
         "0.01 for mtt and seqmatch, MTT's value)",
-    )  # fmt: skip
+    )
     lr_lr: float = setting(1e-5, group=MATCHING, help="learning rate of η")
     momentum_lr: float = setting(0.5, group=MATCHING, help="momentum of η")
-    dsa_strategy: str = setting(DEFAULT_DSA_STRATEGY, group=MATCHING, metavar="OPS",
-                                help="DSA on every student batch ('_'-joined operations), or "
-                                "none")  # fmt: skip
+    dsa_strategy: str = setting(
+        DEFAULT_DSA_STRATEGY,
+        group=MATCHING,
+        metavar="OPS",
+        help="DSA on every student batch ('_'-joined operations), or none",
+    )
     mode: str = setting(
-        "unrolled", flag="--memory", choices=MODES, group=MATCHING,
+        "unrolled",
+        flag="--memory",
+        choices=MODES,
+        group=MATCHING,
         help="unrolled: keep the graph of all N steps (fast); checkpointed: recompute one step "
         "at a time, peak memory independent of N",
-    )  # fmt: skip
+    )
     trajectories_per_step: int = setting(
-        1, symbol="E", group=MATCHING, metavar="E",
+        1,
+        symbol="E",
+        group=MATCHING,
+        metavar="E",
         help="expert trajectories (each its own expert, start epoch and student batches) "
         "matched per iteration in one batched computation; the images and η are updated "
         "with the mean of the E losses",
-    )  # fmt: skip
+    )
     compile: bool = setting(
-        False, group=LEVERS,
+        False,
+        group=LEVERS,
         help="torch.compile each student step's gradient (torch.func.grad of its loss as one "
         "graph; the matching back-propagates through it once). The first iterations pay the "
         "compilation; on CPU its float32 gradient moved by ~1e-2 at width 32 (inductor goes "
         "channels-last: docs/distillation.md)",
-    )  # fmt: skip
+    )
     cuda_graphs: bool = setting(
-        False, group=LEVERS,
+        False,
+        group=LEVERS,
         help="replay each student step's gradient and its backward from CUDA graphs captured "
         "at the first iteration (one per step with --memory unrolled, one per batch shape "
         "with checkpointed); batch gathering, DSA and the update stay outside. CUDA only: an "
         "error on another device",
-    )  # fmt: skip
+    )
     precision: str = setting(
-        "default", choices=PRECISIONS, group=LEVERS,
+        "default",
+        choices=PRECISIONS,
+        group=LEVERS,
         help="float precision of the matching. default: PyTorch's settings (on CUDA, TF32 "
         "convolutions in cuDNN and IEEE float32 matrix products); fp32: IEEE float32 in both; "
         "tf32: TF32 in both (fp32 and tf32 are CUDA settings and change nothing on CPU); bf16: "
         "the student's forward under bfloat16 autocast, loss and updates in float32 (its "
         "gradient differs from float32 by more than 1e-3: docs/distillation.md)",
-    )  # fmt: skip
+    )
     channels_last: bool = setting(
-        False, group=LEVERS,
+        False,
+        group=LEVERS,
         help="the student's batches and conv weights in channels-last (NHWC) memory format; "
         "--trajectories-per-step 1 only; on CPU its float32 gradient moved by ~1e-2 at width "
         "32 (CPU BatchNorm statistics in that layout: docs/distillation.md)",
-    )  # fmt: skip
+    )
     speed: str = setting(
-        "auto", choices=SPEEDS, group=LEVERS,
+        "auto",
+        choices=SPEEDS,
+        group=LEVERS,
         help="auto: on a CUDA device, with --trajectories-per-step 1 and --memory unrolled, "
         "switch on --compile and --cuda-graphs (together 2.3-2.9x the plain step on an H200, "
         "docs/benchmarks.md; the first iteration pays about 30 s of compilation); on CPU, or "
         "in other modes, nothing changes. off: only the levers given",
-    )  # fmt: skip
+    )
     checkpoint_every: int = setting(50, group=RUN, help="iterations between checkpoints")
     seed: int = setting(0, group=RUN, help="seed of every random choice")
 
@@ -259,20 +287,32 @@ class DistillConfig(Config):
     @property
     def levers(self) -> Levers:
         """The levers asked for one by one (``levers_on`` adds what ``speed`` switches on)."""
-        return Levers(compile=self.compile, cuda_graphs=self.cuda_graphs,
-                      precision=self.precision, channels_last=self.channels_last)  # fmt: skip
+        return Levers(
+            compile=self.compile,
+            cuda_graphs=self.cuda_graphs,
+            precision=self.precision,
+            channels_last=self.channels_last,
+        )
 
     def levers_on(self, device: torch.device) -> Levers:
         """The levers a run on ``device`` uses: those asked for, plus compile and CUDA graphs
         where ``speed`` is ``auto`` and the run is the measured case (CUDA, E = 1, unrolled)."""
-        auto = (self.speed == "auto" and device.type == "cuda"
-                and self.trajectories_per_step == 1 and self.mode == "unrolled")  # fmt: skip
+        auto = (
+            self.speed == "auto"
+            and device.type == "cuda"
+            and self.trajectories_per_step == 1
+            and self.mode == "unrolled"
+        )
         if not auto:
             return self.levers
         # torch.compile's GPU code is Triton's: without it, CUDA graphs alone
         compiles = self.compile or importlib.util.find_spec("triton") is not None
-        return Levers(compile=compiles, cuda_graphs=True, precision=self.precision,
-                      channels_last=self.channels_last)  # fmt: skip
+        return Levers(
+            compile=compiles,
+            cuda_graphs=True,
+            precision=self.precision,
+            channels_last=self.channels_last,
+        )
 
     @property
     def initial_lr(self) -> float:
@@ -322,9 +362,12 @@ class DistillState:
 
 # --------------------------------------------------------------------------- initialisation
 def initial_set(
-    target: SetSpec, seed: int, dataset: ImageDataset, split: HoldoutSplit,
+    target: SetSpec,
+    seed: int,
+    dataset: ImageDataset,
+    split: HoldoutSplit,
     hardness: torch.Tensor | None,
-) -> Initial:  # fmt: skip
+) -> Initial:
     """The real images the set starts from, its distill mask and (SeqMatch) subset ids."""
     return initialisation_of(target, seed).select(dataset, split, hardness)
 
@@ -377,12 +420,16 @@ def run_inputs(dataset: ImageDataset, experts: Experts, initial: Initial) -> dic
     digest of the real images the initialisation picked (the score table's choice)."""
     return {
         DATA_KEY: data_identity(dataset),
-        "experts": fingerprint({"config": experts.config.to_dict(),
-                                "layout": experts.layout.to_dict(),
-                                "finished": experts.finished}),
+        "experts": fingerprint(
+            {
+                "config": experts.config.to_dict(),
+                "layout": experts.layout.to_dict(),
+                "finished": experts.finished,
+            }
+        ),
         "experts_directory": str(experts.directory),
         "initial": tensor_digest(initial.indices),
-    }  # fmt: skip
+    }
 
 
 @dataclass(frozen=True)
@@ -406,11 +453,18 @@ def _save_checkpoint(run: _Run, state: DistillState) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     folder = run.directory / CHECKPOINT_DIR
     atomic_write(folder / "state.safetensors", lambda p: save_file(tensors, p))
-    write_json(folder / "state.json", {
-        "config": flat_settings(run.target, run.config), "stage": state.stage,
-        "iteration": state.iteration, "losses": state.losses, "seconds": state.seconds,
-        "stage_lrs": state.stage_lrs, "inputs": run.inputs,
-    })  # fmt: skip
+    write_json(
+        folder / "state.json",
+        {
+            "config": flat_settings(run.target, run.config),
+            "stage": state.stage,
+            "iteration": state.iteration,
+            "losses": state.losses,
+            "seconds": state.seconds,
+            "stage_lrs": state.stage_lrs,
+            "inputs": run.inputs,
+        },
+    )
 
 
 #: Settings a resumed distillation may change.
@@ -438,17 +492,22 @@ def _load_checkpoint(
         f"--resume: {directory} was distilled with other settings ({{changed}}); only "
         "--iterations, --lr-images, --lr-lr and --checkpoint-every may change on resume",
         may_change=RESUMABLE,
-    )  # fmt: skip
+    )
     tensors = read_safetensors(folder / "state.safetensors")
     _check_tensors(tensors, folder / "state.safetensors", expected, expected.stages[saved["stage"]])
     _check_inputs(saved.get("inputs"), folder, expected, dataset)
     return DistillState(
-        images=tensors["images"], syn_lr=tensors["syn_lr"].reshape(()), stage=saved["stage"],
-        iteration=saved["iteration"], losses=saved["losses"],
-        image_momentum=tensors.get("image_momentum"), lr_momentum=tensors.get("lr_momentum"),
-        generator_state=tensors.get("generator_state"), seconds=saved["seconds"],
+        images=tensors["images"],
+        syn_lr=tensors["syn_lr"].reshape(()),
+        stage=saved["stage"],
+        iteration=saved["iteration"],
+        losses=saved["losses"],
+        image_momentum=tensors.get("image_momentum"),
+        lr_momentum=tensors.get("lr_momentum"),
+        generator_state=tensors.get("generator_state"),
+        seconds=saved["seconds"],
         stage_lrs=saved.get("stage_lrs", []),
-    )  # fmt: skip
+    )
 
 
 def _damaged(path: Path, problem: str) -> CheckpointError:
@@ -506,17 +565,25 @@ def _check_tensors(
     images, lr = tensors["images"], tensors["syn_lr"]
     shape, learnable = tuple(images.shape), (len(stage.learnable), *expected.images[1:])
     checks = (
-        (images.is_floating_point() and shape == expected.images,
-         f"images are {images.dtype} {shape}, this set's are float {expected.images}"),
+        (
+            images.is_floating_point() and shape == expected.images,
+            f"images are {images.dtype} {shape}, this set's are float {expected.images}",
+        ),
         (bool(torch.isfinite(images).all()), "images hold NaN or infinite pixels"),
-        (_fits(lr, (1,)) and float(lr.flatten()[0]) > 0,
-         f"syn_lr must be one finite float > 0, got {_shown(lr)}"),
-        (_fits(tensors.get("image_momentum"), learnable),
-         f"image_momentum must be float {learnable}, finite (the stage's learnable images)"),
+        (
+            _fits(lr, (1,)) and float(lr.flatten()[0]) > 0,
+            f"syn_lr must be one finite float > 0, got {_shown(lr)}",
+        ),
+        (
+            _fits(tensors.get("image_momentum"), learnable),
+            f"image_momentum must be float {learnable}, finite (the stage's learnable images)",
+        ),
         (_fits(tensors.get("lr_momentum"), (1,)), "lr_momentum must be one finite number"),
-        (_is_generator_state(tensors.get("generator_state")),
-         "generator_state is not a random generator's state"),
-    )  # fmt: skip
+        (
+            _is_generator_state(tensors.get("generator_state")),
+            "generator_state is not a random generator's state",
+        ),
+    )
     for ok, problem in checks:
         if not ok:
             raise _damaged(path, problem)
@@ -560,8 +627,11 @@ def _check_inputs(recorded: Any, folder: Path, expected: _Expected, dataset: Ima
             "to start again"
         )
     if recorded.get("initial") not in (None, now["initial"]):
-        given = ("--scores and --score" if expected.target.needs_scores
-                 else "--val-fraction and --split-seed")  # fmt: skip
+        given = (
+            "--scores and --score"
+            if expected.target.needs_scores
+            else "--val-fraction and --split-seed"
+        )
         raise ConfigError(
             f"--resume: {folder} started from other real images (digest {recorded['initial']}) "
             f"than {given} pick now ({now['initial']}); use the interrupted run's {given}, or "
@@ -669,10 +739,17 @@ def sample_trajectories(
     starts, targets, plans = [], [], []
     for _ in range(config.trajectories_per_step):
         start, target = sample_expert_segment(run, start_epochs, generator)
-        plans.append(plan_student_steps(
-            set_size, config.n_student_steps, config.syn_batch, run.image_size, run.dsa,
-            generator, run.device,
-        ))  # fmt: skip
+        plans.append(
+            plan_student_steps(
+                set_size,
+                config.n_student_steps,
+                config.syn_batch,
+                run.image_size,
+                run.dsa,
+                generator,
+                run.device,
+            )
+        )
         starts.append(start)
         targets.append(target)
     return torch.stack(starts), torch.stack(targets), plans
@@ -694,16 +771,32 @@ def _run_stage(run: _Run, stage: Stage, state: DistillState, generator: torch.Ge
     stages = run.target.stages
     desc = f"stage {state.stage + 1}/{stages}" if stages > 1 else "distill"
     todo = range(state.iteration, config.iterations)
-    bar = progress_bar(todo, desc=desc, enabled=run.progress, initial=state.iteration,
-                       total=config.iterations)  # fmt: skip
+    bar = progress_bar(
+        todo, desc=desc, enabled=run.progress, initial=state.iteration, total=config.iterations
+    )
     for iteration in bar:
         started = time.perf_counter()
-        starts, targets, plans = sample_trajectories(run, stage.start_epochs, len(labels),
-                                                     generator)  # fmt: skip
-        result = match_trajectories(config.mode, run.template, run.layout, starts, targets,
-                                    synthetic, syn_lr, plans, run.step)  # fmt: skip
-        _check_finite(iteration, result.loss, [result.grad_learnable, result.grad_lr],
-                      float(syn_lr.detach()), run.directory)  # fmt: skip
+        starts, targets, plans = sample_trajectories(
+            run, stage.start_epochs, len(labels), generator
+        )
+        result = match_trajectories(
+            config.mode,
+            run.template,
+            run.layout,
+            starts,
+            targets,
+            synthetic,
+            syn_lr,
+            plans,
+            run.step,
+        )
+        _check_finite(
+            iteration,
+            result.loss,
+            [result.grad_learnable, result.grad_lr],
+            float(syn_lr.detach()),
+            run.directory,
+        )
         learnable.grad, syn_lr.grad = result.grad_learnable, result.grad_lr.reshape(syn_lr.shape)
         image_opt.step()
         lr_opt.step()
@@ -753,21 +846,30 @@ def distill(
     stages = stages_of(target, config, initial)
     inputs = run_inputs(dataset, experts, initial)
     shape = (len(initial.labels), *dataset.image_shape)
-    existing = _load_checkpoint(directory, _Expected(target, config, stages, shape, inputs),
-                                dataset, resume=resume)  # fmt: skip
+    existing = _load_checkpoint(
+        directory, _Expected(target, config, stages, shape, inputs), dataset, resume=resume
+    )
     template = student_template(
         build_model(experts.config.model, dataset.image_shape, dataset.num_classes)
     ).to(torch_device)
     if ParamLayout.of(template) != experts.layout:
         raise ConfigError("the experts' parameter layout does not match their model config")
     run = _Run(
-        target, config, directory, template, experts.layout, experts, experts.finished,
+        target,
+        config,
+        directory,
+        template,
+        experts.layout,
+        experts,
+        experts.finished,
         initial.labels,
         (dataset.image_shape[1], dataset.image_shape[2]),
         None if config.dsa_strategy == "none" else DSAConfig(strategy=config.dsa_strategy),
-        torch_device, progress,
-        StudentStep(template, experts.layout, levers) if levers.active else None, inputs,
-    )  # fmt: skip
+        torch_device,
+        progress,
+        StudentStep(template, experts.layout, levers) if levers.active else None,
+        inputs,
+    )
     generator = torch.Generator().manual_seed(config.seed)
     state = existing or DistillState(
         images=dataset.normalize(dataset.train_images[initial.indices]),
@@ -824,16 +926,24 @@ def _stage_run(
     assert config.stage_expert_epochs is not None  # resolved()
     earlier_rows = initial.subset_ids < k
     earlier = EarlierSubsets(
-        state.images[earlier_rows], initial.labels[earlier_rows],
-        initial.subset_ids[earlier_rows], tuple(state.stage_lrs[:k]),
-    )  # fmt: skip
+        state.images[earlier_rows],
+        initial.labels[earlier_rows],
+        initial.subset_ids[earlier_rows],
+        tuple(state.stage_lrs[:k]),
+    )
     expert_config = stage_expert_config(
         experts.config, config.stage_experts, config.stage_expert_epochs
     )
     saved = cached_stage_experts(
-        dataset, expert_config, earlier, config.stage_prefix_epochs, cache, device=run.device,
-        progress=run.progress, mapper=mapper,
-    )  # fmt: skip
+        dataset,
+        expert_config,
+        earlier,
+        config.stage_prefix_epochs,
+        cache,
+        device=run.device,
+        progress=run.progress,
+        mapper=mapper,
+    )
     return replace(run, experts=saved, expert_ids=list(range(config.stage_experts))), (
         saved.directory
     )
@@ -855,18 +965,25 @@ def _write_result(
         learned_lr=float(state.syn_lr),
         source_indices=initial.indices,
         manifest={
-            "dataset": dataset.name, "mean": list(dataset.mean), "std": list(dataset.std),
-            "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
-            "ipc": target.ipc, "method": target.method,
+            "dataset": dataset.name,
+            "mean": list(dataset.mean),
+            "std": list(dataset.std),
+            "num_classes": dataset.num_classes,
+            "class_names": list(dataset.class_names),
+            "ipc": target.ipc,
+            "method": target.method,
             "distill": flat_settings(target, config),
-            "experts": {"directory": str(experts.directory.resolve()),
-                        "config": experts.config.to_dict(), "used": experts.finished},
-            **target.method_kind.manifest_extras(target, initial, state.stage_lrs,
-                                                 stage_folders),
+            "experts": {
+                "directory": str(experts.directory.resolve()),
+                "config": experts.config.to_dict(),
+                "used": experts.finished,
+            },
+            **target.method_kind.manifest_extras(target, initial, state.stage_lrs, stage_folders),
             "final_loss": state.losses[-1] if state.losses else None,
-            "seconds": state.seconds, **initial.info,
+            "seconds": state.seconds,
+            **initial.info,
         },
-    )  # fmt: skip
+    )
     result.save(directory)
     _write_loss_file(directory, state)
     return result
@@ -888,17 +1005,28 @@ def draw(directory: str | Path) -> list[Path]:
     saved = SyntheticSet.load(directory)
     manifest = saved.manifest
     mask = saved.distill_mask
-    written = [save_set_grid(
-        denormalize(saved.images, manifest["mean"], manifest["std"]), saved.labels,
-        [("D_select", ~mask), ("D_distill", mask)], manifest["class_names"],
-        directory / "grid.png",
-    )]  # fmt: skip
+    written = [
+        save_set_grid(
+            denormalize(saved.images, manifest["mean"], manifest["std"]),
+            saved.labels,
+            [("D_select", ~mask), ("D_distill", mask)],
+            manifest["class_names"],
+            directory / "grid.png",
+        )
+    ]
     with open(directory / "loss.csv") as handle:
         losses = [float(line.split(",")[1]) for line in list(handle)[1:]]
     if losses:
-        written.append(save_curve(
-            range(1, len(losses) + 1), [("matching loss", losses)], directory / "loss.png",
-            xlabel="iteration", ylabel="loss", scale=1.0, marker="",
-            title=f"{manifest['method']}, IPC {manifest['ipc']}",
-        ))  # fmt: skip
+        written.append(
+            save_curve(
+                range(1, len(losses) + 1),
+                [("matching loss", losses)],
+                directory / "loss.png",
+                xlabel="iteration",
+                ylabel="loss",
+                scale=1.0,
+                marker="",
+                title=f"{manifest['method']}, IPC {manifest['ipc']}",
+            )
+        )
     return written

@@ -62,31 +62,41 @@ class EvalConfig(Config):
     """Which network to train, how, and over how many seeds (``seed``, ``seed + 1``, ...)."""
 
     model: ModelConfig = setting(
-        factory=ModelConfig, cli=False, paper="resnet18 (batch norm)",
+        factory=ModelConfig,
+        cli=False,
+        paper="resnet18 (batch norm)",
         help="the network trained on the set (--model, --width, --depth, --norm)",
-    )  # fmt: skip
+    )
     train: TrainConfig = setting(
-        factory=TrainConfig, cli=False,
+        factory=TrainConfig,
+        cli=False,
         help="how each network is trained (the SelMatch evaluation protocol by default)",
-    )  # fmt: skip
+    )
     num_seeds: int = setting(
-        3, flag="--seeds", metavar="N", paper="5", group=SEEDS,
+        3,
+        flag="--seeds",
+        metavar="N",
+        paper="5",
+        group=SEEDS,
         help="networks to train, with seeds S, S+1, ..., S+N-1, in [1, 1000]; the result is "
         "their mean ± std",
-    )  # fmt: skip
+    )
     seed: int = setting(0, metavar="S", group=SEEDS, help="first seed, in [0, 2^31 - 1]")
     device: str = setting(
-        "auto", group=SEEDS,
+        "auto",
+        group=SEEDS,
         help="where the networks train: cpu, cuda, cuda:1, ..., or auto (CUDA when present, "
         "else CPU)",
-    )  # fmt: skip
+    )
     #: If set, ``train.epochs`` is replaced by the epochs that take as many steps as this many
     #: epochs over the full training pool (:func:`budget_epochs`; the paper's rule is 50).
     full_epochs: float | None = setting(
-        None, cli=False, paper="50",
+        None,
+        cli=False,
+        paper="50",
         help="if set, train for the steps of this many epochs over the full training pool, "
         "whatever the set's size, in place of train.epochs (a command's --epochs full:F)",
-    )  # fmt: skip
+    )
 
     def __post_init__(self) -> None:
         check_int("num_seeds", self.num_seeds, 1, 1000)
@@ -168,11 +178,15 @@ class EvalResult:
             "train_seconds": list(self.train_seconds),
             "epochs": self.epochs,
             "set_size": self.set_size,
-            **({} if self.eval_order is None else {
-                "eval_order": self.eval_order,
-                "stage_epochs": None if self.stage_epochs is None else list(self.stage_epochs),
-            }),
-        }  # fmt: skip
+            **(
+                {}
+                if self.eval_order is None
+                else {
+                    "eval_order": self.eval_order,
+                    "stage_epochs": None if self.stage_epochs is None else list(self.stage_epochs),
+                }
+            ),
+        }
 
 
 @dataclass(frozen=True)
@@ -291,11 +305,17 @@ def _evaluate(
         spent = 0.0
         for phase in phases:
             spent += train_network(
-                model, phase.of(images), phase.of(labels), phase.train, seed=seed,
-                device=device, normalize=norm,
-                dsa_mask=None if dsa_mask is None else phase.of(dsa_mask), progress=progress,
+                model,
+                phase.of(images),
+                phase.of(labels),
+                phase.train,
+                seed=seed,
+                device=device,
+                normalize=norm,
+                dsa_mask=None if dsa_mask is None else phase.of(dsa_mask),
+                progress=progress,
                 desc=f"seed {seed} ({index + 1}/{config.num_seeds})",
-            ).seconds  # fmt: skip
+            ).seconds
         tests.append(
             accuracy(model, dataset.test_images, dataset.test_labels, device=device, normalize=norm)
         )

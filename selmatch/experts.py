@@ -36,14 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from selmatch.config import (
-    Config,
-    ConfigError,
-    SelmatchError,
-    check_int,
-    check_resumable,
-    setting,
-)
+from selmatch.config import Config, ConfigError, SelmatchError, check_int, check_resumable, setting
 from selmatch.data import ImageDataset, balanced_subset, holdout_split, smallest_class_size
 from selmatch.identity import DATA_KEY, check_data, data_identity
 from selmatch.io import (
@@ -88,53 +81,69 @@ class ExpertConfig(Config):
     experts and epochs, which are CPU-sized here (the paper: 100 experts of 100 epochs)."""
 
     dataset: str = setting(
-        "fashion-mnist", group=DATA, metavar="NAME",
+        "fashion-mnist",
+        group=DATA,
+        metavar="NAME",
         help="the data the experts learn: fashion-mnist, cifar10, cifar100, tiny-imagenet or "
         "imagefolder:<path>",
-    )  # fmt: skip
+    )
     model: ModelConfig = setting(
-        factory=ModelConfig, cli=False,
+        factory=ModelConfig,
+        cli=False,
         help="the experts' network (--model, --width, --depth, --norm)",
-    )  # fmt: skip
+    )
     num_experts: int = setting(
-        2, metavar="N", paper="100", group=EXPERT_TRAINING,
+        2,
+        metavar="N",
+        paper="100",
+        group=EXPERT_TRAINING,
         help="expert trajectories to train, in [1, 10000]; a rerun with a larger N trains "
         "only the new ones",
-    )  # fmt: skip
+    )
     epochs: int = setting(
-        20, paper="100, with T+ = 80", group=EXPERT_TRAINING,
+        20,
+        paper="100, with T+ = 80",
+        group=EXPERT_TRAINING,
         help="epochs per expert, i.e. its trajectory's length (at least T+ + M for the "
         "distillation), in [1, 10000]",
-    )  # fmt: skip
-    lr: float = setting(0.01, group=EXPERT_TRAINING,
-                        help="SGD learning rate of the experts, constant")  # fmt: skip
+    )
+    lr: float = setting(
+        0.01, group=EXPERT_TRAINING, help="SGD learning rate of the experts, constant"
+    )
     batch_size: int = setting(256, group=EXPERT_TRAINING, help="mini-batch size, at least 2")
     momentum: float = setting(0.0, group=EXPERT_TRAINING, help="SGD momentum, in [0, 1)")
     weight_decay: float = setting(0.0, group=EXPERT_TRAINING, help="SGD weight decay, in [0, 1]")
     augment: str = setting(
-        "dsa", choices=EXPERT_AUGMENTATIONS, group=EXPERT_TRAINING,
+        "dsa",
+        choices=EXPERT_AUGMENTATIONS,
+        group=EXPERT_TRAINING,
         paper="none, in effect, in the authors' code; MTT's experts use dsa",
         help="augmentation while training experts: none, crop_flip (pad 4 + horizontal flip) "
         "or dsa (MTT's DSA operations)",
-    )  # fmt: skip
+    )
     el2n_epoch: int = setting(
-        1, group=EXPERT_TRAINING,
-        help="EL2N is measured after this epoch, in [1, --epochs]",
-    )  # fmt: skip
+        1, group=EXPERT_TRAINING, help="EL2N is measured after this epoch, in [1, --epochs]"
+    )
     per_class: int | None = setting(
-        None, metavar="N", group=EXPERT_TRAINING,
+        None,
+        metavar="N",
+        group=EXPERT_TRAINING,
         help="train on a class-balanced part of N samples per class instead of the whole pool "
         "(a CPU budget knob; only those samples get scores; default: all)",
-    )  # fmt: skip
+    )
     seed: int = setting(
-        0, metavar="S", group=EXPERT_TRAINING,
+        0,
+        metavar="S",
+        group=EXPERT_TRAINING,
         help="expert i trains with seed S+i; S also draws the --per-class part",
-    )  # fmt: skip
+    )
     val_fraction: float = setting(
-        0.02, metavar="F", group=DATA,
+        0.02,
+        metavar="F",
+        group=DATA,
         help="fraction of each class of the training set held out as the validation slice "
         "that every model-selection decision uses; the experts never train on it",
-    )  # fmt: skip
+    )
     split_seed: int = setting(0, metavar="S", group=DATA, help="seed of the validation hold-out")
 
     def __post_init__(self) -> None:
@@ -149,9 +158,14 @@ class ExpertConfig(Config):
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
-            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, momentum=self.momentum,
-            weight_decay=self.weight_decay, schedule="constant", augment=self.augment,
-        )  # fmt: skip
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            schedule="constant",
+            augment=self.augment,
+        )
 
     def identity(self) -> dict[str, Any]:
         """Everything that makes one expert what it is (more experts may be added later)."""
@@ -165,9 +179,16 @@ def expert_file(directory: Path, index: int) -> Path:
 class _ExpertRecorder:
     """Training hooks: the trajectory, forgetting events and the EL2N pass."""
 
-    def __init__(self, dataset: ImageDataset, train_indices: torch.Tensor, config: ExpertConfig,
-                 layout: ParamLayout, device: torch.device, *,
-                 scores: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        train_indices: torch.Tensor,
+        config: ExpertConfig,
+        layout: ParamLayout,
+        device: torch.device,
+        *,
+        scores: bool = True,
+    ) -> None:
         self.dataset, self.train_indices, self.config = dataset, train_indices, config
         self.layout, self.device, self.scores = layout, device, scores
         self.trajectory: list[torch.Tensor] = []
@@ -185,10 +206,13 @@ class _ExpertRecorder:
         if self.scores and epoch == self.config.el2n_epoch:
             idx = self.train_indices
             self.el2n = el2n_scores(
-                model, self.dataset.train_images[idx], self.dataset.train_labels[idx],
-                num_classes=self.dataset.num_classes, device=self.device,
+                model,
+                self.dataset.train_images[idx],
+                self.dataset.train_labels[idx],
+                num_classes=self.dataset.num_classes,
+                device=self.device,
                 normalize=self.dataset.normalize,
-            )  # fmt: skip
+            )
         now = time.perf_counter()
         self.epoch_seconds.append(now - self._last)
         self._last = now
@@ -205,9 +229,11 @@ def expert_training_indices(
     """(training indices, validation indices) of the experts: the pool, or a class-balanced
     ``per_class`` part of it (a CPU budget knob)."""
     split = holdout_split(
-        dataset.train_labels, dataset.num_classes, val_fraction=config.val_fraction,
+        dataset.train_labels,
+        dataset.num_classes,
+        val_fraction=config.val_fraction,
         seed=config.split_seed,
-    )  # fmt: skip
+    )
     if config.per_class is None:
         return split.pool, split.val
     available = smallest_class_size(dataset.train_labels, dataset.num_classes, split.pool)
@@ -216,9 +242,12 @@ def expert_training_indices(
             f"--per-class must be an integer in [1, {available}], got {config.per_class}"
         )
     chosen = balanced_subset(
-        dataset.train_labels, dataset.num_classes, config.per_class, seed=config.seed,
+        dataset.train_labels,
+        dataset.num_classes,
+        config.per_class,
+        seed=config.seed,
         among=split.pool,
-    )  # fmt: skip
+    )
     return chosen.sort().values, split.val
 
 
@@ -233,11 +262,12 @@ def _check_directory(directory: Path, config: ExpertConfig, dataset: ImageDatase
             "damaged folder); pick another --out"
         )
     check_resumable(
-        ExpertConfig.from_dict(saved["config"]), config,
+        ExpertConfig.from_dict(saved["config"]),
+        config,
         f"--out {directory} holds experts made with other settings ({{changed}}); use another "
         "--out or the same settings to resume",
         may_change=("num_experts",),  # more experts may be added later
-    )  # fmt: skip
+    )
     check_data(saved.get(DATA_KEY), dataset, f"--out {directory} holds experts")
 
 
@@ -255,9 +285,15 @@ def train_one_expert(
     seed = config.seed + index
     model = build_model(config.model, dataset.image_shape, dataset.num_classes, seed=seed)
     return record_expert(
-        model, dataset, config, train_indices, seed=seed, device=device, progress=progress,
+        model,
+        dataset,
+        config,
+        train_indices,
+        seed=seed,
+        device=device,
+        progress=progress,
         desc=f"expert {index}",
-    )  # fmt: skip
+    )
 
 
 def record_expert(
@@ -281,10 +317,17 @@ def record_expert(
     recorder = _ExpertRecorder(dataset, train_indices, config, layout, device, scores=scores)
     recorder.trajectory.append(layout.flatten(model).cpu())
     train_network(
-        model, dataset.train_images[train_indices], dataset.train_labels[train_indices],
-        config.train_config(), seed=seed, device=device, normalize=dataset.normalize,
-        hooks=recorder, progress=progress, desc=desc,
-    )  # fmt: skip
+        model,
+        dataset.train_images[train_indices],
+        dataset.train_labels[train_indices],
+        config.train_config(),
+        seed=seed,
+        device=device,
+        normalize=dataset.normalize,
+        hooks=recorder,
+        progress=progress,
+        desc=desc,
+    )
     tensors = {f"epoch_{e:04d}": flat for e, flat in enumerate(recorder.trajectory)}
     if scores:
         assert recorder.el2n is not None  # el2n_epoch <= epochs is checked by the config
@@ -313,11 +356,18 @@ def train_experts(
         {"train_indices": train_indices, "val_indices": val_indices}, str(directory / INDICES)
     )
     layout = ParamLayout.of(build_model(config.model, dataset.image_shape, dataset.num_classes))
-    train = partial(train_one_expert, dataset, config, train_indices=train_indices,
-                    device=torch_device, progress=progress)  # fmt: skip
+    train = partial(
+        train_one_expert,
+        dataset,
+        config,
+        train_indices=train_indices,
+        device=torch_device,
+        progress=progress,
+    )
     data = data_identity(dataset)
-    fill_expert_folder(directory, config, layout, train, progress=progress, desc="experts",
-                       data=data)  # fmt: skip
+    fill_expert_folder(
+        directory, config, layout, train, progress=progress, desc="experts", data=data
+    )
     write_expert_scores(directory, config, data)
     return directory
 
@@ -357,9 +407,12 @@ def _read_manifest_timing(directory: Path) -> dict[str, list[float]]:
 
 
 def _write_manifest(
-    directory: Path, config: ExpertConfig, layout: ParamLayout, timing: dict[str, list[float]],
+    directory: Path,
+    config: ExpertConfig,
+    layout: ParamLayout,
+    timing: dict[str, list[float]],
     data: Mapping[str, Any] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     all_seconds = [s for values in timing.values() for s in values]
     manifest = {
         "kind": "selmatch-experts",
@@ -385,9 +438,14 @@ def write_expert_scores(
     files = sorted(directory.glob("expert_*.safetensors"))
     made = {s.name: s.higher_is_harder for s in of_kind(ExpertScore)}  # forgetting, el2n
     per_expert = [{k: v for k, v in load_file(str(f)).items() if k in made} for f in files]
-    info = {"dataset": config.dataset, "source": f"{len(files)} expert(s) in {directory}",
-            "el2n_epoch": config.el2n_epoch, "expert_epochs": config.epochs,
-            "val_fraction": config.val_fraction, "split_seed": config.split_seed}  # fmt: skip
+    info = {
+        "dataset": config.dataset,
+        "source": f"{len(files)} expert(s) in {directory}",
+        "el2n_epoch": config.el2n_epoch,
+        "expert_epochs": config.epochs,
+        "val_fraction": config.val_fraction,
+        "split_seed": config.split_seed,
+    }
     if data is not None:
         info[DATA_KEY] = dict(data)
     table = ScoreTable(combine_expert_scores(per_expert), made, info)

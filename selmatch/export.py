@@ -359,9 +359,14 @@ def _load_set_folder(path: Path, transform: Transform | None) -> SyntheticImages
     manifest = saved.manifest
     images = denormalize(saved.images.float(), manifest["mean"], manifest["std"])
     return SyntheticImages(
-        images, saved.labels, classes=class_names(manifest), distill_mask=saved.distill_mask,
-        manifest=manifest, learned_lr=saved.learned_lr, transform=transform,
-    )  # fmt: skip
+        images,
+        saved.labels,
+        classes=class_names(manifest),
+        distill_mask=saved.distill_mask,
+        manifest=manifest,
+        learned_lr=saved.learned_lr,
+        transform=transform,
+    )
 
 
 def _load_npz(path: Path, transform: Transform | None) -> SyntheticImages:
@@ -383,9 +388,12 @@ def _load_npz(path: Path, transform: Transform | None) -> SyntheticImages:
     return SyntheticImages(
         pixels.permute(0, 3, 1, 2).float() / 255.0,
         torch.from_numpy(arrays["labels"].astype(np.int64)),
-        classes=classes, distill_mask=torch.from_numpy(arrays["distill_mask"].astype(bool)),
-        manifest=manifest, learned_lr=None if lr is None else float(lr), transform=transform,
-    )  # fmt: skip
+        classes=classes,
+        distill_mask=torch.from_numpy(arrays["distill_mask"].astype(bool)),
+        manifest=manifest,
+        learned_lr=None if lr is None else float(lr),
+        transform=transform,
+    )
 
 
 def _load_imagefolder(path: Path, transform: Transform | None) -> SyntheticImages:
@@ -422,5 +430,6 @@ def _load_imagefolder(path: Path, transform: Transform | None) -> SyntheticImage
         torch.tensor([int(row["label"]) for row in rows], dtype=torch.int64),
         classes=classes,
         distill_mask=torch.tensor([PARTS[row["part"]] for row in rows], dtype=torch.bool),
-        manifest=manifest, transform=transform,
-    )  # fmt: skip
+        manifest=manifest,
+        transform=transform,
+    )

@@ -34,8 +34,12 @@ def data_digest(dataset: ImageDataset) -> str:
     if cached is not None:
         return str(cached)
     digest = hashlib.blake2b(digest_size=8)
-    for tensor in (dataset.train_images, dataset.train_labels, dataset.test_images,
-                   dataset.test_labels):  # fmt: skip
+    for tensor in (
+        dataset.train_images,
+        dataset.train_labels,
+        dataset.test_images,
+        dataset.test_labels,
+    ):
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(_bytes(tensor))
     value = digest.hexdigest()
@@ -66,8 +70,11 @@ def check_data(recorded: Any, dataset: ImageDataset, what: str) -> None:
     if not isinstance(recorded, Mapping):
         return
     now = data_identity(dataset)
-    differs = [k for k in ("dataset", "train_size", "test_size", "digest")
-               if recorded.get(k) is not None and recorded.get(k) != now[k]]  # fmt: skip
+    differs = [
+        k
+        for k in ("dataset", "train_size", "test_size", "digest")
+        if recorded.get(k) is not None and recorded.get(k) != now[k]
+    ]
     if differs:
         raise ConfigError(
             f"{what} made from {describe(recorded)}, but the data here is {describe(now)}; "

@@ -66,8 +66,9 @@ class WindowInit:
     ) -> Initial:
         if hardness is None:
             raise ConfigError("--method selmatch needs difficulty scores (--scores)")
-        window = select_window(hardness, dataset.train_labels, dataset.num_classes, self.spec,
-                               among=split.pool)  # fmt: skip
+        window = select_window(
+            hardness, dataset.train_labels, dataset.num_classes, self.spec, among=split.pool
+        )
         info = {
             "init": self.kind,
             "window": self.spec.to_dict(),
@@ -78,12 +79,14 @@ class WindowInit:
         return Initial(window.indices, window.labels, window.distill_mask, subset_ids, info)
 
 
-def _draw(dataset: ImageDataset, split: HoldoutSplit, ipc: int, seed: int
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def _draw(
+    dataset: ImageDataset, split: HoldoutSplit, ipc: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A random class-balanced draw of the pool: indices, labels, each image's place in its
     class's draw."""
-    indices = balanced_subset(dataset.train_labels, dataset.num_classes, ipc, seed=seed,
-                              among=split.pool)  # fmt: skip
+    indices = balanced_subset(
+        dataset.train_labels, dataset.num_classes, ipc, seed=seed, among=split.pool
+    )
     return indices, dataset.train_labels[indices], torch.arange(len(indices)) % ipc
 
 
@@ -104,8 +107,9 @@ class RandomInit:
         indices, labels, position = _draw(dataset, split, self.ipc, self.seed)
         mask = position >= self.ipc - int(self.ipc * self.alpha)
         subset_ids = torch.zeros(len(indices), dtype=torch.int64)
-        return Initial(indices, labels, mask, subset_ids, {"init": self.kind,
-                                                          "subset_seed": self.seed})  # fmt: skip
+        return Initial(
+            indices, labels, mask, subset_ids, {"init": self.kind, "subset_seed": self.seed}
+        )
 
 
 @dataclass(frozen=True)

@@ -183,8 +183,9 @@ class StudentStep:
     def _levered_loss(self, batched: bool) -> StudentLoss:
         if batched and self.levers.channels_last:
             raise ConfigError("--channels-last applies to --trajectories-per-step 1 only")
-        loss = student_loss(self._template, self._layout, batched=batched,
-                            channels_last=self.levers.channels_last)  # fmt: skip
+        loss = student_loss(
+            self._template, self._layout, batched=batched, channels_last=self.levers.channels_last
+        )
         if self.levers.precision != "bf16":
             return loss
 
@@ -212,9 +213,13 @@ class StudentStep:
         return self._functions[batched]
 
     def _graph(
-        self, batched: bool, slot: int | None, params: torch.Tensor, x: torch.Tensor,
+        self,
+        batched: bool,
+        slot: int | None,
+        params: torch.Tensor,
+        x: torch.Tensor,
         y: torch.Tensor,
-    ) -> GradientFn:  # fmt: skip
+    ) -> GradientFn:
         """The CUDA-graphed gradient for this slot and these shapes, captured on first use
         from copies of the first inputs (a graph's outputs and saved tensors are its own
         memory, overwritten by its next replay)."""

@@ -161,10 +161,7 @@ def _step_inputs_fn(synthetic: SyntheticTensors, plan: StudentPlan) -> StepInput
 
 
 def _step_loss_fn(
-    template: nn.Module,
-    layout: ParamLayout,
-    synthetic: SyntheticTensors,
-    plan: StudentPlan,
+    template: nn.Module, layout: ParamLayout, synthetic: SyntheticTensors, plan: StudentPlan
 ) -> StepLoss:
     """``loss(params, n)``: the student's cross-entropy on step n's augmented batch."""
     inputs, network = _step_inputs_fn(synthetic, plan), student_loss(template, layout)
@@ -172,11 +169,7 @@ def _step_loss_fn(
 
 
 def _step_grad_fn(
-    step_loss: StepLoss,
-    inputs: StepInputs,
-    step: StudentStep | None,
-    *,
-    slots: bool = False,
+    step_loss: StepLoss, inputs: StepInputs, step: StudentStep | None, *, slots: bool = False
 ) -> StepGrad:
     """``grad(params, n, create_graph)``: by autograd on ``step_loss`` without levers, else
     by ``step`` on ``inputs(n)`` (``slots``: the unrolled loop, one CUDA graph per step)."""
@@ -261,8 +254,12 @@ def unrolled_match(
     step: StudentStep | None = None,
 ) -> MatchResult:
     """Default mode: unroll N student steps with their graph, back-propagate once."""
-    step_grad = _step_grad_fn(_step_loss_fn(template, layout, synthetic, plan),
-                              _step_inputs_fn(synthetic, plan), step, slots=True)  # fmt: skip
+    step_grad = _step_grad_fn(
+        _step_loss_fn(template, layout, synthetic, plan),
+        _step_inputs_fn(synthetic, plan),
+        step,
+        slots=True,
+    )
     with _scope(step):
         return _unrolled(step_grad, start, target, synthetic, syn_lr, len(plan.batches))
 
@@ -279,12 +276,14 @@ def checkpointed_match(
 ) -> MatchResult:
     """Memory-saving mode: the same gradient by reverse recomputation; peak memory is one
     step's graph plus N+1 parameter vectors, whatever N is."""
-    step_grad = _step_grad_fn(_step_loss_fn(template, layout, synthetic, plan),
-                              _step_inputs_fn(synthetic, plan), step)  # fmt: skip
+    step_grad = _step_grad_fn(
+        _step_loss_fn(template, layout, synthetic, plan), _step_inputs_fn(synthetic, plan), step
+    )
     lr = syn_lr.detach()
     frozen_view = SyntheticTensors(synthetic.frozen, synthetic.learnable.detach(), synthetic.labels)
-    forward_grad = _step_grad_fn(_step_loss_fn(template, layout, frozen_view, plan),
-                                 _step_inputs_fn(frozen_view, plan), step)  # fmt: skip
+    forward_grad = _step_grad_fn(
+        _step_loss_fn(template, layout, frozen_view, plan), _step_inputs_fn(frozen_view, plan), step
+    )
     with _scope(step):
         steps = len(plan.batches)
         return _checkpointed(step_grad, forward_grad, start, target, synthetic, lr, steps)
@@ -376,10 +375,7 @@ def _batched_step_inputs_fn(synthetic: SyntheticTensors, plans: list[StudentPlan
 
 
 def _batched_step_loss_fn(
-    template: nn.Module,
-    layout: ParamLayout,
-    synthetic: SyntheticTensors,
-    plans: list[StudentPlan],
+    template: nn.Module, layout: ParamLayout, synthetic: SyntheticTensors, plans: list[StudentPlan]
 ) -> StepLoss:
     """``loss(params, n)`` for ``params`` of shape (E, P): the *sum* of the E students'
     cross-entropies on their own step-n batches (trajectory e's loss depends on row e alone,
@@ -403,9 +399,12 @@ def batched_unrolled_match(
     """:func:`unrolled_match` of E trajectories at once (``starts``, ``targets``: (E, P)); the
     loss and gradients are the mean over the E trajectories."""
     _check_plans(starts, targets, plans)
-    step_grad = _step_grad_fn(_batched_step_loss_fn(template, layout, synthetic, plans),
-                              _batched_step_inputs_fn(synthetic, plans), step,
-                              slots=True)  # fmt: skip
+    step_grad = _step_grad_fn(
+        _batched_step_loss_fn(template, layout, synthetic, plans),
+        _batched_step_inputs_fn(synthetic, plans),
+        step,
+        slots=True,
+    )
     with _scope(step):
         return _unrolled(step_grad, starts, targets, synthetic, syn_lr, len(plans[0].batches))
 
@@ -423,12 +422,18 @@ def batched_checkpointed_match(
     """:func:`checkpointed_match` of E trajectories at once: N + 1 parameter matrices (E, P),
     one adjoint per trajectory (row e of λ_N: ∂ of the mean loss wrt student e's θ̂_N)."""
     _check_plans(starts, targets, plans)
-    step_grad = _step_grad_fn(_batched_step_loss_fn(template, layout, synthetic, plans),
-                              _batched_step_inputs_fn(synthetic, plans), step)  # fmt: skip
+    step_grad = _step_grad_fn(
+        _batched_step_loss_fn(template, layout, synthetic, plans),
+        _batched_step_inputs_fn(synthetic, plans),
+        step,
+    )
     lr = syn_lr.detach()
     frozen_view = SyntheticTensors(synthetic.frozen, synthetic.learnable.detach(), synthetic.labels)
-    forward_grad = _step_grad_fn(_batched_step_loss_fn(template, layout, frozen_view, plans),
-                                 _batched_step_inputs_fn(frozen_view, plans), step)  # fmt: skip
+    forward_grad = _step_grad_fn(
+        _batched_step_loss_fn(template, layout, frozen_view, plans),
+        _batched_step_inputs_fn(frozen_view, plans),
+        step,
+    )
     with _scope(step):
         steps = len(plans[0].batches)
         return _checkpointed(step_grad, forward_grad, starts, targets, synthetic, lr, steps)
@@ -454,8 +459,9 @@ def match_trajectories(
     ``step``: the speed levers' student step (:mod:`selmatch.levers`); ``None``: none."""
     if len(plans) == 1:
         _check_plans(starts, targets, plans)
-        return MODES[mode](template, layout, starts[0], targets[0], synthetic, syn_lr, plans[0],
-                           step)  # fmt: skip
+        return MODES[mode](
+            template, layout, starts[0], targets[0], synthetic, syn_lr, plans[0], step
+        )
     return BATCHED_MODES[mode](template, layout, starts, targets, synthetic, syn_lr, plans, step)
 
 

@@ -104,9 +104,12 @@ class Method(Protocol):
         ...
 
     def manifest_extras(
-        self, target: SetSpec, initial: Initial, stage_lrs: Sequence[float],
+        self,
+        target: SetSpec,
+        initial: Initial,
+        stage_lrs: Sequence[float],
         stage_folders: Sequence[str],
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         """What the saved set's manifest adds for this method (plain JSON)."""
         ...
 
@@ -154,9 +157,12 @@ class _Shared:
         return False
 
     def manifest_extras(
-        self, target: SetSpec, initial: Initial, stage_lrs: Sequence[float],
+        self,
+        target: SetSpec,
+        initial: Initial,
+        stage_lrs: Sequence[float],
         stage_folders: Sequence[str],
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         """The keys a sequential method fills, ``None`` here."""
         return {"subset_ids": None, "seqmatch_experts": None, "stage_lrs": None}
 
@@ -184,8 +190,9 @@ class SelMatch(_Shared):
 
     def initialisation(self, target: SetSpec, seed: int) -> Initialisation:
         if self.needs_scores(target):
-            return WindowInit(WindowSpec(target.ipc, target.beta, target.alpha,
-                                         target.beta_convention))  # fmt: skip
+            return WindowInit(
+                WindowSpec(target.ipc, target.beta, target.alpha, target.beta_convention)
+            )
         return RandomInit(target.ipc, target.alpha, target.random_subset_seed(seed))
 
     def needs_scores(self, target: SetSpec) -> bool:
@@ -211,21 +218,27 @@ class SeqMatch(_Shared):
         return target.subsets
 
     def manifest_extras(
-        self, target: SetSpec, initial: Initial, stage_lrs: Sequence[float],
+        self,
+        target: SetSpec,
+        initial: Initial,
+        stage_lrs: Sequence[float],
         stage_folders: Sequence[str],
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         """What sequential evaluation needs (each image's subset, each stage's learned lr)
         and which variant made the set."""
         return {
-            "subset_ids": initial.subset_ids.tolist(), "seqmatch_experts": target.seqmatch_experts,
-            "stage_lrs": list(stage_lrs), "stage_expert_folders": list(stage_folders),
-        }  # fmt: skip
+            "subset_ids": initial.subset_ids.tolist(),
+            "seqmatch_experts": target.seqmatch_experts,
+            "stage_lrs": list(stage_lrs),
+            "stage_expert_folders": list(stage_folders),
+        }
 
 
 SELMATCH = SelMatch("selmatch", lr_init=0.001, options=frozenset({"init", "merge"}))
 MTT = Mtt("mtt", lr_init=0.01, alpha=1.0)
-SEQMATCH = SeqMatch("seqmatch", lr_init=0.01, alpha=1.0, sequential=True,
-                    options=frozenset({"seqmatch_experts"}))  # fmt: skip
+SEQMATCH = SeqMatch(
+    "seqmatch", lr_init=0.01, alpha=1.0, sequential=True, options=frozenset({"seqmatch_experts"})
+)
 #: every method by name, in the order ``--method`` lists them
 REGISTRY: dict[str, Method] = {m.name: m for m in (SELMATCH, MTT, SEQMATCH)}
 #: the ``--method`` choices

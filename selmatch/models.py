@@ -32,20 +32,26 @@ class ModelConfig(Config):
     """Which network to build. ``width``/``depth`` apply to ``convnet`` only."""
 
     name: str = setting(
-        "convnet", flag="--model", choices=MODEL_NAMES, group=NETWORK,
+        "convnet",
+        flag="--model",
+        choices=MODEL_NAMES,
+        group=NETWORK,
         help="network: convnet (the distillation standard), resnet18 (CIFAR stem; the paper's "
         "evaluation network) or vgg11",
-    )  # fmt: skip
+    )
     width: int = setting(128, group=NETWORK, help="ConvNet channels per layer, in [1, 4096]")
     depth: int = setting(
-        3, group=NETWORK,
+        3,
+        group=NETWORK,
         help="ConvNet layers (conv, norm, ReLU, 2x2 average pool each), in [1, 8]; 28x28 "
         "images allow at most 4",
-    )  # fmt: skip
+    )
     norm: str = setting(
-        "batch", choices=NORMS, group=NETWORK,
+        "batch",
+        choices=NORMS,
+        group=NETWORK,
         help="normalisation layer: batch, instance (GroupNorm per channel) or none",
-    )  # fmt: skip
+    )
 
     def __post_init__(self) -> None:
         check_choice("name", self.name, MODEL_NAMES)

@@ -35,14 +35,24 @@ def save_set_grid(
             for offset, index in enumerate(chosen.tolist()):
                 axis = axes[band * per_cell + offset][column]
                 picture = images[index].permute(1, 2, 0).numpy()
-                axis.imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture,
-                            cmap="gray", vmin=0.0, vmax=1.0)  # fmt: skip
+                axis.imshow(
+                    picture.squeeze(-1) if picture.shape[-1] == 1 else picture,
+                    cmap="gray",
+                    vmin=0.0,
+                    vmax=1.0,
+                )
             if band == 0:
                 axes[0][column].set_title(str(class_names[c])[:12], fontsize=7)
         axes[band * per_cell][0].text(
-            -0.15, 0.5, name, transform=axes[band * per_cell][0].transAxes, rotation=90,
-            ha="right", va="center", fontsize=8,
-        )  # fmt: skip
+            -0.15,
+            0.5,
+            name,
+            transform=axes[band * per_cell][0].transAxes,
+            rotation=90,
+            ha="right",
+            va="center",
+            fontsize=8,
+        )
     figure.tight_layout(pad=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -101,32 +101,36 @@ class ImportedScore(_Kind):
 
 
 FORGETTING = ExpertScore(
-    "forgetting", True,
+    "forgetting",
+    True,
     "Toneva et al. (2019): the times a sample goes from correctly to wrongly classified "
     "between successive presentations while an expert trains (never learned: most forgotten)",
     "free with the experts (counted from each mini-batch's predictions)",
     "selmatch.scores.ForgettingTracker",
-)  # fmt: skip
+)
 EL2N = ExpertScore(
-    "el2n", True,
+    "el2n",
+    True,
     "Paul et al. (2021): ‖softmax(f(x)) − onehot(y)‖₂ of each expert early in training",
     "one pass over the training set per expert, at --el2n-epoch",
     "selmatch.scores.el2n_scores",
-)  # fmt: skip
+)
 CSCORE = ImportedScore(
-    "cscore", False,
+    "cscore",
+    False,
     "the published C-score (Jiang et al. 2021): expected accuracy on a sample of networks "
     "trained without it; read from a .npy file with its recorded direction",
     "free here (published for CIFAR; computing it took the authors thousands of networks)",
-)  # fmt: skip
+)
 CONSISTENCY = EstimatedScore(
-    "consistency", False,
+    "consistency",
+    False,
     "a hold-out C-score estimate: the probability of a sample's label under the networks "
     "whose class-balanced training fraction held it out (each sample held out at least twice)",
     "K networks (--networks, at least two rounds of ⌈1/(1 − s)⌉) of --epochs each, each on "
     "a --train-fraction s of the pool",
     "selmatch.consistency.estimate_consistency",
-)  # fmt: skip
+)
 
 #: every registered score by name (the order the error messages list them in)
 REGISTRY: dict[str, Score] = {s.name: s for s in (FORGETTING, EL2N, CSCORE, CONSISTENCY)}
@@ -152,7 +156,9 @@ def score_setting(group: str = "", help: str = "") -> Any:
     from selmatch.config import setting
 
     return setting(
-        FORGETTING.name, group=group,
-        help=help or "which score orders the samples: consistency, forgetting, el2n, or an "
+        FORGETTING.name,
+        group=group,
+        help=help
+        or "which score orders the samples: consistency, forgetting, el2n, or an "
         "imported one such as cscore",
-    )  # fmt: skip
+    )

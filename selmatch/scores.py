@@ -180,9 +180,13 @@ class ScoreTable:
         return self
 
     def checked(
-        self, flag: str, directory: Path, dataset: ImageDataset, val_fraction: float,
+        self,
+        flag: str,
+        directory: Path,
+        dataset: ImageDataset,
+        val_fraction: float,
         split_seed: int,
-    ) -> ScoreTable:  # fmt: skip
+    ) -> ScoreTable:
         """This table, after checking it scores ``dataset`` (:meth:`check_data`) and was made
         on the same hold-out split (so the validation slice stays unseen)."""
         self.check_data(flag, directory, dataset)

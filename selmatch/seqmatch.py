@@ -93,9 +93,14 @@ def learn_earlier_subsets(
         rows = earlier.subset_ids <= subset
         train = replace(config.train_config(), epochs=epochs, lr=lr)
         train_network(
-            model, earlier.images[rows], earlier.labels[rows], train, seed=seed, device=device,
+            model,
+            earlier.images[rows],
+            earlier.labels[rows],
+            train,
+            seed=seed,
+            device=device,
             normalize=normalize,
-        )  # fmt: skip
+        )
 
 
 def train_stage_expert(
@@ -116,20 +121,29 @@ def train_stage_expert(
     seed = config.seed + index
     model = build_model(config.model, dataset.image_shape, dataset.num_classes, seed=seed)
     learn_earlier_subsets(
-        model, earlier, config, prefix_epochs, seed=seed, device=device,
-        normalize=dataset.normalize,
-    )  # fmt: skip
+        model, earlier, config, prefix_epochs, seed=seed, device=device, normalize=dataset.normalize
+    )
     return record_expert(
-        model, dataset, config, train_indices, seed=seed, device=device, progress=progress,
-        desc=f"stage expert {index}", scores=False,
-    )  # fmt: skip
+        model,
+        dataset,
+        config,
+        train_indices,
+        seed=seed,
+        device=device,
+        progress=progress,
+        desc=f"stage expert {index}",
+        scores=False,
+    )
 
 
 def stage_key(config: ExpertConfig, earlier: EarlierSubsets, prefix_epochs: int) -> str:
     """The cache folder's name: what makes these stage experts what they are (more experts
     may be added to a folder later, so their number is not part of it)."""
-    identity = {"experts": config.identity(), "prefix_epochs": prefix_epochs,
-                "earlier_subsets": earlier.content_hash()}  # fmt: skip
+    identity = {
+        "experts": config.identity(),
+        "prefix_epochs": prefix_epochs,
+        "earlier_subsets": earlier.content_hash(),
+    }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return f"stage{len(earlier.lrs) + 1}-{digest[:16]}"
 
@@ -151,17 +165,26 @@ def cached_stage_experts(
     folder.mkdir(parents=True, exist_ok=True)
     train_indices, val_indices = expert_training_indices(dataset, config)
     save_file({"train_indices": train_indices, "val_indices": val_indices}, str(folder / INDICES))
-    write_json(folder / STAGE_FILE, {
-        "stage": len(earlier.lrs) + 1, "prefix_epochs": prefix_epochs,
-        "earlier_subsets_sha256": earlier.content_hash(), "earlier_lrs": list(earlier.lrs),
-        "earlier_sizes": torch.bincount(earlier.subset_ids).tolist(),
-    })  # fmt: skip
+    write_json(
+        folder / STAGE_FILE,
+        {
+            "stage": len(earlier.lrs) + 1,
+            "prefix_epochs": prefix_epochs,
+            "earlier_subsets_sha256": earlier.content_hash(),
+            "earlier_lrs": list(earlier.lrs),
+            "earlier_sizes": torch.bincount(earlier.subset_ids).tolist(),
+        },
+    )
     layout = ParamLayout.of(build_model(config.model, dataset.image_shape, dataset.num_classes))
     train = partial(
-        train_stage_expert, dataset, config, train_indices=train_indices, earlier=earlier,
-        prefix_epochs=prefix_epochs, device=device,
-    )  # fmt: skip
+        train_stage_expert,
+        dataset,
+        config,
+        train_indices=train_indices,
+        earlier=earlier,
+        prefix_epochs=prefix_epochs,
+        device=device,
+    )
     desc = f"stage {len(earlier.lrs) + 1} experts"
-    fill_expert_folder(folder, config, layout, train, progress=progress, desc=desc,
-                       mapper=mapper)  # fmt: skip
+    fill_expert_folder(folder, config, layout, train, progress=progress, desc=desc, mapper=mapper)
     return ExpertSet.load(folder)

@@ -16,14 +16,7 @@ from typing import Any
 
 import torch
 
-from selmatch.config import (
-    Config,
-    ConfigError,
-    check_choice,
-    check_int,
-    check_resumable,
-    setting,
-)
+from selmatch.config import Config, ConfigError, check_choice, check_int, check_resumable, setting
 from selmatch.data import HoldoutSplit, ImageDataset
 from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set
 from selmatch.identity import DATA_KEY, check_data, data_identity, tensor_digest
@@ -42,19 +35,23 @@ class SweepConfig(Config):
     """One IPC's sweep: the window at each β of ``betas``, and a random class-balanced subset
     of the same size, each evaluated with ``evaluation``."""
 
-    ipc: int = setting(help="images per class of each window and of the random subset",
-                       metavar="IPC")  # fmt: skip
+    ipc: int = setting(
+        help="images per class of each window and of the random subset", metavar="IPC"
+    )
     betas: tuple[float, ...] = setting(
-        DEFAULT_BETAS, symbol="β", metavar="B1,B2,...",
+        DEFAULT_BETAS,
+        symbol="β",
+        metavar="B1,B2,...",
         help="window starts to evaluate, comma-separated, each ≥ 0 and read in "
         "--beta-convention; the default grid is the authors' sweep",
-    )  # fmt: skip
+    )
     beta_convention: str = beta_convention_setting()
     score: str = score_setting()
     evaluation: EvalConfig = setting(
-        factory=EvalConfig, cli=False,
+        factory=EvalConfig,
+        cli=False,
         help="how the networks of every window and of the random subset are trained and scored",
-    )  # fmt: skip
+    )
     random_subset_seed: int = setting(
         0, flag="--subset-seed", help="seed of the random baseline subset"
     )
@@ -80,9 +77,13 @@ def evaluate_window(
     """One β trial: train ``config.num_seeds`` networks on the window subset and score them."""
     window = WindowInit(spec).select(dataset, split, hardness)  # as a distillation starts
     return evaluate_set(
-        dataset.train_images[window.indices], window.labels, dataset, config, split=split,
+        dataset.train_images[window.indices],
+        window.labels,
+        dataset,
+        config,
+        split=split,
         progress=progress,
-    )  # fmt: skip
+    )
 
 
 def evaluate_random(
@@ -135,11 +136,12 @@ def _load_previous(
         return {}, None
     saved = read_json(path)
     check_resumable(
-        SweepConfig.from_dict(saved["config"]), config,
+        SweepConfig.from_dict(saved["config"]),
+        config,
         f"--out {path.parent} holds a sweep with other settings ({{changed}}); use another "
         "--out or the same settings to resume",
         may_change=("betas",),
-    )  # fmt: skip
+    )
     inputs = saved.get("inputs") or {}
     check_data(inputs.get(DATA_KEY), dataset, f"--out {path.parent} holds a window sweep")
     if inputs.get("ranking") not in (None, ranking):
@@ -183,13 +185,16 @@ def window_sweep(
 def _write(directory: Path, result: SweepResult, inputs: dict[str, Any]) -> None:
     config = result.config
     betas = sorted(result.rows)
-    write_json(directory / "sweep.json", {
-        "config": config.to_dict(),
-        "inputs": inputs,
-        "rows": {str(b): result.rows[b] for b in betas},
-        "random": result.random,
-        "best_beta_by_val": result.best_beta if betas else None,
-    })  # fmt: skip
+    write_json(
+        directory / "sweep.json",
+        {
+            "config": config.to_dict(),
+            "inputs": inputs,
+            "rows": {str(b): result.rows[b] for b in betas},
+            "random": result.random,
+            "best_beta_by_val": result.best_beta if betas else None,
+        },
+    )
     with open(directory / "sweep.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["beta", "val_mean", "val_std", "test_mean", "test_std"])
@@ -209,9 +214,12 @@ def _write(directory: Path, result: SweepResult, inputs: dict[str, Any]) -> None
         baselines.insert(0, ("random, val", result.random["val_mean"]))
     ev = config.evaluation
     save_curve(
-        betas, curves, directory / "sweep.png",
+        betas,
+        curves,
+        directory / "sweep.png",
         xlabel=f"β ({config.beta_convention})",
         title=f"{config.score} window, IPC {config.ipc}\n{ev.model.describe()}, "
         f"{ev.train.epochs} epochs, {ev.num_seeds} seed(s)",
-        baselines=baselines, best_x=result.best_beta,
-    )  # fmt: skip
+        baselines=baselines,
+        best_x=result.best_beta,
+    )

@@ -40,44 +40,54 @@ class SetSpec(Config):
     """The set a distillation makes (module docstring): α, β and K in the papers' symbols."""
 
     method: str = setting(
-        SELMATCH_METHOD.name, choices=METHODS,
+        SELMATCH_METHOD.name,
+        choices=METHODS,
         help="selmatch: the window at β, the easier α share learned; mtt: a random real start, "
         "everything learned; seqmatch: K subsets learned one after another",
-    )  # fmt: skip
+    )
     ipc: int = setting(10, help="images per class of the synthetic set", metavar="IPC")
     init: str = setting(
-        "window", choices=INITS, group=SELMATCH,
+        "window",
+        choices=INITS,
+        group=SELMATCH,
         help="window: start from the difficulty window at β (the method); random: from a "
         "random class-balanced subset (--subset-seed), what the search falls back to when it "
         "beats every window; its D_distill is a random α share",
-    )  # fmt: skip
-    beta: float = setting(0.0, symbol="β", group=SELMATCH,
-                          help="window start (its meaning: --beta-convention)")  # fmt: skip
+    )
+    beta: float = setting(
+        0.0, symbol="β", group=SELMATCH, help="window start (its meaning: --beta-convention)"
+    )
     alpha: float = setting(
-        0.5, symbol="α", group=SELMATCH,
+        0.5,
+        symbol="α",
+        group=SELMATCH,
         help="share of the window that is learned (D_distill), in [0, 1]; 0 = selection only",
-    )  # fmt: skip
+    )
     beta_convention: str = beta_convention_setting(group=DIFFICULTY)
     score: str = score_setting(group=DIFFICULTY)
     subset_seed: int | None = setting(
-        None, group=RUN,
+        None,
+        group=RUN,
         help="seed of a random initial subset (mtt, seqmatch, --init random) (default: --seed)",
-    )  # fmt: skip
+    )
     subsets: int = setting(2, symbol="K", group=SEQMATCH, help="subsets learned one after another")
     seqmatch_experts: str = setting(
-        "segment", choices=SEQMATCH_EXPERTS, group=SEQMATCH,
+        "segment",
+        choices=SEQMATCH_EXPERTS,
+        group=SEQMATCH,
         help="what stage k matches. segment: the k-th of K segments of [T-, T+) of the "
         "ordinary experts (the paper's description; no extra training). retrained: as the "
         "authors' code, new experts that first learn S1 (with S1's learned lr), then S1+S2 "
         "(S2's), ..., then train on the real data with the experts' settings while their "
         "trajectory is recorded; stage k matches their start epochs [T-, T+) (the last stage "
         "the first half), the learnable lr restarting at --lr-init each stage",
-    )  # fmt: skip
+    )
     merge: bool = setting(
-        False, group=SELMATCH,
+        False,
+        group=SELMATCH,
         help="ablation (Table 4): compute the loss on D_distill alone and merge D_select "
         "afterwards",
-    )  # fmt: skip
+    )
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)

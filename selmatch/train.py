@@ -47,29 +47,37 @@ class TrainConfig(Config):
     SGD momentum 0.9, weight decay 5e-4, lr 0.1, batch 128, cosine schedule."""
 
     epochs: int = setting(
-        300, group=TRAINING, paper="'paper', a quarter of the steps of 200 full-data epochs",
+        300,
+        group=TRAINING,
+        paper="'paper', a quarter of the steps of 200 full-data epochs",
         help="passes over the training set, in [1, 1000000]",
-    )  # fmt: skip
+    )
     lr: float = setting(0.1, group=TRAINING, help="SGD learning rate, in (0, 100]")
     batch_size: int = setting(128, group=TRAINING, help="mini-batch size (images per SGD step)")
     momentum: float = setting(0.9, group=TRAINING, help="SGD momentum, in [0, 1)")
-    weight_decay: float = setting(5e-4, group=TRAINING,
-                                  help="SGD weight decay (L2 penalty), in [0, 1]")  # fmt: skip
+    weight_decay: float = setting(
+        5e-4, group=TRAINING, help="SGD weight decay (L2 penalty), in [0, 1]"
+    )
     schedule: str = setting(
-        "cosine", choices=SCHEDULES, group=TRAINING,
+        "cosine",
+        choices=SCHEDULES,
+        group=TRAINING,
         help="learning-rate schedule over all steps: cosine (annealed to 0) or constant",
-    )  # fmt: skip
+    )
     augment: str = setting(
-        "dsa", choices=AUGMENTATIONS, group=TRAINING,
+        "dsa",
+        choices=AUGMENTATIONS,
+        group=TRAINING,
         help="augmentation: none; crop_flip (pad 4 + horizontal flip); dsa (differentiable "
         "siamese augmentation); combined (DSA on the distilled part, crop_flip on the selected "
         "part, by the set's mask)",
-    )  # fmt: skip
+    )
     dsa: DSAConfig = setting(
-        factory=DSAConfig, cli=False,
+        factory=DSAConfig,
+        cli=False,
         help="the DSA operations and their strengths, for augment dsa and combined "
         "(--dsa-strategy sets the operations)",
-    )  # fmt: skip
+    )
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, 1, 1_000_000)

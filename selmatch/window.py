@@ -23,14 +23,7 @@ from typing import Any
 
 import torch
 
-from selmatch.config import (
-    Config,
-    ConfigError,
-    check_choice,
-    check_float,
-    check_int,
-    setting,
-)
+from selmatch.config import Config, ConfigError, check_choice, check_float, check_int, setting
 from selmatch.data import ImageDataset, indices_by_class
 from selmatch.synthetic import SyntheticSet
 
@@ -46,10 +39,12 @@ def beta_convention_setting(group: str = "") -> Any:
     one default, the authors' code's reading (it reproduces Table 5), and one help text; a
     preset that reads β otherwise says so itself."""
     return setting(
-        "ipc-units", choices=BETA_CONVENTIONS, group=group,
+        "ipc-units",
+        choices=BETA_CONVENTIONS,
+        group=group,
         help="how β is read: ipc-units skips int(IPC·β) hardest per class (the authors' code, "
         "Table 5); data-fraction skips that fraction of each class (the paper's text)",
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,24 @@ from selmatch.initial import Initial, Initialisation
 
 
 def keeps_the_initialisation_contract(
-    init: Initialisation, dataset: ImageDataset, split: HoldoutSplit,
-    hardness: torch.Tensor | None, ipc: int, learned: int, subsets: int,
-) -> Initial:  # fmt: skip
+    init: Initialisation,
+    dataset: ImageDataset,
+    split: HoldoutSplit,
+    hardness: torch.Tensor | None,
+    ipc: int,
+    learned: int,
+    subsets: int,
+) -> Initial:
     """Class-balanced, from the pool only, labels that are the images' own, ``learned`` images
     per class learned, ``subsets`` class-balanced subsets, the same draw for the same
     settings, a manifest entry naming the kind. Returns the start."""
     start = init.select(dataset, split, hardness)
     n = ipc * dataset.num_classes
     # class-balanced, grouped by class, from the pool only, each image once
-    assert torch.equal(torch.bincount(start.labels, minlength=dataset.num_classes),
-                       torch.full((dataset.num_classes,), ipc))  # fmt: skip
+    assert torch.equal(
+        torch.bincount(start.labels, minlength=dataset.num_classes),
+        torch.full((dataset.num_classes,), ipc),
+    )
     assert torch.equal(start.labels, start.labels.sort(stable=True).values)
     assert torch.isin(start.indices, split.pool).all()
     assert not torch.isin(start.indices, split.val).any()

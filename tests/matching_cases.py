@@ -19,10 +19,19 @@ from selmatch.target import SET_KEYS, SetSpec
 
 
 def matching_case(
-    *, trajectories: int, dtype: torch.dtype, n_frozen: int, n_learnable: int, steps: int,
-    batch: int, shape: tuple[int, int, int], width: int = 4, depth: int = 2,
-    norm: str = "batch", seed: int = 0,
-) -> tuple[Any, ...]:  # fmt: skip
+    *,
+    trajectories: int,
+    dtype: torch.dtype,
+    n_frozen: int,
+    n_learnable: int,
+    steps: int,
+    batch: int,
+    shape: tuple[int, int, int],
+    width: int = 4,
+    depth: int = 2,
+    norm: str = "batch",
+    seed: int = 0,
+) -> tuple[Any, ...]:
     """(template, layout, starts, targets, synthetic, lr, plans) of one case."""
     torch.manual_seed(seed)
     model = build_model(ModelConfig(width=width, depth=depth, norm=norm), shape, 10, seed=seed)
@@ -33,9 +42,10 @@ def matching_case(
     targets = starts + 0.02 * torch.randn_like(starts)
     images = torch.randn(n_frozen + n_learnable, *shape, dtype=dtype)
     synthetic = SyntheticTensors(
-        images[:n_frozen], images[n_frozen:].clone().requires_grad_(True),
+        images[:n_frozen],
+        images[n_frozen:].clone().requires_grad_(True),
         torch.arange(n_frozen + n_learnable) % 10,
-    )  # fmt: skip
+    )
     lr = torch.tensor(0.05, dtype=dtype, requires_grad=True)
     generator = torch.Generator().manual_seed(seed)
     plans = [

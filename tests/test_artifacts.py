@@ -46,12 +46,18 @@ def tree(tmp_path: Path) -> Path:
 def test_every_kind_is_recognised(tree: Path) -> None:
     found = {p.name: getattr(artifact_at(p), "name", None) for p in sorted(tree.iterdir())}
     assert found == {
-        "search": "search", "experts": "experts folder", "export": "export",
-        "window": "window set", "distilled": "distilled set", "sweep": "window sweep",
-        "scores": "score table", "result.json": "evaluation result",
-        "old-result.json": "evaluation result", "coverage.json": "coverage report",
+        "search": "search",
+        "experts": "experts folder",
+        "export": "export",
+        "window": "window set",
+        "distilled": "distilled set",
+        "sweep": "window sweep",
+        "scores": "score table",
+        "result.json": "evaluation result",
+        "old-result.json": "evaluation result",
+        "coverage.json": "coverage report",
         "mine": None,
-    }  # fmt: skip
+    }
     assert {a.name for a in ARTIFACTS.values()} == set(found.values()) - {None}
 
 
@@ -119,8 +125,11 @@ def test_the_data_digest_follows_every_pixel_and_label(fashion) -> None:
 
 def test_a_score_table_is_bound_to_its_data(fashion, tmp_path: Path) -> None:
     size = len(fashion.train_labels)
-    table = ScoreTable({"cscore": torch.zeros(size)}, {"cscore": False},
-                       {"dataset": fashion.name, "data": data_identity(fashion)})  # fmt: skip
+    table = ScoreTable(
+        {"cscore": torch.zeros(size)},
+        {"cscore": False},
+        {"dataset": fashion.name, "data": data_identity(fashion)},
+    )
     assert table.check_data("--scores", tmp_path, fashion) is table
     other = dataclasses.replace(fashion, train_labels=fashion.train_labels.roll(1))
     with pytest.raises(ConfigError, match="made from"):
@@ -136,8 +145,11 @@ def test_rewriting_the_expert_scores_keeps_an_imported_score(tmp_path: Path, fas
     from selmatch.experts import ExpertConfig
 
     size = len(fashion.train_labels)
-    ScoreTable({"cscore": torch.arange(size, dtype=torch.float64)}, {"cscore": False},
-               {"dataset": fashion.name}).save(tmp_path)  # fmt: skip
+    ScoreTable(
+        {"cscore": torch.arange(size, dtype=torch.float64)},
+        {"cscore": False},
+        {"dataset": fashion.name},
+    ).save(tmp_path)
     scores = {"forgetting": torch.ones(size), "el2n": torch.zeros(size)}
     save_file(scores, str(tmp_path / "expert_0.safetensors"))
     config = ExpertConfig(dataset=fashion.name)

@@ -92,10 +92,15 @@ def test_combined_applies_dsa_exactly_where_the_mask_says() -> None:
 def test_combined_draws_the_dsa_operation_per_image_as_the_authors_do() -> None:
     # color moves every pixel off the input's values; cutout keeps all but a zeroed patch
     x = images(n=40) + 10.0
-    out = combined(x, torch.ones(40, dtype=torch.bool), DSAConfig(strategy="color_cutout"),
-                   torch.Generator().manual_seed(3))  # fmt: skip
-    kept = [set(out[r].flatten().tolist()) <= set(x[r].flatten().tolist()) | {0.0}
-            for r in range(40)]  # fmt: skip
+    out = combined(
+        x,
+        torch.ones(40, dtype=torch.bool),
+        DSAConfig(strategy="color_cutout"),
+        torch.Generator().manual_seed(3),
+    )
+    kept = [
+        set(out[r].flatten().tolist()) <= set(x[r].flatten().tolist()) | {0.0} for r in range(40)
+    ]
     assert any(kept) and not all(kept)  # both operations in one batch (one op per batch: 2^-39)
 
 

@@ -52,17 +52,23 @@ def test_a_resumable_folder_names_the_nested_settings_that_changed() -> None:
     from selmatch.consistency import ConsistencyConfig
 
     before = ConsistencyConfig()
-    after = before.replace(num_networks=before.num_networks + 2, epochs=before.epochs + 1,
-                           model=before.model.replace(width=before.model.width * 2))  # fmt: skip
+    after = before.replace(
+        num_networks=before.num_networks + 2,
+        epochs=before.epochs + 1,
+        model=before.model.replace(width=before.model.width * 2),
+    )
     assert changed_settings(before, after) == ["epochs", "model.width", "num_networks"]
     assert changed_settings(before, after, may_change=("num_networks",)) == [
-        "epochs", "model.width",
-    ]  # fmt: skip
-    check_resumable(before, before.replace(num_networks=9), "{changed}",
-                    may_change=["num_networks"])  # fmt: skip
+        "epochs",
+        "model.width",
+    ]
+    check_resumable(
+        before, before.replace(num_networks=9), "{changed}", may_change=["num_networks"]
+    )
     with pytest.raises(ConfigError, match=r"^made with epochs, model.width; use the same$"):
-        check_resumable(before, after, "made with {changed}; use the same",
-                        may_change=("num_networks",))  # fmt: skip
+        check_resumable(
+            before, after, "made with {changed}; use the same", may_change=("num_networks",)
+        )
 
 
 def test_every_setting_of_the_stage_configs_is_declared_with_its_help() -> None:
@@ -74,14 +80,25 @@ def test_every_setting_of_the_stage_configs_is_declared_with_its_help() -> None:
     from selmatch.sweep import SweepConfig
     from selmatch.target import SetSpec
 
-    for cls in (ModelConfig, TrainConfig, DSAConfig, EvalConfig, ExpertConfig,
-                ConsistencyConfig, SweepConfig, DistillConfig, SetSpec):  # fmt: skip
+    for cls in (
+        ModelConfig,
+        TrainConfig,
+        DSAConfig,
+        EvalConfig,
+        ExpertConfig,
+        ConsistencyConfig,
+        SweepConfig,
+        DistillConfig,
+        SetSpec,
+    ):
         for field in dataclasses.fields(cls):
             declared = setting_of(field)
             assert declared is not None and declared.help, f"{cls.__name__}.{field.name}"
             assert "%" not in declared.help + declared.paper, "argparse formats help with %"
     # the error messages call a setting by its option, also where it is not the field's name
     assert (flag("name"), flag("num_seeds"), flag("num_networks")) == (
-        "--model", "--seeds", "--networks",
-    )  # fmt: skip
+        "--model",
+        "--seeds",
+        "--networks",
+    )
     assert flag("num_experts") == "--num-experts"

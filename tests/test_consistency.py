@@ -26,18 +26,31 @@ def flipped(fashion: ImageDataset) -> tuple[ImageDataset, torch.Tensor]:
     wrong = torch.randperm(len(picks), generator=torch.Generator().manual_seed(2))[:50]
     labels[wrong] = (labels[wrong] + 1) % fashion.num_classes
     dataset = ImageDataset(
-        name="flipped", train_images=fashion.train_images[picks], train_labels=labels,
-        test_images=fashion.test_images[:100], test_labels=fashion.test_labels[:100],
-        class_names=fashion.class_names, mean=fashion.mean, std=fashion.std, source="test",
-    )  # fmt: skip
+        name="flipped",
+        train_images=fashion.train_images[picks],
+        train_labels=labels,
+        test_images=fashion.test_images[:100],
+        test_labels=fashion.test_labels[:100],
+        class_names=fashion.class_names,
+        mean=fashion.mean,
+        std=fashion.std,
+        source="test",
+    )
     is_wrong = torch.zeros(len(picks), dtype=torch.bool)
     is_wrong[wrong] = True
     return dataset, is_wrong
 
 
 def small(**changes) -> ConsistencyConfig:
-    settings = {"dataset": "flipped", "model": ModelConfig(width=8), "num_networks": 4,
-                "train_fraction": 0.5, "epochs": 8, "batch_size": 64, "lr": 0.05}  # fmt: skip
+    settings = {
+        "dataset": "flipped",
+        "model": ModelConfig(width=8),
+        "num_networks": 4,
+        "train_fraction": 0.5,
+        "epochs": 8,
+        "batch_size": 64,
+        "lr": 0.05,
+    }
     return ConsistencyConfig(**(settings | changes))
 
 
@@ -66,8 +79,9 @@ def test_every_scored_sample_is_held_out_at_least_twice_and_nothing_is_nan(flipp
     assert bool(torch.isnan(score[val]).all())  # the validation slice is never scored
 
 
-@pytest.mark.parametrize(("fraction", "networks"), [(0.5, 4), (0.5, 5), (0.6, 6), (0.75, 8),
-                                                     (2 / 3, 7), (0.8, 10)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fraction", "networks"), [(0.5, 4), (0.5, 5), (0.6, 6), (0.75, 8), (2 / 3, 7), (0.8, 10)]
+)
 def test_the_splits_hold_every_sample_out_at_least_twice(flipped, fraction, networks) -> None:
     dataset, _ = flipped
     config = small(train_fraction=fraction, num_networks=networks)
@@ -97,9 +111,12 @@ def test_fewer_hold_outs_than_two_give_nan() -> None:
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_scores_and_another_does_not(flipped, tmp_path) -> None:
     dataset, _ = flipped
-    runs = [estimate_consistency(dataset, small(epochs=1, seed=seed), tmp_path / f"{i}",
-                                 device="cpu", progress=False).scores["consistency"]
-            for i, seed in enumerate((3, 3, 4))]  # fmt: skip
+    runs = [
+        estimate_consistency(
+            dataset, small(epochs=1, seed=seed), tmp_path / f"{i}", device="cpu", progress=False
+        ).scores["consistency"]
+        for i, seed in enumerate((3, 3, 4))
+    ]
     same = torch.isfinite(runs[0])
     assert torch.equal(runs[0][same], runs[1][same])
     assert not torch.equal(runs[0][same], runs[2][same])
@@ -114,8 +131,9 @@ def test_a_rerun_reuses_the_finished_networks_and_trains_only_the_missing(flippe
     network_file(tmp_path, 2).unlink()  # as if interrupted before network 2 was saved
     again = estimate_consistency(dataset, config, tmp_path, device="cpu", progress=False)
     assert all(network_file(tmp_path, k).stat().st_mtime_ns == stamps[k] for k in (0, 1, 3))
-    assert torch.equal(first.scores["consistency"].nan_to_num(-1),
-                       again.scores["consistency"].nan_to_num(-1))  # fmt: skip
+    assert torch.equal(
+        first.scores["consistency"].nan_to_num(-1), again.scores["consistency"].nan_to_num(-1)
+    )
     assert "consistency" in ScoreTable.load(tmp_path).scores
     with pytest.raises(ConfigError, match="other settings \\(epochs\\)"):
         estimate_consistency(dataset, config.replace(epochs=2), tmp_path, progress=False)
@@ -123,11 +141,13 @@ def test_a_rerun_reuses_the_finished_networks_and_trains_only_the_missing(flippe
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [({"num_networks": 3}, "--networks must be an integer in \\[4,"),
-     ({"train_fraction": 0.75, "num_networks": 6}, "--networks must be an integer in \\[8,"),
-     ({"train_fraction": 1.0}, "--train-fraction must be a number in \\(0, 0.95\\]"),
-     ({"epochs": 0}, "--epochs must be an integer in \\[1,")],
-)  # fmt: skip
+    [
+        ({"num_networks": 3}, "--networks must be an integer in \\[4,"),
+        ({"train_fraction": 0.75, "num_networks": 6}, "--networks must be an integer in \\[8,"),
+        ({"train_fraction": 1.0}, "--train-fraction must be a number in \\(0, 0.95\\]"),
+        ({"epochs": 0}, "--epochs must be an integer in \\[1,"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(changes, message) -> None:
     with pytest.raises(ConfigError, match=message):
         small(**changes)

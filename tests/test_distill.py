@@ -14,11 +14,21 @@ from selmatch.models import ModelConfig
 from selmatch.scores import ScoreTable
 from selmatch.synthetic import SyntheticSet
 
-EXPERTS = ExpertConfig(model=ModelConfig(width=4), num_experts=2, epochs=4, per_class=40,
-                       batch_size=64)  # fmt: skip
-TINY = Settings.of(ipc=4, beta=0.5, alpha=0.5, n_student_steps=3, expert_epochs=1,
-                   max_start_epoch=2, syn_batch=16, iterations=4, checkpoint_every=2,
-                   lr_images=100.0)  # fmt: skip
+EXPERTS = ExpertConfig(
+    model=ModelConfig(width=4), num_experts=2, epochs=4, per_class=40, batch_size=64
+)
+TINY = Settings.of(
+    ipc=4,
+    beta=0.5,
+    alpha=0.5,
+    n_student_steps=3,
+    expert_epochs=1,
+    max_start_epoch=2,
+    syn_batch=16,
+    iterations=4,
+    checkpoint_every=2,
+    lr_images=100.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +44,23 @@ def hardness(experts):
 
 
 def run(settings, fashion, fashion_split, experts, hardness, directory, **kwargs):
-    return distill(*settings.parts(), fashion, fashion_split, experts, hardness, directory,
-                   device="cpu", progress=False, **kwargs)  # fmt: skip
+    return distill(
+        *settings.parts(),
+        fashion,
+        fashion_split,
+        experts,
+        hardness,
+        directory,
+        device="cpu",
+        progress=False,
+        **kwargs,
+    )
 
 
 @pytest.mark.slow
-def test_selmatch_changes_only_the_alpha_share(tmp_path, fashion, fashion_split, experts,
-                                               hardness) -> None:  # fmt: skip
+def test_selmatch_changes_only_the_alpha_share(
+    tmp_path, fashion, fashion_split, experts, hardness
+) -> None:
     result = run(TINY, fashion, fashion_split, experts, hardness, tmp_path)
     initial = fashion.normalize(fashion.train_images[result.source_indices])
     frozen, learned = ~result.distill_mask, result.distill_mask
@@ -62,8 +82,9 @@ def test_selmatch_changes_only_the_alpha_share(tmp_path, fashion, fashion_split,
 
 def test_alpha_zero_is_selection_only(tmp_path, fashion, fashion_split, experts, hardness):
     result = run(TINY.replace(alpha=0.0), fashion, fashion_split, experts, hardness, tmp_path)
-    window = run(TINY.replace(alpha=0.5), fashion, fashion_split, experts, hardness,
-                 tmp_path / "half")  # fmt: skip
+    window = run(
+        TINY.replace(alpha=0.5), fashion, fashion_split, experts, hardness, tmp_path / "half"
+    )
     assert result.num_distill == 0 and result.manifest["final_loss"] is None
     assert torch.equal(result.source_indices, window.source_indices)  # the same window
     assert torch.equal(
@@ -87,8 +108,14 @@ def test_a_random_initialisation_learns_a_random_alpha_share(
     initial = fashion.normalize(fashion.train_images[expected])
     assert torch.equal(result.images[~result.distill_mask], initial[~result.distill_mask])
     # α = 1 from the random subset of the same seed is plain MTT's start
-    mtt = run(TINY.replace(method="mtt", alpha=1.0, subset_seed=7), fashion, fashion_split,
-              experts, None, tmp_path / "mtt")  # fmt: skip
+    mtt = run(
+        TINY.replace(method="mtt", alpha=1.0, subset_seed=7),
+        fashion,
+        fashion_split,
+        experts,
+        None,
+        tmp_path / "mtt",
+    )
     assert torch.equal(mtt.source_indices, expected)
 
 
@@ -121,11 +148,20 @@ def test_mtt_updates_everything(tmp_path, fashion, fashion_split, experts) -> No
 
 
 @pytest.mark.slow
-def test_matching_loss_decreases_on_a_tiny_problem(tmp_path, fashion, fashion_split, experts,
-                                                   hardness) -> None:  # fmt: skip
+def test_matching_loss_decreases_on_a_tiny_problem(
+    tmp_path, fashion, fashion_split, experts, hardness
+) -> None:
     # One start epoch, no augmentation, the whole set in every batch: a fixed objective.
-    config = TINY.replace(method="mtt", alpha=1.0, max_start_epoch=1, dsa_strategy="none",
-                          syn_batch=40, iterations=25, lr_images=1000.0, lr_lr=0.0)  # fmt: skip
+    config = TINY.replace(
+        method="mtt",
+        alpha=1.0,
+        max_start_epoch=1,
+        dsa_strategy="none",
+        syn_batch=40,
+        iterations=25,
+        lr_images=1000.0,
+        lr_lr=0.0,
+    )
     solo_dir = tmp_path / "one-expert"  # one expert: a fixed target
     solo_dir.mkdir()
     for name in ("manifest.json", "indices.safetensors", "expert_000.safetensors"):
@@ -138,8 +174,9 @@ def test_matching_loss_decreases_on_a_tiny_problem(tmp_path, fashion, fashion_sp
     assert sum(b < a for a, b in itertools.pairwise(losses)) >= 20
 
 
-def test_seqmatch_learns_subsets_in_order(tmp_path, fashion, fashion_split, experts,
-                                          monkeypatch) -> None:  # fmt: skip
+def test_seqmatch_learns_subsets_in_order(
+    tmp_path, fashion, fashion_split, experts, monkeypatch
+) -> None:
     snapshots = []
     real_stage = distill_module._run_stage
 
@@ -163,30 +200,43 @@ def test_seqmatch_learns_subsets_in_order(tmp_path, fashion, fashion_split, expe
     assert not torch.equal(after2[second], before2[second])
 
 
-def test_segments_start_in_the_min_to_max_start_epoch_range(fashion, fashion_split, experts,
-                                                            hardness) -> None:  # fmt: skip
+def test_segments_start_in_the_min_to_max_start_epoch_range(
+    fashion, fashion_split, experts, hardness
+) -> None:
     config = TINY.replace(method="mtt", alpha=1.0, min_start_epoch=1, max_start_epoch=3)
     initial = distill_module.initial_set(config.target, 0, fashion, fashion_split, None)
     (stage,) = distill_module.stages_of(config.target, config.resolved(), initial)
     assert stage.start_epochs == (1, 3)
     seq = config.replace(method="seqmatch")
-    first, second = distill_module.stages_of(seq.target, seq.resolved(),
-                                             distill_module.initial_set(
-        seq.target, 0, fashion, fashion_split, None))  # fmt: skip
+    first, second = distill_module.stages_of(
+        seq.target,
+        seq.resolved(),
+        distill_module.initial_set(seq.target, 0, fashion, fashion_split, None),
+    )
     assert (first.start_epochs, second.start_epochs) == ((1, 2), (2, 3))
     # every drawn start epoch, and so every matched segment, lies in [T−, T+)
     walks = InMemoryExperts(
         experts.config, experts.layout, [torch.arange(5.0).unsqueeze(1)] * 2
     )  # parameter vector = its epoch
     run_ = distill_module._Run(
-        target=config.target, config=config.resolved(), directory=None, template=None,
-        layout=None, experts=walks, expert_ids=walks.finished, labels=initial.labels,
+        target=config.target,
+        config=config.resolved(),
+        directory=None,
+        template=None,
+        layout=None,
+        experts=walks,
+        expert_ids=walks.finished,
+        labels=initial.labels,
         image_size=(28, 28),
-        dsa=None, device=torch.device("cpu"), progress=False,
-    )  # fmt: skip
+        dsa=None,
+        device=torch.device("cpu"),
+        progress=False,
+    )
     generator = torch.Generator().manual_seed(0)
-    starts = {int(distill_module.sample_expert_segment(run_, stage.start_epochs, generator)[0])
-              for _ in range(50)}  # fmt: skip
+    starts = {
+        int(distill_module.sample_expert_segment(run_, stage.start_epochs, generator)[0])
+        for _ in range(50)
+    }
     assert starts == {1, 2}
     assert (
         DistillConfig.from_dict(
@@ -204,8 +254,9 @@ def test_merge_ablation_trains_the_student_on_d_distill_alone(fashion, fashion_s
 
 
 @pytest.mark.slow
-def test_resume_gives_the_uninterrupted_result(tmp_path, fashion, fashion_split, experts,
-                                               hardness, monkeypatch) -> None:  # fmt: skip
+def test_resume_gives_the_uninterrupted_result(
+    tmp_path, fashion, fashion_split, experts, hardness, monkeypatch
+) -> None:
     straight = run(TINY, fashion, fashion_split, experts, hardness, tmp_path / "a")
     real = distill_module.MODES["unrolled"]
     calls = []
@@ -228,8 +279,9 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, fashion, fashion_split,
     assert resumed.learned_lr == straight.learned_lr
 
 
-def test_divergence_stops_without_writing_a_result(tmp_path, fashion, fashion_split, experts,
-                                                   hardness) -> None:  # fmt: skip
+def test_divergence_stops_without_writing_a_result(
+    tmp_path, fashion, fashion_split, experts, hardness
+) -> None:
     config = TINY.replace(lr_images=1e38, checkpoint_every=1)
     with pytest.raises(DistillationDivergedError, match="diverged at iteration"):
         run(config, fashion, fashion_split, experts, hardness, tmp_path)
@@ -242,8 +294,9 @@ def test_divergence_stops_without_writing_a_result(tmp_path, fashion, fashion_sp
 
 
 @pytest.mark.slow
-def test_resume_may_lower_the_learning_rates(tmp_path, fashion, fashion_split, experts,
-                                             hardness) -> None:  # fmt: skip
+def test_resume_may_lower_the_learning_rates(
+    tmp_path, fashion, fashion_split, experts, hardness
+) -> None:
     """What the divergence message advises: continue from a checkpoint at a lower rate."""
     first = TINY.replace(iterations=2, checkpoint_every=1)
     run(first, fashion, fashion_split, experts, hardness, tmp_path)
@@ -252,8 +305,15 @@ def test_resume_may_lower_the_learning_rates(tmp_path, fashion, fashion_split, e
     assert json.loads((tmp_path / "checkpoint/state.json").read_text())["iteration"] == 3
     assert bool(torch.isfinite(result.images).all())
     with pytest.raises(ConfigError, match=r"other settings \(syn_batch\); only --iterations"):
-        run(lower.replace(syn_batch=lower.syn_batch + 1), fashion, fashion_split, experts,
-            hardness, tmp_path, resume=True)  # fmt: skip
+        run(
+            lower.replace(syn_batch=lower.syn_batch + 1),
+            fashion,
+            fashion_split,
+            experts,
+            hardness,
+            tmp_path,
+            resume=True,
+        )
 
 
 @pytest.mark.parametrize(
@@ -262,11 +322,12 @@ def test_resume_may_lower_the_learning_rates(tmp_path, fashion, fashion_split, e
         (
             dict(max_start_epoch=4, expert_epochs=1),
             r"--max-start-epoch \+ --expert-epochs must be ≤ 4",
-        ),
+        )
     ],
 )
-def test_settings_checked_against_the_experts(tmp_path, fashion, fashion_split, experts, hardness,
-                                              kwargs, message) -> None:  # fmt: skip
+def test_settings_checked_against_the_experts(
+    tmp_path, fashion, fashion_split, experts, hardness, kwargs, message
+) -> None:
     with pytest.raises(ConfigError, match=message):
         run(TINY.replace(**kwargs), fashion, fashion_split, experts, hardness, tmp_path)
 
@@ -327,34 +388,46 @@ def test_a_checkpoint_records_the_inputs_and_a_resume_meets_them(
     assert torch.equal(resumed.images, SyntheticSet.load(interrupted).images)
 
 
-def test_a_resume_refuses_other_experts(interrupted, tmp_path, fashion, fashion_split,
-                                        experts, hardness) -> None:  # fmt: skip
+def test_a_resume_refuses_other_experts(
+    interrupted, tmp_path, fashion, fashion_split, experts, hardness
+) -> None:
     fewer = tmp_path / "one-expert"  # the same settings, but not the same finished experts
     fewer.mkdir()
     for name in ("manifest.json", "indices.safetensors", "expert_000.safetensors"):
         shutil.copy(experts.directory / name, fewer / name)
     folder = _copy(interrupted, tmp_path)
-    with pytest.raises(ConfigError, match=r"distilled against other experts .* than --experts "
-                       r".*one-expert .*use the interrupted run's --experts"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"distilled against other experts .* than --experts "
+        r".*one-expert .*use the interrupted run's --experts",
+    ):
         run(RESUMED, fashion, fashion_split, ExpertSet.load(fewer), hardness, folder, resume=True)
 
 
-def test_a_resume_refuses_another_score_table(interrupted, tmp_path, fashion, fashion_split,
-                                              experts, hardness) -> None:  # fmt: skip
+def test_a_resume_refuses_another_score_table(
+    interrupted, tmp_path, fashion, fashion_split, experts, hardness
+) -> None:
     folder = _copy(interrupted, tmp_path)
-    with pytest.raises(ConfigError, match=r"started from other real images .* than --scores "
-                       "and --score pick now"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"started from other real images .* than --scores "
+        "and --score pick now",
+    ):
         run(RESUMED, fashion, fashion_split, experts, -hardness, folder, resume=True)
 
 
-def test_a_resume_refuses_other_data(interrupted, tmp_path, fashion, fashion_split, experts,
-                                     hardness) -> None:  # fmt: skip
+def test_a_resume_refuses_other_data(
+    interrupted, tmp_path, fashion, fashion_split, experts, hardness
+) -> None:
     from dataclasses import replace
 
     other = replace(fashion, test_images=fashion.test_images.flip(0))  # another --data-root
     folder = _copy(interrupted, tmp_path)
-    with pytest.raises(ConfigError, match=r"^--resume: the checkpoint in .*run/checkpoint made "
-                       r"from fashion-mnist .*digest .*--dataset and --data-root"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"^--resume: the checkpoint in .*run/checkpoint made "
+        r"from fashion-mnist .*digest .*--dataset and --data-root",
+    ):
         run(RESUMED, other, fashion_split, experts, hardness, folder, resume=True)
 
 
@@ -395,21 +468,28 @@ def _edit_tensors(folder, **changes) -> None:
         (dict(stage_lrs=[0.1]), {}, r"state.json: stage_lrs must be 0 finite number"),
         (dict(config=None), {}, r"state.json: not a distillation checkpoint"),
         (dict(config={"ipc": "four"}), {}, r"state.json: its config is not a distillation's"),
-        ({}, dict(images=torch.zeros(20, 1, 28, 28)),
-         r"state.safetensors: images are torch.float32 \(20, 1, 28, 28\), this set's are "
-         r"float \(40, 1, 28, 28\)"),
+        (
+            {},
+            dict(images=torch.zeros(20, 1, 28, 28)),
+            r"state.safetensors: images are torch.float32 \(20, 1, 28, 28\), this set's are "
+            r"float \(40, 1, 28, 28\)",
+        ),
         ({}, dict(images=torch.zeros(40, 1, 28, 28, dtype=torch.uint8)), "images are torch.uint8"),
         ({}, dict(images=torch.full((40, 1, 28, 28), float("nan"))), "images hold NaN"),
         ({}, dict(syn_lr=torch.tensor([float("nan")])), "syn_lr must be one finite float > 0"),
         ({}, dict(syn_lr=torch.tensor([-0.1])), "syn_lr must be one finite float > 0"),
         ({}, dict(syn_lr=torch.zeros(0)), "syn_lr must be one finite float > 0"),
         ({}, dict(syn_lr=None), "state.safetensors: it lacks the tensor.s. syn_lr"),
-        ({}, dict(image_momentum=torch.zeros(40, 1, 28, 28)), r"image_momentum must be float "
-         r"\(20, 1, 28, 28\)"),
+        (
+            {},
+            dict(image_momentum=torch.zeros(40, 1, 28, 28)),
+            r"image_momentum must be float "
+            r"\(20, 1, 28, 28\)",
+        ),
         ({}, dict(lr_momentum=torch.zeros(3)), "lr_momentum must be one finite number"),
         ({}, dict(generator_state=torch.zeros(3)), "generator_state is not a random generator"),
     ],
-)  # fmt: skip
+)
 def test_a_damaged_checkpoint_is_one_line_naming_its_file(
     interrupted, tmp_path, fashion, fashion_split, experts, hardness, state, tensors, message
 ) -> None:

@@ -46,8 +46,9 @@ def test_every_setting_of_a_search_is_declared_with_its_help() -> None:
             if declared is None or not declared.help:
                 undeclared.append(f"{cls.__name__}.{field.name}")
             inner = [hints[field.name], *typing.get_args(hints[field.name])]
-            todo += [t for t in inner if isinstance(t, type) and issubclass(t, Config)
-                     and t not in seen]  # fmt: skip
+            todo += [
+                t for t in inner if isinstance(t, type) and issubclass(t, Config) and t not in seen
+            ]
     assert not undeclared, f"settings without a declaration: {sorted(set(undeclared))}"
 
 

@@ -23,9 +23,12 @@ def test_short_evaluation_beats_chance_by_far(fashion, fashion_split) -> None:
         model=ModelConfig(width=16), train=TrainConfig(epochs=60), num_seeds=2, device="cpu"
     )
     result = evaluate_set(
-        fashion.train_images[subset], fashion.train_labels[subset], fashion, config,
+        fashion.train_images[subset],
+        fashion.train_labels[subset],
+        fashion,
+        config,
         split=fashion_split,
-    )  # fmt: skip
+    )
     test_mean, _ = result.test_mean_std
     val_mean, _ = result.val_mean_std
     assert test_mean > 0.55 and val_mean > 0.55  # chance is 0.10

@@ -9,8 +9,9 @@ from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
 from selmatch.scores import ScoreTable
 
-TINY = ExpertConfig(model=ModelConfig(width=4), num_experts=2, epochs=2, per_class=20,
-                    batch_size=32, el2n_epoch=1)  # fmt: skip
+TINY = ExpertConfig(
+    model=ModelConfig(width=4), num_experts=2, epochs=2, per_class=20, batch_size=32, el2n_epoch=1
+)
 
 
 @pytest.fixture(scope="module")

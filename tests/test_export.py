@@ -33,12 +33,21 @@ def saved(tmp_path_factory, fashion) -> tuple[Path, torch.Tensor, torch.Tensor]:
     images[mask] += 1.5 * torch.randn(images[mask].shape, generator=generator)
     directory = tmp_path_factory.mktemp("export") / "set"
     SyntheticSet(
-        images, fashion.train_labels[indices], mask,
-        {"dataset": "fashion-mnist", "mean": list(fashion.mean), "std": list(fashion.std),
-         "num_classes": 10, "class_names": list(fashion.class_names), "ipc": IPC,
-         "method": "test"},
-        learned_lr=0.01, source_indices=indices,
-    ).save(directory)  # fmt: skip
+        images,
+        fashion.train_labels[indices],
+        mask,
+        {
+            "dataset": "fashion-mnist",
+            "mean": list(fashion.mean),
+            "std": list(fashion.std),
+            "num_classes": 10,
+            "class_names": list(fashion.class_names),
+            "ipc": IPC,
+            "method": "test",
+        },
+        learned_lr=0.01,
+        source_indices=indices,
+    ).save(directory)
     return directory, pixels, mask
 
 
@@ -205,10 +214,11 @@ def test_rgb_sets_export_as_rgb(tmp_path) -> None:
     pixels = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     SyntheticSet(
-        (pixels.float() / 255 - m) / s, torch.tensor([0, 1, 2, 1]), torch.tensor([1, 0, 0, 1]),
-        {"dataset": "toy", "mean": mean, "std": std, "num_classes": 3, "ipc": 1,
-         "method": "test"},
-    ).save(tmp_path / "set")  # fmt: skip
+        (pixels.float() / 255 - m) / s,
+        torch.tensor([0, 1, 2, 1]),
+        torch.tensor([1, 0, 0, 1]),
+        {"dataset": "toy", "mean": mean, "std": std, "num_classes": 3, "ipc": 1, "method": "test"},
+    ).save(tmp_path / "set")
     export_set(tmp_path / "set", tmp_path / "tree", "imagefolder")
     assert sorted(p.name for p in (tmp_path / "tree").iterdir() if p.is_dir()) == ["0", "1", "2"]
     data = load_synthetic(tmp_path / "tree")
@@ -224,9 +234,18 @@ def test_rgb_sets_export_as_rgb(tmp_path) -> None:
 def test_folder_names_are_safe_and_distinct() -> None:
     names = ["T-shirt/top", "a\\b", "", ".hidden", "Cat", "cat", "6", "", "", "", "x"]
     assert folder_names(names) == [
-        "00_T-shirt_top", "01_a_b", "02", "03_.hidden", "04_Cat", "05_cat", "06_6", "07", "08",
-        "09", "10_x",
-    ]  # fmt: skip
+        "00_T-shirt_top",
+        "01_a_b",
+        "02",
+        "03_.hidden",
+        "04_Cat",
+        "05_cat",
+        "06_6",
+        "07",
+        "08",
+        "09",
+        "10_x",
+    ]
 
 
 def test_a_dataloader_trains_on_an_exported_set(exported) -> None:

@@ -35,8 +35,7 @@ def hardness(fashion) -> torch.Tensor:
 def test_every_kind_keeps_the_contract(kind, fashion, fashion_split, hardness) -> None:
     init, learned, subsets = made(kind)
     assert init.kind == kind.kind
-    keeps_the_initialisation_contract(init, fashion, fashion_split, hardness, IPC, learned,
-                                      subsets)  # fmt: skip
+    keeps_the_initialisation_contract(init, fashion, fashion_split, hardness, IPC, learned, subsets)
 
 
 @pytest.mark.parametrize("kind", [RandomInit, RealInit, SequentialInit], ids=lambda k: k.__name__)
@@ -48,12 +47,15 @@ def test_a_random_start_changes_with_its_seed(kind, fashion, fashion_split) -> N
 
 def test_each_method_starts_from_its_kind() -> None:
     chosen = {
-        ("selmatch", "window"): WindowInit, ("selmatch", "random"): RandomInit,
-        ("mtt", "window"): RealInit, ("seqmatch", "window"): SequentialInit,
-    }  # fmt: skip
+        ("selmatch", "window"): WindowInit,
+        ("selmatch", "random"): RandomInit,
+        ("mtt", "window"): RealInit,
+        ("seqmatch", "window"): SequentialInit,
+    }
     for (method, init), kind in chosen.items():
-        target = SetSpec(method=method, init=init, ipc=IPC, alpha=0.5 if method ==
-                         "selmatch" else 1.0)  # fmt: skip
+        target = SetSpec(
+            method=method, init=init, ipc=IPC, alpha=0.5 if method == "selmatch" else 1.0
+        )
         assert isinstance(initialisation_of(target, seed=0), kind), (method, init)
 
 

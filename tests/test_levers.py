@@ -11,10 +11,7 @@ from selmatch.config import ConfigError
 from selmatch.distill import DistillConfig, distill
 from selmatch.experts import ExpertConfig, InMemoryExperts
 from selmatch.levers import PRECISIONS, Levers, StudentStep, precision_scope
-from selmatch.matching import (
-    MODES,
-    match_trajectories,
-)
+from selmatch.matching import MODES, match_trajectories
 from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
 from selmatch.target import SetSpec
@@ -25,13 +22,31 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def case(trajectories=1, dtype=torch.float64, n_frozen=6, n_learnable=6, steps=3, batch=4,
-         width=4, depth=2, seed=0):  # fmt: skip
+def case(
+    trajectories=1,
+    dtype=torch.float64,
+    n_frozen=6,
+    n_learnable=6,
+    steps=3,
+    batch=4,
+    width=4,
+    depth=2,
+    seed=0,
+):
     """A tiny ConvNet (BatchNorm) on 3×8×8 images; the set (12) is a multiple of the batch (4),
     so every step has the same shape, and batches mix frozen and learnable images."""
-    return matching_case(trajectories=trajectories, dtype=dtype, n_frozen=n_frozen,
-                         n_learnable=n_learnable, steps=steps, batch=batch, shape=(3, 8, 8),
-                         width=width, depth=depth, seed=seed)  # fmt: skip
+    return matching_case(
+        trajectories=trajectories,
+        dtype=dtype,
+        n_frozen=n_frozen,
+        n_learnable=n_learnable,
+        steps=steps,
+        batch=batch,
+        shape=(3, 8, 8),
+        width=width,
+        depth=depth,
+        seed=seed,
+    )
 
 
 def run(mode, args, levers=None, step=None):
@@ -161,24 +176,63 @@ def test_cuda_graphs_on_cpu_is_a_one_line_error(tmp_path, fashion, fashion_split
     with pytest.raises(ConfigError, match="--cuda-graphs needs a CUDA device; this run is on cpu"):
         Levers(cuda_graphs=True).check_device(torch.device("cpu"))
     experts = walk_experts(fashion)
-    config = DistillConfig(n_student_steps=1, expert_epochs=1, max_start_epoch=2, syn_batch=5,
-                           iterations=1, cuda_graphs=True)  # fmt: skip
+    config = DistillConfig(
+        n_student_steps=1,
+        expert_epochs=1,
+        max_start_epoch=2,
+        syn_batch=5,
+        iterations=1,
+        cuda_graphs=True,
+    )
     with pytest.raises(ConfigError, match="--cuda-graphs needs a CUDA device"):
-        distill(MTT, config, fashion, fashion_split, experts, None, tmp_path, device="cpu",
-                progress=False)  # fmt: skip
+        distill(
+            MTT,
+            config,
+            fashion,
+            fashion_split,
+            experts,
+            None,
+            tmp_path,
+            device="cpu",
+            progress=False,
+        )
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_levered_distillation_runs_and_records_its_levers(tmp_path, fashion, fashion_split):
     experts = walk_experts(fashion)
-    config = DistillConfig(n_student_steps=2, expert_epochs=1, max_start_epoch=2, syn_batch=5,
-                           iterations=2, lr_images=10.0, channels_last=True,
-                           precision="tf32")  # fmt: skip
-    levered = distill(MTT, config, fashion, fashion_split, experts, None, tmp_path / "levered",
-                      device="cpu", progress=False)  # fmt: skip
-    plain = distill(MTT, config.replace(channels_last=False, precision="default"), fashion,
-                    fashion_split, experts, None, tmp_path / "plain", device="cpu",
-                    progress=False)  # fmt: skip
+    config = DistillConfig(
+        n_student_steps=2,
+        expert_epochs=1,
+        max_start_epoch=2,
+        syn_batch=5,
+        iterations=2,
+        lr_images=10.0,
+        channels_last=True,
+        precision="tf32",
+    )
+    levered = distill(
+        MTT,
+        config,
+        fashion,
+        fashion_split,
+        experts,
+        None,
+        tmp_path / "levered",
+        device="cpu",
+        progress=False,
+    )
+    plain = distill(
+        MTT,
+        config.replace(channels_last=False, precision="default"),
+        fashion,
+        fashion_split,
+        experts,
+        None,
+        tmp_path / "plain",
+        device="cpu",
+        progress=False,
+    )
     assert levered.manifest["distill"]["channels_last"] is True
     assert levered.manifest["distill"]["precision"] == "tf32"
     assert rel(levered.images, plain.images) < 1e-5
@@ -201,11 +255,24 @@ def test_bad_lever_settings_are_one_line_errors(settings, message) -> None:
 
 def test_the_command_line_takes_the_levers_and_refuses_a_bad_precision(capsys, tmp_path):
     parser = cli.build_parser()
-    args = parser.parse_args(["distill", "--ipc", "2", "--compile", "--cuda-graphs",
-                              "--precision", "bf16", "--channels-last"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "distill",
+            "--ipc",
+            "2",
+            "--compile",
+            "--cuda-graphs",
+            "--precision",
+            "bf16",
+            "--channels-last",
+        ]
+    )
     assert (args.compile, args.cuda_graphs, args.precision, args.channels_last) == (
-        True, True, "bf16", True,
-    )  # fmt: skip
+        True,
+        True,
+        "bf16",
+        True,
+    )
     with pytest.raises(SystemExit) as exit_code:
         cli.main(["distill", "--ipc", "2", "--precision", "fp16", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
@@ -220,9 +287,15 @@ def test_the_search_reaches_the_levers_by_set() -> None:
     from selmatch_tune.presets import smoke
     from selmatch_tune.search_alpha_beta import apply_sets
 
-    config = apply_sets(smoke(), ["distill.compile=true", "distill.precision=tf32",
-                                  "distill.channels_last=true",
-                                  "distill.cuda_graphs=false"])  # fmt: skip
+    config = apply_sets(
+        smoke(),
+        [
+            "distill.compile=true",
+            "distill.precision=tf32",
+            "distill.channels_last=true",
+            "distill.cuda_graphs=false",
+        ],
+    )
     assert config.distill.levers == Levers(compile=True, precision="tf32", channels_last=True)
     with pytest.raises(ConfigError, match="--override distill.precision=fp16: must be one of"):
         apply_sets(smoke(), ["distill.precision=fp16"])

@@ -30,9 +30,10 @@ def small_case(n_frozen=12, n_learnable=8, steps=4, norm="batch", seed=0):
     target = start + 0.02 * torch.randn_like(start)
     images = torch.randn(n_frozen + n_learnable, 1, 28, 28, dtype=D)
     synthetic = SyntheticTensors(
-        images[:n_frozen], images[n_frozen:].clone().requires_grad_(True),
+        images[:n_frozen],
+        images[n_frozen:].clone().requires_grad_(True),
         torch.arange(n_frozen + n_learnable) % 10,
-    )  # fmt: skip
+    )
     lr = torch.tensor(0.02, dtype=D, requires_grad=True)
     plan = plan_student_steps(
         n_frozen + n_learnable, steps, 7, (28, 28), DSAConfig(), torch.Generator().manual_seed(seed)
@@ -63,8 +64,9 @@ def test_gradients_match_finite_differences() -> None:
     base = synthetic.learnable.detach()
     direction = torch.zeros_like(base)
     direction[2, 0, 13, 9] = 1.0
-    numeric = (loss_at(base + eps * direction, lr.detach())
-               - loss_at(base - eps * direction, lr.detach())) / (2 * eps)  # fmt: skip
+    numeric = (
+        loss_at(base + eps * direction, lr.detach()) - loss_at(base - eps * direction, lr.detach())
+    ) / (2 * eps)
     assert abs(numeric - float(result.grad_learnable[2, 0, 13, 9])) < 1e-6 * max(1.0, abs(numeric))
     numeric_lr = (loss_at(base, lr.detach() + eps) - loss_at(base, lr.detach() - eps)) / (2 * eps)
     assert abs(numeric_lr - float(result.grad_lr)) < 1e-5 * abs(numeric_lr)
@@ -109,9 +111,14 @@ MATCHERS = {
 def test_every_mode_reports_the_one_shared_loss(name, monkeypatch) -> None:
     function, trajectories = MATCHERS[name]
     template, layout, starts, targets, synthetic, lr, plans = matching_case(
-        trajectories=trajectories, dtype=D, n_frozen=9, n_learnable=11, steps=3, batch=7,
+        trajectories=trajectories,
+        dtype=D,
+        n_frozen=9,
+        n_learnable=11,
+        steps=3,
+        batch=7,
         shape=(1, 16, 16),
-    )  # fmt: skip
+    )
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def recorded(final: torch.Tensor, start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -154,6 +161,7 @@ def test_the_final_adjoint_is_the_loss_gradient() -> None:
         assert torch.allclose(adjoint, 2 * (f - t) / (count * distance), rtol=1e-14, atol=0)
         eps, direction = 1e-6, torch.zeros_like(f)
         direction.view(-1)[7] = 1.0
-        numeric = (matching_loss(f + eps * direction, s, t)
-                   - matching_loss(f - eps * direction, s, t)) / (2 * eps)  # fmt: skip
+        numeric = (
+            matching_loss(f + eps * direction, s, t) - matching_loss(f - eps * direction, s, t)
+        ) / (2 * eps)
         assert abs(float(numeric) - float(adjoint.view(-1)[7])) < 1e-8

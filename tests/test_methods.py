@@ -32,8 +32,11 @@ from selmatch.target import SetSpec
 
 IPC = 6
 #: how a spec uses each option only some methods take
-USES = {"init": {"init": "random"}, "merge": {"merge": True},
-        "seqmatch_experts": {"seqmatch_experts": "retrained"}}  # fmt: skip
+USES = {
+    "init": {"init": "random"},
+    "merge": {"merge": True},
+    "seqmatch_experts": {"seqmatch_experts": "retrained"},
+}
 each_method = pytest.mark.parametrize("method", list(REGISTRY.values()), ids=lambda m: m.name)
 
 
@@ -58,8 +61,9 @@ def test_every_method_keeps_the_contract(method, fashion, fashion_split, hardnes
     assert stages >= 1 and target.stages == stages
     share = target.alpha if method.alpha is None else method.alpha
     scores = hardness if method.needs_scores(target) else None  # a start without scores
-    start = keeps_the_initialisation_contract(init, fashion, fashion_split, scores, IPC,
-                                              int(IPC * share), stages)  # fmt: skip
+    start = keeps_the_initialisation_contract(
+        init, fashion, fashion_split, scores, IPC, int(IPC * share), stages
+    )
     extras = method.manifest_extras(target, start, [0.01] * stages, [])
     assert json.loads(json.dumps(extras)) == extras
     assert {"subset_ids", "stage_lrs"} <= set(extras)

@@ -13,12 +13,7 @@ from selmatch.augment import DSAConfig
 from selmatch.config import ConfigError
 from selmatch.distill import DistillConfig, _Run, distill, sample_trajectories
 from selmatch.experts import ExpertConfig, InMemoryExperts
-from selmatch.matching import (
-    MODES,
-    match_trajectories,
-    plan_student_steps,
-    sequential_match,
-)
+from selmatch.matching import MODES, match_trajectories, plan_student_steps, sequential_match
 from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
 from selmatch.target import SetSpec
@@ -35,9 +30,17 @@ def _one_thread() -> None:
 def case(trajectories=3, norm="batch", n_frozen=9, n_learnable=11, steps=3, batch=7, seed=0):
     """E trajectories from different starts on a tiny ConvNet; the set (20) is not a multiple
     of the batch (7), so the plans hold short batches and mix frozen and learnable images."""
-    return matching_case(trajectories=trajectories, dtype=D, n_frozen=n_frozen,
-                         n_learnable=n_learnable, steps=steps, batch=batch, shape=(1, 16, 16),
-                         norm=norm, seed=seed)  # fmt: skip
+    return matching_case(
+        trajectories=trajectories,
+        dtype=D,
+        n_frozen=n_frozen,
+        n_learnable=n_learnable,
+        steps=steps,
+        batch=batch,
+        shape=(1, 16, 16),
+        norm=norm,
+        seed=seed,
+    )
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-10) -> bool:
@@ -76,8 +79,9 @@ def test_mismatched_plans_are_refused() -> None:
         match_trajectories("unrolled", template, layout, starts[:1], targets, synthetic, lr, plans)
     short = plan_student_steps(len(synthetic), 2, 7, (16, 16), None, torch.Generator())
     with pytest.raises(ValueError, match="same number of steps"):
-        match_trajectories("unrolled", template, layout, starts, targets, synthetic, lr,
-                           [plans[0], short])  # fmt: skip
+        match_trajectories(
+            "unrolled", template, layout, starts, targets, synthetic, lr, [plans[0], short]
+        )
 
 
 #: the set of these distillations: MTT at IPC 2
@@ -85,8 +89,13 @@ MTT = SetSpec(method="mtt", ipc=2, alpha=1.0)
 
 
 def _fake_run(trajectories_per_step: int) -> _Run:
-    config = DistillConfig(n_student_steps=3, expert_epochs=2, max_start_epoch=5, syn_batch=7,
-                           trajectories_per_step=trajectories_per_step)  # fmt: skip
+    config = DistillConfig(
+        n_student_steps=3,
+        expert_epochs=2,
+        max_start_epoch=5,
+        syn_batch=7,
+        trajectories_per_step=trajectories_per_step,
+    )
     walks = [torch.arange(8 * 3, dtype=torch.float32).reshape(8, 3) + 100 * i for i in range(4)]
     experts = InMemoryExperts(ExpertConfig(), ParamLayout((), ()), walks)
     labels = torch.arange(20) % 10
@@ -132,8 +141,9 @@ def test_a_bad_number_of_trajectories_is_a_one_line_error(value) -> None:
 
 
 def test_the_command_line_refuses_a_bad_value(capsys, tmp_path) -> None:
-    code = cli.main(["distill", "--ipc", "5", "--trajectories-per-step", "0",
-                     "--out", str(tmp_path / "out")])  # fmt: skip
+    code = cli.main(
+        ["distill", "--ipc", "5", "--trajectories-per-step", "0", "--out", str(tmp_path / "out")]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.count("\n") == 0 and "--trajectories-per-step must be an integer" in err
@@ -151,13 +161,31 @@ def test_distill_with_several_trajectories_runs_and_resumes_only_with_the_same_e
         base + 0.01 * torch.randn(5, layout.numel, generator=noise).cumsum(0) for _ in range(2)
     ]
     experts = InMemoryExperts(expert_config, layout, walks)
-    config = DistillConfig(n_student_steps=2, expert_epochs=1, max_start_epoch=3, syn_batch=8,
-                           iterations=2, checkpoint_every=1, lr_images=10.0,
-                           trajectories_per_step=2)  # fmt: skip
-    result = distill(MTT, config, fashion, fashion_split, experts, None, tmp_path, device="cpu",
-                     progress=False)  # fmt: skip
+    config = DistillConfig(
+        n_student_steps=2,
+        expert_epochs=1,
+        max_start_epoch=3,
+        syn_batch=8,
+        iterations=2,
+        checkpoint_every=1,
+        lr_images=10.0,
+        trajectories_per_step=2,
+    )
+    result = distill(
+        MTT, config, fashion, fashion_split, experts, None, tmp_path, device="cpu", progress=False
+    )
     assert result.manifest["distill"]["trajectories_per_step"] == 2
     assert len((tmp_path / "loss.csv").read_text().splitlines()) == 3
     with pytest.raises(ConfigError, match="trajectories_per_step"):
-        distill(MTT, config.replace(trajectories_per_step=3, iterations=3), fashion, fashion_split,
-                experts, None, tmp_path, device="cpu", resume=True, progress=False)  # fmt: skip
+        distill(
+            MTT,
+            config.replace(trajectories_per_step=3, iterations=3),
+            fashion,
+            fashion_split,
+            experts,
+            None,
+            tmp_path,
+            device="cpu",
+            resume=True,
+            progress=False,
+        )

@@ -39,8 +39,9 @@ def test_the_student_template_leaves_the_model_untouched() -> None:
     layout = ParamLayout.of(model)
     before = {k: v.clone() for k, v in model.named_buffers()}
     template = student_template(model)
-    student_loss(template, layout)(layout.flatten(model), torch.randn(4, 1, 28, 28) + 3,
-                                   torch.zeros(4, dtype=torch.long))  # fmt: skip
+    student_loss(template, layout)(
+        layout.flatten(model), torch.randn(4, 1, 28, 28) + 3, torch.zeros(4, dtype=torch.long)
+    )
     for name, value in model.named_buffers():
         assert torch.equal(value, before[name]), name
     assert not list(template.buffers())  # no running statistics to copy or update

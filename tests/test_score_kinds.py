@@ -61,8 +61,10 @@ def _directions_used(table: ScoreTable, directory) -> dict[str, bool]:
 def test_expert_tables_record_the_registry_direction(tmp_path) -> None:
     size = 8
     for e in range(2):
-        scores = {s.name: torch.arange(1.0, size + 1, dtype=torch.float64) + e
-                  for s in of_kind(ExpertScore)}  # fmt: skip
+        scores = {
+            s.name: torch.arange(1.0, size + 1, dtype=torch.float64) + e
+            for s in of_kind(ExpertScore)
+        }
         save_file(scores, str(tmp_path / f"expert_{e:03d}.safetensors"))
     table = write_expert_scores(tmp_path, ExpertConfig())
     expected = {s.name: s.higher_is_harder for s in of_kind(ExpertScore)}

@@ -16,13 +16,7 @@ from selmatch.scores import (
 def test_forgetting_counts_on_a_hand_made_history() -> None:
     # rows: presentations; columns: samples
     history = torch.tensor(
-        [
-            [1, 0, 0, 1, 1],
-            [0, 1, 0, 1, 0],
-            [1, 0, 0, 1, 1],
-            [0, 1, 0, 1, 0],
-            [1, 1, 0, 0, 0],
-        ],
+        [[1, 0, 0, 1, 1], [0, 1, 0, 1, 0], [1, 0, 0, 1, 1], [0, 1, 0, 1, 0], [1, 1, 0, 0, 0]],
         dtype=torch.bool,
     )
     # sample 0: 1→0 at steps 1 and 3 → 2 events; sample 1: 1→0 once → 1;
@@ -67,8 +61,11 @@ def test_expert_scores_average_and_keep_nan_where_unscored() -> None:
 
 
 def test_score_table_round_trip(tmp_path) -> None:
-    table = ScoreTable({"cscore": torch.tensor([0.2, 0.8], dtype=torch.float64)},
-                       {"cscore": False}, {"dataset": "x"})  # fmt: skip
+    table = ScoreTable(
+        {"cscore": torch.tensor([0.2, 0.8], dtype=torch.float64)},
+        {"cscore": False},
+        {"dataset": "x"},
+    )
     table.save(tmp_path)
     loaded = ScoreTable.load(tmp_path)
     assert torch.equal(loaded.scores["cscore"], table.scores["cscore"])

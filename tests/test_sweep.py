@@ -54,8 +54,9 @@ def test_sweep_writes_table_plot_and_resumes_after_a_failure(
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
 
 
-def test_a_sweep_with_other_settings_is_not_mixed_in(tmp_path, fashion, fashion_split,
-                                                     fake_hardness) -> None:  # fmt: skip
+def test_a_sweep_with_other_settings_is_not_mixed_in(
+    tmp_path, fashion, fashion_split, fake_hardness
+) -> None:
     config = SweepConfig(ipc=2, betas=(0.0,), evaluation=FAST)
     window_sweep(fashion, fashion_split, fake_hardness, config, tmp_path, progress=False)
     other = config.replace(score="el2n")

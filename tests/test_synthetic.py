@@ -11,11 +11,17 @@ def make_set(n: int = 6) -> SyntheticSet:
         images=torch.randn(n, 1, 28, 28),
         labels=torch.arange(n) % 3,
         distill_mask=torch.arange(n) % 2 == 0,
-        manifest={"dataset": "fashion-mnist", "mean": [0.286], "std": [0.353],
-                  "num_classes": 10, "ipc": 2, "method": "test"},
+        manifest={
+            "dataset": "fashion-mnist",
+            "mean": [0.286],
+            "std": [0.353],
+            "num_classes": 10,
+            "ipc": 2,
+            "method": "test",
+        },
         learned_lr=0.0123,
         source_indices=torch.arange(n) * 7,
-    )  # fmt: skip
+    )
 
 
 def test_save_and_load_round_trip(tmp_path) -> None:

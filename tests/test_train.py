@@ -47,9 +47,15 @@ def test_hooks_see_every_sample_every_epoch(fashion) -> None:
     recorder = Recorder()
     config = TrainConfig(epochs=3, batch_size=16, augment="none")
     train_network(
-        model, images, labels, config, seed=0, device=CPU, normalize=fashion.normalize,
+        model,
+        images,
+        labels,
+        config,
+        seed=0,
+        device=CPU,
+        normalize=fashion.normalize,
         hooks=recorder,
-    )  # fmt: skip
+    )
     assert recorder.epochs == [1, 2, 3]
     assert sorted(recorder.seen) == sorted(list(range(50)) * 3)
 
@@ -67,9 +73,13 @@ def test_uint8_images_need_a_normaliser(fashion) -> None:
     model = build_model(ModelConfig(width=4), fashion.image_shape, 10)
     with pytest.raises(ValueError, match="normalize"):
         train_network(
-            model, fashion.train_images[:8], fashion.train_labels[:8], TrainConfig(epochs=1),
-            seed=0, device=CPU,
-        )  # fmt: skip
+            model,
+            fashion.train_images[:8],
+            fashion.train_labels[:8],
+            TrainConfig(epochs=1),
+            seed=0,
+            device=CPU,
+        )
 
 
 def test_accuracy_in_batches_matches_one_pass(fashion) -> None:

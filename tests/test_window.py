@@ -49,9 +49,12 @@ def test_exact_beta_offsets_of_both_conventions() -> None:
     rankings = class_rankings(raw, labels, NUM_CLASSES, torch.arange(300))
     code = select_window(raw, labels, NUM_CLASSES, WindowSpec(10, 0.7), among=torch.arange(300))
     paper = select_window(
-        raw, labels, NUM_CLASSES, WindowSpec(10, 0.7, beta_convention="data-fraction"),
+        raw,
+        labels,
+        NUM_CLASSES,
+        WindowSpec(10, 0.7, beta_convention="data-fraction"),
         among=torch.arange(300),
-    )  # fmt: skip
+    )
     assert code.skipped == (7, 7, 7)  # int(IPC·β): 7 of each class, as the authors' code
     assert paper.skipped == (70, 70, 70)  # int(β·n_c): 70% of each class, as the paper text
     assert code.indices[:10].tolist() == rankings[0][7:17].tolist()

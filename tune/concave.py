@@ -304,8 +304,13 @@ class ConcaveGridSampler(BaseSampler):
     @property
     def rule(self) -> ConcaveRule:
         # built from the attributes (getattr: a sampler pickled before anchors has none)
-        return ConcaveRule(len(self.grid), self.top_repeats, self.margin, self.tolerance,
-                           tuple(getattr(self, "anchors", ())))  # fmt: skip
+        return ConcaveRule(
+            len(self.grid),
+            self.top_repeats,
+            self.margin,
+            self.tolerance,
+            tuple(getattr(self, "anchors", ())),
+        )
 
     # ------------------------------------------------------------------ Optuna API
     def infer_relative_search_space(

@@ -27,8 +27,11 @@ from selmatch.window import BETA_CONVENTIONS, beta_convention_setting
 
 #: The methods a search can distil with, and what ``--method`` offers.
 SEARCH_METHODS = ("selmatch", "seqmatch")
-METHOD_CHOICES = {"selmatch": ("selmatch",), "seqmatch": ("seqmatch",),
-                  "both": ("selmatch", "seqmatch")}  # fmt: skip
+METHOD_CHOICES = {
+    "selmatch": ("selmatch",),
+    "seqmatch": ("seqmatch",),
+    "both": ("selmatch", "seqmatch"),
+}
 #: ``--gpus-per-trial auto``: a GPU per trial where the cluster has GPUs
 AUTO = "auto"
 #: the search's --help sections
@@ -46,16 +49,20 @@ class SearchConfig(Config):
     ``random_reference``: the baseline the winner has to beat)."""
 
     dataset: str = setting(
-        "fashion-mnist", group=WHAT, metavar="NAME",
+        "fashion-mnist",
+        group=WHAT,
+        metavar="NAME",
         help="fashion-mnist, cifar10, cifar100, tiny-imagenet (from --data-root) or "
         "imagefolder:<path> (your own train/<class>/ and val/<class>/ folders); the experts' "
         "and the consistency networks' follow",
-    )  # fmt: skip
+    )
     image_size: int | None = setting(
-        None, group=WHAT, metavar="PX",
+        None,
+        group=WHAT,
+        metavar="PX",
         help="resize every image to PX x PX (default: native; image folders of mixed sizes "
         "need it)",
-    )  # fmt: skip
+    )
     ipcs: tuple[int, ...] = setting(
         factory=lambda: (10, 50),
         group=WHAT,
@@ -72,99 +79,123 @@ class SearchConfig(Config):
         "by-products of the experts), or a score of --score-table",
     )
     score_table: str | None = setting(
-        None, group=WHAT, metavar="DIR",
+        None,
+        group=WHAT,
+        metavar="DIR",
         help="rank by --score from the score table in DIR instead of the experts' own: e.g. "
         "published C-scores imported with `selmatch scores --import FILE.npy --scores DIR` "
         "(then --score cscore)",
-    )  # fmt: skip
+    )
     consistency: ConsistencyConfig = setting(
-        factory=ConsistencyConfig, cli=False,
+        factory=ConsistencyConfig,
+        cli=False,
         help="how the consistency score is estimated (used when score is consistency)",
-    )  # fmt: skip
+    )
     beta_convention: str = beta_convention_setting(group=WHAT)
     beta_grid: tuple[float, ...] = setting(
-        factory=lambda: tuple(round(0.1 * i, 1) for i in range(10)), group=WHAT, metavar="B,..",
+        factory=lambda: tuple(round(0.1 * i, 1) for i in range(10)),
+        group=WHAT,
+        metavar="B,..",
         help="β values searched, increasing, e.g. 0,0.1,0.2 (window starts; their meaning: "
         "--beta-convention)",
-    )  # fmt: skip
+    )
     alpha_grid: tuple[float, ...] = setting(
-        factory=lambda: tuple(round(0.1 * i, 1) for i in range(1, 11)), group=WHAT,
+        factory=lambda: tuple(round(0.1 * i, 1) for i in range(1, 11)),
+        group=WHAT,
         metavar="A,..",
         help="α values searched, in [0, 1], increasing, e.g. 0,0.3,0.5,1; its 0 (selection "
         "only: the oracle window or the random subset) and 1 (every image learned) are always "
         "evaluated, whatever the monotone bound",
-    )  # fmt: skip
+    )
     monotone: bool = setting(
-        True, flag="--no-monotone", group=WHAT,
+        True,
+        flag="--no-monotone",
+        group=WHAT,
         help="larger IPCs search only β ≤ β*, α ≤ α* of the previous IPC (--no-monotone: "
         "their whole grids)",
-    )  # fmt: skip
-    short: EvalConfig = setting(factory=EvalConfig, cli=False,
-                                help="the evaluation of every trial (short budget)")  # fmt: skip
+    )
+    short: EvalConfig = setting(
+        factory=EvalConfig, cli=False, help="the evaluation of every trial (short budget)"
+    )
     final: EvalConfig = setting(
-        factory=EvalConfig, cli=False,
+        factory=EvalConfig,
+        cli=False,
         help="the evaluation of each IPC's winner, the top β windows and the random reference",
-    )  # fmt: skip
+    )
     random_reference: bool = setting(
-        True, flag="--no-random-reference", group=WHAT,
+        True,
+        flag="--no-random-reference",
+        group=WHAT,
         help="a random class-balanced subset of each IPC (drawn from the pool with the split's "
         "seed) is evaluated with the final budget beside the winner, and the log warns when "
         "the winner scores below it",
-    )  # fmt: skip
+    )
     mtt_candidate: bool = setting(
-        True, flag="--no-mtt-candidate", group=WHAT,
+        True,
+        flag="--no-mtt-candidate",
+        group=WHAT,
         help="when the α phase starts from a window, plain MTT (the random subset, α = 1, with "
         "the search's matching settings) is one more α-phase candidate, so the winner is "
         "never below MTT on validation",
-    )  # fmt: skip
+    )
     distill: DistillConfig = setting(
-        factory=DistillConfig, cli=False,
+        factory=DistillConfig,
+        cli=False,
         help="the matching settings of every α and K trial (the set each makes, its method, "
         "IPC, β, α, K, is the trial's own)",
-    )  # fmt: skip
+    )
     methods: tuple[str, ...] = setting(
-        factory=lambda: ("selmatch",), flag="--method", group=WHAT,
+        factory=lambda: ("selmatch",),
+        flag="--method",
+        group=WHAT,
         choices=tuple(METHOD_CHOICES),
         help="what distils after the β phase: selmatch (the α phase, plain MTT beside it), "
         "seqmatch (the K phase: SeqMatch from the random subset, K from --subsets-grid) or "
         "both (both phases; the best on validation wins and the table's method column says "
         "which)",
-    )  # fmt: skip
+    )
     subsets_grid: tuple[int, ...] = setting(
-        factory=lambda: (2, 3), group=WHAT, metavar="K,..",
+        factory=lambda: (2, 3),
+        group=WHAT,
+        metavar="K,..",
         help="SeqMatch's K values, increasing, 2 to 10, e.g. 2,3 (the paper: 2 or 3); only "
         "those ≤ an IPC are searched there",
-    )  # fmt: skip
+    )
     seqmatch_experts: str = setting(
-        "segment", choices=SEQMATCH_EXPERTS, group=WHAT,
+        "segment",
+        choices=SEQMATCH_EXPERTS,
+        group=WHAT,
         help="what SeqMatch's stage k matches: segment (the k-th segment of the ordinary "
         "experts, no extra training) or retrained (the authors' code: new experts first "
         "trained on the earlier subsets, distill.stage_experts of them per stage, in every K "
         "trial)",
-    )  # fmt: skip
+    )
     stage_parallel: int = setting(
-        0, group=RESOURCES,
+        0,
+        group=RESOURCES,
         help="retrained: stage experts trained side by side as Ray tasks, in this many slots "
         "of a trial's resources reserved beside every K trial (its placement group, so they "
         "never wait on other trials); 0 = in the trial, one after another",
-    )  # fmt: skip
+    )
     full_eval_top: int = setting(
-        2, group=BUDGETS,
+        2,
+        group=BUDGETS,
         help="β points (best short scores) also evaluated with the final budget, for the rank "
         "correlation of short and full scores within each IPC (≥ 3 to define it)",
-    )  # fmt: skip
+    )
     final_beside_search: bool = setting(
-        True, flag="--final-after-phases", group=RESOURCES,
+        True,
+        flag="--final-after-phases",
+        group=RESOURCES,
         help="the full evaluations (the random reference from an IPC's start, the top β "
         "windows from the end of its β phase) run beside the search in the trial slots it "
         "never needs (the cluster's slots less --max-concurrent's), so they never delay a "
         "phase, and are awaited after the last IPC, then in every slot (--final-after-phases: "
         "each IPC's after its phases)",
-    )  # fmt: skip
+    )
     max_concurrent: int = setting(
-        2, group=RESOURCES,
-        help="trials at once (the sampler proposes that many points per round)",
-    )  # fmt: skip
+        2, group=RESOURCES, help="trials at once (the sampler proposes that many points per round)"
+    )
     cpus_per_trial: float = setting(
         1.0, group=RESOURCES, help="CPUs per trial (also torch's thread count in it)"
     )
@@ -179,21 +210,25 @@ class SearchConfig(Config):
     )
     max_failures: int = setting(1, group=RESOURCES, help="retries of a failed trial")
     noise: float = setting(
-        0.005, group=RESOURCES,
+        0.005,
+        group=RESOURCES,
         help="seed-to-seed std of a trial's accuracy (a fraction): tops closer than this are "
         "re-evaluated",
-    )  # fmt: skip
+    )
     top_repeats: int = setting(1, group=RESOURCES, help="re-evaluations of close tops")
     predict_ipcs: tuple[int, ...] = setting(
-        factory=tuple, group=WHAT, metavar="I,J",
+        factory=tuple,
+        group=WHAT,
+        metavar="I,J",
         help="IPCs to predict β*, α* for from the searched ones (unverified, printed with a "
         "warning)",
-    )  # fmt: skip
+    )
     preset: str = setting("custom", cli=False, help="the preset's name")
     reduced: str = setting(
-        "", cli=False,
+        "",
+        cli=False,
         help="what the preset shrinks compared with the paper, printed and kept in the manifest",
-    )  # fmt: skip
+    )
 
     def __post_init__(self) -> None:
         if not self.ipcs or list(self.ipcs) != sorted(set(self.ipcs)):
@@ -281,8 +316,9 @@ def _number(name: str, value: object) -> float:
     return check_float(name, value, 0.0)
 
 
-def _check_grid(name: str, grid: tuple[float, ...], low: float, high: float | None, *,
-                low_open: bool = False) -> None:  # fmt: skip
+def _check_grid(
+    name: str, grid: tuple[float, ...], low: float, high: float | None, *, low_open: bool = False
+) -> None:
     if not grid or list(grid) != sorted(set(grid)):
         raise ConfigError(f"--{name.replace('_', '-')} must be distinct increasing values")
     for value in grid:
@@ -318,8 +354,9 @@ def fit_to_data(
         dropped = ", ".join(str(i) for i in config.predict_ipcs if i not in predict)
         changes.append(f"predicted IPCs {dropped} dropped: more than {where}")
     if changes:
-        fitted = config.replace(experts=experts, consistency=consistency, ipcs=ipcs,
-                                predict_ipcs=predict)  # fmt: skip
+        fitted = config.replace(
+            experts=experts, consistency=consistency, ipcs=ipcs, predict_ipcs=predict
+        )
     return fitted, changes
 
 

@@ -72,16 +72,19 @@ def stage_costs(record: SearchRecord) -> list[CostRow]:
         rows.append(CostRow(stage, name, sum(c.seconds for c in costs), trial, idle))
     if record.seconds is not None and rows:
         rest = record.seconds - sum(row.seconds for row in rows)
-        rows.append(CostRow("other", "other (Ray, MLflow, plots, sets)", max(rest, 0.0), None,
-                            None))  # fmt: skip
+        rows.append(
+            CostRow("other", "other (Ray, MLflow, plots, sets)", max(rest, 0.0), None, None)
+        )
     return rows
 
 
 def format_costs(rows: list[CostRow]) -> str:
     """A Markdown table: wall seconds and share per stage, trial and idle slot-seconds."""
     total = sum(row.seconds for row in rows)
-    lines = ["| stage | wall s | share | trial slot-s | slot-s not used by its trials (share) |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| stage | wall s | share | trial slot-s | slot-s not used by its trials (share) |",
+        "|---|---|---|---|---|",
+    ]
     for row in rows:
         idle = "—"
         if row.idle_slot_seconds is not None and row.trial_seconds is not None:

@@ -33,8 +33,9 @@ from selmatch_tune.tracking import Tracker
 from selmatch_tune.trials import TrialData, TrialSpec
 
 
-def _final_task(data: TrialData, fixed: TrialSpec, payload: dict[str, Any],
-                evaluation: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _final_task(
+    data: TrialData, fixed: TrialSpec, payload: dict[str, Any], evaluation: dict[str, Any]
+) -> dict[str, Any]:
     """Ray task body: full-length evaluation of a window (β point), of a random class-balanced
     subset (the reference) or of a saved set."""
     import numpy as np
@@ -65,10 +66,14 @@ def collect_winner(grid: Any, value: float, target: Path, searched: str = "alpha
     from selmatch.distill import draw
 
     candidates = [
-        r for r in grid
-        if r.error is None and r.metrics and METRIC in r.metrics and r.checkpoint
+        r
+        for r in grid
+        if r.error is None
+        and r.metrics
+        and METRIC in r.metrics
+        and r.checkpoint
         and abs(float(r.config[searched]) - value) < 1e-12
-    ]  # fmt: skip
+    ]
     if not candidates:
         raise SelmatchError(f"no finished {searched} = {value:g} trial left a distilled set")
     best = max(candidates, key=lambda r: r.metrics[METRIC])
@@ -99,20 +104,22 @@ def top_windows(config: SearchConfig, beta: PhaseResult) -> list[float]:
 
 
 def submit_windows(
-    config: SearchConfig,
-    beta: PhaseResult,
-    data: TrialData,
-    fixed: TrialSpec,
-    slots: FinalSlots,
+    config: SearchConfig, beta: PhaseResult, data: TrialData, fixed: TrialSpec, slots: FinalSlots
 ) -> dict[float, Final]:
-    return {b: slots.submit(data, fixed, {"kind": "window", "beta": b}, config.final.to_dict())
-            for b in top_windows(config, beta)}  # fmt: skip
+    return {
+        b: slots.submit(data, fixed, {"kind": "window", "beta": b}, config.final.to_dict())
+        for b in top_windows(config, beta)
+    }
 
 
 def final_evaluation(
-    config: SearchConfig, entry: IpcRecord, data: TrialData, fixed: TrialSpec,
-    slots: FinalSlots, early: EarlyFinal | None = None,
-) -> FinalResult:  # fmt: skip
+    config: SearchConfig,
+    entry: IpcRecord,
+    data: TrialData,
+    fixed: TrialSpec,
+    slots: FinalSlots,
+    early: EarlyFinal | None = None,
+) -> FinalResult:
     """The winner with the full budget, and the top β points too (short vs full ranking);
     what ``early`` submitted already is awaited, not submitted again. A winner that learned
     nothing (α = 0) *is* a window or the random subset: its evaluation is that one's (the same
@@ -133,18 +140,30 @@ def final_evaluation(
     else:
         assert entry.set_dir is not None
         saved = SyntheticSet.load(entry.set_dir)
-        winner = slots.submit(data, fixed, {
-            "kind": "set", "images": saved.images.numpy(), "labels": saved.labels.numpy(),
-            "mask": saved.distill_mask.numpy(),
-        }, config.final.to_dict())  # fmt: skip
+        winner = slots.submit(
+            data,
+            fixed,
+            {
+                "kind": "set",
+                "images": saved.images.numpy(),
+                "labels": saved.labels.numpy(),
+                "mask": saved.distill_mask.numpy(),
+            },
+            config.final.to_dict(),
+        )
     result = winner.result()
     full = {b: final.result() for b, final in windows.items()}
     return FinalResult(
-        test_mean=result["test_mean"], test_std=result["test_std"],
-        val_mean=result["val_mean"], seeds=tuple(result["seeds"]), epochs=result["epochs"],
-        beta_full={b: FullPoint(short_val=curve[b].val, full_val=r["val_mean"],
-                                full_test=r["test_mean"]) for b, r in full.items()},
-    )  # fmt: skip
+        test_mean=result["test_mean"],
+        test_std=result["test_std"],
+        val_mean=result["val_mean"],
+        seeds=tuple(result["seeds"]),
+        epochs=result["epochs"],
+        beta_full={
+            b: FullPoint(short_val=curve[b].val, full_val=r["val_mean"], full_test=r["test_mean"])
+            for b, r in full.items()
+        },
+    )
 
 
 def final_slots(config: SearchConfig) -> FinalSlots:
@@ -165,15 +184,27 @@ def random_reference(
 def _reference_summary(result: dict[str, Any] | FinalResult) -> Reference:
     if isinstance(result, FinalResult):
         result = result.to_dict()
-    return Reference(test_mean=result["test_mean"], test_std=result["test_std"],
-                     val_mean=result["val_mean"], seeds=tuple(result["seeds"]))  # fmt: skip
+    return Reference(
+        test_mean=result["test_mean"],
+        test_std=result["test_std"],
+        val_mean=result["val_mean"],
+        seeds=tuple(result["seeds"]),
+    )
 
 
 def finish_ipc(
-    ipc: int, config: SearchConfig, entry: IpcRecord, data: TrialData,
-    fixed: TrialSpec, early: EarlyFinal, slots: FinalSlots, record: SearchRecord, out: Path,
-    tracker: Tracker, log: Log,
-) -> None:  # fmt: skip
+    ipc: int,
+    config: SearchConfig,
+    entry: IpcRecord,
+    data: TrialData,
+    fixed: TrialSpec,
+    early: EarlyFinal,
+    slots: FinalSlots,
+    record: SearchRecord,
+    out: Path,
+    tracker: Tracker,
+    log: Log,
+) -> None:
     """The IPC's full evaluation (its early part awaited, the winner's submitted), the random
     reference, the curves. The stage's cost is the time the driver waited for it here."""
     from selmatch_tune.outputs import save_phase_plot
@@ -187,8 +218,10 @@ def finish_ipc(
             entry.final.random = _reference_summary(entry.final)
         else:
             if not computed:  # a search finished before the reference existed
-                log(f"IPC {ipc}: final evaluation of a random subset of the same size "
-                    "(the reference)")  # fmt: skip
+                log(
+                    f"IPC {ipc}: final evaluation of a random subset of the same size "
+                    "(the reference)"
+                )
             reference = early.reference or random_reference(config, data, fixed, slots)
             entry.final.random = _reference_summary(reference.result())
             computed = True
@@ -200,8 +233,14 @@ def finish_ipc(
         summary = entry.phase(name)
         if summary is None:
             continue
-        path = save_phase_plot(out / f"{name}-ipc{ipc}.png", summary, name=name, ipc=ipc,
-                               title=title, xlabel=kind.axis(config.beta_convention))  # fmt: skip
+        path = save_phase_plot(
+            out / f"{name}-ipc{ipc}.png",
+            summary,
+            name=name,
+            ipc=ipc,
+            title=title,
+            xlabel=kind.axis(config.beta_convention),
+        )
         tracker.log_artifact(path, "curves")
     assert entry.set_dir is not None
     tracker.log_artifact(Path(entry.set_dir) / "grid.png", f"sets/ipc{ipc}")

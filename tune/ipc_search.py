@@ -31,11 +31,15 @@ from selmatch_tune.trials import TrialSpec
 def fixed_settings(config: SearchConfig, pre: Precomputed, ipc: int) -> TrialSpec:
     """What every trial of an IPC shares; each phase replaces what is its own."""
     return TrialSpec(
-        ipc=ipc, beta_convention=config.beta_convention, score=config.score,
-        val_fraction=pre.split.val_fraction, split_seed=pre.split.seed,
-        cpus_per_trial=config.cpus_per_trial, gpus_per_trial=config.gpus,
+        ipc=ipc,
+        beta_convention=config.beta_convention,
+        score=config.score,
+        val_fraction=pre.split.val_fraction,
+        split_seed=pre.split.seed,
+        cpus_per_trial=config.cpus_per_trial,
+        gpus_per_trial=config.gpus,
         evaluation=config.short,
-    )  # fmt: skip
+    )
 
 
 def beta_winner(beta: PhaseResult) -> str:
@@ -87,8 +91,9 @@ class IpcSearch:
             self._step(self._beta)
         if beside and entry.final is None:
             assert entry.beta is not None
-            self.early.windows = submit_windows(config, entry.beta, self.ctx.data, self.fixed,
-                                                self.slots)  # fmt: skip
+            self.early.windows = submit_windows(
+                config, entry.beta, self.ctx.data, self.fixed, self.slots
+            )
         # a search begun before the random candidate existed keeps the α phase it has
         if entry.alpha is None and entry.beta is not None and entry.beta.random is None:
             self._step(self._random_subset)
@@ -98,12 +103,26 @@ class IpcSearch:
             self._step(self._subsets)
         if entry.final is None:
             also = " and of a random subset of the same size" if self.early.reference else ""
-            self.log(f"final evaluation ({config.final.budget()}, {config.final.num_seeds} "
-                     f"seeds) of the winner, of the top {config.full_eval_top} β windows{also}"
-                     + (", beside the search" if beside else ""))  # fmt: skip
+            self.log(
+                f"final evaluation ({config.final.budget()}, {config.final.num_seeds} "
+                f"seeds) of the winner, of the top {config.full_eval_top} β windows{also}"
+                + (", beside the search" if beside else "")
+            )
         ctx = self.ctx
-        return partial(finish_ipc, self.ipc, config, entry, ctx.data, self.fixed, self.early,
-                       self.slots, self.record, ctx.out, ctx.tracker, ctx.log)  # fmt: skip
+        return partial(
+            finish_ipc,
+            self.ipc,
+            config,
+            entry,
+            ctx.data,
+            self.fixed,
+            self.early,
+            self.slots,
+            self.record,
+            ctx.out,
+            ctx.tracker,
+            ctx.log,
+        )
 
     def _step(self, step: Callable[[], None]) -> None:
         step()
@@ -111,8 +130,9 @@ class IpcSearch:
 
     def _beta(self) -> None:
         bound = self.bounds[0]
-        phase = Phase(BETA.name, self.ipc, bounded(BETA.grid(self.ctx.config), bound),
-                      self.fixed, (), bound)  # fmt: skip
+        phase = Phase(
+            BETA.name, self.ipc, bounded(BETA.grid(self.ctx.config), bound), self.fixed, (), bound
+        )
         self.entry.beta, _ = run_phase(phase, self.ctx)
 
     def _random_subset(self) -> None:
@@ -121,20 +141,28 @@ class IpcSearch:
         config, beta = self.ctx.config, self.entry.beta
         assert beta is not None
         repeats = 1 + config.top_repeats  # as many as a close top gets
-        self.log(f"the random class-balanced subset as a β-phase candidate ({repeats} "
-                 "evaluation(s), the windows' budget)")  # fmt: skip
+        self.log(
+            f"the random class-balanced subset as a β-phase candidate ({repeats} "
+            "evaluation(s), the windows' budget)"
+        )
         beta.random, _ = run_baseline(
-            f"beta-random-ipc{self.ipc}", BETA.name, BETA.trial,
-            self.fixed.replace(init="random"), repeats, self.ctx,
-        )  # fmt: skip
+            f"beta-random-ipc{self.ipc}",
+            BETA.name,
+            BETA.trial,
+            self.fixed.replace(init="random"),
+            repeats,
+            self.ctx,
+        )
         beta.init = beta_winner(beta)
         then = (
             f"the α phase starts from {START[beta.init]}"
             if "selmatch" in config.methods
             else "no α phase (--method seqmatch)"
         )
-        self.log(f"random subset val {100 * beta.random.val:.2f} % vs the best window "
-                 f"(β = {beta.best:g}) {100 * beta.best_point.val:.2f} %: {then}")  # fmt: skip
+        self.log(
+            f"random subset val {100 * beta.random.val:.2f} % vs the best window "
+            f"(β = {beta.best:g}) {100 * beta.best_point.val:.2f} %: {then}"
+        )
 
     def _distill_fixed(self) -> TrialSpec:
         """What every distillation trial of the IPC shares: the β phase's best β, the
@@ -143,9 +171,12 @@ class IpcSearch:
         assert self.entry.beta is not None
         config = self.ctx.config
         return self.fixed.replace(
-            beta=self.entry.beta.best, distill=config.distill, experts=config.experts,
-            layout=self.pre.layout.to_dict(), experts_dir=str(self.pre.cache_dir),
-        )  # fmt: skip
+            beta=self.entry.beta.best,
+            distill=config.distill,
+            experts=config.experts,
+            layout=self.pre.layout.to_dict(),
+            experts_dir=str(self.pre.cache_dir),
+        )
 
     def _alpha(self) -> None:
         """The α phase from the β phase's winner (its grid's 0 and 1 always evaluated), plain
@@ -164,19 +195,27 @@ class IpcSearch:
         if init == "window" and config.mtt_candidate:
             self.log("plain MTT (the random subset, α = 1) as an α-phase candidate")
             alpha.mtt, mtt_results = run_baseline(
-                f"alpha-mtt-ipc{self.ipc}", ALPHA.name, ALPHA.trial,
-                alpha_fixed.replace(init="random", alpha=1.0), 1, self.ctx,
-            )  # fmt: skip
+                f"alpha-mtt-ipc{self.ipc}",
+                ALPHA.name,
+                ALPHA.trial,
+                alpha_fixed.replace(init="random", alpha=1.0),
+                1,
+                self.ctx,
+            )
             best_val = alpha.best_point.val
-            self.log(f"plain MTT val {100 * alpha.mtt.val:.2f} % vs the best α "
-                     f"({alpha.best:g}) {100 * best_val:.2f} %")  # fmt: skip
+            self.log(
+                f"plain MTT val {100 * alpha.mtt.val:.2f} % vs the best α "
+                f"({alpha.best:g}) {100 * best_val:.2f} %"
+            )
             if alpha.mtt.val > best_val:
                 winner, results = Winner(init="random", alpha=1.0, candidate="mtt"), mtt_results
         entry.winner = winner
-        self.log(f"the winner starts from {START[winner.init]}"
-                 + (f" (β = {entry.beta.best:g})" if winner.init == "window" else "")
-                 + f", α = {winner.alpha:g}"
-                 + (" (plain MTT)" if winner.candidate == "mtt" else ""))  # fmt: skip
+        self.log(
+            f"the winner starts from {START[winner.init]}"
+            + (f" (β = {entry.beta.best:g})" if winner.init == "window" else "")
+            + f", α = {winner.alpha:g}"
+            + (" (plain MTT)" if winner.candidate == "mtt" else "")
+        )
         entry.set_dir = str(collect_winner(results, winner.alpha, self._sets))
 
     @property
@@ -192,15 +231,20 @@ class IpcSearch:
         config, entry = self.ctx.config, self.entry
         grid = tuple(k for k in SUBSETS.grid(config) if k <= self.ipc)
         if not grid:
-            self.log(f"no K of --subsets-grid {list(config.subsets_grid)} fits IPC "
-                     f"{self.ipc}: SeqMatch not searched here")  # fmt: skip
+            self.log(
+                f"no K of --subsets-grid {list(config.subsets_grid)} fits IPC "
+                f"{self.ipc}: SeqMatch not searched here"
+            )
             return
         # SeqMatch's learnable lr starts at its own default (MTT's 0.01) unless --override
         # distill.lr_init set one; from the random subset, every image learned
         seq_fixed = self._distill_fixed().replace(
-            method="seqmatch", init="random", alpha=1.0,
-            seqmatch_experts=config.seqmatch_experts, stage_parallel=config.stage_slots,
-        )  # fmt: skip
+            method="seqmatch",
+            init="random",
+            alpha=1.0,
+            seqmatch_experts=config.seqmatch_experts,
+            stage_parallel=config.stage_slots,
+        )
         subsets, results = run_phase(Phase(SUBSETS.name, self.ipc, grid, seq_fixed), self.ctx)
         entry.subsets = subsets
         subsets.seqmatch_experts = config.seqmatch_experts
@@ -208,11 +252,15 @@ class IpcSearch:
         if entry.winner is not None:
             other = entry.winner_scores()
             subsets.against = Score(val=other.val, test=other.test)
-            self.log(f"SeqMatch (K = {best:g}) val {100 * seq_val:.2f} % vs the α phase's "
-                     f"winner {100 * other.val:.2f} %")  # fmt: skip
+            self.log(
+                f"SeqMatch (K = {best:g}) val {100 * seq_val:.2f} % vs the α phase's "
+                f"winner {100 * other.val:.2f} %"
+            )
             if seq_val <= other.val:  # a tie keeps SelMatch, the search's own method
                 return
         entry.winner = Winner(init="random", alpha=1.0, candidate="seqmatch", subsets=int(best))
-        self.log(f"the winner is SeqMatch with K = {best:g} subsets "
-                 f"({config.seqmatch_experts} stage experts)")  # fmt: skip
+        self.log(
+            f"the winner is SeqMatch with K = {best:g} subsets "
+            f"({config.seqmatch_experts} stage experts)"
+        )
         entry.set_dir = str(collect_winner(results, best, self._sets, searched=SUBSETS.name))

@@ -13,12 +13,33 @@ from selmatch_tune.phase_kinds import ALPHA, phase_kind
 from selmatch_tune.record import PhaseResult, SearchRecord
 
 COLUMNS = (
-    "dataset", "ipc", "init", "beta", "beta_convention", "alpha", "short_val_accuracy",
-    "short_test_accuracy", "final_test_mean", "final_test_std", "final_val_mean",
-    "random_test_mean", "random_test_std", "random_short_val", "mtt_short_val", "beta_trials",
-    "beta_grid_size", "alpha_trials", "alpha_grid_size", "method", "subsets",
-    "seqmatch_experts", "seqmatch_short_val", "subsets_trials", "subsets_grid_size", "set_dir",
-)  # fmt: skip
+    "dataset",
+    "ipc",
+    "init",
+    "beta",
+    "beta_convention",
+    "alpha",
+    "short_val_accuracy",
+    "short_test_accuracy",
+    "final_test_mean",
+    "final_test_std",
+    "final_val_mean",
+    "random_test_mean",
+    "random_test_std",
+    "random_short_val",
+    "mtt_short_val",
+    "beta_trials",
+    "beta_grid_size",
+    "alpha_trials",
+    "alpha_grid_size",
+    "method",
+    "subsets",
+    "seqmatch_experts",
+    "seqmatch_short_val",
+    "subsets_trials",
+    "subsets_grid_size",
+    "set_dir",
+)
 
 
 #: What an initialisation is called in the log and on the plots.
@@ -35,27 +56,37 @@ def table_rows(dataset: str, convention: str, record: SearchRecord) -> list[dict
         assert beta is not None and entry.set_dir is not None
         winner, short = entry.winner_or_default(), entry.winner_scores()
         random = final.random  # "" where the reference was not evaluated
-        rows.append({
-            "dataset": dataset, "ipc": ipc, "init": winner.init, "beta": beta.best,
-            "beta_convention": convention, "alpha": winner.alpha,
-            "short_val_accuracy": short.val, "short_test_accuracy": short.test,
-            "final_test_mean": final.test_mean, "final_test_std": final.test_std,
-            "final_val_mean": final.val_mean,
-            "random_test_mean": random.test_mean if random else "",
-            "random_test_std": random.test_std if random else "",
-            "random_short_val": beta.random.val if beta.random else "",
-            # SeqMatch alone: no α phase
-            "mtt_short_val": alpha.mtt.val if alpha and alpha.mtt else "",
-            "beta_trials": beta.trials, "beta_grid_size": len(beta.grid),
-            "alpha_trials": alpha.trials if alpha else 0,
-            "alpha_grid_size": len(alpha.grid) if alpha else 0, "method": winner.method,
-            "subsets": winner.subsets if winner.subsets is not None else "",
-            "seqmatch_experts": (subsets.seqmatch_experts or "") if subsets else "",
-            "seqmatch_short_val": subsets.best_point.val if subsets else "",
-            "subsets_trials": subsets.trials if subsets else "",
-            "subsets_grid_size": len(subsets.grid) if subsets else "",
-            "set_dir": entry.set_dir,
-        })  # fmt: skip
+        rows.append(
+            {
+                "dataset": dataset,
+                "ipc": ipc,
+                "init": winner.init,
+                "beta": beta.best,
+                "beta_convention": convention,
+                "alpha": winner.alpha,
+                "short_val_accuracy": short.val,
+                "short_test_accuracy": short.test,
+                "final_test_mean": final.test_mean,
+                "final_test_std": final.test_std,
+                "final_val_mean": final.val_mean,
+                "random_test_mean": random.test_mean if random else "",
+                "random_test_std": random.test_std if random else "",
+                "random_short_val": beta.random.val if beta.random else "",
+                # SeqMatch alone: no α phase
+                "mtt_short_val": alpha.mtt.val if alpha and alpha.mtt else "",
+                "beta_trials": beta.trials,
+                "beta_grid_size": len(beta.grid),
+                "alpha_trials": alpha.trials if alpha else 0,
+                "alpha_grid_size": len(alpha.grid) if alpha else 0,
+                "method": winner.method,
+                "subsets": winner.subsets if winner.subsets is not None else "",
+                "seqmatch_experts": (subsets.seqmatch_experts or "") if subsets else "",
+                "seqmatch_short_val": subsets.best_point.val if subsets else "",
+                "subsets_trials": subsets.trials if subsets else "",
+                "subsets_grid_size": len(subsets.grid) if subsets else "",
+                "set_dir": entry.set_dir,
+            }
+        )
     return rows
 
 
@@ -69,19 +100,26 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     seqmatch = any(r.get("subsets_trials", "") != "" for r in rows)
-    lines = [f"{'IPC':>5} {'method':>12} {'init':>7} {'beta':>6} {'alpha':>6} "
-             f"{'short val %':>12} {'final test %':>15} {'random test %':>15} {'trials β':>9} "
-             f"{'trials α':>9}" + (f" {'trials K':>9}" if seqmatch else "")]  # fmt: skip
+    lines = [
+        f"{'IPC':>5} {'method':>12} {'init':>7} {'beta':>6} {'alpha':>6} "
+        f"{'short val %':>12} {'final test %':>15} {'random test %':>15} {'trials β':>9} "
+        f"{'trials α':>9}" + (f" {'trials K':>9}" if seqmatch else "")
+    ]
     for r in rows:
-        trials = (f"{r['beta_trials']:>4}/{r['beta_grid_size']:<4} "
-                  f"{r['alpha_trials']:>4}/{r['alpha_grid_size']:<4}")  # fmt: skip
+        trials = (
+            f"{r['beta_trials']:>4}/{r['beta_grid_size']:<4} "
+            f"{r['alpha_trials']:>4}/{r['alpha_grid_size']:<4}"
+        )
         if seqmatch:
             trials += f" {r.get('subsets_trials', ''):>4}/{r.get('subsets_grid_size', ''):<4}"
         method = r.get("method", "selmatch")
         if method == "seqmatch":
             method += f" K={r['subsets']}"
-        random = (f"{100 * r['random_test_mean']:>8.2f} ± {100 * r['random_test_std']:<4.2f}"
-                  if r["random_test_mean"] != "" else f"{'–':>15}")  # fmt: skip
+        random = (
+            f"{100 * r['random_test_mean']:>8.2f} ± {100 * r['random_test_std']:<4.2f}"
+            if r["random_test_mean"] != ""
+            else f"{'–':>15}"
+        )
         lines.append(
             f"{r['ipc']:>5} {method:>12} {r.get('init', 'window'):>7} {r['beta']:>6g} "
             f"{r['alpha']:>6g} "
@@ -89,14 +127,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{100 * r['final_test_mean']:>8.2f} ± {100 * r['final_test_std']:<4.2f} "
             f"{random} {trials}"
         )
-    lines.append("method: what made the winner (selmatch, plain mtt, or seqmatch with K "
-                 "subsets, trained on their union at evaluation); "
-                 "init: what the winner starts from, the window at β or the random subset "
-                 "(when it beat every window on validation, or plain MTT or SeqMatch won); "
-                 "trials β, α, K: trials run / grid values searched (re-evaluations of close "
-                 "tops count as trials; larger IPCs search only values ≤ the previous IPC's "
-                 "best); random test: a random class-balanced subset of the same size, "
-                 "trained like the winner")  # fmt: skip
+    lines.append(
+        "method: what made the winner (selmatch, plain mtt, or seqmatch with K "
+        "subsets, trained on their union at evaluation); "
+        "init: what the winner starts from, the window at β or the random subset "
+        "(when it beat every window on validation, or plain MTT or SeqMatch won); "
+        "trials β, α, K: trials run / grid values searched (re-evaluations of close "
+        "tops count as trials; larger IPCs search only values ≤ the previous IPC's "
+        "best); random test: a random class-balanced subset of the same size, "
+        "trained like the winner"
+    )
     return "\n".join(lines)
 
 
@@ -120,7 +160,7 @@ def below_random(rows: list[dict[str, Any]]) -> list[str]:
         + (alone if r.get("alpha_grid_size", 1) == 0 else candidate)
         for r in rows
         if r["random_test_mean"] != "" and r["final_test_mean"] < r["random_test_mean"]
-    ]  # fmt: skip
+    ]
 
 
 def save_phase_plot(
@@ -133,18 +173,26 @@ def save_phase_plot(
     xs = sorted(summary.curve)
     curve = summary.curve
     baselines = []
-    for other, label in ((summary.random, "random subset"), (summary.mtt, "plain MTT"),
-                         (summary.against, "the α phase's winner")):  # fmt: skip
+    for other, label in (
+        (summary.random, "random subset"),
+        (summary.mtt, "plain MTT"),
+        (summary.against, "the α phase's winner"),
+    ):
         if other is not None:
             baselines += [(f"{label}, val", other.val), (f"{label}, test", other.test)]
     start = f", from {START[summary.init]}" if name == ALPHA.name and summary.init else ""
     return save_curve(
-        xs, [("val (short)", [curve[x].val for x in xs]),
-             ("test (short)", [curve[x].test for x in xs])],
-        path, xlabel=xlabel,
+        xs,
+        [
+            ("val (short)", [curve[x].val for x in xs]),
+            ("test (short)", [curve[x].test for x in xs]),
+        ],
+        path,
+        xlabel=xlabel,
         title=f"{phase_kind(name).title} search, IPC {ipc}{start}\n{title}",
-        best_x=summary.best, baselines=baselines,
-    )  # fmt: skip
+        best_x=summary.best,
+        baselines=baselines,
+    )
 
 
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:

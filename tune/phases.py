@@ -102,8 +102,9 @@ def _phase_results(grid: Any, searched: str) -> PhaseResult:
     if not curve:
         raise SelmatchError(f"every {searched} trial failed{first_error(grid)}")
     best = max(curve, key=lambda v: (curve[v].val, -v))
-    return PhaseResult(curve=curve, best=best, failed=failed,
-                       trials=sum(c.n for c in curve.values()) + failed)  # fmt: skip
+    return PhaseResult(
+        curve=curve, best=best, failed=failed, trials=sum(c.n for c in curve.values()) + failed
+    )
 
 
 def first_error(grid: Any) -> str:
@@ -121,8 +122,10 @@ def first_error(grid: Any) -> str:
 
 def _trial_seconds(grid: Any) -> float:
     """The seconds the trials of a ResultGrid spent fetching their data and working."""
-    return sum((r.metrics or {}).get("fetch_seconds", 0.0) + (r.metrics or {}).get(
-        "work_seconds", 0.0) for r in grid)  # fmt: skip
+    return sum(
+        (r.metrics or {}).get("fetch_seconds", 0.0) + (r.metrics or {}).get("work_seconds", 0.0)
+        for r in grid
+    )
 
 
 def _cost(started: float, grid: Any, config: SearchConfig) -> StageCost:
@@ -144,9 +147,14 @@ def _remove_experiment(path: str) -> None:
 
 
 def _sampler(phase: Phase, config: SearchConfig) -> ConcaveGridSampler:
-    return ConcaveGridSampler(name=phase.name, grid=phase.grid, top_repeats=config.top_repeats,
-                              margin=config.noise, tolerance=2 * config.noise,
-                              anchors=phase.anchors)  # fmt: skip
+    return ConcaveGridSampler(
+        name=phase.name,
+        grid=phase.grid,
+        top_repeats=config.top_repeats,
+        margin=config.noise,
+        tolerance=2 * config.noise,
+        anchors=phase.anchors,
+    )
 
 
 def _cap(phase: Phase) -> int:
@@ -168,10 +176,16 @@ def search_finished(phase: Phase, config: SearchConfig, grid: Any) -> bool:
 
 
 def _fit_experiment(
-    trial: Callable[..., None], param_space: dict[str, Any], name: str, logger: TrialLogger,
-    ctx: SearchContext, *, what: str, search: Callable[[], dict[str, Any]] = dict,
+    trial: Callable[..., None],
+    param_space: dict[str, Any],
+    name: str,
+    logger: TrialLogger,
+    ctx: SearchContext,
+    *,
+    what: str,
+    search: Callable[[], dict[str, Any]] = dict,
     slots: int = 0,
-) -> Any:  # fmt: skip
+) -> Any:
     """Restore the interrupted Tune experiment ``name`` under the context's storage (when it
     resumes), or start it anew (``search()`` gives a new experiment's search settings); its
     ResultGrid. ``slots`` more bundles of a trial's resources are reserved beside each trial,
@@ -179,14 +193,14 @@ def _fit_experiment(
     config, data, storage, log = ctx.config, ctx.data, ctx.storage, ctx.log
     bundle = {k: v for k, v in (("CPU", config.cpus_per_trial), ("GPU", config.gpus)) if v > 0}
     trainable = tune.with_resources(
-        tune.with_parameters(trial, data=data),
-        tune.PlacementGroupFactory([bundle] * (1 + slots)),
+        tune.with_parameters(trial, data=data), tune.PlacementGroupFactory([bundle] * (1 + slots))
     )
     path = f"{storage.rstrip('/')}/{name}"  # a folder, or a URI such as s3://bucket/ray
     if ctx.resume and tune.Tuner.can_restore(path):
         log(f"restoring the interrupted {what}")
-        tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
-                                   resume_errored=True)  # fmt: skip
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, param_space=param_space, resume_errored=True
+        )
     else:
         _remove_experiment(path)
         tuner = tune.Tuner(
@@ -201,10 +215,13 @@ def _fit_experiment(
             ),
             run_config=tune.RunConfig(
                 # One line per trial comes from the logger; Tune's own boxes stay off.
-                name=name, storage_path=storage, callbacks=[logger], verbose=0,
+                name=name,
+                storage_path=storage,
+                callbacks=[logger],
+                verbose=0,
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
             ),
-        )  # fmt: skip
+        )
     return tuner.fit()
 
 
@@ -218,27 +235,42 @@ def run_phase(phase: Phase, ctx: SearchContext) -> tuple[PhaseResult, Any]:
     logger = TrialLogger(ctx.tracker, phase=searched, ipc=phase.ipc, searched=searched, log=log)
     full = len(kind.grid(config))
     kept = " and the anchors " + ", ".join(f"{a:g}" for a in phase.anchors) if phase.anchors else ""
-    bounded = (f" (≤ {phase.bound:g}, the previous IPC's best{kept}: {len(phase.grid)} of {full})"
-               if len(phase.grid) < full and phase.bound is not None else "")  # fmt: skip
+    bounded = (
+        f" (≤ {phase.bound:g}, the previous IPC's best{kept}: {len(phase.grid)} of {full})"
+        if len(phase.grid) < full and phase.bound is not None
+        else ""
+    )
     shown = kind.shown
-    log(f"IPC {phase.ipc}: searching {shown} over {len(phase.grid)} grid values{bounded}, "
-        f"{config.max_concurrent} trial(s) at a time")  # fmt: skip
+    log(
+        f"IPC {phase.ipc}: searching {shown} over {len(phase.grid)} grid values{bounded}, "
+        f"{config.max_concurrent} trial(s) at a time"
+    )
     marker = ctx.markers / f"{name}.finished"
 
     def concave_search() -> dict[str, Any]:
         marker.unlink(missing_ok=True)
         return {
-            "search_alg": ConcaveSearch(_sampler(phase, config), metric=METRIC, mode="max",
-                                        marker=str(marker), parallel=config.max_concurrent),
+            "search_alg": ConcaveSearch(
+                _sampler(phase, config),
+                metric=METRIC,
+                mode="max",
+                marker=str(marker),
+                parallel=config.max_concurrent,
+            ),
             "num_samples": _cap(phase),  # the search finishes itself before this
-        }  # fmt: skip
+        }
 
     started = time.perf_counter()
     grid = _fit_experiment(
-        kind.trial, param_space, name, logger, ctx,
-        what=f"{searched} search at IPC {phase.ipc}", search=concave_search,
+        kind.trial,
+        param_space,
+        name,
+        logger,
+        ctx,
+        what=f"{searched} search at IPC {phase.ipc}",
+        search=concave_search,
         slots=phase.fixed.stage_parallel,
-    )  # fmt: skip
+    )
     path = f"{storage.rstrip('/')}/{name}"
     # Tune ends fit() quietly on Ctrl-C with the trials so far; never take those for a result.
     # Finished: the searcher said so (the marker), or Tune ran out of samples; the replay of
@@ -252,16 +284,22 @@ def run_phase(phase: Phase, ctx: SearchContext) -> tuple[PhaseResult, Any]:
     summary = _phase_results(grid, searched)
     summary.grid = phase.grid
     summary.cost = _cost(started, grid, config)
-    log(f"IPC {phase.ipc}: best {shown} = {summary.best:g} "
+    log(
+        f"IPC {phase.ipc}: best {shown} = {summary.best:g} "
         f"({summary.trials} trials for {len(phase.grid)} grid values, "
-        f"{summary.failed} failed)")  # fmt: skip
+        f"{summary.failed} failed)"
+    )
     return summary, grid
 
 
 def run_baseline(
-    name: str, phase: str, trial: Callable[..., None], fixed: TrialSpec, repeats: int,
+    name: str,
+    phase: str,
+    trial: Callable[..., None],
+    fixed: TrialSpec,
+    repeats: int,
     ctx: SearchContext,
-) -> tuple[Baseline, Any]:  # fmt: skip
+) -> tuple[Baseline, Any]:
     """A fixed candidate of a phase (the random subset, plain MTT), evaluated ``repeats``
     times (seeds offset by the repeat, as a grid point's repeats are) in a Tune experiment of
     its own: logged to MLflow like every trial, restored on resume."""
@@ -273,15 +311,17 @@ def run_baseline(
     results = [grid[i] for i in range(len(grid))]
     scored = [r for r in results if r.error is None and r.metrics and METRIC in r.metrics]
     if len(results) < repeats or any(r.error is None and r not in scored for r in results):
-        raise SearchInterrupted(f"the {name} experiment was interrupted; its state is saved "
-                                f"in {path}")  # fmt: skip
+        raise SearchInterrupted(
+            f"the {name} experiment was interrupted; its state is saved in {path}"
+        )
     if not scored:
         raise SelmatchError(f"every trial of {name} failed{first_error(results)}")
     metrics = [r.metrics for r in scored if r.metrics is not None]
     return Baseline(
         val=sum(m["val_accuracy"] for m in metrics) / len(metrics),
         test=sum(m["test_accuracy"] for m in metrics) / len(metrics),
-        n=len(metrics), failed=len(results) - len(metrics),
+        n=len(metrics),
+        failed=len(results) - len(metrics),
         work_seconds=max(m.get("work_seconds", 0.0) for m in metrics),
         cost=_cost(started, grid, ctx.config),
-    ), grid  # fmt: skip
+    ), grid

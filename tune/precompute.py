@@ -49,9 +49,11 @@ from selmatch_tune.devices import prepare_worker
 
 
 def cache_key(
-    config: ExpertConfig | ConsistencyConfig, image_size: int | None = None,
-    layout: ParamLayout | None = None, data: str | None = None,
-) -> str:  # fmt: skip
+    config: ExpertConfig | ConsistencyConfig,
+    image_size: int | None = None,
+    layout: ParamLayout | None = None,
+    data: str | None = None,
+) -> str:
     """A folder name that changes whenever anything that shapes the cached networks changes:
     their settings (for experts, all but their number: more may be added), the images' size
     when the dataset is resized, the network's parameter layout (so a change of the
@@ -117,8 +119,11 @@ def _consistency_task(
     result = consistency_score.train_consistency_network(
         dataset_from_arrays(arrays), config, network, device=torch_device
     )
-    return {"held_out": result["held_out"].numpy(), "probability": result["probability"].numpy(),
-            "seconds": result["seconds"]}  # fmt: skip
+    return {
+        "held_out": result["held_out"].numpy(),
+        "probability": result["probability"].numpy(),
+        "seconds": result["seconds"],
+    }
 
 
 @dataclass
@@ -205,8 +210,10 @@ def precompute(
     missing = [i for i in range(config.num_experts) if not expert_file(cache_dir, i).is_file()]
     expert_refs = {}
     if missing:
-        log(f"training {len(missing)} expert(s) as Ray tasks ({cpus_per_expert:g} CPU, "
-            f"{gpus_per_expert:g} GPU each); cache: {cache_dir}")  # fmt: skip
+        log(
+            f"training {len(missing)} expert(s) as Ray tasks ({cpus_per_expert:g} CPU, "
+            f"{gpus_per_expert:g} GPU each); cache: {cache_dir}"
+        )
         task = ray.remote(_train_expert_task).options(**resources)
         expert_refs = {i: task.remote(config.to_dict(), i, dataset_ref, *worker) for i in missing}
     else:
@@ -238,9 +245,11 @@ def precompute(
         ray.put(experts.snapshots(i, kept).numpy()) for i in range(config.num_experts)
     ]
     split = holdout_split(
-        dataset.train_labels, dataset.num_classes, val_fraction=config.val_fraction,
+        dataset.train_labels,
+        dataset.num_classes,
+        val_fraction=config.val_fraction,
         seed=config.split_seed,
-    )  # fmt: skip
+    )
     return Precomputed(
         dataset_ref=dataset_ref,
         trajectory_refs=trajectory_refs,
@@ -268,29 +277,42 @@ def read_score_table(directory: Path, dataset: ImageDataset, config: ExpertConfi
 
 
 def _submit_consistency(
-    config: ConsistencyConfig, dataset_ref: Any, directory: Path, resources: dict[str, float],
-    worker: tuple[int, float, str], log: Any,
-) -> tuple[dict[int, Any], dict[str, float]]:  # fmt: skip
+    config: ConsistencyConfig,
+    dataset_ref: Any,
+    directory: Path,
+    resources: dict[str, float],
+    worker: tuple[int, float, str],
+    log: Any,
+) -> tuple[dict[int, Any], dict[str, float]]:
     """Submit the consistency networks not yet in ``directory``: {network: its task}, and the
     seconds of the networks already there."""
     seconds = consistency_score.prepare_directory(directory, config)
     consistency_score.write_manifest(directory, config, seconds)
-    missing = [k for k in range(config.num_networks)
-               if not consistency_score.network_file(directory, k).is_file()]  # fmt: skip
+    missing = [
+        k
+        for k in range(config.num_networks)
+        if not consistency_score.network_file(directory, k).is_file()
+    ]
     if not missing:
         log(f"reusing {config.num_networks} cached consistency network(s) from {directory}")
         return {}, seconds
-    log(f"training {len(missing)} consistency network(s) as Ray tasks beside the experts "
-        f"({config.describe()}); cache: {directory}")  # fmt: skip
+    log(
+        f"training {len(missing)} consistency network(s) as Ray tasks beside the experts "
+        f"({config.describe()}); cache: {directory}"
+    )
     task = ray.remote(_consistency_task).options(**resources)
     return {k: task.remote(config.to_dict(), k, dataset_ref, *worker) for k in missing}, seconds
 
 
 def _collect(
-    experts: dict[int, Any], networks: dict[int, Any], cache_dir: Path,
-    consistency: ConsistencyConfig | None, score_dir: Path, seconds: dict[str, float],
+    experts: dict[int, Any],
+    networks: dict[int, Any],
+    cache_dir: Path,
+    consistency: ConsistencyConfig | None,
+    score_dir: Path,
+    seconds: dict[str, float],
     log: Any,
-) -> None:  # fmt: skip
+) -> None:
     """Write each task's result into its cache as soon as the task returns (in the order
     they finish), so an interruption loses only the tasks still running; ``seconds`` (the
     consistency networks' times so far) grows in their manifest."""
@@ -307,21 +329,29 @@ def _collect(
                 raise error.cause from None
             raise
         if kind == "expert":
-            tensors = {f"epoch_{e:04d}": torch.from_numpy(row.copy())
-                       for e, row in enumerate(result["trajectory"])}  # fmt: skip
+            tensors = {
+                f"epoch_{e:04d}": torch.from_numpy(row.copy())
+                for e, row in enumerate(result["trajectory"])
+            }
             tensors["forgetting"] = torch.from_numpy(result["forgetting"].copy())
             tensors["el2n"] = torch.from_numpy(result["el2n"].copy())
             atomic_write(expert_file(cache_dir, index), partial(save_file, tensors))
         else:
             assert consistency is not None
-            consistency_score.save_network(score_dir, index, {
-                "held_out": torch.from_numpy(result["held_out"].copy()),
-                "probability": torch.from_numpy(result["probability"].copy()),
-            })  # fmt: skip
+            consistency_score.save_network(
+                score_dir,
+                index,
+                {
+                    "held_out": torch.from_numpy(result["held_out"].copy()),
+                    "probability": torch.from_numpy(result["probability"].copy()),
+                },
+            )
             seconds[str(index)] = result["seconds"]
             consistency_score.write_manifest(score_dir, consistency, seconds)
-        log(f"  {kind} {'network ' if kind == 'consistency' else ''}{index}: "
-            f"{result['seconds']:.0f} s")  # fmt: skip
+        log(
+            f"  {kind} {'network ' if kind == 'consistency' else ''}{index}: "
+            f"{result['seconds']:.0f} s"
+        )
 
 
 def _abandon(pending: dict[Any, Any]) -> None:
@@ -341,9 +371,17 @@ def _write_cache_manifest(directory: Path, dataset: ImageDataset, config: Expert
         {"train_indices": train_indices, "val_indices": val_indices},
         str(directory / "indices.safetensors"),
     )
-    write_json(directory / "manifest.json", {
-        "kind": "selmatch-experts", "format_version": 1, "config": config.to_dict(),
-        "layout": layout.to_dict(), "num_params": layout.numel, "epoch_seconds": {},
-        "mean_epoch_seconds": None, "written_by": "selmatch_tune.precompute",
-        "data": data_identity(dataset),
-    })  # fmt: skip
+    write_json(
+        directory / "manifest.json",
+        {
+            "kind": "selmatch-experts",
+            "format_version": 1,
+            "config": config.to_dict(),
+            "layout": layout.to_dict(),
+            "num_params": layout.numel,
+            "epoch_seconds": {},
+            "mean_epoch_seconds": None,
+            "written_by": "selmatch_tune.precompute",
+            "data": data_identity(dataset),
+        },
+    )

@@ -46,8 +46,10 @@ def check_resources(
 
         bundle = {k: v for k, v in wanted.items() if v > 0}
         request_resources(bundles=[bundle] * config.max_concurrent)
-        log(f"the cluster has {missing}; asked the autoscaler for {config.max_concurrent} x "
-            f"{bundle}, waiting up to {wait:g} s")  # fmt: skip
+        log(
+            f"the cluster has {missing}; asked the autoscaler for {config.max_concurrent} x "
+            f"{bundle}, waiting up to {wait:g} s"
+        )
         deadline = time.monotonic() + wait
         try:
             while missing and time.monotonic() < deadline:
@@ -83,8 +85,9 @@ def check_resources(
 def _missing(wanted: dict[str, float]) -> dict[str, float]:
     """The kinds of resource the cluster has less of than one trial wants (and how much)."""
     available = ray.cluster_resources()
-    return {k: available.get(k, 0.0) for k, v in wanted.items()
-            if v > 0 and available.get(k, 0.0) < v}  # fmt: skip
+    return {
+        k: available.get(k, 0.0) for k, v in wanted.items() if v > 0 and available.get(k, 0.0) < v
+    }
 
 
 #: ``--address local``: always a new local Ray, never a running cluster

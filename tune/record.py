@@ -58,8 +58,11 @@ class StageCost(Config):
         """This cost and ``other``'s, one stage run in parts (an interrupted, resumed one)."""
         if other is None:
             return self
-        trial = None if self.trial_seconds is None and other.trial_seconds is None else \
-            (self.trial_seconds or 0.0) + (other.trial_seconds or 0.0)  # fmt: skip
+        trial = (
+            None
+            if self.trial_seconds is None and other.trial_seconds is None
+            else (self.trial_seconds or 0.0) + (other.trial_seconds or 0.0)
+        )
         return StageCost(self.seconds + other.seconds, trial, self.slots or other.slots)
 
 
@@ -262,8 +265,9 @@ class SearchRecord(Config):
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
         if self.rank_correlation_by_ipc is not None:  # ρ is None below 3 points: kept
-            out["rank_correlation_by_ipc"] = {str(k): v for k, v in
-                                              self.rank_correlation_by_ipc.items()}  # fmt: skip
+            out["rank_correlation_by_ipc"] = {
+                str(k): v for k, v in self.rank_correlation_by_ipc.items()
+            }
         if self.rank_correlation_by_ipc is not None or "rank_correlation_by_ipc" in out:
             out["rank_correlation_short_vs_full"] = self.rank_correlation_short_vs_full
         return out
@@ -292,11 +296,12 @@ def open_record(out: Path, config: SearchConfig, resume: bool, log: Log = print)
     if not resume:
         raise ConfigError(f"--out {out} holds a search already; add --resume or pick another --out")
     check_resumable(
-        SearchConfig.from_dict(record.config), config,
+        SearchConfig.from_dict(record.config),
+        config,
         f"--resume: {out} was searched with other settings ({{changed}}); use the same ones "
         "(only --ipcs may grow)",
         may_change=("ipcs",),
-    )  # fmt: skip
+    )
     # More IPCs may be added on resume (a search extended in chunks); the ones already
     # begun must come first, in the same order, so that monotonicity sees the same history.
     begun = sorted(record.ipcs)

@@ -95,9 +95,10 @@ def page(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--check", action="store_true",
+        "--check",
+        action="store_true",
         help="exit 1 if docs/configuration.md is not the generated page",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     text = PAGE.read_text()
     if BEGIN not in text or END not in text:
@@ -106,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     fresh = page(text)
     if args.check:
         if fresh != text:
-            print(f"{PAGE} is out of date: run python -m selmatch_tune.reference",
-                  file=sys.stderr)  # fmt: skip
+            print(f"{PAGE} is out of date: run python -m selmatch_tune.reference", file=sys.stderr)
             return 1
         return 0
     PAGE.write_text(fresh)

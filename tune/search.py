@@ -59,19 +59,29 @@ __all__ = [
 def precompute_all(config: SearchConfig, dataset: ImageDataset, out: Path, log: Log) -> Precomputed:
     started = time.perf_counter()
     pre = precompute(
-        dataset, config.experts, score=config.score, cache_root=out.parent / "cache",
-        consistency=config.consistency, image_size=config.image_size,
+        dataset,
+        config.experts,
+        score=config.score,
+        cache_root=out.parent / "cache",
+        consistency=config.consistency,
+        image_size=config.image_size,
         score_table=Path(config.score_table) if config.score_table else None,
-        gpus_per_expert=config.gpus, cpus_per_expert=config.cpus_per_trial,
+        gpus_per_expert=config.gpus,
+        cpus_per_expert=config.cpus_per_trial,
         device=config.short.device,
-        epochs=matched_epochs(config), log=log,
-    )  # fmt: skip
+        epochs=matched_epochs(config),
+        log=log,
+    )
     networks = ""
     if config.score == "consistency":
-        networks = (f"; consistency networks: {pre.consistency_trained} trained, "
-                    f"{pre.consistency_reused} reused, in {pre.score_dir}")  # fmt: skip
-    log(f"precomputed in {time.perf_counter() - started:.0f} s (experts: {pre.trained} trained, "
-        f"{pre.reused} reused{networks})")  # fmt: skip
+        networks = (
+            f"; consistency networks: {pre.consistency_trained} trained, "
+            f"{pre.consistency_reused} reused, in {pre.score_dir}"
+        )
+    log(
+        f"precomputed in {time.perf_counter() - started:.0f} s (experts: {pre.trained} trained, "
+        f"{pre.reused} reused{networks})"
+    )
     return pre
 
 
@@ -86,31 +96,46 @@ def matched_epochs(config: SearchConfig) -> tuple[int, int]:
 
 def trial_data(pre: Precomputed) -> TrialData:
     return TrialData(
-        dataset=pre.dataset_ref, hardness=pre.hardness_ref,
-        pool=ray.put(pre.split.pool.numpy()), val=ray.put(pre.split.val.numpy()),
-        trajectories=tuple(pre.trajectory_refs), first_epoch=pre.first_epoch,
-    )  # fmt: skip
+        dataset=pre.dataset_ref,
+        hardness=pre.hardness_ref,
+        pool=ray.put(pre.split.pool.numpy()),
+        val=ray.put(pre.split.val.numpy()),
+        trajectories=tuple(pre.trajectory_refs),
+        first_epoch=pre.first_epoch,
+    )
 
 
 def prepare(
-    config: SearchConfig, out: Path, *, resume: bool, data_root: str | None,
-    skip_bad_images: bool = False, log: Log = print,
-) -> tuple[SearchConfig, ImageDataset, SearchRecord]:  # fmt: skip
+    config: SearchConfig,
+    out: Path,
+    *,
+    resume: bool,
+    data_root: str | None,
+    skip_bad_images: bool = False,
+    log: Log = print,
+) -> tuple[SearchConfig, ImageDataset, SearchRecord]:
     """What a search checks before it starts anything: the data loads (``skip_bad_images``:
     leaving out, and counting, the image files that cannot be decoded), the settings are
     fitted to it (``fit_to_data``), and ``out`` holds no search or (``resume``) this one.
     Nothing is written."""
     check_output(out, "folder", writes="search")
-    dataset = load_dataset(config.dataset, data_root=data_root, image_size=config.image_size,
-                           skip_bad_images=skip_bad_images)  # fmt: skip
+    dataset = load_dataset(
+        config.dataset,
+        data_root=data_root,
+        image_size=config.image_size,
+        skip_bad_images=skip_bad_images,
+    )
     log(dataset.describe())
     skipped = dataset.skipped_summary()
     if skipped:
         log(f"WARNING: {skipped}")
     # fitting changes no setting of the split: the experts' one holds for the fitted config
-    split = holdout_split(dataset.train_labels, dataset.num_classes,
-                          val_fraction=config.experts.val_fraction,
-                          seed=config.experts.split_seed)  # fmt: skip
+    split = holdout_split(
+        dataset.train_labels,
+        dataset.num_classes,
+        val_fraction=config.experts.val_fraction,
+        seed=config.experts.split_seed,
+    )
     config, changes = fit_to_data(config, dataset.train_labels, dataset.num_classes, split)
     for change in changes:
         log(f"fitted to {config.dataset}: {change}")
@@ -125,14 +150,23 @@ def prepare(
 
 
 def run_search(
-    config: SearchConfig, out: Path, *, resume: bool = False, tracking_uri: str | None = None,
-    address: str | None = None, data_root: str | None = None, storage: str | None = None,
-    wait_for_resources: float = 0.0, skip_bad_images: bool = False, log: Log = print,
-) -> list[dict[str, Any]]:  # fmt: skip
+    config: SearchConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    data_root: str | None = None,
+    storage: str | None = None,
+    wait_for_resources: float = 0.0,
+    skip_bad_images: bool = False,
+    log: Log = print,
+) -> list[dict[str, Any]]:
     """The whole search; returns the per-IPC rows of ``best_hparams.csv``."""
     out = out.resolve()
-    config, dataset, record = prepare(config, out, resume=resume, data_root=data_root,
-                                      skip_bad_images=skip_bad_images, log=log)  # fmt: skip
+    config, dataset, record = prepare(
+        config, out, resume=resume, data_root=data_root, skip_bad_images=skip_bad_images, log=log
+    )
     out.mkdir(parents=True, exist_ok=True)
     config = start_ray(config, address, wait_for_resources, log)
     tracker = open_tracker(config, out, record, tracking_uri)
@@ -189,9 +223,15 @@ def open_tracker(
 
 
 def begin(
-    config: SearchConfig, pre: Precomputed, out: Path, record: SearchRecord, tracker: Tracker,
-    storage: str | None, resume: bool, log: Log,
-) -> SearchContext:  # fmt: skip
+    config: SearchConfig,
+    pre: Precomputed,
+    out: Path,
+    record: SearchRecord,
+    tracker: Tracker,
+    storage: str | None,
+    resume: bool,
+    log: Log,
+) -> SearchContext:
     """After the precompute: the folder holds a search from here on; where the Tune
     experiments go (checked writable from every node); what the phases share."""
     record.score_dir = str(pre.score_dir)  # where the ranking came from (a study reads it)
@@ -236,9 +276,8 @@ def release(slots: FinalSlots | None, wait_for_resources: float) -> None:
 
 
 def report(
-    config: SearchConfig, record: SearchRecord, out: Path, tracker: Tracker, storage: str,
-    log: Log,
-) -> list[dict[str, Any]]:  # fmt: skip
+    config: SearchConfig, record: SearchRecord, out: Path, tracker: Tracker, storage: str, log: Log
+) -> list[dict[str, Any]]:
     """The outputs of a finished search: the table, the costs, the rank correlations, the
     parent run's artifacts and metrics, and the lines that say where everything went."""
     from selmatch_tune.outputs import (
@@ -262,21 +301,26 @@ def report(
     costs.write_text(f"# What this search cost, by stage\n\n{cost_table}\n")
     for path in (table, out / STATE, costs):
         tracker.log_artifact(path)
-    tracker.log_parent_metrics({
-        **{f"final_test_ipc{r['ipc']}": r["final_test_mean"] for r in rows},
-        **{f"random_test_ipc{r['ipc']}": r["random_test_mean"] for r in rows
-           if r["random_test_mean"] != ""},
-        **{f"rank_correlation_ipc{ipc}": rho for ipc, rho in by_ipc.items() if rho is not None},
-    })  # fmt: skip
+    tracker.log_parent_metrics(
+        {
+            **{f"final_test_ipc{r['ipc']}": r["final_test_mean"] for r in rows},
+            **{
+                f"random_test_ipc{r['ipc']}": r["random_test_mean"]
+                for r in rows
+                if r["random_test_mean"] != ""
+            },
+            **{f"rank_correlation_ipc{ipc}": rho for ipc, rho in by_ipc.items() if rho is not None},
+        }
+    )
     tracker.finish()
     log(format_table(rows))
     for warning in below_random(rows):
         log(warning)
     ranks = ", ".join(
-        f"IPC {ipc} " + ("n/a (fewer than 3 points; raise --full-eval-top)" if rho is None
-                         else f"{rho:.2f}")
+        f"IPC {ipc} "
+        + ("n/a (fewer than 3 points; raise --full-eval-top)" if rho is None else f"{rho:.2f}")
         for ipc, rho in by_ipc.items()
-    )  # fmt: skip
+    )
     log(f"rank correlation of short vs full evaluation of the β points, within each IPC: {ranks}")
     searched = {int(r["ipc"]): r for r in rows}
     unsearched = tuple(ipc for ipc in config.predict_ipcs if ipc not in searched)
@@ -288,8 +332,10 @@ def report(
             log(f"  IPC {ipc}: β ≈ {betas[ipc]:.3g}, α ≈ {alphas[ipc]:.3g}")
     log(f"cost by stage (wall seconds over the whole search):\n{cost_table}")
     log(f"table: {table}; distilled sets: {out / 'sets'}; curves: {out}/*-ipc*.png; costs: {costs}")
-    log(f"MLflow: {tracker.uri} (experiment {tracker.experiment_id}, parent run "
-        f"{tracker.parent_id}); Ray results: {storage}")  # fmt: skip
+    log(
+        f"MLflow: {tracker.uri} (experiment {tracker.experiment_id}, parent run "
+        f"{tracker.parent_id}); Ray results: {storage}"
+    )
     for line in tracker.ui_hint():
         log(line)
     return rows

@@ -32,12 +32,13 @@ from selmatch_tune.presets import PRESETS
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
-        prog="search_alpha_beta.py", description=__doc__,
+        prog="search_alpha_beta.py",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Options left out take the preset's values; docs/configuration.md lists every\n"
         "setting with its value in each preset, and --override PATH=VALUE reaches any of them.\n"
         "The search prints the values that differ from the preset.",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -54,16 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
     p.add_argument(
-        "--dry-run", action="store_true",
+        "--dry-run",
+        action="store_true",
         help="load the data, fit the settings to it, check --out and print what the search "
         "would run; start nothing and write nothing",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
+        "--wait-for-resources",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
         help="on an autoscaling cluster whose GPU (or CPU) workers are not up yet: ask the "
         "autoscaler for --max-concurrent trials' worth and wait up to SECONDS for one trial's "
         "resources before giving up (default: 0 = fail at once)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--address",
         default=None,
@@ -85,45 +90,85 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster (default: --out/ray)",
     )
     p.add_argument(
-        "--data-root", type=Path, default=None, metavar="DIR",
+        "--data-root",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="folder holding the dataset files: cifar-10-batches-py/, cifar-100-python/, "
         "tiny-imagenet-200/ (default: $SELMATCH_DATA_ROOT; Fashion-MNIST falls back to "
         "/usr/share/datasets/fashion-mnist)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--skip-bad-images", action="store_true",
+        "--skip-bad-images",
+        action="store_true",
         help="leave out image files of an imagefolder (or Tiny ImageNet) that cannot be decoded "
         "(truncated, unreadable, not images) and say how many, naming the first (default: stop "
         "at the first one, naming it)",
-    )  # fmt: skip
+    )
     groups = options.add_options(p, SearchConfig, SEARCH_OPTIONS, preset=True)
     if BUDGETS not in groups:
         groups[BUDGETS] = p.add_argument_group(BUDGETS)
     for path, option in PATH_OPTIONS.items():
         cls, name = setting_at(path)
-        options.add_option(groups[BUDGETS], cls, name, preset=True, flag=option or None,
-                           dest=path, help=PATH_HELP.get(path))  # fmt: skip
+        options.add_option(
+            groups[BUDGETS],
+            cls,
+            name,
+            preset=True,
+            flag=option or None,
+            dest=path,
+            help=PATH_HELP.get(path),
+        )
     p.add_argument(
-        "--override", action="append", default=[], metavar="PATH=VALUE",
+        "--override",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
         help="set any setting by its path in the manifest, e.g. distill.lr_images=100 or "
         "short.train.lr=0.05 (repeatable; values are JSON, else strings; applied after the "
         "options above; docs/configuration.md lists every path)",
-    )  # fmt: skip
-    options.add_moved(p, "--set", "is a synthetic-set folder in selmatch's commands; the "
-                      "search's settings by path are --override PATH=VALUE")  # fmt: skip
-    options.add_moved(p, "--experts", "is an expert folder in selmatch's commands; the number "
-                      "of experts is --num-experts N")  # fmt: skip
+    )
+    options.add_moved(
+        p,
+        "--set",
+        "is a synthetic-set folder in selmatch's commands; the "
+        "search's settings by path are --override PATH=VALUE",
+    )
+    options.add_moved(
+        p,
+        "--experts",
+        "is an expert folder in selmatch's commands; the number of experts is --num-experts N",
+    )
     return p
 
 
 #: The search's options for its own settings (each declared once, in SearchConfig)
 SEARCH_OPTIONS = (
-    "dataset", "image_size", "ipcs", "beta_grid", "alpha_grid", "methods", "subsets_grid",
-    "seqmatch_experts", "beta_convention", "score", "score_table", "monotone",
-    "random_reference", "mtt_candidate", "predict_ipcs", "full_eval_top", "max_concurrent",
-    "cpus_per_trial", "gpus_per_trial", "max_failures", "noise", "top_repeats",
-    "stage_parallel", "final_beside_search",
-)  # fmt: skip
+    "dataset",
+    "image_size",
+    "ipcs",
+    "beta_grid",
+    "alpha_grid",
+    "methods",
+    "subsets_grid",
+    "seqmatch_experts",
+    "beta_convention",
+    "score",
+    "score_table",
+    "monotone",
+    "random_reference",
+    "mtt_candidate",
+    "predict_ipcs",
+    "full_eval_top",
+    "max_concurrent",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "max_failures",
+    "noise",
+    "top_repeats",
+    "stage_parallel",
+    "final_beside_search",
+)
 #: Options for the settings of the configs inside the search, by path: "" for the flag the
 #: setting has in the library's commands (``selmatch distill --iterations``), else one of the
 #: search's own; ``--width`` sets every trained network's (``WIDTH_PATHS``)
@@ -132,13 +177,22 @@ PATH_OPTIONS = {
     "experts.num_experts": "",
     "experts.epochs": "--expert-train-epochs",
     "experts.per_class": "",
-    **{f"distill.{name}": "" for name in (
-        "iterations", "n_student_steps", "expert_epochs", "max_start_epoch", "min_start_epoch",
-        "syn_batch", "lr_images")},
+    **{
+        f"distill.{name}": ""
+        for name in (
+            "iterations",
+            "n_student_steps",
+            "expert_epochs",
+            "max_start_epoch",
+            "min_start_epoch",
+            "syn_batch",
+            "lr_images",
+        )
+    },
     "short.train.epochs": "--short-epochs",
     "final.train.epochs": "--final-epochs",
     "final.num_seeds": "--final-seeds",
-}  # fmt: skip
+}
 WIDTH_PATHS = ("experts.model.width", "short.model.width", "final.model.width")
 DATASET_PATHS = ("experts.dataset", "consistency.dataset")
 PATH_HELP = {
@@ -242,8 +296,9 @@ def apply_assignments(config: SearchConfig, assignments: list[Assignment]) -> Se
         if leaf not in node:
             known = ", ".join(sorted(node))
             raise ConfigError(f"{assignment.said}: unknown setting {leaf!r}; known here: {known}")
-        node[leaf] = list(assignment.value) if isinstance(assignment.value, tuple) else (
-            assignment.value)  # fmt: skip
+        node[leaf] = (
+            list(assignment.value) if isinstance(assignment.value, tuple) else (assignment.value)
+        )
     try:
         return SearchConfig.from_dict(data)
     except ConfigError as error:
@@ -284,29 +339,38 @@ def overridden(preset: SearchConfig, config: SearchConfig) -> str:
 
 
 def dry_run(
-    config: SearchConfig, out: Path, *, resume: bool, data_root: str | None,
-    skip_bad_images: bool,
-) -> None:  # fmt: skip
+    config: SearchConfig, out: Path, *, resume: bool, data_root: str | None, skip_bad_images: bool
+) -> None:
     """``--dry-run``: the checks ``run_search`` makes before it starts, then what it would run."""
     from selmatch_tune.search import prepare
 
-    config, _, record = prepare(config, out.resolve(), resume=resume, data_root=data_root,
-                                skip_bad_images=skip_bad_images)  # fmt: skip
+    config, _, record = prepare(
+        config, out.resolve(), resume=resume, data_root=data_root, skip_bad_images=skip_bad_images
+    )
     begun = ", ".join(map(str, record.ipcs)) or "none"
     print(
         f"would search IPCs {list(config.ipcs)} into {out} "
         + (f"(resuming; IPCs begun: {begun})" if record.has_started else "(a new search)")
     )
-    print(f"  β grid {list(config.beta_grid)} ({config.beta_convention}) and the random subset, "
-          f"then α grid {list(config.alpha_grid)}"
-          + (" and plain MTT" if config.mtt_candidate else "")
-          + f"; {config.max_concurrent} trial(s) at a time")  # fmt: skip
-    print(f"  methods {', '.join(config.methods)}" + (
-        f" (SeqMatch K grid {list(config.subsets_grid)}, "
-        f"{config.seqmatch_experts} stage experts)" if "seqmatch" in config.methods
-        else ""))  # fmt: skip
-    print(f"  ranked by {config.score}; trials {config.short.budget()}, final "
-          f"{config.final.budget()} with {config.final.num_seeds} seed(s)")  # fmt: skip
+    print(
+        f"  β grid {list(config.beta_grid)} ({config.beta_convention}) and the random subset, "
+        f"then α grid {list(config.alpha_grid)}"
+        + (" and plain MTT" if config.mtt_candidate else "")
+        + f"; {config.max_concurrent} trial(s) at a time"
+    )
+    print(
+        f"  methods {', '.join(config.methods)}"
+        + (
+            f" (SeqMatch K grid {list(config.subsets_grid)}, "
+            f"{config.seqmatch_experts} stage experts)"
+            if "seqmatch" in config.methods
+            else ""
+        )
+    )
+    print(
+        f"  ranked by {config.score}; trials {config.short.budget()}, final "
+        f"{config.final.budget()} with {config.final.num_seeds} seed(s)"
+    )
     print("dry run: nothing was started or written")
 
 
@@ -331,24 +395,40 @@ def main(argv: list[str] | None = None) -> int:
         if changed:
             print(f"overridden (the values in force, kept in the manifest): {changed}")
         if args.dry_run:
-            dry_run(config, out, resume=args.resume, data_root=data_root,
-                    skip_bad_images=args.skip_bad_images)  # fmt: skip
+            dry_run(
+                config,
+                out,
+                resume=args.resume,
+                data_root=data_root,
+                skip_bad_images=args.skip_bad_images,
+            )
             return 0
         run_search(
-            config, out, resume=args.resume, tracking_uri=args.tracking_uri,
-            address=args.address, data_root=data_root, storage=args.storage,
-            wait_for_resources=args.wait_for_resources, skip_bad_images=args.skip_bad_images,
-        )  # fmt: skip
+            config,
+            out,
+            resume=args.resume,
+            tracking_uri=args.tracking_uri,
+            address=args.address,
+            data_root=data_root,
+            storage=args.storage,
+            wait_for_resources=args.wait_for_resources,
+            skip_bad_images=args.skip_bad_images,
+        )
     except SearchInterrupted as error:
-        print(f"search_alpha_beta: {error}; continue with the same command and --out {out} "
-              "--resume", file=sys.stderr)  # fmt: skip
+        print(
+            f"search_alpha_beta: {error}; continue with the same command and --out {out} --resume",
+            file=sys.stderr,
+        )
         return 130
     except (ConfigError, SelmatchError) as error:
         print(f"search_alpha_beta: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"search_alpha_beta: interrupted; finished stages are saved in {out}: continue "
-              f"with the same command and --out {out} --resume", file=sys.stderr)  # fmt: skip
+        print(
+            f"search_alpha_beta: interrupted; finished stages are saved in {out}: continue "
+            f"with the same command and --out {out} --resume",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -29,9 +29,13 @@ class ConcaveSearch(OptunaSearch):
     ``Tuner.restore`` keeps it."""
 
     def __init__(
-        self, sampler: ConcaveGridSampler, *, marker: str | None = None, parallel: int = 1,
+        self,
+        sampler: ConcaveGridSampler,
+        *,
+        marker: str | None = None,
+        parallel: int = 1,
         **kwargs: Any,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(sampler=sampler, **kwargs)
         self.concave = sampler
         self.parallel = parallel
@@ -66,9 +70,10 @@ class ConcaveSearch(OptunaSearch):
             # number of earlier trials at its value that did not fail.
             value = float(config[name])
             config["repeat"] = sum(
-                1 for other, v in self.values.items()
+                1
+                for other, v in self.values.items()
                 if other != trial_id and other not in self.failed and abs(v - value) < 1e-9
-            )  # fmt: skip
+            )
             self.values.setdefault(trial_id, value)
         return config
 

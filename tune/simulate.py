@@ -43,10 +43,13 @@ def simulate(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = random.Random(seed)
     sampler = ConcaveGridSampler(
-        name="x", grid=grid, top_repeats=top_repeats,
+        name="x",
+        grid=grid,
+        top_repeats=top_repeats,
         tolerance=2 * noise if tolerance is None else tolerance,
-        margin=noise if margin is None else margin, anchors=anchors,
-    )  # fmt: skip
+        margin=noise if margin is None else margin,
+        anchors=anchors,
+    )
     study = optuna.create_study(direction="maximize", sampler=sampler)
     distribution = optuna.distributions.CategoricalDistribution(list(grid))
     in_flight: list[tuple[optuna.Trial, int]] = []  # a trial and its place in ``trials``

@@ -114,9 +114,14 @@ class Tracker:
         return run is not None and run.info.status != "RUNNING"
 
     def log_child(
-        self, trial_id: str, name: str, tags: dict[str, str], params: dict[str, Any],
-        metrics: dict[str, float], failed: bool,
-    ) -> None:  # fmt: skip
+        self,
+        trial_id: str,
+        name: str,
+        tags: dict[str, str],
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        failed: bool,
+    ) -> None:
         if self.parent_id is None:
             return
         existing = self._child(trial_id)
@@ -125,17 +130,19 @@ class Tracker:
                 return  # logged already (a resumed search)
             self.client.delete_run(existing.info.run_id)  # cut short by a kill: log it afresh
         run = self.client.create_run(
-            self.experiment_id, run_name=name,
+            self.experiment_id,
+            run_name=name,
             tags={"mlflow.parentRunId": self.parent_id, "trial_id": trial_id, **tags},
-        )  # fmt: skip
+        )
         run_id = run.info.run_id
         now = int(time.time() * 1000)
         batch = [Param(key, _short(value)) for key, value in params.items()]
         for start in range(0, max(len(batch), 1), 100):  # MLflow takes 100 params a batch
             self.client.log_batch(
-                run_id, params=batch[start : start + 100],
+                run_id,
+                params=batch[start : start + 100],
                 metrics=[] if start else [Metric(k, float(v), now, 0) for k, v in metrics.items()],
-            )  # fmt: skip
+            )
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
     def log_parent_metrics(self, metrics: dict[str, float]) -> None:
@@ -158,13 +165,26 @@ class Tracker:
 class TrialLogger(Callback):
     """Ray Tune callback: one MLflow child run per finished trial."""
 
-    METRICS = ("val_accuracy", "val_std", "test_accuracy", "test_std", "fetch_seconds",
-               "work_seconds", "final_loss", "learned_lr")  # fmt: skip
+    METRICS = (
+        "val_accuracy",
+        "val_std",
+        "test_accuracy",
+        "test_std",
+        "fetch_seconds",
+        "work_seconds",
+        "final_loss",
+        "learned_lr",
+    )
 
     def __init__(
-        self, tracker: Tracker, *, phase: str, ipc: int, searched: str,
+        self,
+        tracker: Tracker,
+        *,
+        phase: str,
+        ipc: int,
+        searched: str,
         log: Callable[[str], None] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.tracker, self.phase, self.ipc, self.searched = tracker, phase, ipc, searched
         self.log = log
 
@@ -185,14 +205,19 @@ class TrialLogger(Callback):
             trial.trial_id,
             f"{self.phase}-ipc{self.ipc}-{self.searched}={value}",
             {"phase": self.phase, "ipc": str(self.ipc)},
-            {"phase": self.phase, "ipc": self.ipc, "beta": trial.config.get("beta"),
-             "alpha": trial.config.get("alpha"), "repeat": trial.config.get("repeat", 0),
-             "init": trial.config.get("init", "window"),
-             "method": trial.config.get("method", "selmatch"),
-             "subsets": trial.config.get("subsets")},
+            {
+                "phase": self.phase,
+                "ipc": self.ipc,
+                "beta": trial.config.get("beta"),
+                "alpha": trial.config.get("alpha"),
+                "repeat": trial.config.get("repeat", 0),
+                "init": trial.config.get("init", "window"),
+                "method": trial.config.get("method", "selmatch"),
+                "subsets": trial.config.get("subsets"),
+            },
             {k: result[k] for k in self.METRICS if isinstance(result.get(k), (int, float))},
             failed,
-        )  # fmt: skip
+        )
 
     def _name(self, trial: Any) -> str:
         """``β = 0.3 (trial 1a2b3c4d, repeat 1)``: what the terminal says about a trial."""
@@ -203,8 +228,9 @@ class TrialLogger(Callback):
         shown = f"{value:g}" if isinstance(value, (int, float)) else str(value)
         if self.searched == "init" and trial.config.get("alpha") is not None:
             shown += f", α = {trial.config['alpha']:g}"  # plain MTT: the random subset, α = 1
-        return (f"{symbol} = {shown} (trial {trial.trial_id}"
-                + (f", repeat {repeat})" if repeat else ")"))  # fmt: skip
+        return f"{symbol} = {shown} (trial {trial.trial_id}" + (
+            f", repeat {repeat})" if repeat else ")"
+        )
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.log:
@@ -215,8 +241,10 @@ class TrialLogger(Callback):
         result = trial.last_result or {}
         if self.log and "val_accuracy" in result:
             val, test = 100 * result["val_accuracy"], 100 * result["test_accuracy"]
-            self.log(f"  IPC {self.ipc}: {self._name(trial)}: val {val:.2f} %, test {test:.2f} %, "
-                     f"{result.get('work_seconds', 0.0):.0f} s")  # fmt: skip
+            self.log(
+                f"  IPC {self.ipc}: {self._name(trial)}: val {val:.2f} %, test {test:.2f} %, "
+                f"{result.get('work_seconds', 0.0):.0f} s"
+            )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._log(trial, failed=True)

@@ -99,13 +99,20 @@ class TrialSpec(Config):
         SelMatch's option, left at its default)."""
         searched: dict[str, Any] = {"alpha": self.alpha, "init": self.init}
         if method_of(self.method).sequential:
-            searched = {"subsets": int(self.subsets or 2), "alpha": 1.0,
-                        "seqmatch_experts": self.seqmatch_experts}  # fmt: skip
+            searched = {
+                "subsets": int(self.subsets or 2),
+                "alpha": 1.0,
+                "seqmatch_experts": self.seqmatch_experts,
+            }
         return SetSpec(
-            method=self.method, ipc=self.ipc, beta=self.beta or 0.0,
-            beta_convention=self.beta_convention, score=self.score, subset_seed=self.split_seed,
+            method=self.method,
+            ipc=self.ipc,
+            beta=self.beta or 0.0,
+            beta_convention=self.beta_convention,
+            score=self.score,
+            subset_seed=self.split_seed,
             **searched,
-        )  # fmt: skip
+        )
 
     def matching(self) -> DistillConfig:
         """The search's matching settings, with this repeat's seed."""
@@ -147,8 +154,9 @@ def fetch_data(spec: TrialSpec, data: TrialData) -> tuple[ImageDataset, torch.Te
     split = HoldoutSplit(
         torch.from_numpy(np.array(ray.get(data.pool))),
         torch.from_numpy(np.array(ray.get(data.val))),
-        spec.val_fraction, spec.split_seed,
-    )  # fmt: skip
+        spec.val_fraction,
+        spec.split_seed,
+    )
     return dataset, hardness, split
 
 
@@ -182,12 +190,15 @@ def _metrics(result: EvalResult, started: float, fetched: float) -> dict[str, An
     if not math.isfinite(val_mean):
         raise RuntimeError("the trial produced no finite validation accuracy")
     return {
-        "val_accuracy": val_mean, "val_std": val_std,
-        "test_accuracy": test_mean, "test_std": test_std,
-        "fetch_seconds": fetched - started, "work_seconds": time.perf_counter() - fetched,
+        "val_accuracy": val_mean,
+        "val_std": val_std,
+        "test_accuracy": test_mean,
+        "test_std": test_std,
+        "fetch_seconds": fetched - started,
+        "work_seconds": time.perf_counter() - fetched,
         "node_id": ray.get_runtime_context().get_node_id(),
         "gpus": len(ray.get_gpu_ids()),
-    }  # fmt: skip
+    }
 
 
 def beta_trial(config: dict[str, Any], *, data: TrialData) -> None:
@@ -205,9 +216,12 @@ def beta_trial(config: dict[str, Any], *, data: TrialData) -> None:
 
 
 def evaluate_selection(
-    spec: TrialSpec, dataset: ImageDataset, hardness: torch.Tensor, split: HoldoutSplit,
+    spec: TrialSpec,
+    dataset: ImageDataset,
+    hardness: torch.Tensor,
+    split: HoldoutSplit,
     evaluation: EvalConfig,
-) -> EvalResult:  # fmt: skip
+) -> EvalResult:
     """A selection trained as it is: the window at β or, with ``init = "random"``, the random
     class-balanced subset whose seed is the split's. The one body of a β trial (the short
     budget) and of a selection's final evaluation (the full budget)."""
@@ -261,11 +275,12 @@ def alpha_trial(config: dict[str, Any], *, data: TrialData) -> None:
     dataset, hardness, split = fetch_data(spec, data)
     assert spec.experts is not None and spec.layout is not None and spec.experts_dir
     experts = InMemoryExperts(
-        spec.experts, ParamLayout.from_dict(spec.layout),
+        spec.experts,
+        ParamLayout.from_dict(spec.layout),
         ObjectStoreTrajectories(data.trajectories),
         Path(spec.experts_dir),  # where the precompute cached them: the set's provenance
         first_epoch=data.first_epoch,
-    )  # fmt: skip
+    )
     fetched = time.perf_counter()
     target = spec.target()
     evaluation = spec.seeded()
@@ -273,13 +288,30 @@ def alpha_trial(config: dict[str, Any], *, data: TrialData) -> None:
     augment = target.method_kind.evaluation_augment(target, evaluation.train.augment)
     evaluation = evaluation.replace(train=evaluation.train.replace(augment=augment))
     with tempfile.TemporaryDirectory() as directory, tempfile.TemporaryDirectory() as stages:
-        synthetic = distill(target, spec.matching(), dataset, split, experts, hardness, directory,
-                            device=evaluation.device, progress=False, stage_cache=stages,
-                            stage_mapper=stage_expert_mapper(spec))  # fmt: skip
-        result = evaluate_set(synthetic.images, synthetic.labels, dataset, evaluation,
-                              split=split, dsa_mask=synthetic.distill_mask)  # fmt: skip
+        synthetic = distill(
+            target,
+            spec.matching(),
+            dataset,
+            split,
+            experts,
+            hardness,
+            directory,
+            device=evaluation.device,
+            progress=False,
+            stage_cache=stages,
+            stage_mapper=stage_expert_mapper(spec),
+        )
+        result = evaluate_set(
+            synthetic.images,
+            synthetic.labels,
+            dataset,
+            evaluation,
+            split=split,
+            dsa_mask=synthetic.distill_mask,
+        )
         metrics = _metrics(result, started, fetched) | {
-            "final_loss": synthetic.manifest["final_loss"], "learned_lr": synthetic.learned_lr,
-        }  # fmt: skip
+            "final_loss": synthetic.manifest["final_loss"],
+            "learned_lr": synthetic.learned_lr,
+        }
         _release()
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))

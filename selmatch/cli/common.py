@@ -35,9 +35,13 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def check_output(
-    path: Path | None, kind: Literal["folder", "file", "any"], *, writes: str,
-    accepts: tuple[str, ...] = (), flag: str = "--out",
-) -> None:  # fmt: skip
+    path: Path | None,
+    kind: Literal["folder", "file", "any"],
+    *,
+    writes: str,
+    accepts: tuple[str, ...] = (),
+    flag: str = "--out",
+) -> None:
     """Refuse, before any work, an ``--out`` that cannot be written: a folder output that is an
     existing file, a file output that is an existing folder, a path below a file, or one where
     the command's artifact (``writes``, a kind of :data:`selmatch.artifacts.ARTIFACTS`) would
@@ -59,44 +63,63 @@ def check_output(
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
-        "--dataset", default="fashion-mnist", metavar="NAME",
+        "--dataset",
+        default="fashion-mnist",
+        metavar="NAME",
         help=f"dataset to use (default: fashion-mnist). Known: {dataset_help()}",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--data-root", type=Path, default=None, metavar="DIR",
+        "--data-root",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="folder holding the dataset files (default: $SELMATCH_DATA_ROOT; Fashion-MNIST "
         "falls back to /usr/share/datasets/fashion-mnist)",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--download", action="store_true",
+        "--download",
+        action="store_true",
         help="let torchvision download CIFAR / Tiny ImageNet into --data-root (needs a network)",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--image-size", type=int, default=None, metavar="PX",
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="PX",
         help="resize imagefolder images to PX x PX (needed when their sizes differ)",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--skip-bad-images", action="store_true",
+        "--skip-bad-images",
+        action="store_true",
         help="leave out image files that cannot be decoded (truncated, unreadable, not images) "
         "and say how many, naming the first (default: stop at the first one, naming it)",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--val-fraction", type=float, default=0.02, metavar="F",
+        "--val-fraction",
+        type=float,
+        default=0.02,
+        metavar="F",
         help="fraction of each class of the training set held out as the validation slice that "
         "every model-selection decision uses; the test set only reports (default: 0.02)",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--split-seed", type=int, default=0, metavar="S",
+        "--split-seed",
+        type=int,
+        default=0,
+        metavar="S",
         help="seed of the validation hold-out (default: 0; keep it fixed across a study)",
-    )  # fmt: skip
+    )
 
 
 def load_images(args: argparse.Namespace) -> ImageDataset:
     """The dataset the data options name; says how many files --skip-bad-images left out."""
     dataset = load_dataset(
-        args.dataset, data_root=args.data_root, download=args.download,
-        image_size=args.image_size, skip_bad_images=args.skip_bad_images,
-    )  # fmt: skip
+        args.dataset,
+        data_root=args.data_root,
+        download=args.download,
+        image_size=args.image_size,
+        skip_bad_images=args.skip_bad_images,
+    )
     skipped = dataset.skipped_summary()
     if skipped:
         print(f"selmatch: warning: {skipped}", file=sys.stderr)
@@ -106,9 +129,11 @@ def load_images(args: argparse.Namespace) -> ImageDataset:
 def load_data(args: argparse.Namespace) -> tuple[ImageDataset, HoldoutSplit]:
     dataset = load_images(args)
     split = holdout_split(
-        dataset.train_labels, dataset.num_classes, val_fraction=args.val_fraction,
+        dataset.train_labels,
+        dataset.num_classes,
+        val_fraction=args.val_fraction,
         seed=args.split_seed,
-    )  # fmt: skip
+    )
     return dataset, split
 
 
@@ -135,17 +160,22 @@ def add_train_options(
     group = parser.add_argument_group(TRAINING)
     field, epochs = options.field_setting(TrainConfig, "epochs")
     group.add_argument(
-        "--epochs", default=str(field.default), metavar="E|paper|full:F",
+        "--epochs",
+        default=str(field.default),
+        metavar="E|paper|full:F",
         help=options.help_text(dataclasses.replace(epochs, help=epochs_help), field.default),
-    )  # fmt: skip
+    )
     options.add_options(parser, TrainConfig, TRAIN_OPTIONS, groups={TRAINING: group})
     _, augment = options.field_setting(TrainConfig, "augment")
     auto = "; auto = combined for a saved set with a mask, else dsa"
     group.add_argument(
-        "--augment", default=default_augment, choices=("auto", *augment.choices),
-        help=options.help_text(dataclasses.replace(augment, help=augment.help + auto),
-                               default_augment),
-    )  # fmt: skip
+        "--augment",
+        default=default_augment,
+        choices=("auto", *augment.choices),
+        help=options.help_text(
+            dataclasses.replace(augment, help=augment.help + auto), default_augment
+        ),
+    )
     options.add_option(group, DSAConfig, "strategy", dest="dsa_strategy")
 
 
@@ -166,9 +196,11 @@ def parse_epochs(text: str, set_size: int, n_full: int) -> int:
 
 def train_config(args: argparse.Namespace, *, epochs: int, augment: str) -> TrainConfig:
     return TrainConfig(
-        epochs=epochs, augment=augment, dsa=DSAConfig(strategy=args.dsa_strategy),
+        epochs=epochs,
+        augment=augment,
+        dsa=DSAConfig(strategy=args.dsa_strategy),
         **options.values(args, TRAIN_OPTIONS),
-    )  # fmt: skip
+    )
 
 
 def add_seed_options(parser: argparse.ArgumentParser) -> None:
@@ -183,18 +215,22 @@ def add_seed_options(parser: argparse.ArgumentParser) -> None:
 def add_device_options(group: argparse._ActionsContainer, *, progress: bool = True) -> None:
     """``--device`` (and ``--no-progress``), the same for every command."""
     group.add_argument(
-        "--device", default="auto",
+        "--device",
+        default="auto",
         help="cpu, cuda, cuda:1, ... (default: auto = CUDA when present, else CPU)",
-    )  # fmt: skip
+    )
     if progress:
         group.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def eval_config(args: argparse.Namespace, train: TrainConfig) -> EvalConfig:
     return EvalConfig(
-        model=model_config(args), train=train, num_seeds=args.seeds, seed=args.seed,
+        model=model_config(args),
+        train=train,
+        num_seeds=args.seeds,
+        seed=args.seed,
         device=args.device,
-    )  # fmt: skip
+    )
 
 
 def slug(text: str) -> str:
@@ -204,10 +240,13 @@ def slug(text: str) -> str:
 def add_score_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("difficulty")
     group.add_argument(
-        "--scores", type=Path, default=None, metavar="DIR",
+        "--scores",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="folder with scores.safetensors (default: runs/experts/<dataset>, where "
         "`selmatch experts` writes them)",
-    )  # fmt: skip
+    )
     # declared once, in SetSpec: the same option in window, distill and coverage
     from selmatch.target import SetSpec
 

@@ -30,20 +30,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--set", type=Path, required=True, metavar="DIR", help="a saved set")
     parser.add_argument(
-        "--experts", type=Path, default=None, metavar="DIR",
+        "--experts",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="experts giving the feature network (default: runs/experts/<dataset>)",
-    )  # fmt: skip
+    )
     common.add_score_options(parser)
     parser.add_argument(
-        "--sample", type=int, default=5000,
+        "--sample",
+        type=int,
+        default=5000,
         help="training-pool samples used for r and the halves (default: 5000)",
-    )  # fmt: skip
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of that sample (default: 0)")
     common.add_device_options(parser, progress=False)
     parser.add_argument(
-        "--out", type=Path, default=None, metavar="FILE",
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
         help="JSON result (default: coverage.json inside --set)",
-    )  # fmt: skip
+    )
     common.add_data_options(parser)
     parser.set_defaults(run=run)
 
@@ -58,9 +66,15 @@ def run(args: argparse.Namespace) -> int:
     ).check_data(dataset)
     hardness = common.load_hardness(args, dataset, split)
     report = set_coverage(
-        saved.images, dataset, experts, hardness, split.pool, sample=args.sample,
-        seed=args.seed, device=resolve_device(args.device),
-    )  # fmt: skip
+        saved.images,
+        dataset,
+        experts,
+        hardness,
+        split.pool,
+        sample=args.sample,
+        seed=args.seed,
+        device=resolve_device(args.device),
+    )
     print(
         f"coverage of {args.set} ({saved.manifest['method']}, {len(saved.labels)} images), "
         f"r = {report.radius:.4g}: test {100 * report.test:.1f}%, train {100 * report.train:.1f}% "

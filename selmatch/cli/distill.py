@@ -17,13 +17,36 @@ SUMMARY = "distil a synthetic set by trajectory matching (selmatch, mtt or seqma
 #: SetSpec, the matching's in DistillConfig)
 SEQMATCH_SET = ("subsets", "seqmatch_experts")
 SEQMATCH_OPTIONS = ("stage_experts", "stage_prefix_epochs", "stage_expert_epochs")
-MATCHING_OPTIONS = ("n_student_steps", "expert_epochs", "max_start_epoch", "min_start_epoch",
-                    "syn_batch", "iterations", "lr_images", "momentum_images", "lr_init", "lr_lr",
-                    "momentum_lr", "dsa_strategy", "mode", "trajectories_per_step")  # fmt: skip
+MATCHING_OPTIONS = (
+    "n_student_steps",
+    "expert_epochs",
+    "max_start_epoch",
+    "min_start_epoch",
+    "syn_batch",
+    "iterations",
+    "lr_images",
+    "momentum_images",
+    "lr_init",
+    "lr_lr",
+    "momentum_lr",
+    "dsa_strategy",
+    "mode",
+    "trajectories_per_step",
+)
 LEVER_OPTIONS = ("speed", "compile", "cuda_graphs", "precision", "channels_last")
 RUN_OPTIONS = ("checkpoint_every", "seed")
-SET_OPTIONS = ("method", "ipc", "init", "beta", "alpha", "merge", "beta_convention", "score",
-               *SEQMATCH_SET, "subset_seed")  # fmt: skip
+SET_OPTIONS = (
+    "method",
+    "ipc",
+    "init",
+    "beta",
+    "alpha",
+    "merge",
+    "beta_convention",
+    "score",
+    *SEQMATCH_SET,
+    "subset_seed",
+)
 CONFIG_OPTIONS = (*SEQMATCH_OPTIONS, *MATCHING_OPTIONS, *LEVER_OPTIONS, *RUN_OPTIONS)
 
 
@@ -46,19 +69,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     groups = options.add_options(parser, SetSpec, ("method", "ipc"), required=("ipc",))
     parser.add_argument(
-        "--experts", type=Path, default=None, metavar="DIR",
+        "--experts",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="expert folder from `selmatch experts` (default: runs/experts/<dataset>)",
-    )  # fmt: skip
+    )
     options.add_options(parser, SetSpec, ("init", "beta", "alpha", "merge"), groups=groups)
     common.add_score_options(parser)
     options.add_options(parser, SetSpec, SEQMATCH_SET, groups=groups)
     options.add_options(parser, DistillConfig, SEQMATCH_OPTIONS, groups=groups)
     groups["SeqMatch"].add_argument(
-        "--stage-cache", type=Path, default=None, metavar="DIR",
+        "--stage-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="retrained: folder of the stage experts, one subfolder per key (their settings "
         "and the earlier subsets' content), reused by reruns and --resume (default: "
         "runs/stage-experts/<dataset>)",
-    )  # fmt: skip
+    )
     options.add_options(parser, DistillConfig, MATCHING_OPTIONS + LEVER_OPTIONS, groups=groups)
     options.add_options(parser, DistillConfig, RUN_OPTIONS, groups=groups)
     options.add_options(parser, SetSpec, ("subset_seed",), groups=groups)
@@ -67,9 +96,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_device_options(run)
     common.add_data_options(parser)
     parser.add_argument(
-        "--out", type=Path, default=None, metavar="DIR",
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="output folder (default: runs/distill/<dataset>-<method>-ipc<K>)",
-    )  # fmt: skip
+    )
     parser.set_defaults(run=run_distill)
 
 
@@ -111,9 +143,18 @@ def run_distill(args: argparse.Namespace) -> int:
         )
     stage_cache = args.stage_cache or Path("runs") / "stage-experts" / common.slug(dataset.name)
     result = distill(
-        target, config, dataset, split, experts, hardness, out, device=args.device,
-        resume=args.resume, progress=not args.no_progress, stage_cache=stage_cache,
-    )  # fmt: skip
+        target,
+        config,
+        dataset,
+        split,
+        experts,
+        hardness,
+        out,
+        device=args.device,
+        resume=args.resume,
+        progress=not args.no_progress,
+        stage_cache=stage_cache,
+    )
     draw(out)
     loss = result.manifest["final_loss"]  # None: nothing learned (α = 0, selection only)
     print(

@@ -42,10 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_argument_group("what to evaluate (one of)")
     choice = source.add_mutually_exclusive_group(required=True)
     choice.add_argument(
-        "--ipc", type=int, metavar="K",
+        "--ipc",
+        type=int,
+        metavar="K",
         help="a random subset with K images per class, drawn from the training set minus the "
         "validation slice",
-    )  # fmt: skip
+    )
     choice.add_argument(
         "--set", type=Path, metavar="DIR", help="a saved set folder (set.safetensors + manifest)"
     )
@@ -66,19 +68,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default_augment="auto",
     )
     source.add_argument(
-        "--eval-order", default="union", choices=EVAL_ORDERS,
+        "--eval-order",
+        default="union",
+        choices=EVAL_ORDERS,
         help="SeqMatch sets only. union: train on the whole set at once, like every other set "
         "(comparable across methods); sequential: as the SeqMatch authors, train on S1, then "
         "continue on S1+S2, ..., each step with its stage's learned lr (from the manifest, in "
         "place of --lr) and an equal share of the steps of --epochs (step k: E/K epochs' "
         "worth of steps over the whole set); the result says which order made it "
         "(default: union)",
-    )  # fmt: skip
+    )
     common.add_seed_options(parser)
     parser.add_argument(
-        "--out", type=Path, default=None, metavar="FILE",
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
         help="where to write the JSON result (default: runs/evaluate/<dataset>_<set>.json)",
-    )  # fmt: skip
+    )
     parser.set_defaults(run=run)
 
 
@@ -115,9 +122,12 @@ def run(args: argparse.Namespace) -> int:
         if not 1 <= args.ipc <= available:
             raise ConfigError(f"--ipc must be an integer in [1, {available}], got {args.ipc}")
         indices = balanced_subset(
-            dataset.train_labels, dataset.num_classes, args.ipc, seed=args.subset_seed,
+            dataset.train_labels,
+            dataset.num_classes,
+            args.ipc,
+            seed=args.subset_seed,
             among=split.pool,
-        )  # fmt: skip
+        )
         images, labels, mask = dataset.train_images[indices], dataset.train_labels[indices], None
         what = f"random subset, {args.ipc} per class (subset seed {args.subset_seed})"
         name = f"random-ipc{args.ipc}-s{args.subset_seed}"
@@ -181,9 +191,16 @@ def _evaluate(
     if stages is not None:
         subset_ids, lrs = stages
         return evaluate_sequential(
-            images, labels, subset_ids, lrs, dataset, config, split=split, dsa_mask=mask,
+            images,
+            labels,
+            subset_ids,
+            lrs,
+            dataset,
+            config,
+            split=split,
+            dsa_mask=mask,
             progress=progress,
-        )  # fmt: skip
+        )
     result = evaluate_set(
         images, labels, dataset, config, split=split, dsa_mask=mask, progress=progress
     )

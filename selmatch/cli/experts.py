@@ -12,8 +12,18 @@ from selmatch.experts import EXPERT_TRAINING, ExpertConfig, ExpertSet, train_exp
 SUMMARY = "train expert trajectories on the real data; record Forgetting and EL2N scores"
 #: the "expert training" options, each declared once, in ExpertConfig (the data and network
 #: options are the data and network options of every command)
-EXPERT_OPTIONS = ("num_experts", "epochs", "lr", "batch_size", "momentum", "weight_decay",
-                  "augment", "el2n_epoch", "per_class", "seed")  # fmt: skip
+EXPERT_OPTIONS = (
+    "num_experts",
+    "epochs",
+    "lr",
+    "batch_size",
+    "momentum",
+    "weight_decay",
+    "augment",
+    "el2n_epoch",
+    "per_class",
+    "seed",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,20 +48,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = groups[EXPERT_TRAINING]
     common.add_device_options(group)
     parser.add_argument(
-        "--out", type=Path, default=None, metavar="DIR",
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="output folder (default: runs/experts/<dataset>)",
-    )  # fmt: skip
-    options.add_moved(parser, "--experts", "is an expert folder in every other command; the "
-                      "number of experts is --num-experts N")  # fmt: skip
+    )
+    options.add_moved(
+        parser,
+        "--experts",
+        "is an expert folder in every other command; the number of experts is --num-experts N",
+    )
     parser.set_defaults(run=run)
 
 
 def expert_config(args: argparse.Namespace, dataset: str) -> ExpertConfig:
     """The experts' settings the options give, for ``dataset``."""
     return ExpertConfig(
-        dataset=dataset, model=common.model_config(args), val_fraction=args.val_fraction,
-        split_seed=args.split_seed, **options.values(args, EXPERT_OPTIONS),
-    )  # fmt: skip
+        dataset=dataset,
+        model=common.model_config(args),
+        val_fraction=args.val_fraction,
+        split_seed=args.split_seed,
+        **options.values(args, EXPERT_OPTIONS),
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,16 +25,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "set_dir", type=Path, metavar="SET_DIR",
+        "set_dir",
+        type=Path,
+        metavar="SET_DIR",
         help="the saved set folder to export (holds set.safetensors and manifest.json)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--out", type=Path, required=True, metavar="PATH",
+        "--out",
+        type=Path,
+        required=True,
+        metavar="PATH",
         help="where to write: a folder for imagefolder, a file for npz ('.npz' is appended "
         "when missing). Written under a temporary name and renamed into place",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--format", default="imagefolder", choices=FORMATS,
+        "--format",
+        default="imagefolder",
+        choices=FORMATS,
         help="imagefolder: PATH/<label>_<class name>/<index>.png (grayscale 'L' or 'RGB'; "
         "folders sort in label order, as torchvision's ImageFolder expects), plus "
         "PATH/labels.csv (file,label,class,part; part = distill or select) and "
@@ -42,12 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "class_names, manifest (JSON string), images_normalized float32 (N,C,H,W, the stored "
         "tensor), mean, std, and source_indices / learned_lr when the set has them; reads "
         "with numpy.load(PATH, allow_pickle=False) (default: imagefolder)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="replace an existing non-empty PATH; only a previous export (or a file, for npz) "
         "is replaced, never an unrelated folder (default: refuse)",
-    )  # fmt: skip
+    )
     parser.set_defaults(run=run)
 
 

@@ -169,8 +169,9 @@ def add_options(
     return groups
 
 
-def values(args: argparse.Namespace, names: Iterable[str], *, preset: bool = False
-           ) -> dict[str, Any]:  # fmt: skip
+def values(
+    args: argparse.Namespace, names: Iterable[str], *, preset: bool = False
+) -> dict[str, Any]:
     """The options of ``names`` as the config's keyword arguments (``preset``: only those
     given on the command line)."""
     out = {name: getattr(args, name) for name in names}
@@ -178,14 +179,21 @@ def values(args: argparse.Namespace, names: Iterable[str], *, preset: bool = Fal
 
 
 class _Moved(argparse.Action):
-    def __init__(self, option_strings: list[str], dest: str, message: str = "",
-                 **kwargs: Any) -> None:  # fmt: skip
-        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS,
-                         default=argparse.SUPPRESS)  # fmt: skip
+    def __init__(
+        self, option_strings: list[str], dest: str, message: str = "", **kwargs: Any
+    ) -> None:
+        super().__init__(
+            option_strings, dest, nargs="?", help=argparse.SUPPRESS, default=argparse.SUPPRESS
+        )
         self.message = message
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         parser.error(f"{option_string} {self.message}")
 
 

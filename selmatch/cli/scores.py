@@ -23,8 +23,15 @@ SUMMARY = (
 )
 #: the options of --estimate consistency, each declared once, in ConsistencyConfig (the data
 #: and network options are those of every command)
-CONSISTENCY_OPTIONS = ("num_networks", "train_fraction", "epochs", "per_class", "lr",
-                       "batch_size", "seed")  # fmt: skip
+CONSISTENCY_OPTIONS = (
+    "num_networks",
+    "train_fraction",
+    "epochs",
+    "per_class",
+    "lr",
+    "batch_size",
+    "seed",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,30 +52,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--scores", type=Path, default=None, metavar="DIR",
+        "--scores",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="score folder (default: runs/experts/<dataset>)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--import", dest="import_file", type=Path, default=None, metavar="FILE",
+        "--import",
+        dest="import_file",
+        type=Path,
+        default=None,
+        metavar="FILE",
         help="a .npy file of one score per training sample to add to the table",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--name", default=CSCORE.name, help=f"name of the imported score (default: {CSCORE.name})"
     )
     parser.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="let --import replace a score of the same --name that --scores holds already "
         "(default: refuse)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--hardest", choices=("high", "low"), default=None,
+        "--hardest",
+        choices=("high", "low"),
+        default=None,
         help="which end of the imported score is hardest (default: low for cscore, else high)",
-    )  # fmt: skip
+    )
     estimate = parser.add_argument_group(ESTIMATE)
     estimate.add_argument(
-        "--estimate", choices=tuple(s.name for s in of_kind(EstimatedScore)), default=None,
+        "--estimate",
+        choices=tuple(s.name for s in of_kind(EstimatedScore)),
+        default=None,
         help="estimate a score instead of reading one: consistency (a hold-out C-score)",
-    )  # fmt: skip
+    )
     options.add_options(parser, ConsistencyConfig, CONSISTENCY_OPTIONS, groups={ESTIMATE: estimate})
     common.add_device_options(estimate)
     common.add_model_options(parser, default_width=ConsistencyConfig().model.width)
@@ -79,16 +98,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _estimate(args: argparse.Namespace, directory: Path) -> None:
     dataset = common.load_images(args)
     config = ConsistencyConfig(
-        dataset=dataset.name, model=common.model_config(args), val_fraction=args.val_fraction,
-        split_seed=args.split_seed, **options.values(args, CONSISTENCY_OPTIONS),
-    )  # fmt: skip
+        dataset=dataset.name,
+        model=common.model_config(args),
+        val_fraction=args.val_fraction,
+        split_seed=args.split_seed,
+        **options.values(args, CONSISTENCY_OPTIONS),
+    )
     print(dataset.describe())
     print(f"consistency: {config.describe()}, into {directory.resolve()}")
     started = time.perf_counter()
-    estimate_consistency(dataset, config, directory, device=args.device,
-                         progress=not args.no_progress)  # fmt: skip
-    print(f"estimated in {time.perf_counter() - started:.0f} s (networks already in the folder "
-          "were reused); per-network seconds are in consistency.json")  # fmt: skip
+    estimate_consistency(
+        dataset, config, directory, device=args.device, progress=not args.no_progress
+    )
+    print(
+        f"estimated in {time.perf_counter() - started:.0f} s (networks already in the folder "
+        "were reused); per-network seconds are in consistency.json"
+    )
 
 
 def _existing(directory: Path, dataset: ImageDataset) -> ScoreTable | None:
@@ -103,8 +128,13 @@ def run(args: argparse.Namespace) -> int:
     if args.estimate is not None and args.import_file is not None:
         raise ConfigError("--estimate and --import exclude each other; give one")
     if args.estimate is not None or args.import_file is not None:  # writes into --scores
-        common.check_output(args.scores, "folder", writes="score table",
-                            accepts=("experts folder",), flag="--scores")  # fmt: skip
+        common.check_output(
+            args.scores,
+            "folder",
+            writes="score table",
+            accepts=("experts folder",),
+            flag="--scores",
+        )
     if args.estimate is not None:
         _existing(directory, common.load_images(args))
         _estimate(args, directory)
@@ -119,10 +149,14 @@ def run(args: argparse.Namespace) -> int:
         values = import_score_file(args.import_file, num_samples=len(dataset.train_labels))
         higher = imported_direction(args.name) if args.hardest is None else args.hardest == "high"
         imported = ScoreTable(
-            {args.name: values}, {args.name: higher},
-            {"dataset": dataset.name, f"{args.name}_source": str(args.import_file.resolve()),
-             DATA_KEY: data_identity(dataset)},
-        )  # fmt: skip
+            {args.name: values},
+            {args.name: higher},
+            {
+                "dataset": dataset.name,
+                f"{args.name}_source": str(args.import_file.resolve()),
+                DATA_KEY: data_identity(dataset),
+            },
+        )
         table = existing.merged(imported) if existing is not None else imported
         table.save(directory)
         end = "high" if higher else "low"

@@ -30,19 +30,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--ipc", type=int, required=True, help="images per class in the window")
     parser.add_argument(
-        "--beta", type=float, default=0.0,
+        "--beta",
+        type=float,
+        default=0.0,
         help="window start β, ≥ 0, read in --beta-convention (default: 0 = the hardest samples)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--alpha", type=float, default=0.0,
+        "--alpha",
+        type=float,
+        default=0.0,
         help="share of the window that is D_distill, in [0, 1] (default: 0 = all D_select)",
-    )  # fmt: skip
+    )
     common.add_score_options(parser)
     common.add_data_options(parser)
     parser.add_argument(
-        "--out", type=Path, default=None, metavar="DIR",
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="output folder (default: runs/window/<dataset>-ipc<K>-beta<B>-alpha<A>)",
-    )  # fmt: skip
+    )
     parser.set_defaults(run=run_window)
 
     sweep = subparsers.add_parser(
@@ -70,9 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_seed_options(sweep)
     options.add_option(sweep, SweepConfig, "random_subset_seed", dest="subset_seed")
     sweep.add_argument(
-        "--out", type=Path, default=None, metavar="DIR",
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="output folder (default: runs/window-sweep/<dataset>-<score>-ipc<K>)",
-    )  # fmt: skip
+    )
     sweep.set_defaults(run=run_sweep)
 
 
@@ -93,10 +103,12 @@ def run_window(args: argparse.Namespace) -> int:
     lines = [f"{i},{y},{'distill' if d else 'select'}\n" for i, y, d in rows]
     (out / "indices.csv").write_text("train_index,label,part\n" + "".join(lines))
     save_set_grid(
-        dataset.denormalize(saved.images), saved.labels,
+        dataset.denormalize(saved.images),
+        saved.labels,
         [("D_select", window.select_mask), ("D_distill", window.distill_mask)],
-        dataset.class_names, out / "grid.png",
-    )  # fmt: skip
+        dataset.class_names,
+        out / "grid.png",
+    )
     print(f"{dataset.name}: window {spec.describe()}")
     print(
         f"skipped {window.skipped[0]} hardest per class by {args.score}; "
@@ -121,9 +133,13 @@ def run_sweep(args: argparse.Namespace) -> int:
     augment = "dsa" if args.augment == "auto" else args.augment
     evaluation = common.eval_config(args, common.train_config(args, epochs=epochs, augment=augment))
     config = SweepConfig(
-        ipc=args.ipc, betas=check_betas(args.betas), beta_convention=args.beta_convention,
-        score=args.score, evaluation=evaluation, random_subset_seed=args.subset_seed,
-    )  # fmt: skip
+        ipc=args.ipc,
+        betas=check_betas(args.betas),
+        beta_convention=args.beta_convention,
+        score=args.score,
+        evaluation=evaluation,
+        random_subset_seed=args.subset_seed,
+    )
     out = args.out or Path("runs") / "window-sweep" / (
         f"{common.slug(dataset.name)}-{args.score}-ipc{args.ipc}"
     )

@@ -198,23 +198,36 @@ def _load_cifar(
 
     (train_x, train_y), (test_x, test_y) = stack(train), stack(test)
     return ImageDataset(
-        name, train_x, train_y, test_x, test_y, tuple(classes), tuple(mean), tuple(std),
+        name,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        tuple(classes),
+        tuple(mean),
+        tuple(std),
         source=str(base),
-    )  # fmt: skip
+    )
 
 
 @register_dataset("cifar10", "CIFAR-10 3x32x32, 10 classes (from --data-root)")
 def load_cifar10(options: DataOptions) -> ImageDataset:
     # Statistics as used by MTT and SelMatch.
     return _load_cifar(
-        options, name="cifar10", num_classes=10,
-        mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
-    )  # fmt: skip
+        options,
+        name="cifar10",
+        num_classes=10,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2023, 0.1994, 0.2010),
+    )
 
 
 @register_dataset("cifar100", "CIFAR-100 3x32x32, 100 classes (from --data-root)")
 def load_cifar100(options: DataOptions) -> ImageDataset:
     return _load_cifar(
-        options, name="cifar100", num_classes=100,
-        mean=(0.5071, 0.4866, 0.4409), std=(0.2673, 0.2564, 0.2762),
-    )  # fmt: skip
+        options,
+        name="cifar100",
+        num_classes=100,
+        mean=(0.5071, 0.4866, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+    )

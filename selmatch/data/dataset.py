@@ -226,12 +226,19 @@ def resized(dataset: ImageDataset, size: int, *, chunk: int = 4096) -> ImageData
     def resize(images: torch.Tensor) -> torch.Tensor:
         parts = [
             torch.nn.functional.interpolate(
-                images[i : i + chunk].float(), size=(size, size), mode="bilinear",
-                antialias=True, align_corners=False,
-            ).round().clamp(0, 255).to(torch.uint8)
+                images[i : i + chunk].float(),
+                size=(size, size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
             for i in range(0, len(images), chunk)
-        ]  # fmt: skip
+        ]
         return torch.cat(parts) if parts else images.new_zeros((0, images.shape[1], size, size))
 
-    return replace(dataset, train_images=resize(dataset.train_images),
-                   test_images=resize(dataset.test_images))  # fmt: skip
+    return replace(
+        dataset, train_images=resize(dataset.train_images), test_images=resize(dataset.test_images)
+    )

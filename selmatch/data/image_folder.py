@@ -17,12 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from selmatch.config import ConfigError, SelmatchError
-from selmatch.data.dataset import (
-    BadDatasetError,
-    DataOptions,
-    DatasetNotFoundError,
-    ImageDataset,
-)
+from selmatch.data.dataset import BadDatasetError, DataOptions, DatasetNotFoundError, ImageDataset
 from selmatch.io import CorruptFileError, atomic_write, read_json, read_safetensors, write_json
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -270,9 +265,12 @@ def _read_splits(
         kept = tensors.get(f"{part}_kept", torch.arange(len(files)))
         labels[part] = torch.tensor(part_labels, dtype=torch.int64)[kept]
     return _Splits(
-        tensors["train_images"], labels["train"], tensors["test_images"], labels["test"],
+        tensors["train_images"],
+        labels["train"],
+        tensors["test_images"],
+        labels["test"],
         tuple(f"{path}: {reason}" for path, reason in skipped),
-    )  # fmt: skip
+    )
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -347,8 +345,9 @@ def load_image_folder(path: Path, options: DataOptions) -> ImageDataset:
     splits = _read_splits(
         (*_folder_split(list(train_classes.values()), TRAIN_FEWEST), str(train_dir)),
         (*_folder_split([test_classes[c] for c in classes], 1), str(test_dir)),
-        options, {"classes": classes},
-    )  # fmt: skip
+        options,
+        {"classes": classes},
+    )
     if splits.skipped:  # what --skip-bad-images left must still make every class
         for folders, labels, fewest in (
             (train_classes, splits.train_labels, TRAIN_FEWEST),

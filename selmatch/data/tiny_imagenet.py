@@ -87,9 +87,11 @@ def load_tiny_imagenet(options: DataOptions) -> ImageDataset:
     train_files, train_labels = _folder_split(folders, TRAIN_FEWEST)
     test_files, test_labels = _tiny_val(base / "val", {w: i for i, w in enumerate(wnids)})
     splits = _read_splits(
-        (train_files, train_labels, f"{base}/train"), (test_files, test_labels, f"{base}/val"),
-        options, {},
-    )  # fmt: skip
+        (train_files, train_labels, f"{base}/train"),
+        (test_files, test_labels, f"{base}/val"),
+        options,
+        {},
+    )
     return ImageDataset(
         name="tiny-imagenet",
         train_images=splits.train_images,

@@ -19,10 +19,22 @@ from device_check import ROWS, SECTIONS, TINY  # noqa: E402
 def test_the_tiny_device_check_writes_every_row_and_section(tmp_path) -> None:
     out = tmp_path / "device-check"
     done = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--tiny", "--threads", "1",
-         "--out", str(out), "--search-out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable},
-    )  # fmt: skip
+        [
+            "bash",
+            str(ROOT / "benchmarks" / "device_check.sh"),
+            "--tiny",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--search-out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads((out / "device_check.json").read_text())
     assert set(data["sections"]) == set(SECTIONS)
@@ -62,10 +74,25 @@ def test_the_pipeline_fallback_runs_the_quick_trial_as_selmatch_commands(tmp_pat
     half of one quick-preset trial as selmatch commands on the real data, timed per stage."""
     out = tmp_path / "device-check"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--tiny", "--threads", "1",
-         "--steps", "2", "--out", str(out), "--search", "pipeline", "--search-out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "device_check.py"),
+            "--tiny",
+            "--threads",
+            "1",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+            "--search",
+            "pipeline",
+            "--search-out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     search = json.loads((out / "device_check.json").read_text())["sections"]["search"]
     assert search["status"] == "ok", search
@@ -82,10 +109,23 @@ def test_a_float64_reference_and_chosen_rows(tmp_path) -> None:
     """--reference float64 adds the default mode in float64 and measures every row against it;
     --rows keeps the run to the rows named; an unknown row is a one-line error."""
     out = tmp_path / "device-check"
-    base = [sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--tiny", "--threads",
-            "1", "--out", str(out), "--search", "skip"]  # fmt: skip
-    done = subprocess.run([*base, "--rows", "default,plain-fp32", "--reference", "float64"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    base = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "device_check.py"),
+        "--tiny",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--search",
+        "skip",
+    ]
+    done = subprocess.run(
+        [*base, "--rows", "default,plain-fp32", "--reference", "float64"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads((out / "device_check.json").read_text())
     names = [row["row"] for row in data["rows"] if row["n_steps"] == TINY.steps[0]]

@@ -20,8 +20,12 @@ import torch
 from safetensors.torch import save_file
 
 SEARCH = "python tune/search_alpha_beta.py"
-OTHER_DATA = {"dataset": "fashion-mnist", "train_size": 60000, "test_size": 10000,
-              "digest": "0123456789abcdef"}  # fmt: skip
+OTHER_DATA = {
+    "dataset": "fashion-mnist",
+    "train_size": 60000,
+    "test_size": 10000,
+    "digest": "0123456789abcdef",
+}
 
 # fmt: off
 CASES = [
@@ -73,8 +77,9 @@ def _json(path: Path, value: object) -> None:
 
 def _table(folder: Path, size: int, data: dict | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({"forgetting": torch.zeros(size, dtype=torch.float64)},
-              str(folder / "scores.safetensors"))  # fmt: skip
+    save_file(
+        {"forgetting": torch.zeros(size, dtype=torch.float64)}, str(folder / "scores.safetensors")
+    )
     info: dict = {"directions_higher_is_harder": {"forgetting": True}, "dataset": "fashion-mnist"}
     if data is not None:
         info["data"] = data
@@ -97,7 +102,13 @@ def build(root: Path) -> None:
     _table(root / "art-short-scores", 100)
     _table(root / "art-other-data", 60000, OTHER_DATA)
     args = build_parser().parse_args(["experts"])
-    _json(root / "art-experts-other-data" / "manifest.json",
-          {"kind": "selmatch-experts", "format_version": 1,
-           "config": expert_config(args, "fashion-mnist").to_dict(), "layout": {},
-           "data": OTHER_DATA})  # fmt: skip
+    _json(
+        root / "art-experts-other-data" / "manifest.json",
+        {
+            "kind": "selmatch-experts",
+            "format_version": 1,
+            "config": expert_config(args, "fashion-mnist").to_dict(),
+            "layout": {},
+            "data": OTHER_DATA,
+        },
+    )

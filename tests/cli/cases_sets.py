@@ -18,9 +18,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-MANIFEST = {"kind": "selmatch-set", "format_version": 1, "dataset": "fashion-mnist",
-            "mean": [0.286], "std": [0.353], "num_classes": 10, "ipc": 2,
-            "method": "test"}  # fmt: skip
+MANIFEST = {
+    "kind": "selmatch-set",
+    "format_version": 1,
+    "dataset": "fashion-mnist",
+    "mean": [0.286],
+    "std": [0.353],
+    "num_classes": 10,
+    "ipc": 2,
+    "method": "test",
+}
 RESUME = "selmatch distill --method mtt --ipc 2 --experts sets-experts --resume --out"
 
 # fmt: off
@@ -89,8 +96,13 @@ def _experts(folder: Path) -> dict:
             {"epoch_000": torch.zeros(layout.numel)},
             str(folder / f"expert_{index:03d}.safetensors"),
         )
-    manifest = {"kind": "selmatch-experts", "format_version": 1, "config": config.to_dict(),
-                "layout": layout.to_dict(), "num_params": layout.numel}  # fmt: skip
+    manifest = {
+        "kind": "selmatch-experts",
+        "format_version": 1,
+        "config": config.to_dict(),
+        "layout": layout.to_dict(),
+        "num_params": layout.numel,
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return manifest
 
@@ -103,13 +115,21 @@ def _checkpoint(folder: Path, state: dict, tensors: dict) -> None:
 
     target = SetSpec(method="mtt", ipc=2, alpha=1.0)
     config = DistillConfig().resolved(target)
-    record = {"config": flat_settings(target, config), "stage": 0, "iteration": 1,
-              "losses": [0.5], "seconds": 1.0, "stage_lrs": []} | state  # fmt: skip
+    record = {
+        "config": flat_settings(target, config),
+        "stage": 0,
+        "iteration": 1,
+        "losses": [0.5],
+        "seconds": 1.0,
+        "stage_lrs": [],
+    } | state
     saved = {"images": torch.zeros(20, 1, 28, 28), "syn_lr": torch.tensor([0.01])} | tensors
     (folder / "checkpoint").mkdir(parents=True)
     (folder / "checkpoint" / "state.json").write_text(json.dumps(record))
-    save_file({k: v for k, v in saved.items() if v is not None},
-              str(folder / "checkpoint" / "state.safetensors"))  # fmt: skip
+    save_file(
+        {k: v for k, v in saved.items() if v is not None},
+        str(folder / "checkpoint" / "state.safetensors"),
+    )
 
 
 def build(root: Path) -> None:

@@ -15,8 +15,10 @@ from selmatch_tune.search_alpha_beta import build_parser as search_parser
 def commands() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {**{f"selmatch {name}": p for name, p in sub.choices.items()},
-            "search_alpha_beta.py": search_parser()}  # fmt: skip
+    return {
+        **{f"selmatch {name}": p for name, p in sub.choices.items()},
+        "search_alpha_beta.py": search_parser(),
+    }
 
 
 def kind(action: argparse.Action) -> str:
@@ -47,8 +49,11 @@ WIDER = {
 
 
 def test_every_flag_means_one_thing_in_every_command() -> None:
-    two = {flag: {f"{s} ({k})": cmds for (s, k), cmds in uses.items()}
-           for flag, uses in meanings().items() if len(uses) > 1}  # fmt: skip
+    two = {
+        flag: {f"{s} ({k})": cmds for (s, k), cmds in uses.items()}
+        for flag, uses in meanings().items()
+        if len(uses) > 1
+    }
     for flag in WIDER:  # one setting, values of two kinds
         settings = {s.rstrip("s") for s, _ in meanings()[flag]}
         assert len(settings) == 1, f"{flag} sets {settings}"
@@ -65,7 +70,9 @@ def test_the_flags_that_changed_meaning_are_gone_and_say_where_they_went() -> No
     # --expert-epochs is M in the search as in selmatch distill
     assert set(seen["--expert-epochs"]) == {("expert_epochs", "int")}
     assert sorted(next(iter(seen["--expert-epochs"].values()))) == [
-        "search_alpha_beta.py", "selmatch distill"]  # fmt: skip
+        "search_alpha_beta.py",
+        "selmatch distill",
+    ]
     # --set is a synthetic-set folder; the search's paths are --override
     assert set(seen["--set"]) == {("set", "Path")}
     assert "search_alpha_beta.py" in next(iter(seen["--override"].values()))
@@ -79,8 +86,14 @@ def test_a_declared_setting_reads_the_same_in_every_command() -> None:
         for action in parser._actions:
             for option in action.option_strings:
                 helps[option][command] = action.help or ""
-    for option in ("--student-steps", "--expert-epochs", "--max-start-epoch", "--syn-batch",
-                   "--iterations", "--lr-images"):  # fmt: skip
+    for option in (
+        "--student-steps",
+        "--expert-epochs",
+        "--max-start-epoch",
+        "--syn-batch",
+        "--iterations",
+        "--lr-images",
+    ):
         distill = helps[option]["selmatch distill"].split(" (default:")[0]
         search = helps[option]["search_alpha_beta.py"]
         assert search.startswith(distill) and search.endswith("(default: the preset's)"), option

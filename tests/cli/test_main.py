@@ -58,10 +58,18 @@ def test_evaluate_with_a_full_data_epoch_budget(tmp_path) -> None:
 def test_evaluate_saved_set_uses_combined_augmentation(tmp_path, fashion, capsys) -> None:
     images = fashion.normalize(fashion.train_images[:20])
     SyntheticSet(
-        images, fashion.train_labels[:20], torch.arange(20) < 10,
-        {"dataset": "fashion-mnist", "mean": list(fashion.mean), "std": list(fashion.std),
-         "num_classes": 10, "ipc": 2, "method": "test"},
-    ).save(tmp_path / "set")  # fmt: skip
+        images,
+        fashion.train_labels[:20],
+        torch.arange(20) < 10,
+        {
+            "dataset": "fashion-mnist",
+            "mean": list(fashion.mean),
+            "std": list(fashion.std),
+            "num_classes": 10,
+            "ipc": 2,
+            "method": "test",
+        },
+    ).save(tmp_path / "set")
     out_file = tmp_path / "r.json"
     args = ["evaluate", "--set", str(tmp_path / "set"), "--width", "8", "--epochs", "2"]
     assert main([*args, "--seeds", "1", "--no-progress", "--out", str(out_file)]) == 0

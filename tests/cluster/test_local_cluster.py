@@ -82,9 +82,13 @@ def run(state: Path, *args: str, timeout: float = 240) -> subprocess.CompletedPr
     """Run the script in its own process group; on a timeout the whole group (the search's
     driver included) gets SIGTERM, then the fixture's stop ends the cluster."""
     with subprocess.Popen(
-        [str(SCRIPT), *args], env=_env(state), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
-    ) as process:  # fmt: skip
+        [str(SCRIPT), *args],
+        env=_env(state),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -36,9 +36,13 @@ def test_image_size_resizes_registered_datasets_too(fashion: ImageDataset) -> No
 
     from selmatch.data.dataset import resized
 
-    part = replace(fashion, train_images=fashion.train_images[:50],
-                   train_labels=fashion.train_labels[:50], test_images=fashion.test_images[:10],
-                   test_labels=fashion.test_labels[:10])  # fmt: skip
+    part = replace(
+        fashion,
+        train_images=fashion.train_images[:50],
+        train_labels=fashion.train_labels[:50],
+        test_images=fashion.test_images[:10],
+        test_labels=fashion.test_labels[:10],
+    )
     small = resized(part, 32)
     assert small.image_shape == (1, 32, 32) and small.train_images.dtype == torch.uint8
     # a smooth upscale keeps the picture: the mean brightness barely moves

@@ -41,8 +41,11 @@ def test_committed_results_restore_a_fresh_run_folder(study, tmp_path, capsys) -
     (out / "eval-window-ipc60.json").write_text("{}")
     (out / "eval-distill-mtt-ipc600.json").write_text("{}")
     # the search's cache: its experts and consistency networks are kept, stage experts are not
-    for name in ("fashion-mnist-1a/expert_000.safetensors", "consistency-fashion-mnist-2b/n.st",
-                 "stage-experts/3c/expert_000.safetensors"):  # fmt: skip
+    for name in (
+        "fashion-mnist-1a/expert_000.safetensors",
+        "consistency-fashion-mnist-2b/n.st",
+        "stage-experts/3c/expert_000.safetensors",
+    ):
         (out / "cache" / name).parent.mkdir(parents=True, exist_ok=True)
         (out / "cache" / name).write_bytes(name.encode())
     state = {"config": {}, "ipcs": {"60": {"set_dir": str(search / "sets" / "ipc60")}}}
@@ -108,8 +111,13 @@ def test_collect_keeps_earlier_rows_that_no_evaluation_file_backs(study, tmp_pat
     )
     out = tmp_path / "run"
     out.mkdir()
-    result = {"test_mean": 0.83, "test_std": 0.003, "val_mean": 0.84, "epochs": 196,
-              "seeds": [0, 1, 2]}  # fmt: skip
+    result = {
+        "test_mean": 0.83,
+        "test_std": 0.003,
+        "val_mean": 0.84,
+        "epochs": 196,
+        "seeds": [0, 1, 2],
+    }
     (out / "eval-random-ipc60.json").write_text(json.dumps({"result": result}))
     study.collect(out, out / "search")
     table = (committed / "results.csv").read_text().splitlines()
@@ -129,8 +137,10 @@ def test_plan_v2_distils_with_its_matching_settings_into_its_own_results(
     from selmatch_tune.presets import PRESETS
     from selmatch_tune.search_alpha_beta import apply_overrides, build_parser
 
-    config = apply_overrides(PRESETS["quick"](), build_parser().parse_args(
-        study.search_command(tmp_path / "search", (60,), v2)[2:]))  # fmt: skip
+    config = apply_overrides(
+        PRESETS["quick"](),
+        build_parser().parse_args(study.search_command(tmp_path / "search", (60,), v2)[2:]),
+    )
     assert config.experts.epochs == 15 and config.distill.lr_images == 100.0
     assert config.experts.num_experts == 2 and config.distill.expert_epochs == 2
     assert "--expert-train-epochs 5" in " ".join(study.search_command(tmp_path / "search", (60,)))
@@ -142,8 +152,13 @@ def test_plan_v2_distils_with_its_matching_settings_into_its_own_results(
     # v2 has its own results folder and MLflow experiment; v1's are untouched
     out = tmp_path / "run"
     out.mkdir()
-    result = {"test_mean": 0.84, "test_std": 0.001, "val_mean": 0.85, "epochs": 196,
-              "seeds": [0, 1, 2]}  # fmt: skip
+    result = {
+        "test_mean": 0.84,
+        "test_std": 0.001,
+        "val_mean": 0.85,
+        "epochs": 196,
+        "seeds": [0, 1, 2],
+    }
     (out / "eval-distill-mtt-ipc60.json").write_text(json.dumps({"result": result}))
     study.collect(out, out / "search", v2)
     assert "| MTT | 84.00 ± 0.10 |" in (v2.results / "tables.md").read_text()
@@ -166,14 +181,20 @@ def test_each_set_is_evaluated_as_soon_as_it_is_made(study, tmp_path, capsys) ->
     steps = [line.split(":")[0].removeprefix("[study] ") for line in lines if "[study]" in line]
     assert steps == [
         "evaluate random-ipc60",
-        "window ipc60", "evaluate window-ipc60",
-        "distill distill-selmatch-ipc60", "evaluate distill-selmatch-ipc60",
-        "distill distill-mtt-ipc60", "evaluate distill-mtt-ipc60",
-        "distill distill-seqmatch-ipc60", "evaluate distill-seqmatch-ipc60",
+        "window ipc60",
+        "evaluate window-ipc60",
+        "distill distill-selmatch-ipc60",
+        "evaluate distill-selmatch-ipc60",
+        "distill distill-mtt-ipc60",
+        "evaluate distill-mtt-ipc60",
+        "distill distill-seqmatch-ipc60",
+        "evaluate distill-seqmatch-ipc60",
         "evaluate ablation-dsa-ipc60",
-        "distill ablation-init-ipc60", "evaluate ablation-init-ipc60",
-        "coverage selmatch", "coverage mtt",
-    ]  # fmt: skip
+        "distill ablation-init-ipc60",
+        "evaluate ablation-init-ipc60",
+        "coverage selmatch",
+        "coverage mtt",
+    ]
     study.study_ipc(runner, 300, row)  # the ablation and coverage are at 1 % only
     assert "ablation" not in capsys.readouterr().out
 
@@ -209,8 +230,13 @@ def test_the_probe_tables_each_variant_against_the_random_subset(probe, study, t
     )
     out = tmp_path / "probe-run"
     out.mkdir()
-    result = {"test_mean": 0.8012, "test_std": 0.002, "val_mean": 0.81, "epochs": 196,
-              "seeds": [0, 1, 2]}  # fmt: skip
+    result = {
+        "test_mean": 0.8012,
+        "test_std": 0.002,
+        "val_mean": 0.81,
+        "epochs": 196,
+        "seeds": [0, 1, 2],
+    }
     (out / "eval-mtt-e5-lr100-it200-ipc60.json").write_text(json.dumps({"result": result}))
     (out / "mtt-e5-lr100-it200-ipc60").mkdir()
     (out / "mtt-e5-lr100-it200-ipc60" / "grid.png").write_bytes(b"png")
@@ -272,8 +298,13 @@ def test_plan_v3_ranks_by_consistency_and_starts_selmatch_where_the_search_said(
     assert "consistency.per_class=null" in command and "--lr-images 100" in command
     assert "--alpha-grid 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1" in command  # tenths, with 0
     runner = study.Study(tmp_path / "run", dry_run=True, stop_after=None, plan=v3)
-    row = {"experts": "experts", "scores": "consistency-dir", "beta": "0.4", "alpha": "0.5",
-           "init": "random"}  # fmt: skip
+    row = {
+        "experts": "experts",
+        "scores": "consistency-dir",
+        "beta": "0.4",
+        "alpha": "0.5",
+        "init": "random",
+    }
     assert study.study_ipc(runner, 300, row)
     lines = [line for line in capsys.readouterr().out.splitlines() if "[study]" in line]
     selmatch = next(line for line in lines if "distill distill-selmatch" in line)
@@ -289,8 +320,9 @@ def test_plan_v3_ranks_by_consistency_and_starts_selmatch_where_the_search_said(
     assert "--stage-experts 2" in retrained and "--stage-cache" in retrained
     sequential = [line for line in lines if "--eval-order sequential" in line]
     assert [line.split()[2].rstrip(":") for line in sequential] == [
-        "distill-seqmatch-retrained-sequential-ipc300", "distill-seqmatch-sequential-ipc300",
-    ]  # fmt: skip
+        "distill-seqmatch-retrained-sequential-ipc300",
+        "distill-seqmatch-sequential-ipc300",
+    ]
 
 
 def test_a_segment_set_without_per_stage_lrs_is_distilled_again_for_its_sequential_row(
@@ -323,12 +355,14 @@ def test_an_evaluated_set_is_distilled_again_while_a_later_step_needs_it(
     (out / "eval-distill-mtt-ipc60.json").write_text("{}")
     later = study.readers(runner, 60, "mtt")
     assert later == (out / "coverage-mtt-ipc60.json",)
-    study.distill_step(runner, "mtt", 60, 0.5, 1.0, "experts", out / "distill-mtt-ipc60",
-                       later=later)  # fmt: skip
+    study.distill_step(
+        runner, "mtt", 60, 0.5, 1.0, "experts", out / "distill-mtt-ipc60", later=later
+    )
     assert "distill distill-mtt-ipc60" in capsys.readouterr().out  # the coverage needs it
     (out / "coverage-mtt-ipc60.json").write_text("{}")
-    study.distill_step(runner, "mtt", 60, 0.5, 1.0, "experts", out / "distill-mtt-ipc60",
-                       later=later)  # fmt: skip
+    study.distill_step(
+        runner, "mtt", 60, 0.5, 1.0, "experts", out / "distill-mtt-ipc60", later=later
+    )
     assert "distill-mtt-ipc60" not in capsys.readouterr().out
     assert study.readers(runner, 300, "mtt") == ()  # no coverage at 5 %
     assert study.readers(runner, 300, "seqmatch") == (

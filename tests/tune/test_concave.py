@@ -124,8 +124,9 @@ def test_a_repeated_point_is_a_new_draw_of_the_noise() -> None:
     from selmatch_tune.searcher import ConcaveSearch
 
     values = grid(11)
-    sampler = ConcaveGridSampler(name="beta", grid=values, top_repeats=2, margin=0.05,
-                                 tolerance=0.1)  # fmt: skip
+    sampler = ConcaveGridSampler(
+        name="beta", grid=values, top_repeats=2, margin=0.05, tolerance=0.1
+    )
     search = ConcaveSearch(sampler, metric="val_accuracy", mode="max")
     search.set_search_properties("val_accuracy", "max", {"beta": tune.choice(values)})
     seen: dict[float, list[int]] = {}
@@ -152,8 +153,9 @@ def test_anchors_are_evaluated_first_and_the_answer_is_never_below_them(parallel
         # with that end (the α search's 0 and 1: selection only, every image learned)
         end = values[0] if seed % 2 else values[-1]
         shifted = lambda x, c=curve, e=end: c(x) + (1.0 if x == e else 0.0)  # noqa: E731
-        result = simulate(shifted, values, parallel=parallel, anchors=(0.0, 1.0), seed=seed,
-                          top_repeats=0)  # fmt: skip
+        result = simulate(
+            shifted, values, parallel=parallel, anchors=(0.0, 1.0), seed=seed, top_repeats=0
+        )
         assert {0.0, 1.0} <= set(result.evaluated)
         assert result.pick == end
     sampler = ConcaveGridSampler(name="x", grid=values, anchors=(0.0, 1.0))
@@ -184,8 +186,9 @@ def test_the_rule_is_a_pure_function_of_scores_and_running() -> None:
     assert rule.decide({}, {}) == Decision("ready", 5)  # the middle of the grid first
     assert rule.decide({}, {5: 1}) == Decision("ready", 2)  # then the quartiles
     assert rule.decide({}, {5: 1, 2: 1, 7: 1, 8: 1, 1: 1, 3: 1, 4: 1, 6: 1, 9: 1}).status in (
-        "ready", "wait",
-    )  # fmt: skip
+        "ready",
+        "wait",
+    )
     peak = {i: [-abs(i - 4.0)] for i in (3, 4, 5)}  # a closed bracket around 4
     assert rule.decide(peak, {}) == Decision("finished")
     assert rule.decide(peak, {}) == rule.decide(dict(peak), {})  # nothing remembered
@@ -201,8 +204,9 @@ def drive_like_tune(order_seed: int) -> tuple[list[float], Any, ConcaveGridSampl
     from selmatch_tune.searcher import ConcaveSearch
 
     values = grid(15)
-    sampler = ConcaveGridSampler(name="beta", grid=values, top_repeats=1, margin=0.01,
-                                 tolerance=0.02)  # fmt: skip
+    sampler = ConcaveGridSampler(
+        name="beta", grid=values, top_repeats=1, margin=0.01, tolerance=0.02
+    )
     search = ConcaveSearch(sampler, metric="val_accuracy", mode="max", parallel=3)
     search.set_search_properties("val_accuracy", "max", {"beta": tune.choice(values)})
     rng = random.Random(order_seed)
@@ -231,8 +235,7 @@ def drive_like_tune(order_seed: int) -> tuple[list[float], Any, ConcaveGridSampl
         old = pickle.loads(pickle.dumps(search))
         del old.values, old.scores, old.failed  # as a version before the record pickled it
         old._migrate()
-        assert (old.values, old.scores, old.failed) == (search.values, search.scores,
-                                                        search.failed)  # fmt: skip
+        assert (old.values, old.scores, old.failed) == (search.values, search.scores, search.failed)
     return proposed, search, sampler
 
 

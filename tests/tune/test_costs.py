@@ -16,17 +16,22 @@ from selmatch_tune.record import (
 
 
 def phase(cost: StageCost) -> PhaseResult:
-    return PhaseResult(curve={0.5: Point(val=0.8, test=0.8, n=1)}, best=0.5, trials=1,
-                       failed=0, cost=cost)  # fmt: skip
+    return PhaseResult(
+        curve={0.5: Point(val=0.8, test=0.8, n=1)}, best=0.5, trials=1, failed=0, cost=cost
+    )
 
 
 def test_stage_costs_sum_the_ipcs_and_count_idle_slots() -> None:
     record = SearchRecord(config={}, seconds=1000.0, precompute=StageCost(100.0))
     for ipc in (10, 50):
-        final = FinalResult(test_mean=0.8, test_std=0.0, val_mean=0.8, seeds=(0,), epochs=1,
-                            cost=StageCost(50.0))  # fmt: skip
-        entry = IpcRecord(beta=phase(StageCost(100.0, 150.0, 2)),
-                          alpha=phase(StageCost(200.0, 400.0, 2)), final=final)  # fmt: skip
+        final = FinalResult(
+            test_mean=0.8, test_std=0.0, val_mean=0.8, seeds=(0,), epochs=1, cost=StageCost(50.0)
+        )
+        entry = IpcRecord(
+            beta=phase(StageCost(100.0, 150.0, 2)),
+            alpha=phase(StageCost(200.0, 400.0, 2)),
+            final=final,
+        )
         entry.beta.random = Baseline(val=0.8, test=0.8, n=1, cost=StageCost(20.0, 20.0, 2))
         record.ipcs[ipc] = entry
     rows = {row.stage: row for row in stage_costs(record)}

@@ -30,8 +30,9 @@ def _labels(per_class: int, classes: int = 10) -> torch.Tensor:
 def _fit(config, per_class: int):
     """``fit_to_data`` on 10 classes of ``per_class`` images, with the experts' hold-out."""
     labels = _labels(per_class)
-    split = holdout_split(labels, 10, val_fraction=config.experts.val_fraction,
-                          seed=config.experts.split_seed)  # fmt: skip
+    split = holdout_split(
+        labels, 10, val_fraction=config.experts.val_fraction, seed=config.experts.split_seed
+    )
     return fit_to_data(config, labels, 10, split)
 
 
@@ -93,8 +94,12 @@ def test_resume_of_an_empty_folder_is_an_error(tmp_path) -> None:
 def _readme_own_data_command() -> str:
     """The README's own-dataset search command, continuation lines joined."""
     text = (ROOT / "README.md").read_text()
-    match = re.search(r"^python tune/search_alpha_beta\.py --preset quick --dataset imagefolder:"
-                      r"(?:.*\\\n)*.*$", text, flags=re.M)  # fmt: skip
+    match = re.search(
+        r"^python tune/search_alpha_beta\.py --preset quick --dataset imagefolder:"
+        r"(?:.*\\\n)*.*$",
+        text,
+        flags=re.M,
+    )
     assert match, "the README lost its own-dataset command"
     return match.group(0).replace("\\\n", " ")
 
@@ -107,13 +112,18 @@ def test_the_readmes_own_data_command_fits_a_small_folder(own_folder, tmp_path) 
     folder = re.search(r"imagefolder:(\S+)", command).group(1)
     command = command.replace(f"imagefolder:{folder}", own_folder)
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, *shlex.split(command)[1:], "--out", str(out),
-                           "--dry-run"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, *shlex.split(command)[1:], "--out", str(out), "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert any(line.startswith(f"fitted to {own_folder}: experts.per_class 1000 → 140")
-               for line in lines), done.stdout  # fmt: skip
+    assert any(
+        line.startswith(f"fitted to {own_folder}: experts.per_class 1000 → 140") for line in lines
+    ), done.stdout
     assert any(line.startswith("WARNING: the validation slice holds 100 images") for line in lines)
     assert "would search IPCs [10, 20]" in done.stdout and "(a new search)" in done.stdout
     assert lines[-1] == "dry run: nothing was started or written"

@@ -37,15 +37,29 @@ def _wait_for(log: Path, process: subprocess.Popen, symbol: str) -> set[str]:
 def test_ctrl_c_in_beta_then_sigkill_in_alpha_then_resume(tmp_path) -> None:
     out = tmp_path / "run"
     command = [
-        sys.executable, str(ROOT / "tune" / "search_alpha_beta.py"), "--preset", "smoke",
-        "--ipcs", "2", "--beta-grid", "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--out", str(out),
+        sys.executable,
+        str(ROOT / "tune" / "search_alpha_beta.py"),
+        "--preset",
+        "smoke",
+        "--ipcs",
+        "2",
+        "--beta-grid",
+        "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+        "--out",
+        str(out),
         # Tune's storage as a URI, as on a cluster (s3://...): restore must take it too
-        "--storage", (tmp_path / "tune").as_uri(),
-    ]  # fmt: skip
+        "--storage",
+        (tmp_path / "tune").as_uri(),
+    ]
     log, errors = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with log.open("w") as stdout, errors.open("w") as stderr:  # files: Tune prints a lot
-        process = subprocess.Popen(command, cwd=tmp_path, stdout=stdout, stderr=stderr,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        process = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            stdout=stdout,
+            stderr=stderr,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     _wait_for(log, process, "β")
     process.send_signal(signal.SIGINT)  # what Ctrl-C sends
     process.wait(timeout=120)
@@ -62,9 +76,14 @@ def test_ctrl_c_in_beta_then_sigkill_in_alpha_then_resume(tmp_path) -> None:
     # --resume, killed (SIGKILL, the driver's whole process group) once an α trial is done
     killed_log = tmp_path / "killed.txt"
     with killed_log.open("w") as stdout:
-        process = subprocess.Popen([*command, "--resume"], cwd=tmp_path, stdout=stdout,
-                                   stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        process = subprocess.Popen(
+            [*command, "--resume"],
+            cwd=tmp_path,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     before |= _finished_trials(killed_log) | _wait_for(killed_log, process, "α")
     assert "restoring the interrupted beta search at IPC 2" in killed_log.read_text()
     # the driver and all it started: Ray's GCS, raylet, workers (psutil checks that a PID
@@ -78,8 +97,9 @@ def test_ctrl_c_in_beta_then_sigkill_in_alpha_then_resume(tmp_path) -> None:
     state = json.loads((out / "search_state.json").read_text())
     assert "alpha" not in state["ipcs"]["2"]  # a partial α search is not a result
 
-    resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        [*command, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert "restoring the interrupted alpha search at IPC 2" in resumed.stdout
     state = json.loads((out / "search_state.json").read_text())

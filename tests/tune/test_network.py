@@ -86,8 +86,11 @@ def _is_loopback(address: str) -> bool:
 
 
 def _client_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    }
     # Without it the client turns 127.0.0.1 into this machine's address (network.py);
     # one connection attempt instead of 20 (1 s apart) before it gives up.
     env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_NUM_REDIS_GET_RETRIES="1", **extra)
@@ -97,8 +100,11 @@ def _client_env(**extra: str) -> dict[str, str]:
 def _attach(gcs_address: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", CLIENT, gcs_address],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _cluster_token() -> str:

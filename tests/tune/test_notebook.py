@@ -39,9 +39,11 @@ def executed(smoke_run: Path) -> nbformat.NotebookNode:
         patch.setenv("SELMATCH_RUN", str(smoke_run))
         patch.delenv("SELMATCH_TRACKING_URI", raising=False)
         client = NotebookClient(
-            notebook, kernel_name="python3", timeout=600,
+            notebook,
+            kernel_name="python3",
+            timeout=600,
             resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-        )  # fmt: skip
+        )
         client.execute()  # raises CellExecutionError, with the cell and its traceback
     return notebook
 
@@ -64,8 +66,13 @@ def probe(notebook: nbformat.NotebookNode) -> dict[str, Any]:
 def test_the_notebook_runs_on_a_smoke_search(
     executed: nbformat.NotebookNode, smoke_run: Path
 ) -> None:
-    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "error"]  # fmt: skip
+    errors = [
+        o
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "error"
+    ]
     assert errors == []
     state = json.loads((smoke_run / "search_state.json").read_text())
     ipcs = sorted(int(ipc) for ipc in state["ipcs"])
@@ -73,9 +80,11 @@ def test_the_notebook_runs_on_a_smoke_search(
     # (a) one row per trial of the search, as search_state.json counts them: the grid's and
     # the baselines' (the random subset in the β phase, plain MTT in the α phase)
     entries = {ipc: state["ipcs"][str(ipc)] for ipc in ipcs}
-    expected = {f"{p}-{ipc}": e[p]["trials"] + e[p].get(b, {}).get("n", 0)
-                for ipc, e in entries.items()
-                for p, b in (("beta", "random"), ("alpha", "mtt"))}  # fmt: skip
+    expected = {
+        f"{p}-{ipc}": e[p]["trials"] + e[p].get(b, {}).get("n", 0)
+        for ipc, e in entries.items()
+        for p, b in (("beta", "random"), ("alpha", "mtt"))
+    }
     assert probe(executed) == {"rows": sum(expected.values()), "groups": expected}
     # (b) the curves, (d) one grid per winner
     assert images(tagged(executed, "curves")) == 1

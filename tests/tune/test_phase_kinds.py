@@ -30,9 +30,15 @@ def test_the_cost_stages_follow_the_registry() -> None:
     names = [stage for stage, _ in costs.STAGES]
     assert names == ["precompute", "beta", "beta_random", "alpha", "alpha_mtt", "subsets", "final"]
     extra = PhaseKind(
-        name="tplus", symbol="T+", shown="T+", title="T+", grid_setting="beta_grid",
-        trial_path="selmatch_tune.trials:alpha_trial", xlabel="T+", stage="T+ trials",
-    )  # fmt: skip
+        name="tplus",
+        symbol="T+",
+        shown="T+",
+        title="T+",
+        grid_setting="beta_grid",
+        trial_path="selmatch_tune.trials:alpha_trial",
+        xlabel="T+",
+        stage="T+ trials",
+    )
     register_phase(extra)
     try:
         assert ("tplus", "T+ trials") in costs._stages()
@@ -45,9 +51,10 @@ def test_the_cost_stages_follow_the_registry() -> None:
 def test_a_phase_cost_is_read_through_the_registry() -> None:
     point = Point(val=0.5, test=0.4, n=1)
     entry = IpcRecord(
-        alpha=PhaseResult(curve={0.0: point}, best=0.0, trials=1, failed=0,
-                          cost=StageCost(10.0, 8.0, 1)),
-    )  # fmt: skip
+        alpha=PhaseResult(
+            curve={0.0: point}, best=0.0, trials=1, failed=0, cost=StageCost(10.0, 8.0, 1)
+        )
+    )
     record = costs.SearchRecord(config={}, ipcs={10: entry})
     rows = {row.stage: row for row in costs.stage_costs(record)}
     assert rows["alpha"].seconds == 10.0 and "beta" not in rows

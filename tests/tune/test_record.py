@@ -44,12 +44,24 @@ def test_the_winner_and_its_scores_follow_the_phases() -> None:
 
 def test_a_winner_of_plain_mtt_scores_with_mtt_and_alpha_zero_is_a_selection() -> None:
     point = {"val": 0.5, "test": 0.4, "n": 1}
-    phase = {"curve": {"0.0": point, "0.5": point | {"val": 0.6}}, "best": 0.5, "trials": 2,
-             "failed": 0}  # fmt: skip
-    record = SearchRecord.from_dict({"config": {}, "ipcs": {"10": {
-        "beta": phase, "alpha": phase | {"mtt": {"val": 0.7, "test": 0.65, "n": 1}},
-        "winner": {"init": "random", "alpha": 1.0, "candidate": "mtt"},
-    }}})  # fmt: skip
+    phase = {
+        "curve": {"0.0": point, "0.5": point | {"val": 0.6}},
+        "best": 0.5,
+        "trials": 2,
+        "failed": 0,
+    }
+    record = SearchRecord.from_dict(
+        {
+            "config": {},
+            "ipcs": {
+                "10": {
+                    "beta": phase,
+                    "alpha": phase | {"mtt": {"val": 0.7, "test": 0.65, "n": 1}},
+                    "winner": {"init": "random", "alpha": 1.0, "candidate": "mtt"},
+                }
+            },
+        }
+    )
     entry = record.ipcs[10]
     assert entry.winner_or_default().method == "mtt"
     assert (entry.winner_scores().val, entry.winner_scores().test) == (0.7, 0.65)

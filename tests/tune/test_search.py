@@ -46,9 +46,11 @@ def test_smoke_search_writes_the_table_sets_and_curves(smoke_run) -> None:
         assert saved.manifest["init"] == row["init"]  # the table and the set agree
         if row["init"] == "window":  # the α search read its window exactly as the β search
             assert saved.manifest["window"] == {
-                "ipc": int(row["ipc"]), "beta": float(row["beta"]),
-                "alpha": float(row["alpha"]), "beta_convention": config.beta_convention,
-            }  # fmt: skip
+                "ipc": int(row["ipc"]),
+                "beta": float(row["beta"]),
+                "alpha": float(row["alpha"]),
+                "beta_convention": config.beta_convention,
+            }
         assert saved.manifest["distill"]["score"] == config.score
         assert saved.manifest["experts"]["directory"].startswith(
             str((out.parent / "cache").resolve())
@@ -80,12 +82,15 @@ def test_trials_are_ranked_on_validation_and_logged_to_mlflow(smoke_run) -> None
         filter_string=f"tags.mlflow.parentRunId = '{state['parent_run_id']}'",
     )
     expected = sum(e[p]["trials"] for e in state["ipcs"].values() for p in ("beta", "alpha"))
-    expected += sum(e["beta"]["random"]["n"] + e["alpha"].get("mtt", {}).get("n", 0)
-                    for e in state["ipcs"].values())  # the baselines are trials too  # fmt: skip
+    expected += sum(
+        e["beta"]["random"]["n"] + e["alpha"].get("mtt", {}).get("n", 0)
+        for e in state["ipcs"].values()
+    )  # the baselines are trials too
     assert len(children) == expected
     assert {c.data.tags["phase"] for c in children} == {"beta", "alpha"}
-    assert all("val_accuracy" in c.data.metrics and "test_accuracy" in c.data.metrics
-               for c in children)  # fmt: skip
+    assert all(
+        "val_accuracy" in c.data.metrics and "test_accuracy" in c.data.metrics for c in children
+    )
     for entry in state["ipcs"].values():
         for phase in ("beta", "alpha"):
             curve = entry[phase]["curve"]
@@ -95,8 +100,11 @@ def test_trials_are_ranked_on_validation_and_logged_to_mlflow(smoke_run) -> None
     # each phase's searcher declared itself finished (what tells a finished search from a
     # Ctrl-C'd one, even when trials still running then finish afterwards)
     assert sorted(p.name for p in (out / "phases").iterdir()) == [
-        "alpha-ipc2.finished", "alpha-ipc4.finished", "beta-ipc2.finished", "beta-ipc4.finished",
-    ]  # fmt: skip
+        "alpha-ipc2.finished",
+        "alpha-ipc4.finished",
+        "beta-ipc2.finished",
+        "beta-ipc4.finished",
+    ]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_hparams.csv", "search_state.json", "curves", "sets"} <= artifacts
     # the artifacts live under --out, not in ./mlruns of the current directory
@@ -154,10 +162,15 @@ def test_seqmatch_competes_with_selmatch_and_its_stage_experts_run_in_ray(smoke_
     out = smoke_run[0].parent / "seqmatch"
     base = smoke()
     config = base.replace(
-        ipcs=(4,), beta_grid=(0.0,), alpha_grid=(0.0, 1.0), methods=("selmatch", "seqmatch"),
-        subsets_grid=(2,), seqmatch_experts="retrained", stage_parallel=1,
+        ipcs=(4,),
+        beta_grid=(0.0,),
+        alpha_grid=(0.0, 1.0),
+        methods=("selmatch", "seqmatch"),
+        subsets_grid=(2,),
+        seqmatch_experts="retrained",
+        stage_parallel=1,
         distill=base.distill.replace(stage_experts=2, stage_prefix_epochs=2),
-    )  # fmt: skip
+    )
     lines: list[str] = []
     rows = run_search(config, out, log=lines.append)
     entry = json.loads((out / "search_state.json").read_text())["ipcs"]["4"]
@@ -165,9 +178,11 @@ def test_seqmatch_competes_with_selmatch_and_its_stage_experts_run_in_ray(smoke_
     assert set(seq["curve"]) == {"2.0"} and seq["seqmatch_experts"] == "retrained"
     # the winner is the best on validation of every candidate, and the table says which
     alpha = entry["alpha"]
-    candidates = {"seqmatch": seq["curve"]["2.0"]["val"],
-                  **{f"alpha={a}": c["val"] for a, c in alpha["curve"].items()},
-                  **({"mtt": alpha["mtt"]["val"]} if "mtt" in alpha else {})}  # fmt: skip
+    candidates = {
+        "seqmatch": seq["curve"]["2.0"]["val"],
+        **{f"alpha={a}": c["val"] for a, c in alpha["curve"].items()},
+        **({"mtt": alpha["mtt"]["val"]} if "mtt" in alpha else {}),
+    }
     (row,) = rows
     assert row["short_val_accuracy"] == max(candidates.values())
     seq_won = candidates["seqmatch"] > max(v for k, v in candidates.items() if k != "seqmatch")
@@ -176,8 +191,11 @@ def test_seqmatch_competes_with_selmatch_and_its_stage_experts_run_in_ray(smoke_
     saved = SyntheticSet.load(row["set_dir"])
     assert saved.manifest["method"] == row["method"].replace("mtt", "selmatch")
     # the K trial's set (its checkpoint): SeqMatch with stage experts retrained on S1
-    (manifest,) = [json.loads(p.read_text()) for p in (out / "ray" / "subsets-ipc4").rglob(
-        "manifest.json") if "stage_lrs" in p.read_text()]  # fmt: skip
+    (manifest,) = [
+        json.loads(p.read_text())
+        for p in (out / "ray" / "subsets-ipc4").rglob("manifest.json")
+        if "stage_lrs" in p.read_text()
+    ]
     assert manifest["method"] == "seqmatch" and manifest["seqmatch_experts"] == "retrained"
     assert len(manifest["stage_lrs"]) == 2 and len(manifest["stage_expert_folders"]) == 1
     assert manifest["distill"]["subsets"] == 2 and manifest["distill"]["stage_experts"] == 2
@@ -196,9 +214,16 @@ def test_stage_experts_map_onto_ray_tasks_in_order(local_ray) -> None:
     from selmatch.evaluate import EvalConfig
     from selmatch_tune.trials import TrialSpec, stage_expert_mapper
 
-    spec = TrialSpec(ipc=2, beta_convention="data-fraction", score="el2n", val_fraction=0.02,
-                     split_seed=0, cpus_per_trial=1, gpus_per_trial=0,
-                     evaluation=EvalConfig())  # fmt: skip
+    spec = TrialSpec(
+        ipc=2,
+        beta_convention="data-fraction",
+        score="el2n",
+        val_fraction=0.02,
+        split_seed=0,
+        cpus_per_trial=1,
+        gpus_per_trial=0,
+        evaluation=EvalConfig(),
+    )
     assert stage_expert_mapper(spec) is map  # in the trial
     mapper = stage_expert_mapper(spec.replace(stage_parallel=1))
     results = list(mapper(lambda index: (index, os.getpid()), [3, 1, 2]))
@@ -299,11 +324,14 @@ def test_own_small_data_fits_the_preset_and_a_failed_start_blocks_nothing(
 ) -> None:
     # settings sized for Fashion-MNIST's 6,000 images per class, on a folder of 150
     config = smoke().replace(
-        dataset=own_folder, ipcs=(2, 200), predict_ipcs=(2, 3, 500),
-        beta_grid=(0.0, 0.6), alpha_grid=(0.0, 1.0),
+        dataset=own_folder,
+        ipcs=(2, 200),
+        predict_ipcs=(2, 3, 500),
+        beta_grid=(0.0, 0.6),
+        alpha_grid=(0.0, 1.0),
         experts=smoke().experts.replace(dataset=own_folder, per_class=1000),
         consistency=smoke().consistency.replace(dataset=own_folder, per_class=1000),
-    )  # fmt: skip
+    )
     out = tmp_path / "own"
 
     def failed(*args, **kwargs):
@@ -345,10 +373,25 @@ def test_asking_for_gpus_on_a_cpu_cluster_is_an_error(local_ray) -> None:
 
 def test_command_line_overrides_reach_every_config() -> None:
     args = build_parser().parse_args(
-        ["--preset", "smoke", "--ipcs", "3,6", "--width", "12", "--iterations", "7",
-         "--final-seeds", "2", "--no-monotone", "--beta-grid", "0,0.5", "--lr-images", "100",
-         "--no-random-reference"]
-    )  # fmt: skip
+        [
+            "--preset",
+            "smoke",
+            "--ipcs",
+            "3,6",
+            "--width",
+            "12",
+            "--iterations",
+            "7",
+            "--final-seeds",
+            "2",
+            "--no-monotone",
+            "--beta-grid",
+            "0,0.5",
+            "--lr-images",
+            "100",
+            "--no-random-reference",
+        ]
+    )
     config = apply_overrides(smoke(), args)
     assert config.ipcs == (3, 6) and config.beta_grid == (0.0, 0.5) and not config.monotone
     assert config.distill.lr_images == 100.0 and not config.random_reference
@@ -358,16 +401,27 @@ def test_command_line_overrides_reach_every_config() -> None:
     with pytest.raises(ConfigError, match="^--ipcs must be distinct and increasing"):
         apply_overrides(smoke(), build_parser().parse_args(["--ipcs", "6,3"]))
     # the experts' count and epochs have their own flags; --expert-epochs is M, as in distill
-    args = build_parser().parse_args(["--num-experts", "3", "--expert-train-epochs", "7",
-                                      "--expert-epochs", "1", "--method", "both"])  # fmt: skip
+    args = build_parser().parse_args(
+        [
+            "--num-experts",
+            "3",
+            "--expert-train-epochs",
+            "7",
+            "--expert-epochs",
+            "1",
+            "--method",
+            "both",
+        ]
+    )
     config = apply_overrides(smoke(), args)
     assert (config.experts.num_experts, config.experts.epochs) == (3, 7)
     assert config.distill.expert_epochs == 1 and config.methods == ("selmatch", "seqmatch")
     # an error names the option as the user gave it, not the library's flag of that field
-    for argv, message in ((["--student-steps", "0"], r"^--student-steps 0: must be an integer"),
-                          (["--expert-train-epochs", "0"], r"^--expert-train-epochs 0: must be"),
-                          (["--override", "experts.epochs=0"],
-                           r"^--override experts.epochs=0: must be")):  # fmt: skip
+    for argv, message in (
+        (["--student-steps", "0"], r"^--student-steps 0: must be an integer"),
+        (["--expert-train-epochs", "0"], r"^--expert-train-epochs 0: must be"),
+        (["--override", "experts.epochs=0"], r"^--override experts.epochs=0: must be"),
+    ):
         with pytest.raises(ConfigError, match=message):
             apply_overrides(smoke(), build_parser().parse_args(argv))
     # options first, then the overrides: a later value wins
@@ -376,8 +430,10 @@ def test_command_line_overrides_reach_every_config() -> None:
 
 
 def test_any_setting_can_be_overridden_by_path() -> None:
-    config = apply_sets(smoke(), ["distill.lr_images=100", "short.train.lr=0.05",
-                                  "beta_grid=[0, 0.2]", "score=forgetting"])  # fmt: skip
+    config = apply_sets(
+        smoke(),
+        ["distill.lr_images=100", "short.train.lr=0.05", "beta_grid=[0, 0.2]", "score=forgetting"],
+    )
     assert config.distill.lr_images == 100.0 and config.short.train.lr == 0.05
     assert config.beta_grid == (0.0, 0.2) and config.score == "forgetting"
     with pytest.raises(ConfigError, match="unknown setting 'lr_image'; known here: .*lr_images"):
@@ -416,8 +472,9 @@ def test_a_search_cut_short_is_told_from_a_finished_one() -> None:
 
     def result(beta: float, error: object = None) -> SimpleNamespace:
         accuracy = 0.8 - (beta - 0.4) ** 2  # concave, best at β = 0.4
-        return SimpleNamespace(config={"beta": beta}, error=error,
-                               metrics={"val_accuracy": accuracy})  # fmt: skip
+        return SimpleNamespace(
+            config={"beta": beta}, error=error, metrics={"val_accuracy": accuracy}
+        )
 
     finished = [result(b) for b in (0.3, 0.4, 0.5, 0.6, 0.2, 0.7)]
     assert phases_module.search_finished(phase, config, finished)
@@ -453,8 +510,10 @@ def test_resized_datasets_and_other_architectures_get_their_own_cache() -> None:
     assert cache_key(experts, 32) != cache_key(experts) != cache_key(experts.replace(epochs=9))
     # the same settings on another architecture (e.g. the ConvNet's padding on 28x28) never
     # reuse networks of the old one
-    layouts = [ParamLayout.of(build_model(experts.model, shape, 10))
-               for shape in ((1, 28, 28), (1, 24, 24))]  # fmt: skip
+    layouts = [
+        ParamLayout.of(build_model(experts.model, shape, 10))
+        for shape in ((1, 28, 28), (1, 24, 24))
+    ]
     assert cache_key(experts, None, layouts[0]) != cache_key(experts, None, layouts[1])
     consistency = smoke().consistency
     assert cache_key(consistency).startswith("consistency-fashion-mnist-")
@@ -469,9 +528,16 @@ def test_a_repeat_trains_with_other_seeds() -> None:
     from selmatch.evaluate import EvalConfig
     from selmatch_tune.trials import TrialSpec
 
-    spec = TrialSpec(ipc=2, beta_convention="data-fraction", score="el2n", val_fraction=0.02,
-                     split_seed=0, cpus_per_trial=1, gpus_per_trial=0,
-                     evaluation=EvalConfig(num_seeds=2))  # fmt: skip
+    spec = TrialSpec(
+        ipc=2,
+        beta_convention="data-fraction",
+        score="el2n",
+        val_fraction=0.02,
+        split_seed=0,
+        cpus_per_trial=1,
+        gpus_per_trial=0,
+        evaluation=EvalConfig(num_seeds=2),
+    )
     assert spec.seeded().seeds == (0, 1)
     assert spec.replace(repeat=1).seeded().seeds == (2, 3)
     assert spec.replace(repeat=2).seeded().seeds == (4, 5)
@@ -487,30 +553,52 @@ def test_a_trial_spec_is_built_once_and_is_the_param_space_tune_restores() -> No
     from selmatch.target import SetSpec
     from selmatch_tune.trials import TrialSpec
 
-    base = TrialSpec(ipc=6, beta_convention="data-fraction", score="el2n", val_fraction=0.02,
-                     split_seed=3, cpus_per_trial=1, gpus_per_trial=0,
-                     evaluation=EvalConfig(num_seeds=1))  # fmt: skip
-    spec = base.replace(beta=0.4, alpha=0.25, distill=DistillConfig(iterations=7, seed=5),
-                        repeat=1)  # fmt: skip
+    base = TrialSpec(
+        ipc=6,
+        beta_convention="data-fraction",
+        score="el2n",
+        val_fraction=0.02,
+        split_seed=3,
+        cpus_per_trial=1,
+        gpus_per_trial=0,
+        evaluation=EvalConfig(num_seeds=1),
+    )
+    spec = base.replace(beta=0.4, alpha=0.25, distill=DistillConfig(iterations=7, seed=5), repeat=1)
     assert TrialSpec.from_dict(spec.to_dict()) == spec
-    old = {"ipc": 6, "beta_convention": "data-fraction", "score": "el2n",
-           "val_fraction": 0.02, "split_seed": 3, "cpus_per_trial": 1, "gpus_per_trial": 0,
-           "evaluation": EvalConfig(num_seeds=1).to_dict(), "beta": 0.4, "alpha": 0.25,
-           "distill": {**SetSpec().to_dict(),
-                       **DistillConfig(iterations=7, seed=5).resolved(SetSpec()).to_dict()},
-           "repeat": 1}  # fmt: skip
+    old = {
+        "ipc": 6,
+        "beta_convention": "data-fraction",
+        "score": "el2n",
+        "val_fraction": 0.02,
+        "split_seed": 3,
+        "cpus_per_trial": 1,
+        "gpus_per_trial": 0,
+        "evaluation": EvalConfig(num_seeds=1).to_dict(),
+        "beta": 0.4,
+        "alpha": 0.25,
+        "distill": {
+            **SetSpec().to_dict(),
+            **DistillConfig(iterations=7, seed=5).resolved(SetSpec()).to_dict(),
+        },
+        "repeat": 1,
+    }
     assert TrialSpec.from_dict(old) == spec
     made, matching = spec.target(), spec.matching()
     assert (made.method, made.ipc, made.beta, made.alpha) == ("selmatch", 6, 0.4, 0.25)
     assert (made.beta_convention, made.score, made.subset_seed) == ("data-fraction", "el2n", 3)
     assert matching == DistillConfig(iterations=7, seed=6)  # the repeat's seed
-    seq = spec.replace(method="seqmatch", subsets=3.0, init="random",
-                       seqmatch_experts="retrained").target()  # fmt: skip
+    seq = spec.replace(
+        method="seqmatch", subsets=3.0, init="random", seqmatch_experts="retrained"
+    ).target()
     assert (seq.method, seq.subsets, seq.alpha, seq.init) == ("seqmatch", 3, 1.0, "window")
     assert seq.retrained
     # a K phase begun before the split kept its variant in ``distill``
-    legacy = {**old, "method": "seqmatch", "subsets": 3,
-              "distill": {**old["distill"], "seqmatch_experts": "retrained"}}  # fmt: skip
+    legacy = {
+        **old,
+        "method": "seqmatch",
+        "subsets": 3,
+        "distill": {**old["distill"], "seqmatch_experts": "retrained"},
+    }
     assert TrialSpec.from_dict(legacy).target().retrained
     assert spec.window().beta == 0.4 and spec.window().ipc == 6
 

@@ -15,9 +15,17 @@ def test_a_store_gets_the_command_that_serves_it_and_the_runs_address(tmp_path: 
     assert command.startswith("MLflow UI: MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false ")
     words = shlex.split(command.removeprefix("MLflow UI: "))
     assert words[1:] == [
-        str(Path(sys.executable).parent / "mlflow"), "ui", "--workers", "1",
-        "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", "5000",
-    ]  # fmt: skip
+        str(Path(sys.executable).parent / "mlflow"),
+        "ui",
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "5000",
+    ]
     assert address.split() == ["then", "open", "http://127.0.0.1:5000/#/experiments/7/runs"]
 
 
@@ -34,9 +42,10 @@ def test_a_child_run_cut_short_by_a_kill_is_logged_afresh_and_a_complete_one_is_
     tracker.start_parent("search", {"ipcs": [2]})
     # what a SIGKILL between create_run and set_terminated leaves: a RUNNING child, no metrics
     tracker.client.create_run(
-        tracker.experiment_id, run_name="cut",
+        tracker.experiment_id,
+        run_name="cut",
         tags={"mlflow.parentRunId": tracker.parent_id, "trial_id": "t1"},
-    )  # fmt: skip
+    )
     assert not tracker.child_exists("t1")
     params = {f"p{i}": i for i in range(150)}  # more than one MLflow batch holds
     tracker.log_child("t1", "beta=0.1", {"phase": "beta"}, params, {"val_accuracy": 0.5}, False)

@@ -88,9 +88,7 @@ def test_a_port_where_nothing_listens_is_a_refused_connection(closed_port: int) 
     assert "start the MLflow server, fix the URI, or " + LEAVE_OUT in message
 
 
-def test_a_server_that_never_answers_is_a_timeout_after_the_timeout_given(
-    silent_port: int,
-) -> None:
+def test_a_server_that_never_answers_is_a_timeout_after_the_timeout_given(silent_port: int) -> None:
     message = refused(f"http://127.0.0.1:{silent_port}", timeout=0.2)
     assert f"no answer from 127.0.0.1:{silent_port} within 0.2 s (timeout)" in message
 
@@ -199,11 +197,19 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     command = [
-        str(Path(sys.executable).parent / "mlflow"), "server", "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
-        "--default-artifact-root", (folder / "artifacts").as_uri(),
-        "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{folder}/mlflow.db",
+        "--default-artifact-root",
+        (folder / "artifacts").as_uri(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = (folder / "server.log").open("w")
     server = subprocess.Popen(
