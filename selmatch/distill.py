@@ -66,6 +66,7 @@ from selmatch.matching import (
     student_template,
 )
 from selmatch.methods import find_method
+from selmatch.migrate import CHECKPOINT, migrate
 from selmatch.models import build_model
 from selmatch.params import ParamLayout
 from selmatch.plots import save_curve, save_set_grid
@@ -456,6 +457,7 @@ def _save_checkpoint(run: _Run, state: DistillState) -> None:
     write_json(
         folder / "state.json",
         {
+            CHECKPOINT.key: CHECKPOINT.version,
             "config": flat_settings(run.target, run.config),
             "stage": state.stage,
             "iteration": state.iteration,
@@ -495,7 +497,7 @@ def _load_checkpoint(
     )
     tensors = read_safetensors(folder / "state.safetensors")
     _check_tensors(tensors, folder / "state.safetensors", expected, expected.stages[saved["stage"]])
-    _check_inputs(saved.get("inputs"), folder, expected, dataset)
+    _check_inputs(saved["inputs"], folder, expected, dataset)
     return DistillState(
         images=tensors["images"],
         syn_lr=tensors["syn_lr"].reshape(()),
@@ -506,7 +508,7 @@ def _load_checkpoint(
         lr_momentum=tensors.get("lr_momentum"),
         generator_state=tensors.get("generator_state"),
         seconds=saved["seconds"],
-        stage_lrs=saved.get("stage_lrs", []),
+        stage_lrs=saved["stage_lrs"],
     )
 
 
@@ -525,6 +527,9 @@ def _checked_record(saved: Any, path: Path, expected: _Expected) -> dict[str, An
     """``state.json``'s record, its fields of the right kinds and in range."""
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise _damaged(path, "not a distillation checkpoint (no config)")
+    saved = migrate(CHECKPOINT, saved, path)
+    if not isinstance(saved.get("inputs", 0), (dict, type(None))):
+        raise _damaged(path, "inputs must be the record of the run's inputs")
     try:
         settings_of(saved["config"])
     except ConfigError as error:
@@ -542,7 +547,7 @@ def _checked_record(saved: Any, path: Path, expected: _Expected) -> dict[str, An
             f"--resume's {path} has done already; resume with --iterations {iteration} or more, "
             f"or delete {path.parent} to start again"
         )
-    losses, lrs = saved.get("losses"), saved.get("stage_lrs", [])
+    losses, lrs = saved.get("losses"), saved.get("stage_lrs")
     if not isinstance(losses, list) or not all(_is_number(v) for v in losses):
         raise _damaged(path, "losses must be a list of finite numbers")
     if not _is_number(saved.get("seconds")):
@@ -609,7 +614,7 @@ def _is_generator_state(state: torch.Tensor | None) -> bool:
 def _check_inputs(recorded: Any, folder: Path, expected: _Expected, dataset: ImageDataset) -> None:
     """The checkpoint's inputs against this run's: the data (--dataset, --data-root), the
     experts (--experts) and the real images the initialisation picked (--scores, --score)."""
-    if not isinstance(recorded, dict):  # written before checkpoints recorded them
+    if recorded is None:  # written before checkpoints recorded them (selmatch.migrate)
         print(
             f"selmatch: warning: --resume: {folder} predates recorded inputs; its data, experts "
             "and scores are not checked against these",

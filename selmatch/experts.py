@@ -47,6 +47,7 @@ from selmatch.io import (
     versions,
     write_json,
 )
+from selmatch.migrate import EXPERTS_MANIFEST, migrate
 from selmatch.models import ModelConfig, build_model
 from selmatch.params import ParamLayout
 from selmatch.progress import progress_bar
@@ -261,6 +262,7 @@ def _check_directory(directory: Path, config: ExpertConfig, dataset: ImageDatase
             f"--out {directory}: its {MANIFEST} is not an experts manifest with its settings (a "
             "damaged folder); pick another --out"
         )
+    saved = migrate(EXPERTS_MANIFEST, saved, manifest_path)
     check_resumable(
         ExpertConfig.from_dict(saved["config"]),
         config,
@@ -416,7 +418,7 @@ def _write_manifest(
     all_seconds = [s for values in timing.values() for s in values]
     manifest = {
         "kind": "selmatch-experts",
-        "format_version": 1,
+        EXPERTS_MANIFEST.key: EXPERTS_MANIFEST.version,
         "config": config.to_dict(),
         "layout": layout.to_dict(),
         "num_params": layout.numel,
@@ -475,6 +477,7 @@ class ExpertSet:
         manifest = read_json(path)
         if not isinstance(manifest, dict) or manifest.get("kind") != "selmatch-experts":
             raise SelmatchError(f"{path} is not a selmatch experts manifest")
+        manifest = migrate(EXPERTS_MANIFEST, manifest, path)
         missing = [k for k in ("config", "layout") if not isinstance(manifest.get(k), dict)]
         if missing:
             raise SelmatchError(f"{path} lacks {', '.join(missing)}")

@@ -24,8 +24,8 @@ from safetensors.torch import save_file
 
 from selmatch.config import SelmatchError
 from selmatch.io import atomic_write, read_json, read_safetensors, versions, write_json
+from selmatch.migrate import SET_MANIFEST, NewerFileError, migrate
 
-FORMAT_VERSION = 1
 TENSOR_FILE = "set.safetensors"
 MANIFEST_FILE = "manifest.json"
 REQUIRED_KEYS = ("dataset", "mean", "std", "num_classes", "ipc", "method")
@@ -72,8 +72,8 @@ class SyntheticSet:
             tensors["learned_lr"] = torch.tensor([float(self.learned_lr)])
         manifest = {
             "kind": "selmatch-set",
-            "format_version": FORMAT_VERSION,
             **self.manifest,
+            SET_MANIFEST.key: SET_MANIFEST.version,
             "size": int(self.images.shape[0]),
             "num_distill": self.num_distill,
             "image_shape": list(self.images.shape[1:]),
@@ -180,13 +180,10 @@ def _checked_manifest(manifest: Any, path: Path) -> dict[str, Any]:
     set relies on (the dataset and its normalisation checked for their kinds)."""
     if not isinstance(manifest, dict) or manifest.get("kind") != "selmatch-set":
         raise SyntheticSetError(f"{path} is not a selmatch set manifest (no kind: selmatch-set)")
-    version = manifest.get("format_version", 0)
-    if not isinstance(version, int):
-        raise SyntheticSetError(f"{path}: format_version must be an integer, got {version!r}")
-    if version > FORMAT_VERSION:
-        raise SyntheticSetError(
-            f"{path.parent} was written by a newer selmatch (format {version}); upgrade to read it"
-        )
+    try:
+        manifest = migrate(SET_MANIFEST, manifest, path)
+    except NewerFileError as error:
+        raise SyntheticSetError(str(error)) from None
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise SyntheticSetError(f"{path} lacks {', '.join(missing)}")

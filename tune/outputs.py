@@ -53,8 +53,8 @@ def table_rows(dataset: str, convention: str, record: SearchRecord) -> list[dict
         if entry.final is None:
             continue
         beta, final, alpha, subsets = entry.beta, entry.final, entry.alpha, entry.subsets
-        assert beta is not None and entry.set_dir is not None
-        winner, short = entry.winner_or_default(), entry.winner_scores()
+        winner, short = entry.winner, entry.winner_scores()
+        assert beta is not None and entry.set_dir is not None and winner is not None
         random = final.random  # "" where the reference was not evaluated
         rows.append(
             {

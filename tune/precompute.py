@@ -43,6 +43,7 @@ from selmatch.experts import (
 )
 from selmatch.identity import data_digest, data_identity
 from selmatch.io import atomic_write, write_json
+from selmatch.migrate import EXPERTS_MANIFEST
 from selmatch.models import build_model
 from selmatch.params import ParamLayout
 from selmatch_tune.devices import prepare_worker
@@ -375,7 +376,7 @@ def _write_cache_manifest(directory: Path, dataset: ImageDataset, config: Expert
         directory / "manifest.json",
         {
             "kind": "selmatch-experts",
-            "format_version": 1,
+            EXPERTS_MANIFEST.key: EXPERTS_MANIFEST.version,
             "config": config.to_dict(),
             "layout": layout.to_dict(),
             "num_params": layout.numel,

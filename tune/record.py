@@ -3,9 +3,10 @@
 One :class:`SearchRecord` per search folder, one :class:`IpcRecord` per IPC begun, in it one
 :class:`PhaseResult` per phase run (``beta``, ``alpha``, ``subsets``: SeqMatch's K), the
 :class:`Winner` and the :class:`FinalResult`. The search, its outputs, the notebook and the
-study read it through :meth:`SearchRecord.load` only; the JSON it writes is the one earlier
-versions wrote (grid values and IPCs as string keys, parts not yet known left out), so a
-search begun by an earlier version resumes and its folder still reads.
+study read it through :meth:`SearchRecord.load` only, after
+:data:`selmatch.migrate.SEARCH_RECORD`'s migration, so a search begun by an earlier version
+resumes and its folder still reads (grid values and IPCs are string keys, parts not yet known
+left out).
 
 :func:`open_record` is the one "resume only with the same settings" check of a search folder.
 """
@@ -21,6 +22,7 @@ from typing import Any
 from selmatch.artifacts import SEARCH_STATE
 from selmatch.config import Config, ConfigError, check_resumable
 from selmatch.io import write_json
+from selmatch.migrate import SEARCH_RECORD, migrate
 from selmatch_tune.config import SearchConfig
 from selmatch_tune.phase_kinds import phase_kind
 
@@ -192,17 +194,10 @@ class IpcRecord(Config):
         result: PhaseResult | None = getattr(self, phase_kind(name).name)
         return result
 
-    def winner_or_default(self) -> Winner:
-        """The winner; a search from before the baselines were candidates won with its
-        window and its α phase's best."""
-        if self.winner is not None:
-            return self.winner
-        assert self.alpha is not None, "an IPC without a winner has an α phase"
-        return Winner(init="window", alpha=self.alpha.best, candidate="alpha")
-
     def winner_scores(self) -> Score:
         """The winner's short-budget validation and test scores."""
-        winner = self.winner_or_default()
+        winner = self.winner
+        assert winner is not None, "an IPC's winner is chosen with its α phase"
         if winner.candidate == "seqmatch":
             assert self.subsets is not None
             point: Point | Baseline = self.subsets.best_point
@@ -215,21 +210,22 @@ class IpcRecord(Config):
     def selected_as_is(self) -> str | None:
         """``"window"`` or ``"random"`` when the winner learned nothing (α = 0) and so is that
         selection itself, else ``None``."""
-        winner = self.winner_or_default()
+        winner = self.winner
+        assert winner is not None, "an IPC's winner is chosen with its α phase"
         return winner.init if winner.alpha == 0 else None
 
 
 @dataclass
 class SearchRecord(Config):
     """A search folder's record. ``started``: the precompute finished, so the folder holds a
-    search (``None`` in records of versions from before the flag: they had started). ``data``:
+    search. ``data``:
     what the search ran on (:func:`selmatch.identity.data_identity`; a resume must run on the
     same)."""
 
     OMIT_NONE = True
     config: dict[str, Any]
     ipcs: dict[int, IpcRecord] = field(default_factory=dict)
-    started: bool | None = None
+    started: bool = False
     data: dict[str, Any] | None = None
     parent_run_id: str | None = None
     storage_id: str | None = None
@@ -238,10 +234,6 @@ class SearchRecord(Config):
     precompute: StageCost | None = None
     rank_correlation_by_ipc: dict[int, float | None] | None = None
     rank_correlation_short_vs_full: float | None = None
-
-    @property
-    def has_started(self) -> bool:
-        return self.started is not False
 
     def at(self, ipc: int) -> IpcRecord:
         """The record of ``ipc``, begun if it is not there yet."""
@@ -253,14 +245,15 @@ class SearchRecord(Config):
         path = Path(path)
         path = path / STATE if path.is_dir() else path
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            data = migrate(SEARCH_RECORD, json.loads(path.read_text()), path)
+            return cls.from_dict({k: v for k, v in data.items() if k != SEARCH_RECORD.key})
         except (ConfigError, TypeError, KeyError, ValueError) as error:
             raise ConfigError(
                 f"{path} is not a search record this version reads: {error}"
             ) from None
 
     def save(self, out: Path) -> None:
-        write_json(out / STATE, self.to_dict())
+        write_json(out / STATE, {SEARCH_RECORD.key: SEARCH_RECORD.version, **self.to_dict()})
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -290,7 +283,7 @@ def open_record(out: Path, config: SearchConfig, resume: bool, log: Log = print)
             )
         return new
     record = SearchRecord.load(path)
-    if not record.has_started:
+    if not record.started:
         log(f"{out} holds a search that stopped before its first trial: starting it anew")
         return new
     if not resume:

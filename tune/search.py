@@ -143,7 +143,7 @@ def prepare(
     if warning:
         log(warning)
     record = open_record(out, config, resume, log=log)
-    if record.has_started:  # --resume: the same data as the search's first run
+    if record.started:  # --resume: the same data as the search's first run
         check_data(record.data, dataset, f"--resume: the search in {out} was")
     record.data = data_identity(dataset)
     return config, dataset, record

@@ -350,7 +350,7 @@ def dry_run(
     begun = ", ".join(map(str, record.ipcs)) or "none"
     print(
         f"would search IPCs {list(config.ipcs)} into {out} "
-        + (f"(resuming; IPCs begun: {begun})" if record.has_started else "(a new search)")
+        + (f"(resuming; IPCs begun: {begun})" if record.started else "(a new search)")
     )
     print(
         f"  β grid {list(config.beta_grid)} ({config.beta_convention}) and the random subset, "
