@@ -48,9 +48,10 @@ def _kind_of(path: Path) -> str | None:
 
 
 def _set_method(folder: Path) -> str | None:
-    if _kind_of(folder / "manifest.json") != "selmatch-set":
+    path = folder / "manifest.json"
+    manifest = _json(path) if path.is_file() else None
+    if not isinstance(manifest, dict) or manifest.get("kind") != "selmatch-set":
         return None
-    manifest = _json(folder / "manifest.json")
     return str(manifest.get("method"))
 
 

@@ -28,9 +28,12 @@ def _bytes(tensor: torch.Tensor) -> bytes:
     return tensor.detach().cpu().contiguous().numpy().tobytes()
 
 
+_CACHE = "_digest"  # where a loaded dataset keeps its digest (a cache, not a field)
+
+
 def data_digest(dataset: ImageDataset) -> str:
     """A 16-hex-digit digest of the dataset's images and labels (train, then test)."""
-    cached = dataset.__dict__.get("_digest")
+    cached = dataset.__dict__.get(_CACHE)
     if cached is not None:
         return str(cached)
     digest = hashlib.blake2b(digest_size=8)
@@ -42,9 +45,14 @@ def data_digest(dataset: ImageDataset) -> str:
     ):
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(_bytes(tensor))
-    value = digest.hexdigest()
-    object.__setattr__(dataset, "_digest", value)  # frozen dataclass: a cache, not a field
-    return value
+    return known_digest(dataset, digest.hexdigest())
+
+
+def known_digest(dataset: ImageDataset, digest: str) -> str:
+    """Keep ``digest`` as ``dataset``'s, computed where its arrays came from (a search's trial
+    rebuilds the dataset the precompute digested: it need not hash it again)."""
+    object.__setattr__(dataset, _CACHE, digest)  # frozen dataclass
+    return digest
 
 
 def data_identity(dataset: ImageDataset) -> dict[str, Any]:

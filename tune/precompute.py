@@ -41,7 +41,7 @@ from selmatch.experts import (
     train_one_expert,
     write_expert_scores,
 )
-from selmatch.identity import data_digest, data_identity
+from selmatch.identity import data_digest, data_identity, known_digest
 from selmatch.io import atomic_write, write_json
 from selmatch.migrate import EXPERTS_MANIFEST
 from selmatch.models import build_model
@@ -160,12 +160,14 @@ def dataset_arrays(dataset: ImageDataset) -> dict[str, Any]:
         "mean": list(dataset.mean),
         "std": list(dataset.std),
         "source": dataset.source,
+        "digest": data_digest(dataset),
     }
 
 
 def dataset_from_arrays(arrays: dict[str, Any]) -> ImageDataset:
-    """Rebuild the dataset inside a trial. Object-store arrays are read-only: copy once."""
-    return ImageDataset(
+    """Rebuild the dataset inside a trial. Object-store arrays are read-only: copy once. Its
+    digest is the one the precompute computed (:func:`selmatch.identity.known_digest`)."""
+    dataset = ImageDataset(
         name=arrays["name"],
         train_images=torch.from_numpy(np.array(arrays["train_images"])),
         train_labels=torch.from_numpy(np.array(arrays["train_labels"])),
@@ -176,6 +178,8 @@ def dataset_from_arrays(arrays: dict[str, Any]) -> ImageDataset:
         std=tuple(arrays["std"]),
         source=arrays["source"],
     )
+    known_digest(dataset, arrays["digest"])
+    return dataset
 
 
 def precompute(

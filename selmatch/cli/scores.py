@@ -95,8 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _estimate(args: argparse.Namespace, directory: Path) -> None:
-    dataset = common.load_images(args)
+def _estimate(args: argparse.Namespace, directory: Path, dataset: ImageDataset) -> None:
     config = ConsistencyConfig(
         dataset=dataset.name,
         model=common.model_config(args),
@@ -136,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
             flag="--scores",
         )
     if args.estimate is not None:
-        _existing(directory, common.load_images(args))
-        _estimate(args, directory)
+        dataset = common.load_images(args)
+        _existing(directory, dataset)
+        _estimate(args, directory, dataset)
     if args.import_file is not None:
         dataset = common.load_images(args)
         existing = _existing(directory, dataset)

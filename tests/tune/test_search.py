@@ -636,3 +636,20 @@ def test_an_imported_score_table_is_checked_against_the_data_and_split(tmp_path,
         read_score_table(tmp_path / "s", fashion, experts)
     args = build_parser().parse_args(["--score", "cscore", "--score-table", str(tmp_path)])
     assert apply_overrides(smoke(), args).score_table == str(tmp_path)
+
+
+def test_a_trial_rebuilds_the_dataset_with_the_precompute_s_digest(fashion) -> None:
+    """The digest a checkpoint records is hashed once, by the precompute, not in every trial;
+    it is the digest of the rebuilt arrays."""
+    import dataclasses
+
+    from selmatch.identity import data_digest
+    from selmatch_tune.precompute import dataset_arrays, dataset_from_arrays
+
+    small = dataclasses.replace(
+        fashion, train_images=fashion.train_images[:100], train_labels=fashion.train_labels[:100]
+    )
+    rebuilt = dataset_from_arrays(dataset_arrays(small))
+    assert rebuilt.__dict__["_digest"] == data_digest(small)
+    fresh = dataclasses.replace(rebuilt)  # the same arrays, the digest not yet known
+    assert "_digest" not in fresh.__dict__ and data_digest(fresh) == data_digest(small)
