@@ -276,10 +276,11 @@ class SearchConfig(Config):
         check_int("max_failures", self.max_failures, 0, 100)
         check_float("noise", self.noise, 0.0, 1.0)
         check_int("top_repeats", self.top_repeats, 0, 10)
-        if self.experts.dataset != self.dataset:
-            raise ConfigError("the experts' dataset must be the search's dataset")
-        if self.consistency.dataset != self.dataset:
-            raise ConfigError("the consistency score's dataset must be the search's dataset")
+        # One home: the experts and the consistency networks learn the search's dataset, so
+        # their own ``dataset`` is passed down, never declared (a preset names it once).
+        for part in ("experts", "consistency"):
+            if getattr(self, part).dataset != self.dataset:
+                object.__setattr__(self, part, getattr(self, part).replace(dataset=self.dataset))
         split = (self.experts.val_fraction, self.experts.split_seed)
         if (self.consistency.val_fraction, self.consistency.split_seed) != split:
             raise ConfigError(

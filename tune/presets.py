@@ -123,11 +123,9 @@ def paper() -> SearchConfig:
     return SearchConfig(
         dataset="cifar10",
         ipcs=(250, 500, 1000, 1500),
-        experts=ExpertConfig(
-            dataset="cifar10", model=convnet, num_experts=100, epochs=100, batch_size=256
-        ),
+        experts=ExpertConfig(model=convnet, num_experts=100, epochs=100, batch_size=256),
         score="forgetting",
-        consistency=ConsistencyConfig(dataset="cifar10", model=convnet, num_networks=8, epochs=30),
+        consistency=ConsistencyConfig(model=convnet, num_networks=8, epochs=30),
         beta_convention="ipc-units",
         beta_grid=TENTHS,
         alpha_grid=ALPHAS,

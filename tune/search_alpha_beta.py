@@ -251,9 +251,7 @@ def option_assignments(args: argparse.Namespace) -> list[Assignment]:
         said = f"{option_for(name)}" + ("" if isinstance(value, bool) else f" {_show(value)}")
         if name == "methods":
             value = METHOD_CHOICES[value]
-        # the experts and the consistency networks learn the search's data
-        paths = (name, *DATASET_PATHS) if name == "dataset" else (name,)
-        out += [Assignment(path, value, said) for path in paths]
+        out.append(Assignment(name, value, said))
     for path in PATH_OPTIONS:
         value = getattr(args, path)
         if value is None:
@@ -278,6 +276,11 @@ def override_assignments(texts: list[str]) -> list[Assignment]:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        if key in DATASET_PATHS:  # passed down from the search's own (SearchConfig)
+            raise ConfigError(
+                f"--override {text}: the experts and the consistency networks learn the "
+                "search's data; choose it with --dataset"
+            )
         out.append(Assignment(key, value, f"--override {text}"))
     return out
 

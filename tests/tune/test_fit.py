@@ -128,3 +128,15 @@ def test_the_readmes_own_data_command_fits_a_small_folder(own_folder, tmp_path) 
     assert "would search IPCs [10, 20]" in done.stdout and "(a new search)" in done.stdout
     assert lines[-1] == "dry run: nothing was started or written"
     assert not out.exists()
+
+
+def test_the_dataset_is_declared_once_and_passed_down() -> None:
+    """The experts and the consistency networks learn the search's data: a dataset chosen on
+    the search reaches both, and a saved config reads back the same."""
+    from selmatch_tune.config import SearchConfig
+    from selmatch_tune.presets import paper
+
+    config = quick().replace(dataset="cifar10")
+    assert (config.experts.dataset, config.consistency.dataset) == ("cifar10", "cifar10")
+    assert SearchConfig.from_dict(config.to_dict()) == config
+    assert paper().experts.dataset == paper().consistency.dataset == "cifar10"
