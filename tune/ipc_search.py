@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from selmatch.methods import method_of
 from selmatch_tune.config import SearchConfig
 from selmatch_tune.finals import (
     EarlyFinal,
@@ -20,7 +21,7 @@ from selmatch_tune.finals import (
     submit_windows,
 )
 from selmatch_tune.outputs import START
-from selmatch_tune.phase_kinds import ALPHA, BETA, SUBSETS
+from selmatch_tune.phase_kinds import ALPHA, BETA, SUBSETS, PhaseKind, refining_phases
 from selmatch_tune.phases import Phase, SearchContext, bounded, run_baseline, run_phase
 from selmatch_tune.precompute import Precomputed
 from selmatch_tune.record import IpcRecord, PhaseResult, Score, SearchRecord, Winner
@@ -101,6 +102,9 @@ class IpcSearch:
             self._step(self._alpha)
         if entry.subsets is None and "seqmatch" in config.methods:
             self._step(self._subsets)
+        for kind in refining_phases():
+            if kind.grid(config) and entry.phase(kind.name) is None and entry.final is None:
+                self._step(partial(self._refine, kind))
         if entry.final is None:
             also = " and of a random subset of the same size" if self.early.reference else ""
             self.log(
@@ -236,16 +240,9 @@ class IpcSearch:
                 f"{self.ipc}: SeqMatch not searched here"
             )
             return
-        # SeqMatch's learnable lr starts at its own default (MTT's 0.01) unless --override
-        # distill.lr_init set one; from the random subset, every image learned
-        seq_fixed = self._distill_fixed().replace(
-            method="seqmatch",
-            init="random",
-            alpha=1.0,
-            seqmatch_experts=config.seqmatch_experts,
-            stage_parallel=config.stage_slots,
+        subsets, results = run_phase(
+            Phase(SUBSETS.name, self.ipc, grid, self._seqmatch_fixed()), self.ctx
         )
-        subsets, results = run_phase(Phase(SUBSETS.name, self.ipc, grid, seq_fixed), self.ctx)
         entry.subsets = subsets
         subsets.seqmatch_experts = config.seqmatch_experts
         best, seq_val = subsets.best, subsets.best_point.val
@@ -264,3 +261,54 @@ class IpcSearch:
             f"({config.seqmatch_experts} stage experts)"
         )
         entry.set_dir = str(collect_winner(results, best, self._sets, searched=SUBSETS.name))
+
+    def _seqmatch_fixed(self) -> TrialSpec:
+        """What every SeqMatch trial of the IPC shares. Its learnable lr starts at its own
+        default (MTT's 0.01) unless --override distill.lr_init set one; it starts from the
+        random subset and learns every image."""
+        config = self.ctx.config
+        return self._distill_fixed().replace(
+            method="seqmatch",
+            init="random",
+            alpha=1.0,
+            seqmatch_experts=config.seqmatch_experts,
+            stage_parallel=config.stage_slots,
+        )
+
+    def _winner_spec(self) -> TrialSpec:
+        """The trial that made the IPC's winner, with the values earlier refining phases gave
+        it: what a refining phase's trials vary."""
+        winner = self.entry.winner
+        assert winner is not None
+        if method_of(winner.method).sequential:
+            spec = self._seqmatch_fixed().replace(subsets=winner.subsets)
+        else:
+            spec = self._distill_fixed().replace(init=winner.init, alpha=winner.alpha)
+        for name, value in (winner.refined or {}).items():
+            spec = spec.with_value(name, value)
+        return spec
+
+    def _refine(self, kind: PhaseKind) -> None:
+        """A phase that refines the winner (:attr:`PhaseKind.refines`): every trial the
+        winner's distillation with the searched value set; the winner (and its set) takes the
+        best value when it beats the winner on validation. A winner that learned nothing
+        (α = 0) is a selection, which no matching setting changes: the phase is skipped."""
+        entry, grid = self.entry, tuple(kind.grid(self.ctx.config))
+        winner = entry.winner
+        if winner is None or entry.selected_as_is() is not None:
+            self.log(f"the winner learned nothing (α = 0): no {kind.shown} phase")
+            return
+        result, results = run_phase(Phase(kind.name, self.ipc, grid, self._winner_spec()), self.ctx)
+        before = entry.winner_scores()
+        result.against = Score(val=before.val, test=before.test)
+        entry.set_phase(kind.name, result)
+        value, val = result.best, result.best_point.val
+        self.log(
+            f"best {kind.symbol} = {value:g}: val {100 * val:.2f} % vs the winner's "
+            f"{100 * before.val:.2f} %"
+        )
+        if val <= before.val:  # a tie keeps the winner as it was
+            return
+        winner.refined = {**(winner.refined or {}), kind.name: value}
+        self.log(f"the winner takes {kind.symbol} = {value:g}")
+        entry.set_dir = str(collect_winner(results, value, self._sets, searched=kind.name))

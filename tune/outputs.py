@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from selmatch.plots import save_curve
-from selmatch_tune.phase_kinds import ALPHA, phase_kind
-from selmatch_tune.record import PhaseResult, SearchRecord
+from selmatch_tune.phase_kinds import ALPHA, phase_kind, refining_phases
+from selmatch_tune.record import IpcRecord, PhaseResult, SearchRecord
 
 COLUMNS = (
     "dataset",
@@ -40,6 +40,27 @@ COLUMNS = (
     "subsets_grid_size",
     "set_dir",
 )
+
+
+def columns() -> tuple[str, ...]:
+    """The table's columns: :data:`COLUMNS`, then per refining phase (T+) the value the
+    winner took (empty: it kept its own), its trials and grid size."""
+    refined = tuple(
+        f"{kind.name}{part}" for kind in refining_phases() for part in ("", "_trials", "_grid_size")
+    )
+    return COLUMNS + refined
+
+
+def _refined(entry: IpcRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    taken = (entry.winner.refined if entry.winner else None) or {}
+    for kind in refining_phases():
+        phase = entry.phase(kind.name)
+        if phase is not None:
+            out[kind.name] = taken.get(kind.name, "")
+            out[f"{kind.name}_trials"] = phase.trials
+            out[f"{kind.name}_grid_size"] = len(phase.grid)
+    return out
 
 
 #: What an initialisation is called in the log and on the plots.
@@ -85,6 +106,7 @@ def table_rows(dataset: str, convention: str, record: SearchRecord) -> list[dict
                 "subsets_trials": subsets.trials if subsets else "",
                 "subsets_grid_size": len(subsets.grid) if subsets else "",
                 "set_dir": entry.set_dir,
+                **_refined(entry),
             }
         )
     return rows
@@ -92,7 +114,7 @@ def table_rows(dataset: str, convention: str, record: SearchRecord) -> list[dict
 
 def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns())
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -115,6 +137,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         method = r.get("method", "selmatch")
         if method == "seqmatch":
             method += f" K={r['subsets']}"
+        method += "".join(
+            f" {kind.symbol}={r[kind.name]}"
+            for kind in refining_phases()
+            if r.get(kind.name, "") != ""
+        )
         random = (
             f"{100 * r['random_test_mean']:>8.2f} ± {100 * r['random_test_std']:<4.2f}"
             if r["random_test_mean"] != ""
@@ -176,7 +203,10 @@ def save_phase_plot(
     for other, label in (
         (summary.random, "random subset"),
         (summary.mtt, "plain MTT"),
-        (summary.against, "the α phase's winner"),
+        (
+            summary.against,
+            "the winner before" if phase_kind(name).refines else "the α phase's winner",
+        ),
     ):
         if other is not None:
             baselines += [(f"{label}, val", other.val), (f"{label}, test", other.test)]

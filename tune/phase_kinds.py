@@ -43,6 +43,16 @@ class PhaseKind:
     #: the fixed candidate evaluated beside its grid: the field of its PhaseResult that holds
     #: it, and the cost table's name of it
     candidate: tuple[str, str] | None = None
+    #: where its value goes in a trial's spec, a dotted path (``distill.max_start_epoch``);
+    #: ``None``: the spec's field of its own name (``beta``, ``alpha``, ``subsets``)
+    sets: str | None = None
+    #: its values are whole numbers (K, an epoch)
+    integer: bool = False
+    #: it refines the IPC's winner: it runs after the winner is chosen, every trial the
+    #: winner's distillation with the searched value set, and the winner takes the best value
+    #: when it beats the winner on validation (a tie keeps the winner); its grid setting
+    #: empty: it does not run
+    refines: bool = False
 
     @property
     def trial(self) -> Callable[..., None]:
@@ -56,6 +66,25 @@ class PhaseKind:
 
     def axis(self, beta_convention: str) -> str:
         return self.xlabel.format(convention=beta_convention)
+
+    def cast(self, value: float) -> float | int:
+        return round(value) if self.integer else float(value)
+
+    def applied(self, spec: dict[str, Any], value: float) -> dict[str, Any]:
+        """A trial spec's dict with this phase's value set where :attr:`sets` says."""
+        *parents, leaf = (self.sets or self.name).split(".")
+        out = dict(spec)
+        node = out
+        for part in parents:
+            node[part] = dict(node[part])
+            node = node[part]
+        node[leaf] = self.cast(value)
+        return out
+
+
+def refining_phases() -> tuple[PhaseKind, ...]:
+    """The registered phases that refine an IPC's winner, in the order they run."""
+    return tuple(kind for kind in PHASES.values() if kind.refines)
 
 
 #: every phase, in the order a search runs them at an IPC
@@ -105,6 +134,7 @@ SUBSETS = register_phase(
         trial_path="selmatch_tune.trials:alpha_trial",
         xlabel="K (SeqMatch subsets)",
         stage="K trials (SeqMatch)",
+        integer=True,
     )
 )
 

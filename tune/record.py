@@ -137,6 +137,8 @@ class Winner(Config):
     alpha: float
     candidate: str
     subsets: int | None = None
+    #: the refining phases' values it took (``{"max_start_epoch": 6}``), in the order they ran
+    refined: dict[str, float] | None = None
 
     @property
     def method(self) -> str:
@@ -188,16 +190,34 @@ class IpcRecord(Config):
     winner: Winner | None = None
     set_dir: str | None = None
     final: FinalResult | None = None
+    #: the phases that refine the winner (:attr:`PhaseKind.refines`), by name
+    refinements: dict[str, PhaseResult] | None = None
 
     def phase(self, name: str) -> PhaseResult | None:
         """The result of the registered phase ``name`` (None: not run yet)."""
-        result: PhaseResult | None = getattr(self, phase_kind(name).name)
+        kind = phase_kind(name)
+        if kind.refines:
+            return (self.refinements or {}).get(kind.name)
+        result: PhaseResult | None = getattr(self, kind.name)
         return result
 
+    def set_phase(self, name: str, result: PhaseResult) -> None:
+        """Record the result of the registered phase ``name``."""
+        kind = phase_kind(name)
+        if kind.refines:
+            self.refinements = {**(self.refinements or {}), kind.name: result}
+        else:
+            setattr(self, kind.name, result)
+
     def winner_scores(self) -> Score:
-        """The winner's short-budget validation and test scores."""
+        """The winner's short-budget validation and test scores (a refined winner's: the last
+        refining phase's best, which it took)."""
         winner = self.winner
         assert winner is not None, "an IPC's winner is chosen with its α phase"
+        if winner.refined:
+            last = self.phase(list(winner.refined)[-1])
+            assert last is not None, "a refined winner's phase is recorded"
+            return Score(val=last.best_point.val, test=last.best_point.test)
         if winner.candidate == "seqmatch":
             assert self.subsets is not None
             point: Point | Baseline = self.subsets.best_point

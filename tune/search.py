@@ -25,11 +25,13 @@ import ray
 
 from selmatch.cli.common import check_output
 from selmatch.data import ImageDataset, holdout_split, load_dataset
+from selmatch.distill import DistillConfig
 from selmatch.identity import check_data, data_identity
 from selmatch_tune.config import SearchConfig, fit_to_data, validation_warning
 from selmatch_tune.costs import format_costs, stage_costs
 from selmatch_tune.finals import final_slots
 from selmatch_tune.ipc_search import IpcSearch, beta_winner, fixed_settings
+from selmatch_tune.phase_kinds import PHASES
 from selmatch_tune.phases import Log, SearchContext, SearchInterrupted
 from selmatch_tune.precompute import Precomputed, precompute
 from selmatch_tune.ray_cluster import (
@@ -90,8 +92,19 @@ def matched_epochs(config: SearchConfig) -> tuple[int, int]:
     start in [T−, T+) and end M epochs later (SeqMatch's segments lie in that range, at most
     T+ when it holds fewer epochs than K; its retrained stages match experts of their own,
     trained in the trial)."""
-    distill = config.distill
-    return distill.min_start_epoch, distill.max_start_epoch + distill.expert_epochs
+    distills = [config.distill]
+    for kind in PHASES.values():  # a phase that varies a matching setting (T+) widens it
+        if (kind.sets or "").startswith("distill."):
+            distills += [
+                DistillConfig.from_dict(
+                    kind.applied({"distill": config.distill.to_dict()}, v)["distill"]
+                )
+                for v in kind.grid(config)
+            ]
+    return (
+        min(d.min_start_epoch for d in distills),
+        max(d.max_start_epoch + d.expert_epochs for d in distills),
+    )
 
 
 def trial_data(pre: Precomputed) -> TrialData:

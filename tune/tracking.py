@@ -214,6 +214,8 @@ class TrialLogger(Callback):
                 "init": trial.config.get("init", "window"),
                 "method": trial.config.get("method", "selmatch"),
                 "subsets": trial.config.get("subsets"),
+                # a refining phase's value (T+) is Tune's choice under its name
+                **{name: trial.config[name] for name in PHASES if name in trial.config},
             },
             {k: result[k] for k in self.METRICS if isinstance(result.get(k), (int, float))},
             failed,

@@ -33,6 +33,7 @@ from selmatch.sweep import evaluate_random, evaluate_window
 from selmatch.target import SetSpec
 from selmatch.window import WindowSpec
 from selmatch_tune.devices import prepare_worker
+from selmatch_tune.phase_kinds import PHASES, phase_kind
 from selmatch_tune.precompute import dataset_from_arrays
 
 
@@ -86,11 +87,21 @@ class TrialSpec(Config):
         """Also a param space written before the set's spec left ``distill``: its SeqMatch
         variant was ``distill.seqmatch_experts`` (the set's other keys there were the
         trial's own, always overwritten)."""
-        data = dict(data)
-        legacy = data.get("distill") or {}
-        if "seqmatch_experts" not in data and "seqmatch_experts" in legacy:
-            data["seqmatch_experts"] = legacy["seqmatch_experts"]
-        return cast(TrialSpec, super().from_dict(data))
+        spec = dict(data)
+        legacy = spec.get("distill") or {}
+        if "seqmatch_experts" not in spec and "seqmatch_experts" in legacy:
+            spec["seqmatch_experts"] = legacy["seqmatch_experts"]
+        # a phase whose value lives deeper in the spec (T+: distill.max_start_epoch) is
+        # Tune's choice at the top, under its name: set where the phase says
+        for kind in PHASES.values():
+            if kind.sets is not None and kind.name in spec:
+                spec = kind.applied(spec, spec.pop(kind.name))
+        return cast(TrialSpec, super().from_dict(spec))
+
+    def with_value(self, name: str, value: float) -> TrialSpec:
+        """This spec with the registered phase ``name``'s value set (a winner's refined
+        settings)."""
+        return TrialSpec.from_dict(phase_kind(name).applied(self.to_dict(), value))
 
     def target(self) -> SetSpec:
         """The set this trial makes: its selection and searched value. A random start's seed

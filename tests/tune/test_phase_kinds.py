@@ -17,10 +17,17 @@ from selmatch_tune.tracking import TrialLogger
 @pytest.mark.parametrize("kind", list(PHASES.values()), ids=list(PHASES))
 def test_every_phase_names_a_grid_setting_a_trial_and_a_record_field(kind: PhaseKind) -> None:
     config = SearchConfig()
-    assert kind.grid(config) and all(isinstance(v, float) for v in kind.grid(config))
+    grid = kind.grid(config)
+    assert grid or kind.refines  # a refining phase is off by default (an empty grid)
+    assert all(isinstance(v, float) for v in grid)
     assert callable(kind.trial)
-    assert kind.name in {f.name for f in dataclasses.fields(IpcRecord)}
-    assert IpcRecord().phase(kind.name) is None
+    if not kind.refines:  # the built-in phases keep their own fields of the record
+        assert kind.name in {f.name for f in dataclasses.fields(IpcRecord)}
+    entry = IpcRecord()
+    assert entry.phase(kind.name) is None
+    result = PhaseResult(curve={1.0: Point(val=0.5, test=0.4, n=1)}, best=1.0, trials=1, failed=0)
+    entry.set_phase(kind.name, result)
+    assert IpcRecord.from_dict(entry.to_dict()).phase(kind.name) == result
     assert "{convention}" not in kind.axis("ipc-units")
     if kind.candidate is not None:
         assert kind.candidate[0] in {f.name for f in dataclasses.fields(PhaseResult)}
@@ -68,3 +75,50 @@ def test_the_trial_logger_names_a_value_by_its_phase_symbol() -> None:
     assert logger._name(Trial()) == "K = 3 (trial abc)"
     with pytest.raises(KeyError, match="no phase 'gamma'; registered: beta, alpha, subsets"):
         phase_kind("gamma")
+
+
+def test_a_refining_phase_sets_its_value_where_it_says_and_widens_the_matched_epochs() -> None:
+    """A phase that refines the winner by a matching setting: Tune's choice at the top of a
+    trial's config lands in the spec's ``distill``; the record keeps it with the winner; the
+    table gets its columns; the experts' epochs the precompute keeps cover its grid."""
+    from selmatch_tune.outputs import columns
+    from selmatch_tune.search import matched_epochs
+    from selmatch_tune.trials import TrialSpec
+
+    extra = PhaseKind(
+        name="tplus",
+        symbol="T+",
+        shown="T+",
+        title="T+",
+        grid_setting="subsets_grid",  # any grid setting of the config: (2, 3)
+        trial_path="selmatch_tune.trials:alpha_trial",
+        xlabel="T+",
+        stage="T+ trials",
+        sets="distill.max_start_epoch",
+        integer=True,
+        refines=True,
+    )
+    register_phase(extra)
+    try:
+        config = SearchConfig()
+        spec = TrialSpec(
+            ipc=10,
+            beta_convention="ipc-units",
+            score="forgetting",
+            val_fraction=0.1,
+            split_seed=0,
+            cpus_per_trial=1,
+            gpus_per_trial=0,
+            evaluation=config.short,
+            distill=config.distill,
+        )
+        tried = TrialSpec.from_dict({**spec.to_dict(), "tplus": 3.0})
+        assert tried.distill is not None and tried.distill.max_start_epoch == 3
+        assert spec.with_value("tplus", 2.0).distill.max_start_epoch == 2  # type: ignore[union-attr]
+        assert columns()[-3:] == ("tplus", "tplus_trials", "tplus_grid_size")
+        _, end = matched_epochs(
+            config.replace(distill=config.distill.replace(max_start_epoch=1))
+        )
+        assert end == 3 + config.distill.expert_epochs  # the grid's largest T+, not the setting's
+    finally:
+        del PHASES["tplus"]
