@@ -27,6 +27,7 @@ from selmatch.cli import options
 from selmatch.cli.common import OneLineParser, check_output
 from selmatch.config import ConfigError, SelmatchError, flag
 from selmatch_tune.config import BUDGETS, METHOD_CHOICES, SearchConfig
+from selmatch_tune.phase_kinds import PHASES
 from selmatch_tune.presets import PRESETS
 
 
@@ -168,6 +169,10 @@ SEARCH_OPTIONS = (
     "top_repeats",
     "stage_parallel",
     "final_beside_search",
+)
+# every registered phase's grid is an option (a new phase's too)
+SEARCH_OPTIONS += tuple(
+    kind.grid_setting for kind in PHASES.values() if kind.grid_setting not in SEARCH_OPTIONS
 )
 #: Options for the settings of the configs inside the search, by path: "" for the flag the
 #: setting has in the library's commands (``selmatch distill --iterations``), else one of the
