@@ -161,6 +161,15 @@ class SearchConfig(Config):
         help="SeqMatch's K values, increasing, 2 to 10, e.g. 2,3 (the paper: 2 or 3); only "
         "those ≤ an IPC are searched there",
     )
+    max_start_epoch_grid: tuple[int, ...] = setting(
+        factory=tuple,
+        group=WHAT,
+        metavar="T,..",
+        help="T+ values searched after the winner is chosen, increasing, e.g. 20,40,60 "
+        "(epochs of the experts, at most their epochs less distill.expert_epochs): every "
+        "trial the winner's distillation with that T+, the winner taking the best when it "
+        "beats it on validation; empty (the default): T+ stays distill.max_start_epoch",
+    )
     seqmatch_experts: str = setting(
         "segment",
         choices=SEQMATCH_EXPERTS,
@@ -252,6 +261,15 @@ class SearchConfig(Config):
         for k in self.subsets_grid:
             check_int("subsets_grid", k, 2, 10)
         check_choice("seqmatch_experts", self.seqmatch_experts, SEQMATCH_EXPERTS)
+        if list(self.max_start_epoch_grid) != sorted(set(self.max_start_epoch_grid)):
+            raise ConfigError("--max-start-epoch-grid must be distinct increasing values")
+        for t in self.max_start_epoch_grid:
+            check_int(
+                "max_start_epoch_grid",
+                t,
+                self.distill.min_start_epoch + 1,
+                self.experts.epochs - self.distill.expert_epochs,
+            )
         check_int("stage_parallel", self.stage_parallel, 0, 1000)
         if "seqmatch" in self.methods and self.seqmatch_experts == "retrained":
             # the stage experts' settings are checked before anything starts, not in a trial

@@ -137,6 +137,21 @@ SUBSETS = register_phase(
         integer=True,
     )
 )
+MAX_START = register_phase(
+    PhaseKind(
+        name="max_start_epoch",
+        symbol="T+",
+        shown="T+ (the latest start epoch)",
+        title="T+",
+        grid_setting="max_start_epoch_grid",
+        trial_path="selmatch_tune.trials:alpha_trial",
+        xlabel="T+ (latest expert epoch a segment starts at)",
+        stage="T+ trials",
+        sets="distill.max_start_epoch",
+        integer=True,
+        refines=True,
+    )
+)
 
 
 def phase_kind(name: str) -> PhaseKind:

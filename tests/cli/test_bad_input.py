@@ -174,6 +174,7 @@ CASES = [
     Case(f"{SEARCH} --override distill.lr_image=100", "--override distill.lr_image"),
     Case(f"{SEARCH} --override distill.mode=fast", "--override distill.mode=fast"),
     Case(f"{SEARCH} --override experts.dataset=cifar10", "--override experts.dataset=cifar10"),
+    Case(f"{SEARCH} --max-start-epoch-grid 1,999", "--max-start-epoch-grid"),
     Case(f"{SEARCH} --student-steps 0", "--student-steps 0"),
     Case(f"{SEARCH} --expert-train-epochs 0", "--expert-train-epochs 0"),
     # flags that meant another thing here than in selmatch's commands: moved, and said so

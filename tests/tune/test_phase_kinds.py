@@ -35,7 +35,16 @@ def test_every_phase_names_a_grid_setting_a_trial_and_a_record_field(kind: Phase
 
 def test_the_cost_stages_follow_the_registry() -> None:
     names = [stage for stage, _ in costs.STAGES]
-    assert names == ["precompute", "beta", "beta_random", "alpha", "alpha_mtt", "subsets", "final"]
+    assert names == [
+        "precompute",
+        "beta",
+        "beta_random",
+        "alpha",
+        "alpha_mtt",
+        "subsets",
+        "max_start_epoch",
+        "final",
+    ]
     extra = PhaseKind(
         name="tplus",
         symbol="T+",
@@ -116,9 +125,7 @@ def test_a_refining_phase_sets_its_value_where_it_says_and_widens_the_matched_ep
         assert tried.distill is not None and tried.distill.max_start_epoch == 3
         assert spec.with_value("tplus", 2.0).distill.max_start_epoch == 2  # type: ignore[union-attr]
         assert columns()[-3:] == ("tplus", "tplus_trials", "tplus_grid_size")
-        _, end = matched_epochs(
-            config.replace(distill=config.distill.replace(max_start_epoch=1))
-        )
+        _, end = matched_epochs(config.replace(distill=config.distill.replace(max_start_epoch=1)))
         assert end == 3 + config.distill.expert_epochs  # the grid's largest T+, not the setting's
     finally:
         del PHASES["tplus"]

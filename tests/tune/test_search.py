@@ -653,3 +653,48 @@ def test_a_trial_rebuilds_the_dataset_with_the_precompute_s_digest(fashion) -> N
     assert rebuilt.__dict__["_digest"] == data_digest(small)
     fresh = dataclasses.replace(rebuilt)  # the same arrays, the digest not yet known
     assert "_digest" not in fresh.__dict__ and data_digest(fresh) == data_digest(small)
+
+
+def test_the_t_plus_phase_refines_the_winner_by_one_registry_entry(smoke_run) -> None:
+    """The T+ phase (off by default) added as one registry entry, its grid setting and the
+    distillation trial: after the α phase, the winner's distillation at each T+ of the grid;
+    the winner takes the best T+ when it beats it on validation, with that trial's set; the
+    record, the table, MLflow, the curves and the cost table have it."""
+    out = smoke_run[0].parent / "t-plus"
+    base = smoke()
+    config = base.replace(
+        ipcs=(2,),
+        beta_grid=(0.0,),
+        alpha_grid=(1.0,),  # the winner learns: T+ changes it
+        mtt_candidate=False,
+        random_reference=False,
+        full_eval_top=0,
+        max_start_epoch_grid=(1, 2),
+        distill=base.distill.replace(max_start_epoch=2),
+    )
+    lines: list[str] = []
+    (row,) = run_search(config, out, log=lines.append)
+    record = SearchRecord.load(out)
+    entry = record.ipcs[2]
+    phase = entry.phase("max_start_epoch")
+    assert phase is not None and set(phase.curve) == {1.0, 2.0} and phase.trials == 2
+    assert entry.alpha is not None and phase.against is not None
+    assert phase.against.val == entry.alpha.best_point.val  # what it had to beat
+    taken = phase.best_point.val > phase.against.val
+    assert entry.winner is not None
+    assert (entry.winner.refined or {}) == ({"max_start_epoch": phase.best} if taken else {})
+    assert row["max_start_epoch"] == (phase.best if taken else "")
+    assert row["short_val_accuracy"] == max(phase.best_point.val, phase.against.val)
+    assert row["max_start_epoch_trials"] == 2 and row["max_start_epoch_grid_size"] == 2
+    # the winner's set is the trial's that made it, with its T+
+    saved = SyntheticSet.load(row["set_dir"])
+    assert saved.manifest["distill"]["max_start_epoch"] == (int(phase.best) if taken else 2)
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("selmatch-search")
+    children = client.search_runs([experiment.experiment_id], "tags.phase = 'max_start_epoch'")
+    assert sorted(c.data.params["max_start_epoch"] for c in children) == ["1.0", "2.0"]
+    assert any("best T+ = " in line for line in lines)
+    assert (out / "max_start_epoch-ipc2.png").stat().st_size > 5000
+    assert "max_start_epoch" in {row.stage for row in stage_costs(record)}
+    with open(out / "best_hparams.csv") as handle:
+        assert "max_start_epoch" in next(csv.reader(handle))
