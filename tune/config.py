@@ -24,6 +24,7 @@ from selmatch.experts import ExpertConfig
 from selmatch.score_kinds import score_setting
 from selmatch.target import SEQMATCH_EXPERTS, SetSpec
 from selmatch.window import BETA_CONVENTIONS, beta_convention_setting
+from selmatch_tune.phase_kinds import ALPHA, SUBSETS, PhaseKind
 
 #: The methods a search can distil with, and what ``--method`` offers.
 SEARCH_METHODS = ("selmatch", "seqmatch")
@@ -271,12 +272,12 @@ class SearchConfig(Config):
                 self.experts.epochs - self.distill.expert_epochs,
             )
         check_int("stage_parallel", self.stage_parallel, 0, 1000)
-        if "seqmatch" in self.methods and self.seqmatch_experts == "retrained":
+        if self.searches(SUBSETS) and self.seqmatch_experts == "retrained":
             # the stage experts' settings are checked before anything starts, not in a trial
             self.distill.resolved(
                 SetSpec(method="seqmatch", alpha=1.0, seqmatch_experts="retrained")
             )
-        if self.methods == ("seqmatch",) and min(self.subsets_grid) > min(self.ipcs):
+        if not self.searches(ALPHA) and min(self.subsets_grid) > min(self.ipcs):
             raise ConfigError(
                 f"--subsets-grid must hold a K ≤ the smallest IPC ({min(self.ipcs)}) when "
                 f"SeqMatch is the only method, got {list(self.subsets_grid)}"
@@ -315,11 +316,16 @@ class SearchConfig(Config):
             raise ValueError("--gpus-per-trial auto must be resolved against the cluster first")
         return float(self.gpus_per_trial)
 
+    def searches(self, kind: PhaseKind) -> bool:
+        """Whether this search runs the phase ``kind`` (a method's phase runs when --method
+        includes that method)."""
+        return kind.method is None or kind.method in self.methods
+
     @property
     def stage_slots(self) -> int:
         """Slots reserved beside each K trial for its stage experts (0 unless SeqMatch with
         retrained experts is searched)."""
-        retrained = "seqmatch" in self.methods and self.seqmatch_experts == "retrained"
+        retrained = self.searches(SUBSETS) and self.seqmatch_experts == "retrained"
         return self.stage_parallel if retrained else 0
 
 

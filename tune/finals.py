@@ -16,6 +16,7 @@ from typing import Any
 import ray
 
 from selmatch.config import SelmatchError
+from selmatch.initial import RandomInit, WindowInit
 from selmatch_tune.config import SearchConfig
 from selmatch_tune.phase_kinds import PHASES
 from selmatch_tune.phases import METRIC, Log
@@ -48,7 +49,10 @@ def _final_task(
     set_threads(fixed)
     dataset, hardness, split = fetch_data(fixed, data)
     config = EvalConfig.from_dict(evaluation)
-    if payload["kind"] in ("window", "random"):  # as a β trial trains it, with the full budget
+    if payload["kind"] in (
+        WindowInit.kind,
+        RandomInit.kind,
+    ):  # as a β trial trains it, with the full budget
         selection = fixed.replace(init=payload["kind"], beta=payload.get("beta"))
         return evaluate_selection(selection, dataset, hardness, split, config).to_dict()
     images = torch.from_numpy(np.array(payload["images"]))
@@ -131,11 +135,11 @@ def final_evaluation(
     early = early or EarlyFinal()
     windows = early.windows or submit_windows(config, entry.beta, data, fixed, slots)
     selected = entry.selected_as_is()
-    if selected == "window" and entry.beta.best in windows:
+    if selected == WindowInit.kind and entry.beta.best in windows:
         winner = windows[entry.beta.best]
-    elif selected == "random" and early.reference is not None:
+    elif selected == RandomInit.kind and early.reference is not None:
         winner = early.reference  # the reference is the winner: one evaluation
-    elif selected == "random":
+    elif selected == RandomInit.kind:
         winner = slots.submit(data, fixed, {"kind": "random"}, config.final.to_dict())
     else:
         assert entry.set_dir is not None
@@ -214,7 +218,7 @@ def finish_ipc(
     if entry.final is None:
         entry.final = final_evaluation(config, entry, data, fixed, slots, early)
     if config.random_reference and entry.final.random is None:
-        if entry.selected_as_is() == "random":  # the winner is the reference itself
+        if entry.selected_as_is() == RandomInit.kind:  # the winner is the reference itself
             entry.final.random = _reference_summary(entry.final)
         else:
             if not computed:  # a search finished before the reference existed

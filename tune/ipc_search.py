@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from selmatch.initial import WindowInit
 from selmatch.methods import method_of
 from selmatch_tune.config import SearchConfig
 from selmatch_tune.finals import (
@@ -98,9 +99,9 @@ class IpcSearch:
         # a search begun before the random candidate existed keeps the α phase it has
         if entry.alpha is None and entry.beta is not None and entry.beta.random is None:
             self._step(self._random_subset)
-        if entry.alpha is None and "selmatch" in config.methods:
+        if entry.alpha is None and config.searches(ALPHA):
             self._step(self._alpha)
-        if entry.subsets is None and "seqmatch" in config.methods:
+        if entry.subsets is None and config.searches(SUBSETS):
             self._step(self._subsets)
         for kind in refining_phases():
             if kind.grid(config) and entry.phase(kind.name) is None and entry.final is None:
@@ -160,7 +161,7 @@ class IpcSearch:
         beta.init = beta_winner(beta)
         then = (
             f"the α phase starts from {START[beta.init]}"
-            if "selmatch" in config.methods
+            if config.searches(ALPHA)
             else "no α phase (--method seqmatch)"
         )
         self.log(
@@ -196,7 +197,7 @@ class IpcSearch:
         entry.alpha = alpha
         alpha.init = init
         winner = Winner(init=init, alpha=alpha.best, candidate="alpha")
-        if init == "window" and config.mtt_candidate:
+        if init == WindowInit.kind and config.mtt_candidate:
             self.log("plain MTT (the random subset, α = 1) as an α-phase candidate")
             alpha.mtt, mtt_results = run_baseline(
                 f"alpha-mtt-ipc{self.ipc}",
@@ -216,9 +217,9 @@ class IpcSearch:
         entry.winner = winner
         self.log(
             f"the winner starts from {START[winner.init]}"
-            + (f" (β = {entry.beta.best:g})" if winner.init == "window" else "")
+            + (f" (β = {entry.beta.best:g})" if winner.init == WindowInit.kind else "")
             + f", α = {winner.alpha:g}"
-            + (" (plain MTT)" if winner.candidate == "mtt" else "")
+            + (" (plain MTT)" if winner.plain_mtt else "")
         )
         entry.set_dir = str(collect_winner(results, winner.alpha, self._sets))
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from selmatch.methods import method_of
 from selmatch.plots import save_curve
 from selmatch_tune.phase_kinds import ALPHA, phase_kind, refining_phases
 from selmatch_tune.record import IpcRecord, PhaseResult, SearchRecord
@@ -135,7 +136,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         if seqmatch:
             trials += f" {r.get('subsets_trials', ''):>4}/{r.get('subsets_grid_size', ''):<4}"
         method = r.get("method", "selmatch")
-        if method == "seqmatch":
+        if method_of(method).sequential:
             method += f" K={r['subsets']}"
         method += "".join(
             f" {kind.symbol}={r[kind.name]}"

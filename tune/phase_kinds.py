@@ -53,6 +53,9 @@ class PhaseKind:
     #: when it beats the winner on validation (a tie keeps the winner); its grid setting
     #: empty: it does not run
     refines: bool = False
+    #: the method (a name of selmatch.methods.REGISTRY) whose distillation this phase
+    #: searches; it runs only when the search's --method includes it (None: always)
+    method: str | None = None
 
     @property
     def trial(self) -> Callable[..., None]:
@@ -122,6 +125,7 @@ ALPHA = register_phase(
         xlabel="α (distilled share)",
         stage="α trials",
         candidate=("mtt", "plain MTT (α candidate)"),
+        method="selmatch",
     )
 )
 SUBSETS = register_phase(
@@ -135,6 +139,7 @@ SUBSETS = register_phase(
         xlabel="K (SeqMatch subsets)",
         stage="K trials (SeqMatch)",
         integer=True,
+        method="seqmatch",
     )
 )
 MAX_START = register_phase(

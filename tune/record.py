@@ -22,9 +22,10 @@ from typing import Any
 from selmatch.artifacts import SEARCH_STATE
 from selmatch.config import Config, ConfigError, check_resumable
 from selmatch.io import write_json
+from selmatch.methods import method_of
 from selmatch.migrate import SEARCH_RECORD, migrate
 from selmatch_tune.config import SearchConfig
-from selmatch_tune.phase_kinds import phase_kind
+from selmatch_tune.phase_kinds import ALPHA, phase_kind
 
 STATE = SEARCH_STATE  # the marker of a search folder (selmatch.artifacts)
 Log = Callable[[str], None]
@@ -127,6 +128,10 @@ class PhaseResult(Config):
         return self.curve[self.best]
 
 
+#: what can win an IPC (:attr:`Winner.candidate`) and the method that made it
+CANDIDATES = {"alpha": "selmatch", "mtt": "mtt", "seqmatch": "seqmatch"}
+
+
 @dataclass
 class Winner(Config):
     """Which candidate won an IPC: the α phase's best (``alpha``), plain MTT (``mtt``) or the K
@@ -142,7 +147,18 @@ class Winner(Config):
 
     @property
     def method(self) -> str:
-        return {"alpha": "selmatch", "mtt": "mtt", "seqmatch": "seqmatch"}[self.candidate]
+        """The method that made it (a name of selmatch.methods.REGISTRY)."""
+        return CANDIDATES[self.candidate]
+
+    @property
+    def plain_mtt(self) -> bool:
+        """Whether the α phase's candidate beside its grid (plain MTT) won."""
+        return ALPHA.candidate is not None and self.candidate == ALPHA.candidate[0]
+
+    @property
+    def sequential(self) -> bool:
+        """Whether its method matches subsets one after another (SeqMatch)."""
+        return method_of(self.method).sequential
 
 
 @dataclass
@@ -218,12 +234,12 @@ class IpcRecord(Config):
             last = self.phase(list(winner.refined)[-1])
             assert last is not None, "a refined winner's phase is recorded"
             return Score(val=last.best_point.val, test=last.best_point.test)
-        if winner.candidate == "seqmatch":
+        if winner.sequential:
             assert self.subsets is not None
             point: Point | Baseline = self.subsets.best_point
         else:
             assert self.alpha is not None
-            mtt = winner.candidate == "mtt" and self.alpha.mtt is not None
+            mtt = winner.plain_mtt and self.alpha.mtt is not None
             point = self.alpha.mtt if mtt and self.alpha.mtt else self.alpha.best_point
         return Score(val=point.val, test=point.test)
 

@@ -75,7 +75,7 @@ def precompute_all(config: SearchConfig, dataset: ImageDataset, out: Path, log: 
         log=log,
     )
     networks = ""
-    if config.score == "consistency":
+    if pre.consistency_trained or pre.consistency_reused:  # a score estimated beside them
         networks = (
             f"; consistency networks: {pre.consistency_trained} trained, "
             f"{pre.consistency_reused} reused, in {pre.score_dir}"

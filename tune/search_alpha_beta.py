@@ -27,7 +27,7 @@ from selmatch.cli import options
 from selmatch.cli.common import OneLineParser, check_output
 from selmatch.config import ConfigError, SelmatchError, flag
 from selmatch_tune.config import BUDGETS, METHOD_CHOICES, SearchConfig
-from selmatch_tune.phase_kinds import PHASES
+from selmatch_tune.phase_kinds import PHASES, SUBSETS
 from selmatch_tune.presets import PRESETS
 
 
@@ -371,7 +371,7 @@ def dry_run(
         + (
             f" (SeqMatch K grid {list(config.subsets_grid)}, "
             f"{config.seqmatch_experts} stage experts)"
-            if "seqmatch" in config.methods
+            if config.searches(SUBSETS)
             else ""
         )
     )

@@ -27,6 +27,7 @@ from selmatch.data import HoldoutSplit, ImageDataset
 from selmatch.distill import DistillConfig, distill
 from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set
 from selmatch.experts import ExpertConfig, InMemoryExperts, Mapper, TrainOne
+from selmatch.initial import RandomInit
 from selmatch.methods import method_of
 from selmatch.params import ParamLayout
 from selmatch.sweep import evaluate_random, evaluate_window
@@ -236,7 +237,7 @@ def evaluate_selection(
     """A selection trained as it is: the window at β or, with ``init = "random"``, the random
     class-balanced subset whose seed is the split's. The one body of a β trial (the short
     budget) and of a selection's final evaluation (the full budget)."""
-    if spec.init == "random":
+    if spec.init == RandomInit.kind:
         return evaluate_random(dataset, split, spec.ipc, evaluation, seed=spec.split_seed)
     return evaluate_window(dataset, split, hardness, spec.window(), evaluation)
 
