@@ -8,7 +8,7 @@ quick-preset search, within 8 minutes on one H100/H200; one JSON and one Markdow
 Step rows, each at N = 20 and N = 55 (ConvNet-128-BN on 3×32×32, b = 125, a set of 5,000 =
 CIFAR-10 IPC 500 with α = 0.2 learnable, DSA on every step: Table 5 of the paper): ``plain``
 (benchmarks/plain_mtt.py), ``default`` (unrolled), ``memory-saving`` (checkpointed), and the
-default mode with one lever of selmatch.levers each: ``fp32``, ``tf32``, ``bf16``,
+default mode with one lever of selmatch.distillation.levers each: ``fp32``, ``tf32``, ``bf16``,
 ``channels-last``, ``compile``, ``cuda-graphs``; and E = 8 trajectories per iteration in one
 batched computation (``E8``: default mode, ``memory-saving-E8``: checkpointed), compared with
 ``default`` per trajectory (trajectories/s). Every one-trajectory row sees the same start,
@@ -54,10 +54,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_mtt import plain_match
 
-from selmatch.augment import DSAConfig
-from selmatch.experts import ExpertConfig
-from selmatch.levers import Levers, StudentStep, precision_scope
-from selmatch.matching import (
+from selmatch.distillation.levers import Levers, StudentStep, precision_scope
+from selmatch.distillation.matching import (
     MatchResult,
     StudentPlan,
     SyntheticTensors,
@@ -65,9 +63,11 @@ from selmatch.matching import (
     plan_student_steps,
     student_template,
 )
-from selmatch.models import ModelConfig, build_model
-from selmatch.params import ParamLayout
-from selmatch.train import TrainConfig, train_network
+from selmatch.training.augment import DSAConfig
+from selmatch.training.experts import ExpertConfig
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.params import ParamLayout
+from selmatch.training.train import TrainConfig, train_network
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,8 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_mtt import plain_match
 
-from selmatch.augment import DSAConfig
-from selmatch.matching import (
+from selmatch.distillation.matching import (
     MatchResult,
     SyntheticTensors,
     checkpointed_match,
@@ -37,8 +36,9 @@ from selmatch.matching import (
     student_template,
     unrolled_match,
 )
-from selmatch.models import ModelConfig, build_model
-from selmatch.params import ParamLayout
+from selmatch.training.augment import DSAConfig
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.params import ParamLayout
 
 SHAPES = {"fmnist": (1, 28, 28), "cifar": (3, 32, 32)}
 IMPLEMENTATIONS: dict[str, Callable[..., MatchResult]] = {

@@ -8,7 +8,7 @@ compared with the α phase run alone:
 - ``alone``: ``--final-after-phases``: an IPC's full evaluations run after its phases, so
   nothing runs beside its α phase (the baseline);
 - ``beside``: the search as it is: the full evaluations wait on the driver
-  (``selmatch_tune.slots.FinalSlots``) and start only in the slots the search leaves;
+  (``selmatch_tune.flow.slots.FinalSlots``) and start only in the slots the search leaves;
 - ``greedy``: as the search did before: each full evaluation submitted to Ray as soon as it is
   known (``FinalSlots`` with nothing reserved), taking any free slot.
 
@@ -35,12 +35,12 @@ from typing import Any
 import ray
 from ray.cluster_utils import Cluster
 
-from selmatch_tune import search as search_module
-from selmatch_tune.finals import final_slots
-from selmatch_tune.presets import smoke
-from selmatch_tune.search import run_search
+from selmatch_tune.flow import search as search_module
+from selmatch_tune.flow.finals import final_slots
+from selmatch_tune.flow.search import run_search
+from selmatch_tune.flow.slots import FinalSlots
 from selmatch_tune.search_alpha_beta import apply_sets
-from selmatch_tune.slots import FinalSlots
+from selmatch_tune.settings.presets import smoke
 
 MODES = ("alone", "beside", "greedy")
 IPC = 4

@@ -5,9 +5,9 @@ computation (``--trajectories-per-step E``), against E = 1 measured in the same 
     python benchmarks/multi_trajectory.py --tiny           # a seconds-long run on tiny shapes
     python benchmarks/multi_trajectory.py --device cuda --width 128 --batch 125
 
-One call of ``selmatch.matching.match_trajectories`` with E trajectories (each its own start,
-target, batches and DSA draws, as in a distillation) is timed (median of ``--repeats`` after a
-warm-up). trajectories/s = E / seconds; images/s = E · N · b / seconds (synthetic images through
+One call of ``selmatch.distillation.matching.match_trajectories`` with E trajectories (each its own
+start, target, batches and DSA draws, as in a distillation) is timed (median of ``--repeats`` after
+a warm-up). trajectories/s = E / seconds; images/s = E · N · b / seconds (synthetic images through
 the student, forward and double backward); iterations/s = 1 / seconds (image updates). E = 1 is
 today's single-trajectory path, so E sequential one-trajectory calls cost E times its seconds.
 Before timing, the batched result is checked against the mean of E sequential ones in float64.
@@ -24,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-from selmatch.augment import DSAConfig
-from selmatch.matching import (
+from selmatch.distillation.matching import (
     StudentPlan,
     SyntheticTensors,
     match_trajectories,
@@ -33,8 +32,9 @@ from selmatch.matching import (
     sequential_match,
     student_template,
 )
-from selmatch.models import ModelConfig, build_model
-from selmatch.params import ParamLayout
+from selmatch.training.augment import DSAConfig
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.params import ParamLayout
 
 Case = tuple[
     torch.nn.Module,

@@ -5,7 +5,7 @@ code's structure): every student step gets its own ``nn.Module`` copy into which
 (non-leaf) parameters are put, the whole synthetic set is one leaf tensor that requires
 gradients (frozen images included; their gradient is thrown away afterwards), the graph of
 all N steps is kept and one backward pass gives the gradients. Same plan (batches and
-augmentation draws) as :mod:`selmatch.matching`, so the results must agree.
+augmentation draws) as :mod:`selmatch.distillation.matching`, so the results must agree.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selmatch.augment import apply_dsa
-from selmatch.matching import MatchResult, StudentPlan, SyntheticTensors
-from selmatch.params import ParamLayout
+from selmatch.distillation.matching import MatchResult, StudentPlan, SyntheticTensors
+from selmatch.training.augment import apply_dsa
+from selmatch.training.params import ParamLayout
 
 
 def _put_parameters(module: nn.Module, layout: ParamLayout, flat: torch.Tensor) -> None:

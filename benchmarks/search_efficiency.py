@@ -26,9 +26,9 @@ import random
 import statistics
 from pathlib import Path
 
-from selmatch_tune.costs import format_costs, stage_costs
-from selmatch_tune.record import SearchRecord
-from selmatch_tune.simulate import random_concave_curve, simulate
+from selmatch_tune.flow.simulate import random_concave_curve, simulate
+from selmatch_tune.results.costs import format_costs, stage_costs
+from selmatch_tune.results.record import SearchRecord
 
 #: the columns of best_hparams.csv that say what won
 WINNER_COLUMNS = ("ipc", "method", "init", "beta", "alpha", "subsets")

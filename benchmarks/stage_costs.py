@@ -35,9 +35,9 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill_step import make_case, run_once, time_it
 
-from selmatch.models import ModelConfig, build_model
-from selmatch.train import TrainConfig, train_network
-from selmatch_tune.presets import paper
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.train import TrainConfig, train_network
+from selmatch_tune.settings.presets import paper
 
 SHAPE = (3, 32, 32)
 POOL = 49_000  # CIFAR-10's 50,000 training images minus the 2 % validation slice

@@ -9,13 +9,13 @@ time through ``ObjectStoreTrajectories``).
 The experts have the paper preset's shape (ConvNet width 128, BatchNorm, 3×32×32 images, 10
 classes, 101 snapshots: ``experts.epochs`` = 100; T− = 0, T+ = 80, M = 2, so the new layout keeps
 epochs 0..82) with synthetic values; the driver puts them into the object store as
-``tune/precompute.py`` does (one driver-owned ``ray.put`` of a numpy array per expert). Each trial
-runs in a fresh worker process (a Ray task with ``max_calls=1``): it builds the experts as the
-trial does and runs the library's ``selmatch.distill.distill`` for a few iterations with a small
-N and b, so that the experts dominate its memory (the trial's evaluation afterwards does not
-depend on the experts and is left out). Memory: the process's RSS when the trial body starts
-and its peak RSS at the end (``ru_maxrss``: shared object-store pages the process touched count
-too), and ``torch.cuda.max_memory_allocated`` on a GPU.
+``tune/flow/precompute.py`` does (one driver-owned ``ray.put`` of a numpy array per expert). Each
+trial runs in a fresh worker process (a Ray task with ``max_calls=1``): it builds the experts as the
+trial does and runs the library's ``selmatch.distillation.distill.distill`` for a few iterations
+with a small N and b, so that the experts dominate its memory (the trial's evaluation afterwards
+does not depend on the experts and is left out). Memory: the process's RSS when the trial body
+starts and its peak RSS at the end (``ru_maxrss``: shared object-store pages the process touched
+count too), and ``torch.cuda.max_memory_allocated`` on a GPU.
 
 The old layout needs 2 × 129 MB per expert at the paper's shape (the store and the trial's
 copy): it is measured up to ``--before-up-to`` experts and extrapolated linearly beyond. Counts
@@ -42,15 +42,15 @@ import ray
 import torch
 
 from selmatch.data import ImageDataset, holdout_split
-from selmatch.distill import DistillConfig, distill
-from selmatch.experts import ExpertConfig, InMemoryExperts
-from selmatch.models import ModelConfig, build_model
-from selmatch.params import ParamLayout
-from selmatch.target import SetSpec
-from selmatch_tune.precompute import dataset_arrays, dataset_from_arrays
-from selmatch_tune.presets import paper
-from selmatch_tune.search import matched_epochs
-from selmatch_tune.trials import ObjectStoreTrajectories
+from selmatch.distillation.distill import DistillConfig, distill
+from selmatch.distillation.target import SetSpec
+from selmatch.training.experts import ExpertConfig, InMemoryExperts
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.params import ParamLayout
+from selmatch_tune.flow.precompute import dataset_arrays, dataset_from_arrays
+from selmatch_tune.flow.search import matched_epochs
+from selmatch_tune.flow.trials import ObjectStoreTrajectories
+from selmatch_tune.settings.presets import paper
 
 SHAPE = (3, 32, 32)
 CLASSES = 10
@@ -125,7 +125,7 @@ def trajectory(base: np.ndarray, epochs: range, expert: int) -> np.ndarray:
 
 
 def put_experts(case: Case, count: int, epochs: range) -> list[ray.ObjectRef]:
-    """As ``tune/precompute.py``: one driver-owned object per expert, a numpy array."""
+    """As ``tune/flow/precompute.py``: one driver-owned object per expert, a numpy array."""
     base = case.layout.flatten(build_model(case.experts.model, SHAPE, CLASSES, seed=0)).numpy()
     return [ray.put(trajectory(base, epochs, i)) for i in range(count)]
 
@@ -140,7 +140,7 @@ def before_experts(case: Case, data: dict[str, Any], device: torch.device) -> tu
 
 
 def after_experts(case: Case, data: dict[str, Any], device: torch.device) -> tuple[Any, list]:
-    """The trial as it is (tune/trials.py ``alpha_trial``): one expert fetched zero-copy per
+    """The trial as it is (tune/flow/trials.py ``alpha_trial``): one expert fetched zero-copy per
     draw, released once its two snapshots are copied."""
     trajectories = ObjectStoreTrajectories(data["trajectories"])
     return InMemoryExperts(

@@ -27,9 +27,9 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from selmatch_tune.presets import quick
-from selmatch_tune.search import fixed_settings, precompute_all, trial_data
-from selmatch_tune.trials import TrialSpec, beta_trial
+from selmatch_tune.flow.search import fixed_settings, precompute_all, trial_data
+from selmatch_tune.flow.trials import TrialSpec, beta_trial
+from selmatch_tune.settings.presets import quick
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,16 +21,16 @@ from typing import Any
 
 import torch
 
-from selmatch.consistency import ConsistencyConfig, estimate_consistency
+from selmatch.core.io import write_json
 from selmatch.data import holdout_split, load_dataset
-from selmatch.evaluate import EvalConfig
-from selmatch.experts import ExpertConfig, train_experts
-from selmatch.io import write_json
-from selmatch.models import ModelConfig
-from selmatch.scores import ScoreTable
-from selmatch.sweep import evaluate_random, evaluate_window
-from selmatch.train import TrainConfig
-from selmatch.window import WindowSpec
+from selmatch.difficulty.scores import ScoreTable
+from selmatch.evaluation.evaluate import EvalConfig
+from selmatch.evaluation.sweep import evaluate_random, evaluate_window
+from selmatch.selection.consistency import ConsistencyConfig, estimate_consistency
+from selmatch.selection.window import WindowSpec
+from selmatch.training.experts import ExpertConfig, train_experts
+from selmatch.training.models import ModelConfig
+from selmatch.training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results" / "consistency-budget"

@@ -36,12 +36,12 @@ from typing import Any
 
 import fmnist_study as study_module
 
+from selmatch.core.io import write_json
 from selmatch.data import balanced_subset, holdout_split, load_dataset
-from selmatch.evaluate import EvalConfig, evaluate_set
-from selmatch.io import write_json
-from selmatch.models import ModelConfig
-from selmatch.synthetic import SyntheticSet
-from selmatch.train import TrainConfig
+from selmatch.evaluation.evaluate import EvalConfig, evaluate_set
+from selmatch.sets.synthetic import SyntheticSet
+from selmatch.training.models import ModelConfig
+from selmatch.training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results" / "eval-budget"

@@ -34,17 +34,17 @@ from typing import Any
 
 import torch
 
-import selmatch.augment
-import selmatch.train
+import selmatch.training.augment
+import selmatch.training.train
+from selmatch.core.io import write_json
 from selmatch.data import balanced_subset, holdout_split, load_dataset
-from selmatch.distill import DistillConfig, distill, flat_settings
-from selmatch.evaluate import EvalConfig, evaluate_set
-from selmatch.experts import ExpertConfig, ExpertSet, train_experts
-from selmatch.io import write_json
-from selmatch.models import ModelConfig
-from selmatch.synthetic import SyntheticSet
-from selmatch.target import SetSpec
-from selmatch.train import TrainConfig
+from selmatch.distillation.distill import DistillConfig, distill, flat_settings
+from selmatch.distillation.target import SetSpec
+from selmatch.evaluation.evaluate import EvalConfig, evaluate_set
+from selmatch.sets.synthetic import SyntheticSet
+from selmatch.training.experts import ExpertConfig, ExpertSet, train_experts
+from selmatch.training.models import ModelConfig
+from selmatch.training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results" / "fidelity-fixes"
@@ -66,23 +66,23 @@ def eval_config(setting: dict[str, Any], augment: str) -> EvalConfig:
 @contextmanager
 def grey_crop_padding() -> Iterator[None]:
     """The state before fix 2: crop+flip pads with 0 in normalised space."""
-    original = selmatch.train.black
-    selmatch.train.black = lambda normalize, channels: torch.zeros(channels)
+    original = selmatch.training.train.black
+    selmatch.training.train.black = lambda normalize, channels: torch.zeros(channels)
     try:
         yield
     finally:
-        selmatch.train.black = original
+        selmatch.training.train.black = original
 
 
 @contextmanager
 def dsa_per_batch() -> Iterator[None]:
     """The state before fix 3: one DSA operation per batch for ``D_distill``."""
-    original = selmatch.augment.dsa_per_image
-    selmatch.augment.dsa_per_image = selmatch.augment.dsa
+    original = selmatch.training.augment.dsa_per_image
+    selmatch.training.augment.dsa_per_image = selmatch.training.augment.dsa
     try:
         yield
     finally:
-        selmatch.augment.dsa_per_image = original
+        selmatch.training.augment.dsa_per_image = original
 
 
 def step(name: str, work: Callable[[], dict[str, Any]], **info: Any) -> dict[str, Any]:
@@ -162,7 +162,7 @@ def lr_init_check(dataset: Any, split: Any) -> None:
     config = ExpertConfig(model=ModelConfig(width=16), num_experts=2, epochs=4, per_class=1000)
     train_experts(dataset, config, experts_dir, progress=False)  # trains only what is missing
     experts = ExpertSet.load(experts_dir)
-    from selmatch.scores import ScoreTable
+    from selmatch.difficulty.scores import ScoreTable
 
     hardness = ScoreTable.load(experts_dir).hardness("el2n")
     target = SetSpec(

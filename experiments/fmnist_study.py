@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selmatch_tune.record import SearchRecord
+from selmatch_tune.results.record import SearchRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -5,8 +5,8 @@ The library is PyTorch only; the distributed search lives in ``tune/``.
 
 __version__ = "0.1.0"
 
-from selmatch.augment import DSAConfig, apply_dsa, combined, crop_flip, dsa, sample_dsa
-from selmatch.config import ConfigError, SelmatchError
+from selmatch._moved import install as _install_moved
+from selmatch.core.config import ConfigError, SelmatchError
 from selmatch.data import (
     DatasetNotFoundError,
     ImageDataset,
@@ -14,11 +14,14 @@ from selmatch.data import (
     holdout_split,
     load_dataset,
 )
-from selmatch.evaluate import EvalConfig, EvalResult, evaluate_set, paper_epochs
-from selmatch.export import load_synthetic
-from selmatch.models import ModelConfig, build_model
-from selmatch.synthetic import SyntheticSet
-from selmatch.train import TrainConfig, accuracy, train_network
+from selmatch.evaluation.evaluate import EvalConfig, EvalResult, evaluate_set, paper_epochs
+from selmatch.sets.export import load_synthetic
+from selmatch.sets.synthetic import SyntheticSet
+from selmatch.training.augment import DSAConfig, apply_dsa, combined, crop_flip, dsa, sample_dsa
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.train import TrainConfig, accuracy, train_network
+
+_install_moved()  # the module paths before the layout by stage still import
 
 __all__ = [
     "ConfigError",

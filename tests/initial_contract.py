@@ -8,7 +8,7 @@ import json
 import torch
 
 from selmatch.data import HoldoutSplit, ImageDataset
-from selmatch.initial import Initial, Initialisation
+from selmatch.selection.initial import Initial, Initialisation
 
 
 def keeps_the_initialisation_contract(

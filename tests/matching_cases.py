@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 
-from selmatch.augment import DSAConfig
-from selmatch.distill import DistillConfig
-from selmatch.matching import SyntheticTensors, plan_student_steps, student_template
-from selmatch.models import ModelConfig, build_model
-from selmatch.params import ParamLayout
-from selmatch.target import SET_KEYS, SetSpec
+from selmatch.distillation.distill import DistillConfig
+from selmatch.distillation.matching import SyntheticTensors, plan_student_steps, student_template
+from selmatch.distillation.target import SET_KEYS, SetSpec
+from selmatch.training.augment import DSAConfig
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.params import ParamLayout
 
 
 def matching_case(

@@ -1,5 +1,5 @@
-"""The artifact guard (selmatch.artifacts) and the data identity (selmatch.identity): what each
-command may write where, and the records that bind scores, experts and sweeps to their data."""
+"""The artifact guard (selmatch.core.artifacts) and the data identity (selmatch.data.identity): what
+each command may write where, and the records that bind scores, experts and sweeps to their data."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from selmatch.artifacts import ARTIFACTS, artifact_at, check_out
-from selmatch.config import ConfigError
-from selmatch.experts import write_expert_scores
-from selmatch.identity import check_data, data_digest, data_identity, tensor_digest
-from selmatch.scores import ScoreTable
+from selmatch.core.artifacts import ARTIFACTS, artifact_at, check_out
+from selmatch.core.config import ConfigError
+from selmatch.data.identity import check_data, data_digest, data_identity, tensor_digest
+from selmatch.difficulty.scores import ScoreTable
+from selmatch.training.experts import write_expert_scores
 
 
 def _json(path: Path, value: object) -> Path:
@@ -142,7 +142,7 @@ def test_a_score_table_is_bound_to_its_data(fashion, tmp_path: Path) -> None:
 def test_rewriting_the_expert_scores_keeps_an_imported_score(tmp_path: Path, fashion) -> None:
     from safetensors.torch import save_file
 
-    from selmatch.experts import ExpertConfig
+    from selmatch.training.experts import ExpertConfig
 
     size = len(fashion.train_labels)
     ScoreTable(
@@ -161,7 +161,7 @@ def test_rewriting_the_expert_scores_keeps_an_imported_score(tmp_path: Path, fas
 
 
 def test_consistency_networks_resume_only_on_their_data(tmp_path: Path, fashion) -> None:
-    from selmatch.consistency import ConsistencyConfig, prepare_directory, write_manifest
+    from selmatch.selection.consistency import ConsistencyConfig, prepare_directory, write_manifest
 
     config = ConsistencyConfig(dataset=fashion.name)
     other = {**data_identity(fashion), "digest": "0" * 16}

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from selmatch.augment import (
+from selmatch.core.config import ConfigError
+from selmatch.training.augment import (
     DSA_OPERATIONS,
     DSAConfig,
     apply_dsa,
@@ -14,7 +15,6 @@ from selmatch.augment import (
     sample_dsa,
     shift_images,
 )
-from selmatch.config import ConfigError
 
 
 def images(n: int = 6, channels: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:

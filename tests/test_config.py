@@ -2,10 +2,10 @@ import dataclasses
 
 import pytest
 
-from selmatch.config import ConfigError, check_choice, check_float, check_int
-from selmatch.evaluate import EvalConfig
-from selmatch.models import ModelConfig
-from selmatch.train import TrainConfig
+from selmatch.core.config import ConfigError, check_choice, check_float, check_int
+from selmatch.evaluation.evaluate import EvalConfig
+from selmatch.training.models import ModelConfig
+from selmatch.training.train import TrainConfig
 
 
 def test_round_trip_of_nested_config() -> None:
@@ -48,8 +48,8 @@ def test_bad_values_give_one_line_errors_naming_the_argument(call, message) -> N
 
 
 def test_a_resumable_folder_names_the_nested_settings_that_changed() -> None:
-    from selmatch.config import changed_settings, check_resumable
-    from selmatch.consistency import ConsistencyConfig
+    from selmatch.core.config import changed_settings, check_resumable
+    from selmatch.selection.consistency import ConsistencyConfig
 
     before = ConsistencyConfig()
     after = before.replace(
@@ -72,13 +72,13 @@ def test_a_resumable_folder_names_the_nested_settings_that_changed() -> None:
 
 
 def test_every_setting_of_the_stage_configs_is_declared_with_its_help() -> None:
-    from selmatch.augment import DSAConfig
-    from selmatch.config import flag, setting_of
-    from selmatch.consistency import ConsistencyConfig
-    from selmatch.distill import DistillConfig
-    from selmatch.experts import ExpertConfig
-    from selmatch.sweep import SweepConfig
-    from selmatch.target import SetSpec
+    from selmatch.core.config import flag, setting_of
+    from selmatch.distillation.distill import DistillConfig
+    from selmatch.distillation.target import SetSpec
+    from selmatch.evaluation.sweep import SweepConfig
+    from selmatch.selection.consistency import ConsistencyConfig
+    from selmatch.training.augment import DSAConfig
+    from selmatch.training.experts import ExpertConfig
 
     for cls in (
         ModelConfig,

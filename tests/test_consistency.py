@@ -3,8 +3,10 @@ import math
 import pytest
 import torch
 
-from selmatch.config import ConfigError
-from selmatch.consistency import (
+from selmatch.core.config import ConfigError
+from selmatch.data import ImageDataset, balanced_subset, holdout_split
+from selmatch.difficulty.scores import ScoreTable
+from selmatch.selection.consistency import (
     MIN_HOLDOUTS,
     ConsistencyConfig,
     combine_consistency,
@@ -13,9 +15,7 @@ from selmatch.consistency import (
     network_file,
     scored_indices,
 )
-from selmatch.data import ImageDataset, balanced_subset, holdout_split
-from selmatch.models import ModelConfig
-from selmatch.scores import ScoreTable
+from selmatch.training.models import ModelConfig
 
 
 @pytest.fixture(scope="module")

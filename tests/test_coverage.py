@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from selmatch.coverage import coverage_fraction, mean_nn_radius, nearest_distances
+from selmatch.selection.coverage import coverage_fraction, mean_nn_radius, nearest_distances
 
 
 def test_nearest_distances_by_hand() -> None:

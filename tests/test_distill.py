@@ -6,13 +6,19 @@ import pytest
 import torch
 from matching_cases import Settings
 
-from selmatch import distill as distill_module
-from selmatch.config import ConfigError, SelmatchError
-from selmatch.distill import DistillationDivergedError, DistillConfig, distill, draw, settings_of
-from selmatch.experts import ExpertConfig, ExpertSet, InMemoryExperts, train_experts
-from selmatch.models import ModelConfig
-from selmatch.scores import ScoreTable
-from selmatch.synthetic import SyntheticSet
+from selmatch.core.config import ConfigError, SelmatchError
+from selmatch.difficulty.scores import ScoreTable
+from selmatch.distillation import distill as distill_module
+from selmatch.distillation.distill import (
+    DistillationDivergedError,
+    DistillConfig,
+    distill,
+    draw,
+    settings_of,
+)
+from selmatch.sets.synthetic import SyntheticSet
+from selmatch.training.experts import ExpertConfig, ExpertSet, InMemoryExperts, train_experts
+from selmatch.training.models import ModelConfig
 
 EXPERTS = ExpertConfig(
     model=ModelConfig(width=4), num_experts=2, epochs=4, per_class=40, batch_size=64
@@ -378,7 +384,7 @@ def _copy(interrupted, tmp_path):
 def test_a_checkpoint_records_the_inputs_and_a_resume_meets_them(
     interrupted, tmp_path, fashion, fashion_split, experts, hardness
 ) -> None:
-    from selmatch.identity import data_identity
+    from selmatch.data.identity import data_identity
 
     folder = _copy(interrupted, tmp_path)
     inputs = json.loads((folder / "checkpoint/state.json").read_text())["inputs"]

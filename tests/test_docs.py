@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_search_setting_is_in_the_configuration_reference() -> None:
-    from selmatch_tune.config import SearchConfig
-    from selmatch_tune.tracking import flatten
+    from selmatch_tune.results.tracking import flatten
+    from selmatch_tune.settings.config import SearchConfig
 
     text = (ROOT / "docs" / "configuration.md").read_text()
     keys = [k for k in flatten(SearchConfig().to_dict()) if ".dsa." not in k]
@@ -31,8 +31,8 @@ def test_the_configuration_table_is_the_one_the_declarations_make() -> None:
 def test_every_setting_of_a_search_is_declared_with_its_help() -> None:
     import dataclasses
 
-    from selmatch.config import Config, setting_of
-    from selmatch_tune.config import SearchConfig
+    from selmatch.core.config import Config, setting_of
+    from selmatch_tune.settings.config import SearchConfig
 
     undeclared: list[str] = []
     seen: set[type] = set()

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from selmatch.data import balanced_subset
-from selmatch.evaluate import EvalConfig, evaluate_set, paper_epochs
-from selmatch.models import ModelConfig
-from selmatch.train import TrainConfig
+from selmatch.evaluation.evaluate import EvalConfig, evaluate_set, paper_epochs
+from selmatch.training.models import ModelConfig
+from selmatch.training.train import TrainConfig
 
 
 @pytest.mark.parametrize(("ratio", "epochs"), [(0.05, 1000), (0.1, 500), (0.2, 250), (0.3, 167)])
@@ -40,8 +40,8 @@ SCRIPT = """
 import sys, torch
 from safetensors.torch import save_file
 from selmatch.data import load_dataset, balanced_subset
-from selmatch.models import ModelConfig, build_model
-from selmatch.train import TrainConfig, train_network
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.train import TrainConfig, train_network
 data = load_dataset("fashion-mnist")
 idx = balanced_subset(data.train_labels, 10, 5, seed=3)
 model = build_model(ModelConfig(width=8), data.image_shape, 10, seed=11)
@@ -78,7 +78,7 @@ def test_result_serialises(fashion, fashion_split) -> None:
 
 
 def test_a_full_data_epoch_budget_gives_every_set_size_the_same_steps() -> None:
-    from selmatch.evaluate import budget_epochs
+    from selmatch.evaluation.evaluate import budget_epochs
 
     assert budget_epochs(600, 58_800, 2.0) == 196  # 1% of Fashion-MNIST's pool: 196 epochs
     assert budget_epochs(5_880, 58_800, 2.0) == 20

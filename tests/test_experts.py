@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-from selmatch.config import ConfigError
-from selmatch.experts import ExpertConfig, ExpertSet, train_experts, train_one_expert
-from selmatch.models import ModelConfig, build_model
-from selmatch.params import ParamLayout
-from selmatch.scores import ScoreTable
+from selmatch.core.config import ConfigError
+from selmatch.difficulty.scores import ScoreTable
+from selmatch.training.experts import ExpertConfig, ExpertSet, train_experts, train_one_expert
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.params import ParamLayout
 
 TINY = ExpertConfig(
     model=ModelConfig(width=4), num_experts=2, epochs=2, per_class=20, batch_size=32, el2n_epoch=1

@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader
 
 import selmatch
 from selmatch.cli import main
-from selmatch.export import ExportError, export_set, folder_names, load_synthetic
-from selmatch.synthetic import SyntheticSet
+from selmatch.sets.export import ExportError, export_set, folder_names, load_synthetic
+from selmatch.sets.synthetic import SyntheticSet
 
 IPC = 3
 

@@ -1,5 +1,5 @@
-"""The initialisation contract: every kind of :mod:`selmatch.initial` starts a set the same
-way: class-balanced, from the pool only, labels that are the images' own, a mask and subset
+"""The initialisation contract: every kind of :mod:`selmatch.selection.initial` starts a set the
+same way: class-balanced, from the pool only, labels that are the images' own, a mask and subset
 ids of the set's length, the same draw for the same settings, a manifest entry naming it.
 A new kind is added to KINDS and to ``made`` below, and passes the same test."""
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from initial_contract import keeps_the_initialisation_contract
 
-from selmatch.initial import KINDS, RandomInit, RealInit, SequentialInit, WindowInit
-from selmatch.target import SetSpec, initialisation_of
-from selmatch.window import WindowSpec
+from selmatch.distillation.target import SetSpec, initialisation_of
+from selmatch.selection.initial import KINDS, RandomInit, RealInit, SequentialInit, WindowInit
+from selmatch.selection.window import WindowSpec
 
 IPC = 12
 
@@ -60,7 +60,7 @@ def test_each_method_starts_from_its_kind() -> None:
 
 
 def test_a_window_needs_scores(fashion, fashion_split) -> None:
-    from selmatch.config import ConfigError
+    from selmatch.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="needs difficulty scores"):
         made(WindowInit)[0].select(fashion, fashion_split, None)

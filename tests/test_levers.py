@@ -1,5 +1,5 @@
-"""Speed levers of the student step (selmatch.levers): each runs on CPU on tiny shapes, gives
-the default's result (bit for bit, or within a stated tolerance), and is refused with a
+"""Speed levers of the student step (selmatch.distillation.levers): each runs on CPU on tiny shapes,
+gives the default's result (bit for bit, or within a stated tolerance), and is refused with a
 one-line error where it cannot apply."""
 
 import pytest
@@ -7,14 +7,14 @@ import torch
 from matching_cases import matching_case
 
 from selmatch import cli
-from selmatch.config import ConfigError
-from selmatch.distill import DistillConfig, distill
-from selmatch.experts import ExpertConfig, InMemoryExperts
-from selmatch.levers import PRECISIONS, Levers, StudentStep, precision_scope
-from selmatch.matching import MODES, match_trajectories
-from selmatch.models import ModelConfig, build_model
-from selmatch.params import ParamLayout
-from selmatch.target import SetSpec
+from selmatch.core.config import ConfigError
+from selmatch.distillation.distill import DistillConfig, distill
+from selmatch.distillation.levers import PRECISIONS, Levers, StudentStep, precision_scope
+from selmatch.distillation.matching import MODES, match_trajectories
+from selmatch.distillation.target import SetSpec
+from selmatch.training.experts import ExpertConfig, InMemoryExperts
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.params import ParamLayout
 
 
 @pytest.fixture(autouse=True)
@@ -284,8 +284,8 @@ def test_the_command_line_takes_the_levers_and_refuses_a_bad_precision(capsys, t
 
 
 def test_the_search_reaches_the_levers_by_set() -> None:
-    from selmatch_tune.presets import smoke
     from selmatch_tune.search_alpha_beta import apply_sets
+    from selmatch_tune.settings.presets import smoke
 
     config = apply_sets(
         smoke(),

@@ -2,9 +2,8 @@ import pytest
 import torch
 from matching_cases import matching_case
 
-from selmatch import matching
-from selmatch.augment import DSAConfig
-from selmatch.matching import (
+from selmatch.distillation import matching
+from selmatch.distillation.matching import (
     SyntheticTensors,
     _final_adjoint,
     batched_checkpointed_match,
@@ -15,8 +14,9 @@ from selmatch.matching import (
     student_template,
     unrolled_match,
 )
-from selmatch.models import ModelConfig, build_model
-from selmatch.params import ParamLayout
+from selmatch.training.augment import DSAConfig
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.params import ParamLayout
 
 D = torch.float64
 

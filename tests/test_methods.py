@@ -1,4 +1,4 @@
-"""The method contract: every method of :mod:`selmatch.methods` answers what the
+"""The method contract: every method of :mod:`selmatch.distillation.methods` answers what the
 distillation, the command line and the evaluation ask of it. Its initialisation keeps the
 initialisation contract (tests/initial_contract.py) with the share it learns and its stages;
 it has at least one stage; its manifest extras are plain JSON; its set is evaluated with one
@@ -14,12 +14,9 @@ import pytest
 import torch
 from initial_contract import keeps_the_initialisation_contract
 
-from selmatch.augment import AUGMENTATIONS
-from selmatch.config import ConfigError, setting_of
-from selmatch.distill import DistillConfig, flat_settings
-from selmatch.evaluate import EVAL_ORDERS
-from selmatch.initial import KINDS
-from selmatch.methods import (
+from selmatch.core.config import ConfigError, setting_of
+from selmatch.distillation.distill import DistillConfig, flat_settings
+from selmatch.distillation.methods import (
     METHODS,
     OWN_OPTIONS,
     REGISTRY,
@@ -28,7 +25,10 @@ from selmatch.methods import (
     method_of,
     saved_set_augment,
 )
-from selmatch.target import SetSpec
+from selmatch.distillation.target import SetSpec
+from selmatch.evaluation.evaluate import EVAL_ORDERS
+from selmatch.selection.initial import KINDS
+from selmatch.training.augment import AUGMENTATIONS
 
 IPC = 6
 #: how a spec uses each option only some methods take

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from selmatch.experts import ExpertSet
-from selmatch.migrate import (
+from selmatch.core.migrate import (
     CHECKPOINT,
     EXPERTS_MANIFEST,
     KINDS,
@@ -19,8 +18,9 @@ from selmatch.migrate import (
     NewerFileError,
     migrate,
 )
-from selmatch.synthetic import _checked_manifest
-from selmatch_tune.record import STATE, SearchRecord
+from selmatch.sets.synthetic import _checked_manifest
+from selmatch.training.experts import ExpertSet
+from selmatch_tune.results.record import STATE, SearchRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = [

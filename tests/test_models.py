@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from selmatch.config import ConfigError
-from selmatch.models import ModelConfig, build_model, count_parameters
+from selmatch.core.config import ConfigError
+from selmatch.training.models import ModelConfig, build_model, count_parameters
 
 # Parameter counts of the standard networks (ConvNet-D3 width 128 on CIFAR is the 320,010 of
 # the MTT papers; ResNet-18 with the CIFAR stem has 11,173,962 for 10 classes).

@@ -9,14 +9,19 @@ import torch
 from matching_cases import matching_case
 
 from selmatch import cli
-from selmatch.augment import DSAConfig
-from selmatch.config import ConfigError
-from selmatch.distill import DistillConfig, _Run, distill, sample_trajectories
-from selmatch.experts import ExpertConfig, InMemoryExperts
-from selmatch.matching import MODES, match_trajectories, plan_student_steps, sequential_match
-from selmatch.models import ModelConfig, build_model
-from selmatch.params import ParamLayout
-from selmatch.target import SetSpec
+from selmatch.core.config import ConfigError
+from selmatch.distillation.distill import DistillConfig, _Run, distill, sample_trajectories
+from selmatch.distillation.matching import (
+    MODES,
+    match_trajectories,
+    plan_student_steps,
+    sequential_match,
+)
+from selmatch.distillation.target import SetSpec
+from selmatch.training.augment import DSAConfig
+from selmatch.training.experts import ExpertConfig, InMemoryExperts
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.params import ParamLayout
 
 D = torch.float64
 

@@ -1,10 +1,10 @@
 import torch
 import torch.nn.functional as F
 
-from selmatch.levers import student_loss
-from selmatch.matching import student_template
-from selmatch.models import ModelConfig, build_model
-from selmatch.params import ParamLayout
+from selmatch.distillation.levers import student_loss
+from selmatch.distillation.matching import student_template
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.params import ParamLayout
 
 
 def test_flat_vector_round_trip_through_a_model() -> None:
@@ -22,8 +22,8 @@ def test_flat_vector_round_trip_through_a_model() -> None:
 
 
 def test_the_students_functional_loss_matches_the_module_and_differentiates_the_vector():
-    """The student as the matching runs it (selmatch.levers.student_loss on the template):
-    the module's loss from a flat vector, differentiable in that vector."""
+    """The student as the matching runs it (selmatch.distillation.levers.student_loss on the
+    template): the module's loss from a flat vector, differentiable in that vector."""
     model = build_model(ModelConfig(width=8), (1, 28, 28), 10, seed=0).train()
     layout = ParamLayout.of(model)
     flat = layout.flatten(model).requires_grad_(True)

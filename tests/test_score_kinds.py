@@ -1,5 +1,5 @@
-"""The score contract: every kind of :mod:`selmatch.score_kinds` has a name, a direction, a
-description of how it is made and a cost; what computes it resolves; and the direction the
+"""The score contract: every kind of :mod:`selmatch.difficulty.score_kinds` has a name, a direction,
+a description of how it is made and a cost; what computes it resolves; and the direction the
 registry gives is the one its score tables record, so :meth:`ScoreTable.hardness` turns it
 the same way (the most reported selection bug of this field is a score read backwards)."""
 
@@ -9,9 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from selmatch.consistency import SCORE_NAME, ConsistencyConfig, finish, save_network
-from selmatch.experts import ExpertConfig, write_expert_scores
-from selmatch.score_kinds import (
+from selmatch.difficulty.score_kinds import (
     CONSISTENCY,
     CSCORE,
     REGISTRY,
@@ -21,7 +19,9 @@ from selmatch.score_kinds import (
     imported_direction,
     of_kind,
 )
-from selmatch.scores import HIGHER_IS_HARDER, ScoreTable, hardness
+from selmatch.difficulty.scores import HIGHER_IS_HARDER, ScoreTable, hardness
+from selmatch.selection.consistency import SCORE_NAME, ConsistencyConfig, finish, save_network
+from selmatch.training.experts import ExpertConfig, write_expert_scores
 
 each_score = pytest.mark.parametrize("score", list(REGISTRY.values()), ids=lambda s: s.name)
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from selmatch.config import ConfigError
-from selmatch.scores import (
+from selmatch.core.config import ConfigError
+from selmatch.difficulty.scores import (
     ForgettingTracker,
     ScoreTable,
     combine_expert_scores,

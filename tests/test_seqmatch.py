@@ -8,25 +8,30 @@ import pytest
 import torch
 from matching_cases import Settings
 
-from selmatch import distill as distill_module
-from selmatch import seqmatch
 from selmatch.cli import main
-from selmatch.config import ConfigError
+from selmatch.core.config import ConfigError
 from selmatch.data import balanced_subset
-from selmatch.distill import DistillConfig, distill, settings_of
-from selmatch.evaluate import EvalConfig, evaluate_sequential
-from selmatch.experts import ExpertConfig, ExpertSet, expert_training_indices, train_experts
-from selmatch.models import ModelConfig, build_model
-from selmatch.params import ParamLayout
-from selmatch.seqmatch import (
+from selmatch.distillation import distill as distill_module
+from selmatch.distillation import seqmatch
+from selmatch.distillation.distill import DistillConfig, distill, settings_of
+from selmatch.distillation.seqmatch import (
     EarlierSubsets,
     cached_stage_experts,
     stage_expert_config,
     stage_key,
     train_stage_expert,
 )
-from selmatch.synthetic import SyntheticSet
-from selmatch.train import TrainConfig, accuracy, train_network
+from selmatch.evaluation.evaluate import EvalConfig, evaluate_sequential
+from selmatch.sets.synthetic import SyntheticSet
+from selmatch.training.experts import (
+    ExpertConfig,
+    ExpertSet,
+    expert_training_indices,
+    train_experts,
+)
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.params import ParamLayout
+from selmatch.training.train import TrainConfig, accuracy, train_network
 
 CPU = torch.device("cpu")
 EXPERTS = ExpertConfig(

@@ -3,12 +3,12 @@ import json
 import pytest
 import torch
 
-from selmatch import sweep as sweep_module
-from selmatch.config import ConfigError
-from selmatch.evaluate import EvalConfig
-from selmatch.models import ModelConfig
-from selmatch.sweep import SweepConfig, window_sweep
-from selmatch.train import TrainConfig
+from selmatch.core.config import ConfigError
+from selmatch.evaluation import sweep as sweep_module
+from selmatch.evaluation.evaluate import EvalConfig
+from selmatch.evaluation.sweep import SweepConfig, window_sweep
+from selmatch.training.models import ModelConfig
+from selmatch.training.train import TrainConfig
 
 FAST = EvalConfig(
     model=ModelConfig(width=4), train=TrainConfig(epochs=2), num_seeds=1, device="cpu"

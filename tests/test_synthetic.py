@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from selmatch.synthetic import SyntheticSet, SyntheticSetError
+from selmatch.sets.synthetic import SyntheticSet, SyntheticSetError
 
 
 def make_set(n: int = 6) -> SyntheticSet:

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from selmatch.config import ConfigError
-from selmatch.evaluate import EvalConfig
-from selmatch.models import ModelConfig, build_model
-from selmatch.train import (
+from selmatch.core.config import ConfigError
+from selmatch.evaluation.evaluate import EvalConfig
+from selmatch.training.models import ModelConfig, build_model
+from selmatch.training.train import (
     TrainConfig,
     TrainingDivergedError,
     accuracy,

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from selmatch.config import ConfigError
-from selmatch.scores import HIGHER_IS_HARDER, hardness
-from selmatch.window import WindowSpec, class_rankings, select_window
+from selmatch.core.config import ConfigError
+from selmatch.difficulty.scores import HIGHER_IS_HARDER, hardness
+from selmatch.selection.window import WindowSpec, class_rankings, select_window
 
 NUM_CLASSES = 3
 

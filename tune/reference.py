@@ -1,5 +1,5 @@
 """The table of docs/configuration.md: every setting of a search, its value in each preset and
-what it means, made from the settings' declarations (``selmatch.config.setting``) and the
+what it means, made from the settings' declarations (``selmatch.core.config.setting``) and the
 search's options, so the reference cannot drift from the code.
 
     python -m selmatch_tune.reference          # rewrite the table in docs/configuration.md
@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from selmatch.cli.options import default_of, describe, field_setting
-from selmatch_tune.presets import PRESETS
+from selmatch_tune.results.tracking import flatten
 from selmatch_tune.search_alpha_beta import option_for, setting_at
-from selmatch_tune.tracking import flatten
+from selmatch_tune.settings.presets import PRESETS
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 BEGIN = "<!-- the table below is generated: python -m selmatch_tune.reference -->"

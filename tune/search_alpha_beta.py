@@ -25,10 +25,10 @@ from typing import Any
 
 from selmatch.cli import options
 from selmatch.cli.common import OneLineParser, check_output
-from selmatch.config import ConfigError, SelmatchError, flag
-from selmatch_tune.config import BUDGETS, METHOD_CHOICES, SearchConfig
-from selmatch_tune.phase_kinds import PHASES, SUBSETS
-from selmatch_tune.presets import PRESETS
+from selmatch.core.config import ConfigError, SelmatchError, flag
+from selmatch_tune.settings.config import BUDGETS, METHOD_CHOICES, SearchConfig
+from selmatch_tune.settings.phase_kinds import PHASES, SUBSETS
+from selmatch_tune.settings.presets import PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,7 +340,7 @@ def apply_sets(config: SearchConfig, texts: list[str]) -> SearchConfig:
 
 def overridden(preset: SearchConfig, config: SearchConfig) -> str:
     """``key=value`` for every setting that differs from the preset's, for the log."""
-    from selmatch_tune.tracking import flatten
+    from selmatch_tune.results.tracking import flatten
 
     before, after = flatten(preset.to_dict()), flatten(config.to_dict())
     return ", ".join(f"{k}={after[k]}" for k in after if before.get(k) != after[k])
@@ -350,7 +350,7 @@ def dry_run(
     config: SearchConfig, out: Path, *, resume: bool, data_root: str | None, skip_bad_images: bool
 ) -> None:
     """``--dry-run``: the checks ``run_search`` makes before it starts, then what it would run."""
-    from selmatch_tune.search import prepare
+    from selmatch_tune.flow.search import prepare
 
     config, _, record = prepare(
         config, out.resolve(), resume=resume, data_root=data_root, skip_bad_images=skip_bad_images
@@ -385,8 +385,8 @@ def dry_run(
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     data_root = str(args.data_root) if args.data_root else None
-    from selmatch_tune.search import SearchInterrupted, run_search
-    from selmatch_tune.tracking_uri import bound_http_retries, check_tracking_uri
+    from selmatch_tune.flow.search import SearchInterrupted, run_search
+    from selmatch_tune.results.tracking_uri import bound_http_retries, check_tracking_uri
 
     out = args.out
     try:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from selmatch import __version__
 from selmatch.cli import common, coverage, distill, evaluate, experts, export, scores, window
-from selmatch.config import SelmatchError
+from selmatch.core.config import SelmatchError
 
 SUBCOMMANDS = (experts, scores, window, distill, evaluate, coverage, export)
 

@@ -9,16 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from selmatch.artifacts import check_out
-from selmatch.augment import DSAConfig
 from selmatch.cli import options
-from selmatch.config import ConfigError
+from selmatch.core.artifacts import check_out
+from selmatch.core.config import ConfigError
 from selmatch.data import ImageDataset, dataset_help, holdout_split, load_dataset
 from selmatch.data.balance import HoldoutSplit
-from selmatch.evaluate import SEEDS, EvalConfig, budget_epochs, paper_epochs
-from selmatch.models import NETWORK, ModelConfig
-from selmatch.scores import ScoreTable
-from selmatch.train import TRAINING, TrainConfig
+from selmatch.difficulty.scores import ScoreTable
+from selmatch.evaluation.evaluate import SEEDS, EvalConfig, budget_epochs, paper_epochs
+from selmatch.training.augment import DSAConfig
+from selmatch.training.models import NETWORK, ModelConfig
+from selmatch.training.train import TRAINING, TrainConfig
 
 #: the training settings whose options are made from TrainConfig's fields as they are (the
 #: epochs and the augmentation take more on the command line than the config holds)
@@ -44,8 +44,8 @@ def check_output(
 ) -> None:
     """Refuse, before any work, an ``--out`` that cannot be written: a folder output that is an
     existing file, a file output that is an existing folder, a path below a file, or one where
-    the command's artifact (``writes``, a kind of :data:`selmatch.artifacts.ARTIFACTS`) would
-    overwrite or mix with another kind of artifact (:func:`selmatch.artifacts.check_out`)."""
+    the command's artifact (``writes``, a kind of :data:`selmatch.core.artifacts.ARTIFACTS`) would
+    overwrite or mix with another kind of artifact (:func:`selmatch.core.artifacts.check_out`)."""
     if path is None:
         return
     if kind == "folder" and path.exists() and not path.is_dir():
@@ -248,7 +248,7 @@ def add_score_options(parser: argparse.ArgumentParser) -> None:
         "`selmatch experts` writes them)",
     )
     # declared once, in SetSpec: the same option in window, distill and coverage
-    from selmatch.target import SetSpec
+    from selmatch.distillation.target import SetSpec
 
     options.add_option(group, SetSpec, "score")
     options.add_option(group, SetSpec, "beta_convention")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from selmatch.artifacts import COVERAGE_KIND
 from selmatch.cli import common
-from selmatch.coverage import set_coverage
-from selmatch.experts import ExpertSet
-from selmatch.io import write_json
-from selmatch.synthetic import SyntheticSet
-from selmatch.train import resolve_device
+from selmatch.core.artifacts import COVERAGE_KIND
+from selmatch.core.io import write_json
+from selmatch.selection.coverage import set_coverage
+from selmatch.sets.synthetic import SyntheticSet
+from selmatch.training.experts import ExpertSet
+from selmatch.training.train import resolve_device
 
 SUMMARY = "coverage of the real test set and of easy/hard training halves by a set"
 

@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 from selmatch.cli import common, options
-from selmatch.distill import DistillConfig, distill, draw
-from selmatch.experts import ExpertSet
-from selmatch.methods import SEQUENTIAL, method_of
-from selmatch.target import SetSpec
-from selmatch.train import resolve_device
+from selmatch.distillation.distill import DistillConfig, distill, draw
+from selmatch.distillation.methods import SEQUENTIAL, method_of
+from selmatch.distillation.target import SetSpec
+from selmatch.training.experts import ExpertSet
+from selmatch.training.train import resolve_device
 
 SUMMARY = "distil a synthetic set by trajectory matching (selmatch, mtt or seqmatch)"
 #: the settings this command offers, by --help section (each declared once: the set's in

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import torch
 
-from selmatch.artifacts import EVALUATION_KIND
 from selmatch.cli import common
-from selmatch.config import ConfigError, check_float
+from selmatch.core.artifacts import EVALUATION_KIND
+from selmatch.core.config import ConfigError, check_float
+from selmatch.core.io import write_json
 from selmatch.data import HoldoutSplit, ImageDataset, balanced_subset, smallest_class_size
-from selmatch.evaluate import (
+from selmatch.distillation.methods import UNION, find_method, saved_set_augment
+from selmatch.evaluation.evaluate import (
     EVAL_ORDERS,
     EvalConfig,
     EvalResult,
@@ -21,9 +23,7 @@ from selmatch.evaluate import (
     evaluate_set,
     sequential_stages,
 )
-from selmatch.io import write_json
-from selmatch.methods import UNION, find_method, saved_set_augment
-from selmatch.synthetic import SyntheticSet
+from selmatch.sets.synthetic import SyntheticSet
 
 SUMMARY = "train networks on a random class-balanced subset or a saved set; report accuracy"
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from selmatch.cli import common, options
-from selmatch.experts import EXPERT_TRAINING, ExpertConfig, ExpertSet, train_experts
+from selmatch.training.experts import EXPERT_TRAINING, ExpertConfig, ExpertSet, train_experts
 
 SUMMARY = "train expert trajectories on the real data; record Forgetting and EL2N scores"
 #: the "expert training" options, each declared once, in ExpertConfig (the data and network

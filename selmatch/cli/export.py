@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from selmatch.cli import common
-from selmatch.export import FORMATS, export_set
+from selmatch.sets.export import FORMATS, export_set
 
 SUMMARY = "write a saved set as PNG class folders (ImageFolder) or a .npz, for other tools"
 

@@ -1,4 +1,4 @@
-"""Command-line options made from the config fields' :class:`~selmatch.config.Setting`.
+"""Command-line options made from the config fields' :class:`~selmatch.core.config.Setting`.
 
 A command names the fields it offers; their flag, type, choices, ``--help`` text and default
 come from the field, so a setting's option reads the same in every command that has it and
@@ -19,7 +19,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from selmatch.config import Setting, setting_of
+from selmatch.core.config import Setting, setting_of
 
 
 def field_setting(cls: type, name: str) -> tuple[dataclasses.Field[Any], Setting]:

@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 
 from selmatch.cli import common, options
-from selmatch.config import ConfigError
-from selmatch.consistency import ESTIMATE, ConsistencyConfig, estimate_consistency
+from selmatch.core.config import ConfigError
 from selmatch.data import ImageDataset
-from selmatch.identity import DATA_KEY, data_identity
-from selmatch.score_kinds import CSCORE, EstimatedScore, imported_direction, of_kind
-from selmatch.scores import SCORES_FILE, ScoreTable, import_score_file
+from selmatch.data.identity import DATA_KEY, data_identity
+from selmatch.difficulty.score_kinds import CSCORE, EstimatedScore, imported_direction, of_kind
+from selmatch.difficulty.scores import SCORES_FILE, ScoreTable, import_score_file
+from selmatch.selection.consistency import ESTIMATE, ConsistencyConfig, estimate_consistency
 
 SUMMARY = (
     "summarise difficulty scores, import a per-sample .npy score file (e.g. C-scores), or "

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 
 from selmatch.cli import common, options
-from selmatch.config import ConfigError
-from selmatch.plots import save_set_grid
-from selmatch.sweep import SweepConfig, window_sweep
-from selmatch.window import BETA_CONVENTION_TEXT, WindowSpec, select_window, window_set
+from selmatch.core.config import ConfigError
+from selmatch.core.plots import save_set_grid
+from selmatch.evaluation.sweep import SweepConfig, window_sweep
+from selmatch.selection.window import BETA_CONVENTION_TEXT, WindowSpec, select_window, window_set
 
 WINDOW_SUMMARY = "select the class-balanced difficulty window at β (and its α split); save it"
 SWEEP_SUMMARY = "evaluate the window subset at every β of a grid against a random subset"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selmatch.config import ConfigError, check_float, check_int
+from selmatch.core.config import ConfigError, check_float, check_int
 
 
 def indices_by_class(

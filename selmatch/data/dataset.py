@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from selmatch.config import ConfigError, SelmatchError, check_int
+from selmatch.core.config import ConfigError, SelmatchError, check_int
 
 
 class DatasetNotFoundError(SelmatchError, FileNotFoundError):

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from selmatch.config import ConfigError, SelmatchError
+from selmatch.core.config import ConfigError, SelmatchError
+from selmatch.core.io import CorruptFileError, atomic_write, read_json, read_safetensors, write_json
 from selmatch.data.dataset import BadDatasetError, DataOptions, DatasetNotFoundError, ImageDataset
-from selmatch.io import CorruptFileError, atomic_write, read_json, read_safetensors, write_json
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 

@@ -83,10 +83,10 @@ def _set(folder: Path, manifest: dict | None = None, **changes: torch.Tensor) ->
 
 def _experts(folder: Path) -> dict:
     """An experts folder ``selmatch distill`` accepts until it reads an expert; its config."""
-    from selmatch.experts import ExpertConfig
-    from selmatch.matching import student_template
-    from selmatch.models import ModelConfig, build_model
-    from selmatch.params import ParamLayout
+    from selmatch.distillation.matching import student_template
+    from selmatch.training.experts import ExpertConfig
+    from selmatch.training.models import ModelConfig, build_model
+    from selmatch.training.params import ParamLayout
 
     config = ExpertConfig(model=ModelConfig(width=4), num_experts=2, epochs=12)
     layout = ParamLayout.of(student_template(build_model(config.model, (1, 28, 28), 10)))
@@ -110,8 +110,8 @@ def _experts(folder: Path) -> dict:
 def _checkpoint(folder: Path, state: dict, tensors: dict) -> None:
     """The checkpoint of ``selmatch distill --method mtt --ipc 2`` (20 images) after one
     iteration, with ``state`` and ``tensors`` changed (``None``: left out)."""
-    from selmatch.distill import DistillConfig, flat_settings
-    from selmatch.target import SetSpec
+    from selmatch.distillation.distill import DistillConfig, flat_settings
+    from selmatch.distillation.target import SetSpec
 
     target = SetSpec(method="mtt", ipc=2, alpha=1.0)
     config = DistillConfig().resolved(target)

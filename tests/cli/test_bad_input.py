@@ -306,7 +306,7 @@ def _run_in_process(case: Case) -> tuple[int, str, str]:
             from selmatch_tune.search_alpha_beta import main
 
             stack.enter_context(mock.patch("ray.init", _no_ray))
-            stack.enter_context(mock.patch("selmatch_tune.search.run_search", _no_ray))
+            stack.enter_context(mock.patch("selmatch_tune.flow.search.run_search", _no_ray))
         else:
             main = cli.main
         stack.enter_context(contextlib.redirect_stdout(out))

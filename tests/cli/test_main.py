@@ -7,7 +7,7 @@ import sys
 import torch
 
 from selmatch.cli import build_parser, main
-from selmatch.synthetic import SyntheticSet
+from selmatch.sets.synthetic import SyntheticSet
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -82,8 +82,8 @@ def test_the_commands_defaults_are_their_configs() -> None:
     width too, which differs between the commands)."""
     from selmatch.cli import experts, scores
     from selmatch.cli.options import values
-    from selmatch.consistency import ConsistencyConfig
-    from selmatch.experts import ExpertConfig
+    from selmatch.selection.consistency import ConsistencyConfig
+    from selmatch.training.experts import ExpertConfig
 
     parser = build_parser()
     args = parser.parse_args(["experts"])

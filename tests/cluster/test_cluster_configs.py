@@ -190,7 +190,7 @@ def test_aws_head_fetches_every_presets_dataset_with_the_projects_loader() -> No
     """The head loads the dataset of every preset once through ``selmatch.data.load_dataset``
     with ``download=True`` (CIFAR-10 for the paper preset), into the data root every node
     exports: SELMATCH_DATA_ROOT, on the shared mount."""
-    from selmatch_tune.presets import PRESETS
+    from selmatch_tune.settings.presets import PRESETS
 
     config = load(AWS)
     fetch = the_command(config, "head_setup_commands", "load_dataset")

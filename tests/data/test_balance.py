@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from selmatch.config import ConfigError
+from selmatch.core.config import ConfigError
 from selmatch.data import balanced_subset, holdout_split, indices_by_class
 from selmatch.data.balance import VAL_FLOOR
 

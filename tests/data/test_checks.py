@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from selmatch.config import ConfigError
+from selmatch.core.config import ConfigError
 from selmatch.data import (
     BadDatasetError,
     DatasetNotFoundError,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from selmatch.config import ConfigError
+from selmatch.core.config import ConfigError
 from selmatch.data import BadImageError, DatasetNotFoundError, load_dataset
 from selmatch.data.cifar import _NumpyOnlyUnpickler
 

@@ -134,8 +134,8 @@ def test_plan_v2_distils_with_its_matching_settings_into_its_own_results(
     assert "--expert-train-epochs 15" in search and "--lr-images 100" in search
     assert "--min-start-epoch 8 --max-start-epoch 13" in search
     # every option the study gives the search is one of its options (parsed, not run)
-    from selmatch_tune.presets import PRESETS
     from selmatch_tune.search_alpha_beta import apply_overrides, build_parser
+    from selmatch_tune.settings.presets import PRESETS
 
     config = apply_overrides(
         PRESETS["quick"](),

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import ray
 
-from selmatch_tune.presets import smoke
-from selmatch_tune.search import run_search
+from selmatch_tune.flow.search import run_search
+from selmatch_tune.settings.presets import smoke
 
 
 @pytest.fixture(scope="module")

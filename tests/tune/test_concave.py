@@ -8,8 +8,8 @@ from typing import Any
 import optuna
 import pytest
 
-from selmatch_tune.concave import ConcaveGridSampler, ConcaveRule, Decision
-from selmatch_tune.simulate import random_concave_curve, simulate
+from selmatch_tune.flow.concave import ConcaveGridSampler, ConcaveRule, Decision
+from selmatch_tune.flow.simulate import random_concave_curve, simulate
 
 
 def grid(n: int) -> list[float]:
@@ -121,7 +121,7 @@ def test_a_repeated_point_is_a_new_draw_of_the_noise() -> None:
     from ray import tune
     from ray.tune.search import Searcher
 
-    from selmatch_tune.searcher import ConcaveSearch
+    from selmatch_tune.flow.searcher import ConcaveSearch
 
     values = grid(11)
     sampler = ConcaveGridSampler(
@@ -180,7 +180,7 @@ def test_anchors_stand_outside_the_unimodal_model(parallel) -> None:
 
 
 def test_the_rule_is_a_pure_function_of_scores_and_running() -> None:
-    from selmatch_tune.concave import ConcaveRule, Decision
+    from selmatch_tune.flow.concave import ConcaveRule, Decision
 
     rule = ConcaveRule(size=11, top_repeats=0)
     assert rule.decide({}, {}) == Decision("ready", 5)  # the middle of the grid first
@@ -201,7 +201,7 @@ def drive_like_tune(order_seed: int) -> tuple[list[float], Any, ConcaveGridSampl
     from ray import tune
     from ray.tune.search import Searcher
 
-    from selmatch_tune.searcher import ConcaveSearch
+    from selmatch_tune.flow.searcher import ConcaveSearch
 
     values = grid(15)
     sampler = ConcaveGridSampler(

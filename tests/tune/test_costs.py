@@ -3,8 +3,8 @@ IPCs, busy and idle trial slots of the Tune stages, and the rest of the search's
 
 import pytest
 
-from selmatch_tune.costs import format_costs, stage_costs
-from selmatch_tune.record import (
+from selmatch_tune.results.costs import format_costs, stage_costs
+from selmatch_tune.results.record import (
     Baseline,
     FinalResult,
     IpcRecord,

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from selmatch.config import ConfigError
+from selmatch.core.config import ConfigError
 from selmatch.data import holdout_split
-from selmatch_tune.config import fit_to_data, validation_warning
-from selmatch_tune.presets import quick
-from selmatch_tune.record import STATE, open_record
+from selmatch_tune.results.record import STATE, open_record
+from selmatch_tune.settings.config import fit_to_data, validation_warning
+from selmatch_tune.settings.presets import quick
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,8 +133,8 @@ def test_the_readmes_own_data_command_fits_a_small_folder(own_folder, tmp_path) 
 def test_the_dataset_is_declared_once_and_passed_down() -> None:
     """The experts and the consistency networks learn the search's data: a dataset chosen on
     the search reaches both, and a saved config reads back the same."""
-    from selmatch_tune.config import SearchConfig
-    from selmatch_tune.presets import paper
+    from selmatch_tune.settings.config import SearchConfig
+    from selmatch_tune.settings.presets import paper
 
     config = quick().replace(dataset="cifar10")
     assert (config.experts.dataset, config.consistency.dataset) == ("cifar10", "cifar10")

@@ -1,4 +1,4 @@
-"""A local search's Ray (selmatch_tune.network): every server it starts listens on loopback,
+"""A local search's Ray (selmatch_tune.cluster.network): every server it starts listens on loopback,
 and a client without the cluster's token is refused."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import psutil
 import pytest
 import ray
 
-from selmatch_tune import network
-from selmatch_tune.network import LocalRay, start_local_ray
+from selmatch_tune.cluster import network
+from selmatch_tune.cluster.network import LocalRay, start_local_ray
 
 REFUSED = "InvalidAuthToken: Authentication token is missing or incorrect"
 # A second driver attaching to the instance: it prints the id of the node it sees.

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from selmatch_tune.presets import smoke
+from selmatch_tune.settings.presets import smoke
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "compare_runs.ipynb"
 MARKER = "PROBE "

@@ -2,14 +2,14 @@
 
 import pytest
 
-from selmatch_tune.outputs import (
+from selmatch_tune.results.outputs import (
     below_random,
     format_table,
     mean_rank_correlation,
     rank_correlations,
     spearman,
 )
-from selmatch_tune.record import SearchRecord
+from selmatch_tune.results.record import SearchRecord
 
 
 def point(short: float, full: float) -> dict[str, float]:

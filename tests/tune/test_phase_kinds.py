@@ -7,11 +7,11 @@ import dataclasses
 
 import pytest
 
-from selmatch_tune import costs
-from selmatch_tune.config import SearchConfig
-from selmatch_tune.phase_kinds import PHASES, PhaseKind, phase_kind, register_phase
-from selmatch_tune.record import IpcRecord, PhaseResult, Point, StageCost
-from selmatch_tune.tracking import TrialLogger
+from selmatch_tune.results import costs
+from selmatch_tune.results.record import IpcRecord, PhaseResult, Point, StageCost
+from selmatch_tune.results.tracking import TrialLogger
+from selmatch_tune.settings.config import SearchConfig
+from selmatch_tune.settings.phase_kinds import PHASES, PhaseKind, phase_kind, register_phase
 
 
 @pytest.mark.parametrize("kind", list(PHASES.values()), ids=list(PHASES))
@@ -51,7 +51,7 @@ def test_the_cost_stages_follow_the_registry() -> None:
         shown="T+",
         title="T+",
         grid_setting="beta_grid",
-        trial_path="selmatch_tune.trials:alpha_trial",
+        trial_path="selmatch_tune.flow.trials:alpha_trial",
         xlabel="T+",
         stage="T+ trials",
     )
@@ -90,9 +90,9 @@ def test_a_refining_phase_sets_its_value_where_it_says_and_widens_the_matched_ep
     """A phase that refines the winner by a matching setting: Tune's choice at the top of a
     trial's config lands in the spec's ``distill``; the record keeps it with the winner; the
     table gets its columns; the experts' epochs the precompute keeps cover its grid."""
-    from selmatch_tune.outputs import columns
-    from selmatch_tune.search import matched_epochs
-    from selmatch_tune.trials import TrialSpec
+    from selmatch_tune.flow.search import matched_epochs
+    from selmatch_tune.flow.trials import TrialSpec
+    from selmatch_tune.results.outputs import columns
 
     extra = PhaseKind(
         name="tplus",
@@ -100,7 +100,7 @@ def test_a_refining_phase_sets_its_value_where_it_says_and_widens_the_matched_ep
         shown="T+",
         title="T+",
         grid_setting="subsets_grid",  # any grid setting of the config: (2, 3)
-        trial_path="selmatch_tune.trials:alpha_trial",
+        trial_path="selmatch_tune.flow.trials:alpha_trial",
         xlabel="T+",
         stage="T+ trials",
         sets="distill.max_start_epoch",

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from selmatch.config import ConfigError
-from selmatch_tune.config import AUTO
-from selmatch_tune.presets import smoke
-from selmatch_tune.ray_cluster import LOCAL, find_cluster
+from selmatch.core.config import ConfigError
+from selmatch_tune.cluster.ray_cluster import LOCAL, find_cluster
 from selmatch_tune.search_alpha_beta import apply_sets, build_parser, main
+from selmatch_tune.settings.config import AUTO
+from selmatch_tune.settings.presets import smoke
 
 
 @pytest.fixture

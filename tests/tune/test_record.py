@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from selmatch.config import ConfigError
-from selmatch.migrate import SEARCH_RECORD, migrate
-from selmatch_tune.record import STATE, SearchRecord
+from selmatch.core.config import ConfigError
+from selmatch.core.migrate import SEARCH_RECORD, migrate
+from selmatch_tune.results.record import STATE, SearchRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = sorted((ROOT / "experiments" / "results").glob(f"*/{STATE}"))

@@ -21,9 +21,9 @@ from mlflow.tracking import MlflowClient
 from moto.server import ThreadedMotoServer
 from ray.cluster_utils import Cluster
 
-from selmatch.config import ConfigError
-from selmatch_tune import phases as phases_module
-from selmatch_tune.storage import check_storage, node_probe
+from selmatch.core.config import ConfigError
+from selmatch_tune.cluster.storage import check_storage, node_probe
+from selmatch_tune.flow import phases as phases_module
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "selmatch"

@@ -7,16 +7,16 @@ import shutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from selmatch.config import ConfigError
-from selmatch.synthetic import SyntheticSet
-from selmatch_tune import finals as finals_module
-from selmatch_tune import phases as phases_module
-from selmatch_tune import search as search_module
-from selmatch_tune.costs import stage_costs
-from selmatch_tune.presets import smoke
-from selmatch_tune.record import SearchRecord
-from selmatch_tune.search import check_resources, run_search
+from selmatch.core.config import ConfigError
+from selmatch.sets.synthetic import SyntheticSet
+from selmatch_tune.flow import finals as finals_module
+from selmatch_tune.flow import phases as phases_module
+from selmatch_tune.flow import search as search_module
+from selmatch_tune.flow.search import check_resources, run_search
+from selmatch_tune.results.costs import stage_costs
+from selmatch_tune.results.record import SearchRecord
 from selmatch_tune.search_alpha_beta import apply_overrides, apply_sets, build_parser, overridden
+from selmatch_tune.settings.presets import smoke
 
 
 @pytest.fixture
@@ -211,8 +211,8 @@ def test_seqmatch_competes_with_selmatch_and_its_stage_experts_run_in_ray(smoke_
 def test_stage_experts_map_onto_ray_tasks_in_order(local_ray) -> None:
     import os
 
-    from selmatch.evaluate import EvalConfig
-    from selmatch_tune.trials import TrialSpec, stage_expert_mapper
+    from selmatch.evaluation.evaluate import EvalConfig
+    from selmatch_tune.flow.trials import TrialSpec, stage_expert_mapper
 
     spec = TrialSpec(
         ipc=2,
@@ -501,9 +501,9 @@ def test_an_abandoned_experiment_is_removed_from_a_folder_or_a_uri(tmp_path) -> 
 
 
 def test_resized_datasets_and_other_architectures_get_their_own_cache() -> None:
-    from selmatch.models import build_model
-    from selmatch.params import ParamLayout
-    from selmatch_tune.precompute import cache_key
+    from selmatch.training.models import build_model
+    from selmatch.training.params import ParamLayout
+    from selmatch_tune.flow.precompute import cache_key
 
     experts = smoke().experts
     assert cache_key(experts) == cache_key(experts, None)
@@ -525,8 +525,8 @@ def test_resized_datasets_and_other_architectures_get_their_own_cache() -> None:
 
 
 def test_a_repeat_trains_with_other_seeds() -> None:
-    from selmatch.evaluate import EvalConfig
-    from selmatch_tune.trials import TrialSpec
+    from selmatch.evaluation.evaluate import EvalConfig
+    from selmatch_tune.flow.trials import TrialSpec
 
     spec = TrialSpec(
         ipc=2,
@@ -548,10 +548,10 @@ def test_a_trial_spec_is_built_once_and_is_the_param_space_tune_restores() -> No
     choice); a trial rebuilds it from that dict, and a param space written before the spec
     existed (the keys it always had, the set's settings then inside ``distill``) rebuilds the
     same spec. The set a trial makes is its own; the matching settings are the search's."""
-    from selmatch.distill import DistillConfig
-    from selmatch.evaluate import EvalConfig
-    from selmatch.target import SetSpec
-    from selmatch_tune.trials import TrialSpec
+    from selmatch.distillation.distill import DistillConfig
+    from selmatch.distillation.target import SetSpec
+    from selmatch.evaluation.evaluate import EvalConfig
+    from selmatch_tune.flow.trials import TrialSpec
 
     base = TrialSpec(
         ipc=6,
@@ -607,7 +607,7 @@ def test_a_trial_logger_pickled_by_an_older_version_still_restores() -> None:
     """Tuner.restore unpickles the callback saved with the experiment."""
     import pickle
 
-    from selmatch_tune.tracking import TrialLogger
+    from selmatch_tune.results.tracking import TrialLogger
 
     old = TrialLogger.__new__(TrialLogger)
     old.__dict__.update(tracker=None, phase="beta", ipc=2, searched="beta")  # no `log` yet
@@ -617,8 +617,8 @@ def test_a_trial_logger_pickled_by_an_older_version_still_restores() -> None:
 def test_an_imported_score_table_is_checked_against_the_data_and_split(tmp_path, fashion):
     import torch
 
-    from selmatch.scores import ScoreTable
-    from selmatch_tune.precompute import read_score_table
+    from selmatch.difficulty.scores import ScoreTable
+    from selmatch_tune.flow.precompute import read_score_table
 
     experts = smoke().experts
     values = torch.rand(len(fashion.train_labels), dtype=torch.float64)
@@ -643,8 +643,8 @@ def test_a_trial_rebuilds_the_dataset_with_the_precompute_s_digest(fashion) -> N
     it is the digest of the rebuilt arrays."""
     import dataclasses
 
-    from selmatch.identity import data_digest
-    from selmatch_tune.precompute import dataset_arrays, dataset_from_arrays
+    from selmatch.data.identity import data_digest
+    from selmatch_tune.flow.precompute import dataset_arrays, dataset_from_arrays
 
     small = dataclasses.replace(
         fashion, train_images=fashion.train_images[:100], train_labels=fashion.train_labels[:100]

@@ -8,8 +8,8 @@ import time
 
 import ray
 
-from selmatch_tune.presets import smoke
-from selmatch_tune.slots import FinalSlots
+from selmatch_tune.flow.slots import FinalSlots
+from selmatch_tune.settings.presets import smoke
 
 
 @ray.remote(num_cpus=1)

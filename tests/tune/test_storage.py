@@ -3,8 +3,8 @@ only node); the checks from the nodes of a cluster, on S3, are in test_s3_storag
 
 import pytest
 
-from selmatch.config import ConfigError
-from selmatch_tune.storage import DRIVER, check_storage, node_probe
+from selmatch.core.config import ConfigError
+from selmatch_tune.cluster.storage import DRIVER, check_storage, node_probe
 
 
 def test_a_folder_the_driver_writes_passes_and_is_left_as_it_was(tmp_path) -> None:

@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from selmatch_tune.tracking import Tracker, default_tracking_uri, ui_hint
+from selmatch_tune.results.tracking import Tracker, default_tracking_uri, ui_hint
 
 
 def test_a_store_gets_the_command_that_serves_it_and_the_runs_address(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 import mlflow.environment_variables
 import pytest
 
-from selmatch.config import ConfigError
-from selmatch_tune.tracking_uri import HTTP_LIMITS, bound_http_retries, check_tracking_uri
+from selmatch.core.config import ConfigError
+from selmatch_tune.results.tracking_uri import HTTP_LIMITS, bound_http_retries, check_tracking_uri
 
 LEAVE_OUT = "leave --tracking-uri out"
 

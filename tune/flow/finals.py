@@ -1,0 +1,250 @@
+"""The full-budget evaluations of an IPC: its winner, the top β windows (the short-vs-full rank
+correlation) and the random reference, as Ray tasks queued as soon as what they evaluate is
+known (:class:`EarlyFinal`), started in the slots the search leaves
+(:class:`~selmatch_tune.flow.slots.FinalSlots`) and awaited in :func:`finish_ipc`. A window or the
+random subset is trained by the β trial's own body (``evaluate_selection``) with the full
+budget."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from selmatch.core.config import SelmatchError
+from selmatch.selection.initial import RandomInit, WindowInit
+from selmatch_tune.flow.phases import METRIC, Log
+from selmatch_tune.flow.slots import Final, FinalSlots
+from selmatch_tune.flow.trials import TrialData, TrialSpec
+from selmatch_tune.results.record import (
+    FinalResult,
+    FullPoint,
+    IpcRecord,
+    PhaseResult,
+    Reference,
+    SearchRecord,
+    StageCost,
+)
+from selmatch_tune.results.tracking import Tracker
+from selmatch_tune.settings.config import SearchConfig
+from selmatch_tune.settings.phase_kinds import PHASES
+
+
+def _final_task(
+    data: TrialData, fixed: TrialSpec, payload: dict[str, Any], evaluation: dict[str, Any]
+) -> dict[str, Any]:
+    """Ray task body: full-length evaluation of a window (β point), of a random class-balanced
+    subset (the reference) or of a saved set."""
+    import numpy as np
+    import torch
+
+    from selmatch.distillation.methods import saved_set_augment
+    from selmatch.evaluation.evaluate import EvalConfig, evaluate_set
+    from selmatch_tune.flow.trials import evaluate_selection, fetch_data, set_threads
+
+    set_threads(fixed)
+    dataset, hardness, split = fetch_data(fixed, data)
+    config = EvalConfig.from_dict(evaluation)
+    if payload["kind"] in (
+        WindowInit.kind,
+        RandomInit.kind,
+    ):  # as a β trial trains it, with the full budget
+        selection = fixed.replace(init=payload["kind"], beta=payload.get("beta"))
+        return evaluate_selection(selection, dataset, hardness, split, config).to_dict()
+    images = torch.from_numpy(np.array(payload["images"]))
+    mask = torch.from_numpy(np.array(payload["mask"]))
+    labels = torch.from_numpy(np.array(payload["labels"]))
+    # a set with a distilled part is trained with combined augmentation, as in the α trials
+    augment = saved_set_augment(mask, config.train.augment)
+    config = config.replace(train=config.train.replace(augment=augment))
+    return evaluate_set(images, labels, dataset, config, split=split, dsa_mask=mask).to_dict()
+
+
+def collect_winner(grid: Any, value: float, target: Path, searched: str = "alpha") -> Path:
+    """Copy the distilled set of the best trial at ``searched`` = ``value`` (its checkpoint)
+    into ``target``."""
+    from selmatch.distillation.distill import draw
+
+    candidates = [
+        r
+        for r in grid
+        if r.error is None
+        and r.metrics
+        and METRIC in r.metrics
+        and r.checkpoint
+        and abs(float(r.config[searched]) - value) < 1e-12
+    ]
+    if not candidates:
+        raise SelmatchError(f"no finished {searched} = {value:g} trial left a distilled set")
+    best = max(candidates, key=lambda r: r.metrics[METRIC])
+    if target.exists():
+        shutil.rmtree(target)
+    with best.checkpoint.as_directory() as directory:
+        shutil.copytree(directory, target)
+    draw(target)  # the winner's pictures (trials draw none); fails loudly on an incomplete set
+    return target
+
+
+@dataclass
+class EarlyFinal:
+    """Full-budget evaluations queued as soon as what they evaluate is known, so that they
+    fill the trial slots the search leaves and run beside the next phases and IPCs: the
+    random reference at the start of an IPC, the top β windows after its β phase. Only the
+    winner's own evaluation waits for the α phase. The results are the same: each is the same
+    Ray task with the same payload and seeds, only queued earlier."""
+
+    reference: Final | None = None
+    windows: dict[float, Final] = field(default_factory=dict)
+
+
+def top_windows(config: SearchConfig, beta: PhaseResult) -> list[float]:
+    """The β points evaluated with the full budget too (the short-vs-full rank correlation)."""
+    curve = beta.curve
+    return sorted(curve, key=lambda b: curve[b].val, reverse=True)[: config.full_eval_top]
+
+
+def submit_windows(
+    config: SearchConfig, beta: PhaseResult, data: TrialData, fixed: TrialSpec, slots: FinalSlots
+) -> dict[float, Final]:
+    return {
+        b: slots.submit(data, fixed, {"kind": "window", "beta": b}, config.final.to_dict())
+        for b in top_windows(config, beta)
+    }
+
+
+def final_evaluation(
+    config: SearchConfig,
+    entry: IpcRecord,
+    data: TrialData,
+    fixed: TrialSpec,
+    slots: FinalSlots,
+    early: EarlyFinal | None = None,
+) -> FinalResult:
+    """The winner with the full budget, and the top β points too (short vs full ranking);
+    what ``early`` submitted already is awaited, not submitted again. A winner that learned
+    nothing (α = 0) *is* a window or the random subset: its evaluation is that one's (the same
+    images, seeds and augmentation), never computed twice."""
+    from selmatch.sets.synthetic import SyntheticSet
+
+    assert entry.beta is not None
+    curve = entry.beta.curve
+    early = early or EarlyFinal()
+    windows = early.windows or submit_windows(config, entry.beta, data, fixed, slots)
+    selected = entry.selected_as_is()
+    if selected == WindowInit.kind and entry.beta.best in windows:
+        winner = windows[entry.beta.best]
+    elif selected == RandomInit.kind and early.reference is not None:
+        winner = early.reference  # the reference is the winner: one evaluation
+    elif selected == RandomInit.kind:
+        winner = slots.submit(data, fixed, {"kind": "random"}, config.final.to_dict())
+    else:
+        assert entry.set_dir is not None
+        saved = SyntheticSet.load(entry.set_dir)
+        winner = slots.submit(
+            data,
+            fixed,
+            {
+                "kind": "set",
+                "images": saved.images.numpy(),
+                "labels": saved.labels.numpy(),
+                "mask": saved.distill_mask.numpy(),
+            },
+            config.final.to_dict(),
+        )
+    result = winner.result()
+    full = {b: final.result() for b, final in windows.items()}
+    return FinalResult(
+        test_mean=result["test_mean"],
+        test_std=result["test_std"],
+        val_mean=result["val_mean"],
+        seeds=tuple(result["seeds"]),
+        epochs=result["epochs"],
+        beta_full={
+            b: FullPoint(short_val=curve[b].val, full_val=r["val_mean"], full_test=r["test_mean"])
+            for b, r in full.items()
+        },
+    )
+
+
+def final_slots(config: SearchConfig) -> FinalSlots:
+    """Where the search's full evaluations wait for a slot: each a Ray task with a trial's
+    resources."""
+    task = ray.remote(_final_task).options(num_cpus=config.cpus_per_trial, num_gpus=config.gpus)
+    return FinalSlots(config, task)
+
+
+def random_reference(
+    config: SearchConfig, data: TrialData, fixed: TrialSpec, slots: FinalSlots
+) -> Final:
+    """A random class-balanced subset of the IPC, drawn from the same pool as the windows (its
+    seed is the split's), trained like the winner: what the distilled set has to beat."""
+    return slots.submit(data, fixed, {"kind": "random"}, config.final.to_dict())
+
+
+def _reference_summary(result: dict[str, Any] | FinalResult) -> Reference:
+    if isinstance(result, FinalResult):
+        result = result.to_dict()
+    return Reference(
+        test_mean=result["test_mean"],
+        test_std=result["test_std"],
+        val_mean=result["val_mean"],
+        seeds=tuple(result["seeds"]),
+    )
+
+
+def finish_ipc(
+    ipc: int,
+    config: SearchConfig,
+    entry: IpcRecord,
+    data: TrialData,
+    fixed: TrialSpec,
+    early: EarlyFinal,
+    slots: FinalSlots,
+    record: SearchRecord,
+    out: Path,
+    tracker: Tracker,
+    log: Log,
+) -> None:
+    """The IPC's full evaluation (its early part awaited, the winner's submitted), the random
+    reference, the curves. The stage's cost is the time the driver waited for it here."""
+    from selmatch_tune.results.outputs import save_phase_plot
+
+    started = time.perf_counter()
+    computed = entry.final is None
+    if entry.final is None:
+        entry.final = final_evaluation(config, entry, data, fixed, slots, early)
+    if config.random_reference and entry.final.random is None:
+        if entry.selected_as_is() == RandomInit.kind:  # the winner is the reference itself
+            entry.final.random = _reference_summary(entry.final)
+        else:
+            if not computed:  # a search finished before the reference existed
+                log(
+                    f"IPC {ipc}: final evaluation of a random subset of the same size "
+                    "(the reference)"
+                )
+            reference = early.reference or random_reference(config, data, fixed, slots)
+            entry.final.random = _reference_summary(reference.result())
+            computed = True
+    if computed:
+        entry.final.cost = StageCost(time.perf_counter() - started).plus(entry.final.cost)
+    record.save(out)
+    title = f"{config.short.model.describe()}, {config.short.budget()}"
+    for name, kind in PHASES.items():
+        summary = entry.phase(name)
+        if summary is None:
+            continue
+        path = save_phase_plot(
+            out / f"{name}-ipc{ipc}.png",
+            summary,
+            name=name,
+            ipc=ipc,
+            title=title,
+            xlabel=kind.axis(config.beta_convention),
+        )
+        tracker.log_artifact(path, "curves")
+    assert entry.set_dir is not None
+    tracker.log_artifact(Path(entry.set_dir) / "grid.png", f"sets/ipc{ipc}")
