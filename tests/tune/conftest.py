@@ -44,3 +44,27 @@ def smoke_search(
         if own:
             ray.shutdown()
     return out, rows
+
+
+@pytest.fixture
+def trial_spec() -> Any:
+    """A maker of small trial specs (IPC 2, EL2N, one CPU, no GPU) with the changes given:
+    what the tests of trial specs start from."""
+    return _trial_spec
+
+
+def _trial_spec(**changes: Any) -> Any:
+    from selmatch.evaluation.evaluate import EvalConfig
+    from selmatch_tune.flow.trials import TrialSpec
+
+    settings: dict[str, Any] = {
+        "ipc": 2,
+        "beta_convention": "data-fraction",
+        "score": "el2n",
+        "val_fraction": 0.02,
+        "split_seed": 0,
+        "cpus_per_trial": 1,
+        "gpus_per_trial": 0,
+        "evaluation": EvalConfig(),
+    }
+    return TrialSpec(**{**settings, **changes})

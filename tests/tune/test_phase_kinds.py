@@ -86,7 +86,9 @@ def test_the_trial_logger_names_a_value_by_its_phase_symbol() -> None:
         phase_kind("gamma")
 
 
-def test_a_refining_phase_sets_its_value_where_it_says_and_widens_the_matched_epochs() -> None:
+def test_a_refining_phase_sets_its_value_where_it_says_and_widens_the_matched_epochs(
+    trial_spec,
+) -> None:
     """A phase that refines the winner by a matching setting: Tune's choice at the top of a
     trial's config lands in the spec's ``distill``; the record keeps it with the winner; the
     table gets its columns; the experts' epochs the precompute keeps cover its grid."""
@@ -110,17 +112,7 @@ def test_a_refining_phase_sets_its_value_where_it_says_and_widens_the_matched_ep
     register_phase(extra)
     try:
         config = SearchConfig()
-        spec = TrialSpec(
-            ipc=10,
-            beta_convention="ipc-units",
-            score="forgetting",
-            val_fraction=0.1,
-            split_seed=0,
-            cpus_per_trial=1,
-            gpus_per_trial=0,
-            evaluation=config.short,
-            distill=config.distill,
-        )
+        spec = trial_spec(distill=config.distill)
         tried = TrialSpec.from_dict({**spec.to_dict(), "tplus": 3.0})
         assert tried.distill is not None and tried.distill.max_start_epoch == 3
         assert spec.with_value("tplus", 2.0).distill.max_start_epoch == 2  # type: ignore[union-attr]

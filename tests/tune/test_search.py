@@ -208,22 +208,12 @@ def test_seqmatch_competes_with_selmatch_and_its_stage_experts_run_in_ray(smoke_
     assert (out / "subsets-ipc4.png").stat().st_size > 5000
 
 
-def test_stage_experts_map_onto_ray_tasks_in_order(local_ray) -> None:
+def test_stage_experts_map_onto_ray_tasks_in_order(local_ray, trial_spec) -> None:
     import os
 
-    from selmatch.evaluation.evaluate import EvalConfig
-    from selmatch_tune.flow.trials import TrialSpec, stage_expert_mapper
+    from selmatch_tune.flow.trials import stage_expert_mapper
 
-    spec = TrialSpec(
-        ipc=2,
-        beta_convention="data-fraction",
-        score="el2n",
-        val_fraction=0.02,
-        split_seed=0,
-        cpus_per_trial=1,
-        gpus_per_trial=0,
-        evaluation=EvalConfig(),
-    )
+    spec = trial_spec()
     assert stage_expert_mapper(spec) is map  # in the trial
     mapper = stage_expert_mapper(spec.replace(stage_parallel=1))
     results = list(mapper(lambda index: (index, os.getpid()), [3, 1, 2]))
@@ -524,26 +514,16 @@ def test_resized_datasets_and_other_architectures_get_their_own_cache() -> None:
         smoke().replace(image_size=2)
 
 
-def test_a_repeat_trains_with_other_seeds() -> None:
+def test_a_repeat_trains_with_other_seeds(trial_spec) -> None:
     from selmatch.evaluation.evaluate import EvalConfig
-    from selmatch_tune.flow.trials import TrialSpec
 
-    spec = TrialSpec(
-        ipc=2,
-        beta_convention="data-fraction",
-        score="el2n",
-        val_fraction=0.02,
-        split_seed=0,
-        cpus_per_trial=1,
-        gpus_per_trial=0,
-        evaluation=EvalConfig(num_seeds=2),
-    )
+    spec = trial_spec(evaluation=EvalConfig(num_seeds=2))
     assert spec.seeded().seeds == (0, 1)
     assert spec.replace(repeat=1).seeded().seeds == (2, 3)
     assert spec.replace(repeat=2).seeded().seeds == (4, 5)
 
 
-def test_a_trial_spec_is_built_once_and_is_the_param_space_tune_restores() -> None:
+def test_a_trial_spec_is_built_once_and_is_the_param_space_tune_restores(trial_spec) -> None:
     """The driver builds a trial's spec; Tune's param space is its dict (the searched leaf a
     choice); a trial rebuilds it from that dict, and a param space written before the spec
     existed (the keys it always had, the set's settings then inside ``distill``) rebuilds the
@@ -553,16 +533,7 @@ def test_a_trial_spec_is_built_once_and_is_the_param_space_tune_restores() -> No
     from selmatch.evaluation.evaluate import EvalConfig
     from selmatch_tune.flow.trials import TrialSpec
 
-    base = TrialSpec(
-        ipc=6,
-        beta_convention="data-fraction",
-        score="el2n",
-        val_fraction=0.02,
-        split_seed=3,
-        cpus_per_trial=1,
-        gpus_per_trial=0,
-        evaluation=EvalConfig(num_seeds=1),
-    )
+    base = trial_spec(ipc=6, split_seed=3, evaluation=EvalConfig(num_seeds=1))
     spec = base.replace(beta=0.4, alpha=0.25, distill=DistillConfig(iterations=7, seed=5), repeat=1)
     assert TrialSpec.from_dict(spec.to_dict()) == spec
     old = {
