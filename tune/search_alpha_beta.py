@@ -161,6 +161,7 @@ SEARCH_OPTIONS = (
     "mtt_candidate",
     "predict_ipcs",
     "full_eval_top",
+    "finalists",
     "max_concurrent",
     "cpus_per_trial",
     "gpus_per_trial",
@@ -197,6 +198,7 @@ PATH_OPTIONS = {
     "short.train.epochs": "--short-epochs",
     "final.train.epochs": "--final-epochs",
     "final.num_seeds": "--final-seeds",
+    "final.full_epochs": "--target-epochs",
 }
 WIDTH_PATHS = ("experts.model.width", "short.model.width", "final.model.width")
 DATASET_PATHS = ("experts.dataset", "consistency.dataset")
@@ -207,6 +209,10 @@ PATH_HELP = {
     "short.train.epochs": "epochs of a trial's evaluation",
     "final.train.epochs": "epochs of the final evaluation",
     "final.num_seeds": "seeds of the final evaluation",
+    "final.full_epochs": "the training budget the sets are for, in full-data epochs (the "
+    "steps of F epochs over the whole training pool, whatever a set's size; the paper's "
+    "evaluation is 50): the final evaluation trains for it, and with --finalists the winner "
+    "is chosen there (default: the preset's; none: --final-epochs epochs over the set)",
 }
 
 

@@ -175,6 +175,8 @@ CASES = [
     Case(f"{SEARCH} --override distill.mode=fast", "--override distill.mode=fast"),
     Case(f"{SEARCH} --override experts.dataset=cifar10", "--override experts.dataset=cifar10"),
     Case(f"{SEARCH} --max-start-epoch-grid 1,999", "--max-start-epoch-grid"),
+    Case(f"{SEARCH} --finalists -1", "--finalists"),
+    Case(f"{SEARCH} --target-epochs 0", "--target-epochs"),
     Case(f"{SEARCH} --student-steps 0", "--student-steps 0"),
     Case(f"{SEARCH} --expert-train-epochs 0", "--expert-train-epochs 0"),
     # flags that meant another thing here than in selmatch's commands: moved, and said so

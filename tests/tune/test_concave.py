@@ -269,3 +269,18 @@ def test_rounds_wait_for_the_slowest_trial_and_then_see_every_score() -> None:
     decision, start = rule.decide_round(trials, start, 2)
     assert decision.status == "ready" and start == 2  # a new round, from both scores
     assert decision == rule.decide({first.index: [0.7], second.index: [0.6]}, {})
+
+
+def test_a_tie_is_judged_by_the_noise_measured_in_the_phase() -> None:
+    """With no noise assumed (margin 0), two neighbouring tops 3 points apart are told apart
+    when their repeats agree, and re-evaluated when the repeats spread by more than that."""
+    from selmatch_tune.flow.concave import ConcaveRule, measured_noise
+
+    rule = ConcaveRule(size=3, top_repeats=2, margin=0.0)
+    agree = {0: [0.50], 1: [0.70, 0.70], 2: [0.67, 0.67]}
+    spread = {0: [0.50], 1: [0.75, 0.65], 2: [0.66, 0.68]}
+    assert measured_noise(agree.values()) == 0.0
+    assert measured_noise(spread.values()) == pytest.approx(((0.005 + 0.0002) / 2) ** 0.5)
+    assert rule.decide(agree, {}).status == "finished"
+    decision = rule.decide(spread, {})
+    assert decision.status == "ready" and decision.index in (1, 2)

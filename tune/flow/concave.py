@@ -25,10 +25,11 @@ Neither holds hidden state, so both survive pickling and ``Tuner.restore``:
    (:meth:`ConcaveRule.decide_round`): a round's P points are decided from the earlier rounds'
    scores, so the path does not depend on the order in which trials finish.
 3. **Noise.** When the bracket is one grid step wide (both neighbours of ``b`` evaluated, or at a
-   grid end) but ``b`` beats its better neighbour by less than ``margin`` (set it to the noise
-   of one evaluation, e.g. the seed-to-seed std), both are re-evaluated, up to ``top_repeats``
-   more times each; scores are averaged, and if the neighbour overtakes ``b`` the bracket
-   reopens around it.
+   grid end) but ``b`` beats its better neighbour by less than the noise (``margin``, the
+   noise of one evaluation assumed, or the noise measured so far in the phase, the pooled
+   spread of its repeats, whichever is larger: :meth:`ConcaveRule.noise`), both are
+   re-evaluated, up to ``top_repeats`` more times each; scores are averaged, and if the
+   neighbour overtakes ``b`` the bracket reopens around it.
 4. **Contradicted concavity.** If the evaluated means have a valley — a point lower than an
    evaluated point on each side by more than ``tolerance`` — the data contradict unimodality and
    the sampler falls back to covering the rest of the grid, coarse to fine (largest gaps first).
@@ -47,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,13 @@ Running = Mapping[int, int]
 #: ``FAILED``.
 FAILED = "failed"
 Trial = tuple[int, "float | str | None"]
+
+
+def measured_noise(repeats: Iterable[Sequence[float]]) -> float:
+    """The pooled standard deviation of repeated scores of the same point (each list: one
+    point's scores); 0 while no point has two."""
+    variances = [float(np.var(v, ddof=1)) for v in repeats if len(v) >= 2]
+    return math.sqrt(sum(variances) / len(variances)) if variances else 0.0
 
 
 def _scores_of(trials: Sequence[Trial]) -> dict[int, list[float]]:
@@ -131,6 +139,12 @@ class ConcaveRule:
             return Decision("wait"), round_start
         return self.decide(_scores_of(trials), {}), len(trials)
 
+    def noise(self, scores: Scores) -> float:
+        """The margin within which two points count as tied: ``margin`` (the noise assumed),
+        or the noise measured in this phase, the pooled standard deviation of the repeats of
+        one point (:func:`measured_noise`), whichever is larger."""
+        return max(self.margin, measured_noise(scores.values()))
+
     def model(self, scores: Scores) -> dict[int, Sequence[float]]:
         """The scores the unimodal model sees: all but the anchors'."""
         return {i: v for i, v in scores.items() if i not in self.anchors}
@@ -168,7 +182,7 @@ class ConcaveRule:
         if not neighbours:
             return []
         runner_up = max(neighbours, key=lambda i: _mean(scores[i]))
-        if _mean(scores[best]) - _mean(scores[runner_up]) >= self.margin:
+        if _mean(scores[best]) - _mean(scores[runner_up]) >= self.noise(scores):
             return []
         return [best, runner_up]
 

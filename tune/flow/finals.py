@@ -7,8 +7,11 @@ budget."""
 
 from __future__ import annotations
 
+import math
 import shutil
+import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +19,14 @@ from typing import Any
 import ray
 
 from selmatch.core.config import SelmatchError
+from selmatch.evaluation.evaluate import EvalConfig
 from selmatch.selection.initial import RandomInit, WindowInit
 from selmatch_tune.flow.phases import METRIC, Log
 from selmatch_tune.flow.slots import Final, FinalSlots
 from selmatch_tune.flow.trials import TrialData, TrialSpec
 from selmatch_tune.results.record import (
+    Candidate,
+    Finalist,
     FinalResult,
     FullPoint,
     IpcRecord,
@@ -28,6 +34,7 @@ from selmatch_tune.results.record import (
     Reference,
     SearchRecord,
     StageCost,
+    Winner,
 )
 from selmatch_tune.results.tracking import Tracker
 from selmatch_tune.settings.config import SearchConfig
@@ -43,7 +50,7 @@ def _final_task(
     import torch
 
     from selmatch.distillation.methods import saved_set_augment
-    from selmatch.evaluation.evaluate import EvalConfig, evaluate_set
+    from selmatch.evaluation.evaluate import evaluate_set
     from selmatch_tune.flow.trials import evaluate_selection, fetch_data, set_threads
 
     set_threads(fixed)
@@ -127,13 +134,16 @@ def final_evaluation(
     """The winner with the full budget, and the top β points too (short vs full ranking);
     what ``early`` submitted already is awaited, not submitted again. A winner that learned
     nothing (α = 0) *is* a window or the random subset: its evaluation is that one's (the same
-    images, seeds and augmentation), never computed twice."""
+    images, seeds and augmentation), never computed twice. With candidates kept for it
+    (``--finalists``), the winner is chosen among them here (:func:`decide_at_target`)."""
     from selmatch.sets.synthetic import SyntheticSet
 
     assert entry.beta is not None
     curve = entry.beta.curve
     early = early or EarlyFinal()
     windows = early.windows or submit_windows(config, entry.beta, data, fixed, slots)
+    if config.finalists and entry.candidates:
+        return decide_at_target(config, entry, data, fixed, slots, early, windows)
     selected = entry.selected_as_is()
     if selected == WindowInit.kind and entry.beta.best in windows:
         winner = windows[entry.beta.best]
@@ -168,6 +178,176 @@ def final_evaluation(
             for b, r in full.items()
         },
     )
+
+
+def _submit_candidate(
+    candidate: Candidate,
+    entry: IpcRecord,
+    data: TrialData,
+    fixed: TrialSpec,
+    slots: FinalSlots,
+    evaluation: EvalConfig,
+    early: EarlyFinal,
+    windows: dict[float, Final],
+    reuse: bool = True,
+) -> Final:
+    """A candidate's evaluation at the target budget: a selection as a β trial trains it, a
+    set from its folder; what was queued already with the same seeds (``reuse``: the random
+    reference, the top windows) is that evaluation."""
+    from selmatch.sets.synthetic import SyntheticSet
+
+    assert entry.beta is not None
+    winner = candidate.winner
+    if winner.alpha == 0 and candidate.set_dir is None:
+        if winner.init == RandomInit.kind:
+            if early.reference is not None and reuse:
+                return early.reference
+            final = slots.submit(data, fixed, {"kind": "random"}, evaluation.to_dict())
+            if reuse:
+                early.reference = final  # the reference is this evaluation
+            return final
+        beta = entry.beta.best
+        if beta in windows and reuse:
+            return windows[beta]
+        return slots.submit(data, fixed, {"kind": "window", "beta": beta}, evaluation.to_dict())
+    assert candidate.set_dir is not None
+    saved = SyntheticSet.load(candidate.set_dir)
+    payload = {
+        "kind": "set",
+        "images": saved.images.numpy(),
+        "labels": saved.labels.numpy(),
+        "mask": saved.distill_mask.numpy(),
+    }
+    return slots.submit(data, fixed, payload, evaluation.to_dict())
+
+
+def tie_margin(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two standard errors of the mean paired difference of two finalists' per-seed scores
+    (the same seeds: common random numbers); infinite below two seeds (no spread measured)."""
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    if len(diffs) < 2:
+        return math.inf
+    return 2 * statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
+def decide_at_target(
+    config: SearchConfig,
+    entry: IpcRecord,
+    data: TrialData,
+    fixed: TrialSpec,
+    slots: FinalSlots,
+    early: EarlyFinal,
+    windows: dict[float, Final],
+) -> FinalResult:
+    """Every candidate kept for the IPC evaluated at the target budget (the final
+    evaluation's) over the same seeds; the winner is the best on validation. When the top two
+    are within :func:`tie_margin` of each other, both are evaluated again with as many new
+    seeds (``top_repeats`` rounds at most) and compared on all of them; a tie that remains
+    keeps the candidate kept first (the selections come first: the simpler answer). The
+    record's winner becomes that candidate."""
+    assert entry.beta is not None and entry.candidates
+    candidates = entry.candidates
+    evaluation = config.final
+    finals = {
+        label: _submit_candidate(c, entry, data, fixed, slots, evaluation, early, windows)
+        for label, c in candidates.items()
+    }
+    results = {label: final.result() for label, final in finals.items()}
+    per_seed = {label: [float(v) for v in r["val_accuracy"]] for label, r in results.items()}
+    tests = {label: [float(v) for v in r["test_accuracy"]] for label, r in results.items()}
+    seeds = {label: [int(s) for s in r["seeds"]] for label, r in results.items()}
+
+    def ranked() -> list[str]:
+        order = list(candidates)
+        return sorted(order, key=lambda k: (-statistics.fmean(per_seed[k]), order.index(k)))
+
+    repeated = False
+    for round_ in range(1, config.top_repeats + 1):
+        top = ranked()[:2]
+        if len(top) < 2:
+            break
+        a, b = per_seed[top[0]], per_seed[top[1]]
+        if abs(statistics.fmean(a) - statistics.fmean(b)) >= tie_margin(a, b):
+            break
+        repeated = True
+        more = evaluation.replace(seed=evaluation.seed + round_ * evaluation.num_seeds)
+        again = {
+            k: _submit_candidate(
+                candidates[k], entry, data, fixed, slots, more, early, windows, reuse=False
+            )
+            for k in top
+        }
+        for k, final in again.items():
+            r = final.result()
+            per_seed[k] += [float(v) for v in r["val_accuracy"]]
+            tests[k] += [float(v) for v in r["test_accuracy"]]
+            seeds[k] += [int(s) for s in r["seeds"]]
+    order = ranked()
+    best = order[0]
+    margin = tie_margin(per_seed[order[0]], per_seed[order[1]]) if len(order) > 1 else None
+    finalists = {
+        k: Finalist(
+            short_val=candidates[k].short.val,
+            val_mean=statistics.fmean(per_seed[k]),
+            test_mean=statistics.fmean(tests[k]),
+            test_std=statistics.pstdev(tests[k]),
+            val=tuple(per_seed[k]),
+            seeds=tuple(seeds[k]),
+        )
+        for k in candidates
+    }
+    from selmatch_tune.results.outputs import spearman
+
+    rho = spearman(
+        [f.short_val for f in finalists.values()], [f.val_mean for f in finalists.values()]
+    )
+    entry.winner = candidates[best].winner
+    won = results[best]
+    curve = entry.beta.curve
+    full = {b: final.result() for b, final in windows.items()}
+    return FinalResult(
+        test_mean=finalists[best].test_mean,
+        test_std=finalists[best].test_std,
+        val_mean=finalists[best].val_mean,
+        seeds=tuple(seeds[best]),
+        epochs=won["epochs"],
+        beta_full={
+            b: FullPoint(short_val=curve[b].val, full_val=r["val_mean"], full_test=r["test_mean"])
+            for b, r in full.items()
+        },
+        finalists=finalists,
+        fidelity_rank_correlation=None if rho != rho else rho,
+        tie_margin=None if margin is None or math.isinf(margin) else margin,
+        tie_repeated=repeated,
+    )
+
+
+def decision_line(config: SearchConfig, final: FinalResult, label: str) -> str:
+    """The decision at the target budget in one line: the winner, the runner-up, the margin
+    and how faithfully the short budget ranked the finalists."""
+    assert final.finalists
+    ranked = sorted(final.finalists.items(), key=lambda kv: -kv[1].val_mean)
+    won = final.finalists[label]
+    seeds = len(won.seeds)
+    text = (
+        f"at the target budget ({config.final.budget()}, {seeds} seeds, "
+        f"{len(ranked)} finalists) the winner is {label}: val {100 * won.val_mean:.2f} %"
+    )
+    if len(ranked) > 1:
+        other, second = next((k, f) for k, f in ranked if k != label)
+        margin = final.tie_margin
+        text += f" vs {other} {100 * second.val_mean:.2f} %" + (
+            f" (tie margin {100 * margin:.2f} points"
+            + (", seeds added" if final.tie_repeated else "")
+            + ")"
+            if margin is not None
+            else ""
+        )
+    rho = final.fidelity_rank_correlation
+    text += "; the short budget ranked them with Spearman ρ = " + (
+        f"{rho:.2f}" if rho is not None else "n/a (fewer than 3)"
+    )
+    return text
 
 
 def final_slots(config: SearchConfig) -> FinalSlots:
@@ -208,15 +388,34 @@ def finish_ipc(
     out: Path,
     tracker: Tracker,
     log: Log,
+    selection_set: Callable[[Winner, Path], Path] | None = None,
 ) -> None:
-    """The IPC's full evaluation (its early part awaited, the winner's submitted), the random
-    reference, the curves. The stage's cost is the time the driver waited for it here."""
+    """The IPC's full evaluation (its early part awaited, the winner's submitted, or the
+    winner chosen among the finalists at the target budget and its set put in place), the
+    random reference, the curves. The stage's cost is the time the driver waited for it here.
+    ``selection_set`` writes the set of a selection that won (the random subset, the
+    window)."""
     from selmatch_tune.results.outputs import save_phase_plot
 
     started = time.perf_counter()
     computed = entry.final is None
     if entry.final is None:
-        entry.final = final_evaluation(config, entry, data, fixed, slots, early)
+        final = final_evaluation(config, entry, data, fixed, slots, early)
+        if final.finalists:
+            assert entry.winner is not None and entry.candidates and entry.beta is not None
+            label = entry.winner.label(entry.beta.best)
+            chosen = entry.candidates[label]
+            folder = out / "sets" / f"ipc{ipc}"
+            if chosen.set_dir is not None:
+                if folder.exists():
+                    shutil.rmtree(folder)
+                shutil.copytree(chosen.set_dir, folder)
+            else:
+                assert selection_set is not None, "a selection won: its set is written here"
+                selection_set(entry.winner, folder)
+            entry.set_dir = str(folder)
+            log(f"IPC {ipc}: " + decision_line(config, final, label))
+        entry.final = final
     if config.random_reference and entry.final.random is None:
         if entry.selected_as_is() == RandomInit.kind:  # the winner is the reference itself
             entry.final.random = _reference_summary(entry.final)

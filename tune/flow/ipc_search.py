@@ -6,13 +6,17 @@ ends, so a resumed search takes up where it stopped.
 
 from __future__ import annotations
 
+import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+from selmatch.distillation.distill import draw
 from selmatch.distillation.methods import method_of
-from selmatch.selection.initial import WindowInit
+from selmatch.selection.initial import RandomInit, WindowInit
 from selmatch_tune.flow.finals import (
     EarlyFinal,
     collect_winner,
@@ -25,7 +29,16 @@ from selmatch_tune.flow.precompute import Precomputed
 from selmatch_tune.flow.slots import FinalSlots
 from selmatch_tune.flow.trials import TrialSpec
 from selmatch_tune.results.outputs import START
-from selmatch_tune.results.record import IpcRecord, PhaseResult, Score, SearchRecord, Winner
+from selmatch_tune.results.record import (
+    Baseline,
+    Candidate,
+    IpcRecord,
+    PhaseResult,
+    Point,
+    Score,
+    SearchRecord,
+    Winner,
+)
 from selmatch_tune.settings.config import SearchConfig
 from selmatch_tune.settings.phase_kinds import ALPHA, BETA, SUBSETS, PhaseKind, refining_phases
 
@@ -108,9 +121,14 @@ class IpcSearch:
                 self._step(partial(self._refine, kind))
         if entry.final is None:
             also = " and of a random subset of the same size" if self.early.reference else ""
+            which = (
+                f"of the {len(entry.candidates)} finalists (the winner is chosen there)"
+                if config.finalists and entry.candidates
+                else "of the winner"
+            )
             self.log(
                 f"final evaluation ({config.final.budget()}, {config.final.num_seeds} "
-                f"seeds) of the winner, of the top {config.full_eval_top} β windows{also}"
+                f"seeds) {which}, of the top {config.full_eval_top} β windows{also}"
                 + (", beside the search" if beside else "")
             )
         ctx = self.ctx
@@ -127,6 +145,7 @@ class IpcSearch:
             ctx.out,
             ctx.tracker,
             ctx.log,
+            self.selection_set,
         )
 
     def _step(self, step: Callable[[], None]) -> None:
@@ -159,6 +178,7 @@ class IpcSearch:
             self.ctx,
         )
         beta.init = beta_winner(beta)
+        self._keep_selections()
         then = (
             f"the α phase starts from {START[beta.init]}"
             if config.searches(ALPHA)
@@ -197,6 +217,11 @@ class IpcSearch:
         entry.alpha = alpha
         alpha.init = init
         winner = Winner(init=init, alpha=alpha.best, candidate="alpha")
+        self._keep_selections()  # a search resumed from before finalists existed
+        learned = sorted((a for a in alpha.curve if a > 0), key=lambda a: -alpha.curve[a].val)
+        for a in learned[: config.finalists]:
+            point = alpha.curve[a]
+            self._keep(Winner(init=init, alpha=a, candidate="alpha"), point, results, a)
         if init == WindowInit.kind and config.mtt_candidate:
             self.log("plain MTT (the random subset, α = 1) as an α-phase candidate")
             alpha.mtt, mtt_results = run_baseline(
@@ -212,8 +237,10 @@ class IpcSearch:
                 f"plain MTT val {100 * alpha.mtt.val:.2f} % vs the best α "
                 f"({alpha.best:g}) {100 * best_val:.2f} %"
             )
+            mtt = Winner(init="random", alpha=1.0, candidate="mtt")
+            self._keep(mtt, alpha.mtt, mtt_results, 1.0)
             if alpha.mtt.val > best_val:
-                winner, results = Winner(init="random", alpha=1.0, candidate="mtt"), mtt_results
+                winner, results = mtt, mtt_results
         entry.winner = winner
         self.log(
             f"the winner starts from {START[winner.init]}"
@@ -247,6 +274,8 @@ class IpcSearch:
         entry.subsets = subsets
         subsets.seqmatch_experts = config.seqmatch_experts
         best, seq_val = subsets.best, subsets.best_point.val
+        seqmatch = Winner(init="random", alpha=1.0, candidate="seqmatch", subsets=int(best))
+        self._keep(seqmatch, subsets.best_point, results, best, SUBSETS.name)
         if entry.winner is not None:
             other = entry.winner_scores()
             subsets.against = Score(val=other.val, test=other.test)
@@ -256,7 +285,7 @@ class IpcSearch:
             )
             if seq_val <= other.val:  # a tie keeps SelMatch, the search's own method
                 return
-        entry.winner = Winner(init="random", alpha=1.0, candidate="seqmatch", subsets=int(best))
+        entry.winner = seqmatch
         self.log(
             f"the winner is SeqMatch with K = {best:g} subsets "
             f"({config.seqmatch_experts} stage experts)"
@@ -312,4 +341,52 @@ class IpcSearch:
             return
         winner.refined = {**(winner.refined or {}), kind.name: value}
         self.log(f"the winner takes {kind.symbol} = {value:g}")
+        self._keep(Winner.from_dict(winner.to_dict()), result.best_point, results, value, kind.name)
         entry.set_dir = str(collect_winner(results, value, self._sets, searched=kind.name))
+
+    def _keep(
+        self,
+        winner: Winner,
+        short: Point | Baseline,
+        results: Any,
+        value: float,
+        searched: str = "",
+    ) -> None:
+        """Keep a candidate for the decision at the target budget (``--finalists``): its
+        short-budget scores and its set, copied from the trial that made it (the best of its
+        value's repeats) to ``sets/ipcN/candidates/``."""
+        if not self.ctx.config.finalists:
+            return
+        label = winner.label()
+        folder = self._sets.parent / f"ipc{self.ipc}-candidates" / _slug(label)
+        collect_winner(results, value, folder, searched=searched or ALPHA.name)
+        score = Score(val=short.val, test=short.test)
+        self.entry.add_candidate(label, Candidate(winner=winner, short=score, set_dir=str(folder)))
+
+    def _keep_selections(self) -> None:
+        """The random subset and the window at the β phase's best as candidates (their sets
+        are written only if one wins)."""
+        beta = self.entry.beta
+        if not self.ctx.config.finalists or beta is None or beta.random is None:
+            return
+        for init, point in ((RandomInit.kind, beta.random), (WindowInit.kind, beta.best_point)):
+            winner = Winner(init=init, alpha=0.0, candidate="alpha")
+            score = Score(val=point.val, test=point.test)
+            self.entry.add_candidate(winner.label(beta.best), Candidate(winner=winner, short=score))
+
+    def selection_set(self, winner: Winner, folder: Path) -> Path:
+        """Write the set of a selection that won at the target budget (the random subset or
+        the window at β): an α = 0 distillation, as an α = 0 trial makes it, on the driver."""
+        from selmatch_tune.flow.trials import distill_set, fetch_data
+
+        spec = self._distill_fixed().replace(init=winner.init, alpha=0.0)
+        if folder.exists():
+            shutil.rmtree(folder)
+        distill_set(spec, self.ctx.data, fetch_data(spec, self.ctx.data), folder)
+        draw(folder)
+        return folder
+
+
+def _slug(label: str) -> str:
+    """A folder name for a candidate's label."""
+    return re.sub(r"[^A-Za-z0-9.=+-]+", "-", label).strip("-")

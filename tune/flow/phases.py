@@ -17,7 +17,7 @@ from typing import Any
 from ray import tune
 
 from selmatch.core.config import SelmatchError
-from selmatch_tune.flow.concave import ConcaveGridSampler, grid_index
+from selmatch_tune.flow.concave import ConcaveGridSampler, grid_index, measured_noise
 from selmatch_tune.flow.searcher import ConcaveSearch
 from selmatch_tune.flow.trials import TrialData, TrialSpec
 from selmatch_tune.results.record import Baseline, PhaseResult, Point, StageCost
@@ -71,6 +71,29 @@ class Phase:
         return phase_kind(self.name)
 
 
+def monotone_bound(phase: PhaseResult | None, margin: float) -> tuple[float | None, str]:
+    """The bound a phase's result at one IPC puts on the next IPC's grid (the paper's
+    monotonicity: values ≤ its best), and why. It caps the grid only when the best beat every
+    larger value evaluated by more than the noise (``margin`` or the phase's measured noise,
+    whichever is larger); a best within the noise of a larger value is no evidence against
+    it, so the next IPC searches its whole grid."""
+    if phase is None:
+        return None, ""
+    noise = max(margin, phase.noise or 0.0)
+    best = phase.best_point.val
+    larger = {v: p.val for v, p in phase.curve.items() if v > phase.best}
+    close = [v for v, val in larger.items() if val >= best - noise]
+    if close:
+        return None, (
+            f"no bound from the previous IPC's best {phase.best:g}: {close[0]:g} was within "
+            f"the noise ({100 * noise:.2f} points)"
+        )
+    return phase.best, (
+        f"≤ {phase.best:g}, the previous IPC's best, which beat every larger value evaluated "
+        f"by more than the noise ({100 * noise:.2f} points)"
+    )
+
+
 def bounded(grid: tuple[float, ...], bound: float | None) -> tuple[float, ...]:
     """The paper's monotonicity: at a larger IPC only values ≤ the smaller IPC's best."""
     if bound is None:
@@ -104,7 +127,11 @@ def _phase_results(grid: Any, searched: str) -> PhaseResult:
         raise SelmatchError(f"every {searched} trial failed{first_error(grid)}")
     best = max(curve, key=lambda v: (curve[v].val, -v))
     return PhaseResult(
-        curve=curve, best=best, failed=failed, trials=sum(c.n for c in curve.values()) + failed
+        curve=curve,
+        best=best,
+        failed=failed,
+        trials=sum(c.n for c in curve.values()) + failed,
+        noise=measured_noise([[m["val_accuracy"] for m in ms] for ms in points.values()]),
     )
 
 

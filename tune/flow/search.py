@@ -38,7 +38,7 @@ from selmatch_tune.cluster.ray_cluster import (
 from selmatch_tune.cluster.storage import check_storage
 from selmatch_tune.flow.finals import final_slots
 from selmatch_tune.flow.ipc_search import IpcSearch, beta_winner, fixed_settings
-from selmatch_tune.flow.phases import Log, SearchContext, SearchInterrupted
+from selmatch_tune.flow.phases import Log, SearchContext, SearchInterrupted, monotone_bound
 from selmatch_tune.flow.precompute import Precomputed, precompute
 from selmatch_tune.flow.slots import FinalSlots
 from selmatch_tune.flow.trials import TrialData
@@ -267,7 +267,10 @@ def search_ipcs(
     for ipc in config.ipcs:
         bounds: tuple[float | None, float | None] = (None, None)
         if config.monotone and previous is not None and previous.beta is not None:
-            bounds = (previous.beta.best, previous.alpha.best if previous.alpha else None)
+            beta, why_beta = monotone_bound(previous.beta, config.noise)
+            alpha, why_alpha = monotone_bound(previous.alpha, config.noise)
+            bounds = (beta, alpha)
+            ctx.log(f"IPC {ipc}: β {why_beta}" + (f"; α {why_alpha}" if why_alpha else ""))
         finish = IpcSearch(ctx, pre, record, slots, ipc, bounds).run()
         if config.final_beside_search:
             finishers.append(finish)
@@ -323,6 +326,11 @@ def report(
                 if r["random_test_mean"] != ""
             },
             **{f"rank_correlation_ipc{ipc}": rho for ipc, rho in by_ipc.items() if rho is not None},
+            **{
+                f"fidelity_rank_correlation_ipc{r['ipc']}": r["fidelity_rank_correlation"]
+                for r in rows
+                if r["fidelity_rank_correlation"] != ""
+            },
         }
     )
     tracker.finish()

@@ -285,34 +285,14 @@ def alpha_trial(config: dict[str, Any], *, data: TrialData) -> None:
     spec = TrialSpec.from_dict(config)
     set_threads(spec)
     dataset, hardness, split = fetch_data(spec, data)
-    assert spec.experts is not None and spec.layout is not None and spec.experts_dir
-    experts = InMemoryExperts(
-        spec.experts,
-        ParamLayout.from_dict(spec.layout),
-        ObjectStoreTrajectories(data.trajectories),
-        Path(spec.experts_dir),  # where the precompute cached them: the set's provenance
-        first_epoch=data.first_epoch,
-    )
     fetched = time.perf_counter()
-    target = spec.target()
     evaluation = spec.seeded()
     # α = 0 is the oracle window (or the random subset) as it was; α > 0: combined
+    target = spec.target()
     augment = target.method_kind.evaluation_augment(target, evaluation.train.augment)
     evaluation = evaluation.replace(train=evaluation.train.replace(augment=augment))
-    with tempfile.TemporaryDirectory() as directory, tempfile.TemporaryDirectory() as stages:
-        synthetic = distill(
-            target,
-            spec.matching(),
-            dataset,
-            split,
-            experts,
-            hardness,
-            directory,
-            device=evaluation.device,
-            progress=False,
-            stage_cache=stages,
-            stage_mapper=stage_expert_mapper(spec),
-        )
+    with tempfile.TemporaryDirectory() as directory:
+        synthetic = distill_set(spec, data, (dataset, hardness, split), directory)
         result = evaluate_set(
             synthetic.images,
             synthetic.labels,
@@ -327,3 +307,38 @@ def alpha_trial(config: dict[str, Any], *, data: TrialData) -> None:
         }
         _release()
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def distill_set(
+    spec: TrialSpec,
+    data: TrialData,
+    fetched: tuple[ImageDataset, torch.Tensor, HoldoutSplit],
+    directory: str | Path,
+) -> Any:
+    """The set a distillation trial makes, written to ``directory``: ``spec``'s target
+    matched with its settings against the experts in the object store (α = 0: the selection
+    itself, nothing learned). The body of an α or K trial, and how the driver writes the set
+    of a selection that wins at the target budget."""
+    dataset, hardness, split = fetched
+    assert spec.experts is not None and spec.layout is not None and spec.experts_dir
+    experts = InMemoryExperts(
+        spec.experts,
+        ParamLayout.from_dict(spec.layout),
+        ObjectStoreTrajectories(data.trajectories),
+        Path(spec.experts_dir),  # where the precompute cached them: the set's provenance
+        first_epoch=data.first_epoch,
+    )
+    with tempfile.TemporaryDirectory() as stages:
+        return distill(
+            spec.target(),
+            spec.matching(),
+            dataset,
+            split,
+            experts,
+            hardness,
+            directory,
+            device=spec.evaluation.device,
+            progress=False,
+            stage_cache=stages,
+            stage_mapper=stage_expert_mapper(spec),
+        )

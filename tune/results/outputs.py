@@ -10,6 +10,7 @@ from typing import Any
 
 from selmatch.core.plots import save_curve
 from selmatch.distillation.methods import method_of
+from selmatch.evaluation.evaluate import EvalConfig
 from selmatch_tune.results.record import IpcRecord, PhaseResult, SearchRecord
 from selmatch_tune.settings.phase_kinds import ALPHA, phase_kind, refining_phases
 
@@ -40,6 +41,9 @@ COLUMNS = (
     "subsets_trials",
     "subsets_grid_size",
     "set_dir",
+    "target_budget",
+    "finalists",
+    "fidelity_rank_correlation",
 )
 
 
@@ -71,6 +75,9 @@ START = {"window": "the window", "random": "the random subset"}
 def table_rows(dataset: str, convention: str, record: SearchRecord) -> list[dict[str, Any]]:
     """One row of ``best_hparams.csv`` per IPC whose final evaluation is done."""
     rows = []
+    target = (
+        EvalConfig.from_dict(record.config["final"]).budget() if "final" in record.config else ""
+    )
     for ipc, entry in sorted(record.ipcs.items()):
         if entry.final is None:
             continue
@@ -107,6 +114,13 @@ def table_rows(dataset: str, convention: str, record: SearchRecord) -> list[dict
                 "subsets_trials": subsets.trials if subsets else "",
                 "subsets_grid_size": len(subsets.grid) if subsets else "",
                 "set_dir": entry.set_dir,
+                "target_budget": target,
+                "finalists": len(final.finalists or {}),
+                "fidelity_rank_correlation": (
+                    ""
+                    if final.fidelity_rank_correlation is None
+                    else final.fidelity_rank_correlation
+                ),
                 **_refined(entry),
             }
         )
@@ -164,6 +178,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "tops count as trials; larger IPCs search only values ≤ the previous IPC's "
         "best); random test: a random class-balanced subset of the same size, "
         "trained like the winner"
+        + (
+            f"; final test: at the target budget ({rows[0]['target_budget']}), where the "
+            "winner was chosen among the finalists (on validation)"
+            if rows and rows[0].get("finalists")
+            else ""
+        )
     )
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ from selmatch.core.config import Config, ConfigError, check_resumable
 from selmatch.core.io import write_json
 from selmatch.core.migrate import SEARCH_RECORD, migrate
 from selmatch.distillation.methods import method_of
+from selmatch.selection.initial import RandomInit
 from selmatch_tune.settings.config import SearchConfig
 from selmatch_tune.settings.phase_kinds import ALPHA, phase_kind
 
@@ -121,6 +122,9 @@ class PhaseResult(Config):
     mtt: Baseline | None = None  # α: plain MTT (random subset, α = 1)
     seqmatch_experts: str | None = None  # K: the stage experts' variant
     against: Score | None = None  # K: the α phase's winner it was compared with
+    #: the spread measured between repeats of one grid value (pooled std of validation
+    #: accuracy; 0: no value was repeated)
+    noise: float | None = None
     cost: StageCost | None = None  # the phase's trials (its baseline has its own)
 
     @property
@@ -160,6 +164,51 @@ class Winner(Config):
         """Whether its method matches subsets one after another (SeqMatch)."""
         return method_of(self.method).sequential
 
+    def label(self, beta: float | None = None) -> str:
+        """What it is, in a few words: ``SelMatch α=0.5``, ``plain MTT``, ``SeqMatch K=2``,
+        ``the random subset``, ``the window β=0.3`` (``beta``: the β phase's best), with the
+        values refining phases gave it (``T+=6``)."""
+        if self.alpha == 0 and not self.refined:
+            random = self.init == RandomInit.kind
+            window = "the window" if beta is None else f"the window β={beta:g}"
+            return "the random subset" if random else window
+        if self.plain_mtt:
+            text = "plain MTT"
+        elif self.sequential:
+            text = f"SeqMatch K={self.subsets}"
+        else:
+            start = " from the random subset" if self.init == RandomInit.kind else ""
+            text = f"SelMatch α={self.alpha:g}{start}"
+        for name, value in (self.refined or {}).items():
+            text += f" {phase_kind(name).symbol}={value:g}"
+        return text
+
+
+@dataclass
+class Candidate(Config):
+    """A candidate for an IPC's winner, kept for the decision at the target budget: what it
+    is (a :class:`Winner`), its short-budget scores and its set (a folder; ``None`` for a
+    selection, the random subset or the window at β, which is rebuilt from the data)."""
+
+    OMIT_NONE = True
+    winner: Winner
+    short: Score
+    set_dir: str | None = None
+
+
+@dataclass
+class Finalist(Config):
+    """A candidate evaluated at the target budget: its short-budget validation score (what
+    ranked it) beside its target-budget scores, over the same seeds as every other finalist
+    (common random numbers: the differences between finalists are paired)."""
+
+    short_val: float
+    val_mean: float
+    test_mean: float
+    test_std: float
+    val: tuple[float, ...]  # per seed
+    seeds: tuple[int, ...]
+
 
 @dataclass
 class FullPoint(Config):
@@ -193,6 +242,16 @@ class FinalResult(Config):
     beta_full: dict[float, FullPoint] = field(default_factory=dict)
     random: Reference | None = None
     cost: StageCost | None = None  # the winner's, the top windows' and the reference's
+    #: the candidates evaluated at the target budget, by label (empty: the winner was chosen
+    #: at the short budget, ``--finalists 0`` or a search begun before finalists existed)
+    finalists: dict[str, Finalist] | None = None
+    #: Spearman's ρ of the finalists' short-budget and target-budget validation scores (None
+    #: below 3 finalists): how faithfully the short budget ranked them
+    fidelity_rank_correlation: float | None = None
+    #: the margin within which two finalists counted as tied (two standard errors of their
+    #: paired difference over seeds), and whether a tie added seeds
+    tie_margin: float | None = None
+    tie_repeated: bool | None = None
 
 
 @dataclass
@@ -208,6 +267,11 @@ class IpcRecord(Config):
     final: FinalResult | None = None
     #: the phases that refine the winner (:attr:`PhaseKind.refines`), by name
     refinements: dict[str, PhaseResult] | None = None
+    #: what the target-budget decision chooses from, by label (``--finalists``)
+    candidates: dict[str, Candidate] | None = None
+
+    def add_candidate(self, label: str, candidate: Candidate) -> None:
+        self.candidates = {**(self.candidates or {}), label: candidate}
 
     def phase(self, name: str) -> PhaseResult | None:
         """The result of the registered phase ``name`` (None: not run yet)."""
@@ -230,6 +294,9 @@ class IpcRecord(Config):
         refining phase's best, which it took)."""
         winner = self.winner
         assert winner is not None, "an IPC's winner is chosen with its α phase"
+        kept = (self.candidates or {}).get(winner.label(self.beta.best if self.beta else None))
+        if kept is not None:  # a candidate of the decision at the target budget
+            return kept.short
         if winner.refined:
             last = self.phase(list(winner.refined)[-1])
             assert last is not None, "a refined winner's phase is recorded"

@@ -187,6 +187,15 @@ class SearchConfig(Config):
         "of a trial's resources reserved beside every K trial (its placement group, so they "
         "never wait on other trials); 0 = in the trial, one after another",
     )
+    finalists: int = setting(
+        2,
+        group=BUDGETS,
+        help="the α phase's best α values (> 0, by their short-budget score) that go on to "
+        "the target budget (the final evaluation's, --target-epochs), beside the random "
+        "subset, the window at β, plain MTT, SeqMatch's best K and a refined winner; the "
+        "winner is the best of them on validation at that budget, their seeds shared; 0: the "
+        "winner is chosen at the short budget and only it is evaluated at the target budget",
+    )
     full_eval_top: int = setting(
         2,
         group=BUDGETS,
@@ -285,6 +294,7 @@ class SearchConfig(Config):
         if self.image_size is not None:
             check_int("image_size", self.image_size, 8, 1024)
         check_int("full_eval_top", self.full_eval_top, 0, 100)
+        check_int("finalists", self.finalists, 0, 100)
         check_bool("final_beside_search", self.final_beside_search)
         check_int("max_concurrent", self.max_concurrent, 1, 10_000)
         check_float("cpus_per_trial", self.cpus_per_trial, 0.0, low_open=True)

@@ -130,7 +130,8 @@ def paper() -> SearchConfig:
         beta_grid=TENTHS,
         alpha_grid=ALPHAS,
         short=_eval(resnet, 200, 1),
-        final=_eval(resnet, 1000, 5),
+        # the target budget: the paper's evaluation, the steps of 50 full-data epochs
+        final=_eval(resnet, 1000, 5).replace(full_epochs=50),
         distill=DistillConfig(
             n_student_steps=55,
             expert_epochs=2,
