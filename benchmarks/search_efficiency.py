@@ -15,6 +15,17 @@
    α trials, their baselines, the final evaluation, idle slots); with `--baseline-dir`, a
    search of the same settings made before a change: the ratio of their wall times and whether
    the winners (method, initialisation, β, α per IPC) are the same.
+5. **Deciding at the short budget or at the target budget** (simulated, with a fidelity model
+   measured on the Fashion-MNIST study: `experiments/results/fmnist-study-v3`): per IPC, its
+   candidates' short-budget validation scores (the search's record) against their validation
+   scores at the study's budget (its results.csv) give the spread of the candidates at the
+   target budget and the rank-flipping noise of the short budget (the residual after their mean
+   offset). Simulated candidates (an α grid with its baselines) get target scores with that
+   spread and short scores with that noise; the old search takes the best short score, the new
+   one evaluates the finalists (the baselines and the best ``--finalists`` α values) at the
+   target budget with 2 seeds and takes the best there. Reported: the target-budget accuracy
+   each gives up against the best candidate (regret), how often each picks it, and the target
+   evaluations each spends.
 """
 
 from __future__ import annotations
@@ -22,12 +33,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import random
 import statistics
 from pathlib import Path
 
 from selmatch_tune.flow.simulate import random_concave_curve, simulate
 from selmatch_tune.results.costs import format_costs, stage_costs
+from selmatch_tune.results.outputs import spearman
 from selmatch_tune.results.record import SearchRecord
 
 #: the columns of best_hparams.csv that say what won
@@ -100,6 +113,87 @@ def replay_sweeps(parallels: list[int], repeats: int) -> list[dict]:
                 }
             )
     return rows
+
+
+#: the study's candidates per IPC: its results.csv method → how the search record names it
+STUDY = ROOT / "experiments" / "results" / "fmnist-study-v3"
+
+
+def measured_fidelity() -> dict:
+    """From the study: per IPC, each candidate's short-budget validation score (the search's
+    record: the random subset, the window at β = α 0, the α phase's best as SelMatch, plain
+    MTT) beside its validation score at the study's budget (results.csv); the spread of the
+    target scores, the short budget's rank-flipping noise (the std of the differences after
+    their mean offset), and the seed noise at the target budget (the mean std over seeds)."""
+    record = SearchRecord.load(STUDY)
+    with open(STUDY / "results.csv") as handle:
+        table = {(r["method"], int(r["ipc"])): r for r in csv.DictReader(handle)}
+    spreads, flips, seeds, ipcs = [], [], [], {}
+    for ipc, entry in sorted(record.ipcs.items()):
+        assert entry.beta is not None and entry.alpha is not None and entry.beta.random
+        short = {
+            "random": entry.beta.random.val,
+            "window": entry.alpha.curve[0.0].val,
+            "distill-selmatch": entry.alpha.best_point.val,
+        }
+        if entry.alpha.mtt is not None:
+            short["distill-mtt"] = entry.alpha.mtt.val
+        target = {m: float(table[(m, ipc)]["val_mean"]) for m in short}
+        ds = [short[m] - statistics.fmean(short.values()) for m in short]
+        dt = [target[m] - statistics.fmean(target.values()) for m in short]
+        spreads.append(statistics.pstdev(dt))
+        flips.append(statistics.pstdev([a - b for a, b in zip(ds, dt, strict=True)]))
+        seeds += [float(table[(m, ipc)]["test_std"]) for m in short]
+        ipcs[ipc] = {
+            "short": short,
+            "target": target,
+            "spearman": spearman(list(short.values()), list(target.values())),
+        }
+    return {
+        "ipcs": ipcs,
+        "target_spread": statistics.fmean(spreads),
+        "flip_noise": statistics.fmean(flips),
+        "seed_noise": statistics.fmean(seeds),
+    }
+
+
+def decide(fidelity: dict, runs: int, alphas: int = 10, finalists: int = 2, seeds: int = 2) -> dict:
+    """Old (best short score) against new (the finalists at the target budget) on simulated
+    candidates: ``alphas`` α values and three baselines (the random subset, the window, plain
+    MTT), target scores ~ N(0, spread), short = target + N(0, flip noise), a target-budget
+    evaluation = target + N(0, seed noise / √seeds)."""
+    spread, flip, noise = fidelity["target_spread"], fidelity["flip_noise"], fidelity["seed_noise"]
+    regret: dict[str, list[float]] = {"old": [], "new": []}
+    hits = {"old": 0, "new": 0}
+    evaluated = []
+    for run in range(runs):
+        rng = random.Random(run)  # the same candidates whatever the number of finalists
+        target = [rng.gauss(0.0, spread) for _ in range(alphas + 3)]
+        short = [t + rng.gauss(0.0, flip) for t in target]
+        best = max(range(len(target)), key=target.__getitem__)
+        old = max(range(len(short)), key=short.__getitem__)
+        ranked = sorted(range(3, len(short)), key=lambda i: -short[i])  # the α values
+        chosen = [0, 1, 2, *ranked[:finalists]]
+        measured = {i: target[i] + rng.gauss(0.0, noise / math.sqrt(seeds)) for i in chosen}
+        new = max(chosen, key=measured.__getitem__)
+        for name, pick in (("old", old), ("new", new)):
+            regret[name].append(target[best] - target[pick])
+            hits[name] += pick == best
+        evaluated.append(len(chosen))
+    return {
+        "runs": runs,
+        "candidates": alphas + 3,
+        "finalists": finalists,
+        "seeds": seeds,
+        "old_regret_points": 100 * statistics.fmean(regret["old"]),
+        "new_regret_points": 100 * statistics.fmean(regret["new"]),
+        "old_picks_best": hits["old"] / runs,
+        "new_picks_best": hits["new"] / runs,
+        # target-budget evaluations: the old search's winner and random reference; the new
+        # one's finalists (the reference is the random subset's)
+        "old_target_evaluations": 2 * seeds,
+        "new_target_evaluations": statistics.fmean(evaluated) * seeds,
+    }
 
 
 def ray_overhead(search_dir: Path) -> dict:
@@ -186,9 +280,12 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     parallels = [int(p) for p in args.parallel.split(",")]
+    fidelity = measured_fidelity()
     report: dict = {
         "simulated": simulated(sizes, parallels, args.noise, args.runs),
         "real_sweeps": replay_sweeps(parallels, args.runs),
+        "fidelity": fidelity,
+        "decision": [decide(fidelity, 10 * args.runs, finalists=k) for k in (1, 2, 4)],
     }
     print(f"1. noisy concave curves (noise std {args.noise}, {args.runs} curves each)")
     header = ("grid", "P", "trials", "share", "pick ±1 step", "whole grid ±1")
@@ -207,6 +304,23 @@ def main() -> None:
         print(
             f"{r['sweep']:<28} P={r['parallel']} trials {r['mean_trials']:.2f}/{r['grid']}, "
             f"gap to the grid's best: {gap}"
+        )
+    print(
+        f"\n5. deciding at the short or the target budget: measured on the study "
+        f"(IPCs {', '.join(map(str, fidelity['ipcs']))}): spread of the candidates at the "
+        f"target budget {100 * fidelity['target_spread']:.2f} points, the short budget's "
+        f"rank-flipping noise {100 * fidelity['flip_noise']:.2f} points, seed noise "
+        f"{100 * fidelity['seed_noise']:.2f} points; within-IPC Spearman of short vs target: "
+        + ", ".join(f"{ipc}: {v['spearman']:.2f}" for ipc, v in fidelity["ipcs"].items())
+    )
+    for d in report["decision"]:
+        print(
+            f"  {d['candidates']} candidates, {d['finalists']} α finalist(s) + 3 baselines, "
+            f"{d['seeds']} seeds: regret at the target budget {d['old_regret_points']:.2f} "
+            f"points (old: the best short score) vs {d['new_regret_points']:.2f} (new); best "
+            f"picked {d['old_picks_best']:.0%} vs {d['new_picks_best']:.0%}; target "
+            f"evaluations {d['old_target_evaluations']:.0f} vs {d['new_target_evaluations']:.0f} "
+            f"({d['new_target_evaluations'] / d['old_target_evaluations']:.1f}x)"
         )
     if args.search_dir:
         report["ray_overhead"] = ray_overhead(args.search_dir)
