@@ -111,3 +111,28 @@ def test_the_monotone_bound_caps_only_a_best_separated_by_more_than_the_noise() 
     # the noise measured between repeats widens the margin beyond the one assumed
     assert monotone_bound(phase({0.25: 0.74, 0.5: 0.72}, noise=0.03), 0.005)[0] is None
     assert monotone_bound(None, 0.005) == (None, "")
+
+
+def test_the_noise_measured_at_an_ipc_includes_the_baselines_repeats() -> None:
+    """The random subset's repeats in the β phase measure the short budget's seed noise; the
+    α phase's tie margin and the next IPC's bound use it (the demo's IPC 10: 72.50 and 69.08 %
+    for the same subset, seven times the assumed 0.5 points)."""
+    from selmatch_tune.flow.phases import monotone_bound
+    from selmatch_tune.results.record import Baseline
+
+    point = Point(val=0.735, test=0.72, n=1)
+    beta = PhaseResult(curve={0.6: point}, best=0.6, trials=1, failed=0, noise=0.0)
+    beta.random = Baseline(val=0.708, test=0.70, n=2, noise=0.0242)
+    alpha = PhaseResult(
+        curve={0.0: point, 0.75: Point(val=0.7175, test=0.70, n=1)},
+        best=0.0,
+        trials=2,
+        failed=0,
+        noise=0.0,
+    )
+    entry = IpcRecord(beta=beta, alpha=alpha)
+    assert entry.measured_noise() == pytest.approx(0.0242)
+    assert IpcRecord().measured_noise() == 0.0
+    # 1.75 points behind the best is clear of the assumed 0.5, not of the measured 2.42
+    assert monotone_bound(alpha, 0.005)[0] == 0.0
+    assert monotone_bound(alpha, 0.005, entry.measured_noise())[0] is None

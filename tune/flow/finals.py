@@ -242,9 +242,9 @@ def decide_at_target(
     """Every candidate kept for the IPC evaluated at the target budget (the final
     evaluation's) over the same seeds; the winner is the best on validation. When the top two
     are within :func:`tie_margin` of each other, both are evaluated again with as many new
-    seeds (``top_repeats`` rounds at most) and compared on all of them; a tie that remains
-    keeps the candidate kept first (the selections come first: the simpler answer). The
-    record's winner becomes that candidate."""
+    seeds (``top_repeats`` rounds at most) and compared on all of them; an exact tie that
+    remains goes to a selection (the simpler answer). The record's winner becomes that
+    candidate."""
     assert entry.beta is not None and entry.candidates
     candidates = entry.candidates
     evaluation = config.final
@@ -257,9 +257,11 @@ def decide_at_target(
     tests = {label: [float(v) for v in r["test_accuracy"]] for label, r in results.items()}
     seeds = {label: [int(s) for s in r["seeds"]] for label, r in results.items()}
 
-    def ranked() -> list[str]:
-        order = list(candidates)
-        return sorted(order, key=lambda k: (-statistics.fmean(per_seed[k]), order.index(k)))
+    def ranked() -> list[str]:  # a tie keeps a selection (the simpler answer), then the label
+        return sorted(
+            candidates,
+            key=lambda k: (-statistics.fmean(per_seed[k]), candidates[k].winner.alpha != 0, k),
+        )
 
     repeated = False
     for round_ in range(1, config.top_repeats + 1):

@@ -212,7 +212,9 @@ class IpcSearch:
         alpha_fixed = self._distill_fixed().replace(init=init)
         anchors = tuple(a for a in (0.0, 1.0) if a in config.alpha_grid)
         grid = tuple(sorted({*bounded(ALPHA.grid(config), self.bounds[1]), *anchors}))
-        phase = Phase(ALPHA.name, self.ipc, grid, alpha_fixed, anchors, self.bounds[1])
+        phase = Phase(
+            ALPHA.name, self.ipc, grid, alpha_fixed, anchors, self.bounds[1], entry.measured_noise()
+        )
         alpha, results = run_phase(phase, self.ctx)
         entry.alpha = alpha
         alpha.init = init
@@ -269,7 +271,10 @@ class IpcSearch:
             )
             return
         subsets, results = run_phase(
-            Phase(SUBSETS.name, self.ipc, grid, self._seqmatch_fixed()), self.ctx
+            Phase(
+                SUBSETS.name, self.ipc, grid, self._seqmatch_fixed(), noise=entry.measured_noise()
+            ),
+            self.ctx,
         )
         entry.subsets = subsets
         subsets.seqmatch_experts = config.seqmatch_experts
@@ -328,7 +333,8 @@ class IpcSearch:
         if winner is None or entry.selected_as_is() is not None:
             self.log(f"the winner learned nothing (α = 0): no {kind.shown} phase")
             return
-        result, results = run_phase(Phase(kind.name, self.ipc, grid, self._winner_spec()), self.ctx)
+        spec, noise = self._winner_spec(), entry.measured_noise()
+        result, results = run_phase(Phase(kind.name, self.ipc, grid, spec, noise=noise), self.ctx)
         before = entry.winner_scores()
         result.against = Score(val=before.val, test=before.test)
         entry.set_phase(kind.name, result)

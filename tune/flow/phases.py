@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,21 +66,26 @@ class Phase:
     fixed: TrialSpec  # what every trial shares; the searched leaf is Tune's choice
     anchors: tuple[float, ...] = ()  # grid values always evaluated (α's 0 and 1)
     bound: float | None = None  # the monotone rule's bound (the previous IPC's best)
+    #: the noise measured at the IPC before this phase (the β phase's repeats of the random
+    #: subset, say): the sampler's tie margin is at least this
+    noise: float = 0.0
 
     @property
     def kind(self) -> PhaseKind:
         return phase_kind(self.name)
 
 
-def monotone_bound(phase: PhaseResult | None, margin: float) -> tuple[float | None, str]:
+def monotone_bound(
+    phase: PhaseResult | None, margin: float, measured: float = 0.0
+) -> tuple[float | None, str]:
     """The bound a phase's result at one IPC puts on the next IPC's grid (the paper's
     monotonicity: values ≤ its best), and why. It caps the grid only when the best beat every
-    larger value evaluated by more than the noise (``margin`` or the phase's measured noise,
-    whichever is larger); a best within the noise of a larger value is no evidence against
-    it, so the next IPC searches its whole grid."""
+    larger value evaluated by more than the noise (``margin``, the phase's measured noise or
+    ``measured``, the noise measured at its IPC, whichever is largest); a best within the noise
+    of a larger value is no evidence against it, so the next IPC searches its whole grid."""
     if phase is None:
         return None, ""
-    noise = max(margin, phase.noise or 0.0)
+    noise = max(margin, phase.noise or 0.0, measured)
     best = phase.best_point.val
     larger = {v: p.val for v, p in phase.curve.items() if v > phase.best}
     close = [v for v, val in larger.items() if val >= best - noise]
@@ -179,8 +185,8 @@ def _sampler(phase: Phase, config: SearchConfig) -> ConcaveGridSampler:
         name=phase.name,
         grid=phase.grid,
         top_repeats=config.top_repeats,
-        margin=config.noise,
-        tolerance=2 * config.noise,
+        margin=max(config.noise, phase.noise),
+        tolerance=2 * max(config.noise, phase.noise),
         anchors=phase.anchors,
     )
 
@@ -345,7 +351,9 @@ def run_baseline(
     if not scored:
         raise SelmatchError(f"every trial of {name} failed{first_error(results)}")
     metrics = [r.metrics for r in scored if r.metrics is not None]
+    vals = [m["val_accuracy"] for m in metrics]
     return Baseline(
+        noise=statistics.stdev(vals) if len(vals) > 1 else None,
         val=sum(m["val_accuracy"] for m in metrics) / len(metrics),
         test=sum(m["test_accuracy"] for m in metrics) / len(metrics),
         n=len(metrics),

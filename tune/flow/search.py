@@ -267,8 +267,9 @@ def search_ipcs(
     for ipc in config.ipcs:
         bounds: tuple[float | None, float | None] = (None, None)
         if config.monotone and previous is not None and previous.beta is not None:
-            beta, why_beta = monotone_bound(previous.beta, config.noise)
-            alpha, why_alpha = monotone_bound(previous.alpha, config.noise)
+            measured = previous.measured_noise()
+            beta, why_beta = monotone_bound(previous.beta, config.noise, measured)
+            alpha, why_alpha = monotone_bound(previous.alpha, config.noise, measured)
             bounds = (beta, alpha)
             ctx.log(f"IPC {ipc}: β {why_beta}" + (f"; α {why_alpha}" if why_alpha else ""))
         finish = IpcSearch(ctx, pre, record, slots, ipc, bounds).run()

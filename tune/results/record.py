@@ -26,7 +26,7 @@ from selmatch.core.migrate import SEARCH_RECORD, migrate
 from selmatch.distillation.methods import method_of
 from selmatch.selection.initial import RandomInit
 from selmatch_tune.settings.config import SearchConfig
-from selmatch_tune.settings.phase_kinds import ALPHA, phase_kind
+from selmatch_tune.settings.phase_kinds import ALPHA, PHASES, phase_kind
 
 STATE = SEARCH_STATE  # the marker of a search folder (selmatch.core.artifacts)
 Log = Callable[[str], None]
@@ -94,6 +94,8 @@ class Baseline(Config):
     failed: int = 0
     work_seconds: float | None = None
     cost: StageCost | None = None
+    #: the standard deviation of its repeats' validation scores (seed to seed; None below 2)
+    noise: float | None = None
 
 
 @dataclass
@@ -288,6 +290,21 @@ class IpcRecord(Config):
             self.refinements = {**(self.refinements or {}), kind.name: result}
         else:
             setattr(self, kind.name, result)
+
+    def measured_noise(self) -> float:
+        """The seed-to-seed noise measured at this IPC's short budget so far: the largest of
+        the phases' (the spread between repeats of a grid value) and their baselines' (the
+        random subset's and plain MTT's repeats); 0 before any repeat."""
+        found = [0.0]
+        for name in PHASES:
+            phase = self.phase(name)
+            if phase is None:
+                continue
+            found.append(phase.noise or 0.0)
+            for baseline in (phase.random, phase.mtt):
+                if baseline is not None:
+                    found.append(baseline.noise or 0.0)
+        return max(found)
 
     def winner_scores(self) -> Score:
         """The winner's short-budget validation and test scores (a refined winner's: the last
