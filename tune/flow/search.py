@@ -271,7 +271,7 @@ def search_ipcs(
             beta, why_beta = monotone_bound(previous.beta, config.noise, measured)
             alpha, why_alpha = monotone_bound(previous.alpha, config.noise, measured)
             bounds = (beta, alpha)
-            ctx.log(f"IPC {ipc}: β {why_beta}" + (f"; α {why_alpha}" if why_alpha else ""))
+            ctx.log(f"IPC {ipc}: β: {why_beta}" + (f"; α: {why_alpha}" if why_alpha else ""))
         finish = IpcSearch(ctx, pre, record, slots, ipc, bounds).run()
         if config.final_beside_search:
             finishers.append(finish)
