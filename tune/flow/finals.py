@@ -56,10 +56,8 @@ def _final_task(
     set_threads(fixed)
     dataset, hardness, split = fetch_data(fixed, data)
     config = EvalConfig.from_dict(evaluation)
-    if payload["kind"] in (
-        WindowInit.kind,
-        RandomInit.kind,
-    ):  # as a β trial trains it, with the full budget
+    if payload["kind"] in (WindowInit.kind, RandomInit.kind):
+        # as a β trial trains it, with the full budget
         selection = fixed.replace(init=payload["kind"], beta=payload.get("beta"))
         return evaluate_selection(selection, dataset, hardness, split, config).to_dict()
     images = torch.from_numpy(np.array(payload["images"]))
@@ -136,8 +134,6 @@ def final_evaluation(
     nothing (α = 0) *is* a window or the random subset: its evaluation is that one's (the same
     images, seeds and augmentation), never computed twice. With candidates kept for it
     (``--finalists``), the winner is chosen among them here (:func:`decide_at_target`)."""
-    from selmatch.sets.synthetic import SyntheticSet
-
     assert entry.beta is not None
     curve = entry.beta.curve
     early = early or EarlyFinal()
@@ -153,18 +149,7 @@ def final_evaluation(
         winner = slots.submit(data, fixed, {"kind": "random"}, config.final.to_dict())
     else:
         assert entry.set_dir is not None
-        saved = SyntheticSet.load(entry.set_dir)
-        winner = slots.submit(
-            data,
-            fixed,
-            {
-                "kind": "set",
-                "images": saved.images.numpy(),
-                "labels": saved.labels.numpy(),
-                "mask": saved.distill_mask.numpy(),
-            },
-            config.final.to_dict(),
-        )
+        winner = slots.submit(data, fixed, _set_payload(entry.set_dir), config.final.to_dict())
     result = winner.result()
     full = {b: final.result() for b, final in windows.items()}
     return FinalResult(
@@ -194,8 +179,6 @@ def _submit_candidate(
     """A candidate's evaluation at the target budget: a selection as a β trial trains it, a
     set from its folder; what was queued already with the same seeds (``reuse``: the random
     reference, the top windows) is that evaluation."""
-    from selmatch.sets.synthetic import SyntheticSet
-
     assert entry.beta is not None
     winner = candidate.winner
     if winner.alpha == 0 and candidate.set_dir is None:
@@ -211,14 +194,20 @@ def _submit_candidate(
             return windows[beta]
         return slots.submit(data, fixed, {"kind": "window", "beta": beta}, evaluation.to_dict())
     assert candidate.set_dir is not None
-    saved = SyntheticSet.load(candidate.set_dir)
-    payload = {
+    return slots.submit(data, fixed, _set_payload(candidate.set_dir), evaluation.to_dict())
+
+
+def _set_payload(set_dir: str) -> dict[str, Any]:
+    """A saved set as a final evaluation's payload (its arrays travel with the task)."""
+    from selmatch.sets.synthetic import SyntheticSet
+
+    saved = SyntheticSet.load(set_dir)
+    return {
         "kind": "set",
         "images": saved.images.numpy(),
         "labels": saved.labels.numpy(),
         "mask": saved.distill_mask.numpy(),
     }
-    return slots.submit(data, fixed, payload, evaluation.to_dict())
 
 
 def tie_margin(a: Sequence[float], b: Sequence[float]) -> float:

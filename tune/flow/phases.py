@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -353,7 +352,7 @@ def run_baseline(
     metrics = [r.metrics for r in scored if r.metrics is not None]
     vals = [m["val_accuracy"] for m in metrics]
     return Baseline(
-        noise=statistics.stdev(vals) if len(vals) > 1 else None,
+        noise=measured_noise([vals]) if len(vals) > 1 else None,
         val=sum(m["val_accuracy"] for m in metrics) / len(metrics),
         test=sum(m["test_accuracy"] for m in metrics) / len(metrics),
         n=len(metrics),

@@ -26,7 +26,6 @@ import ray
 from selmatch.cli.common import check_output
 from selmatch.data import ImageDataset, holdout_split, load_dataset
 from selmatch.data.identity import check_data, data_identity
-from selmatch.distillation.distill import DistillConfig
 from selmatch_tune.cluster.ray_cluster import (
     check_resources,
     connect,
@@ -91,16 +90,12 @@ def matched_epochs(config: SearchConfig) -> tuple[int, int]:
     """The first and last expert epoch an α or K trial can match, [T−, T+ + M]: segments
     start in [T−, T+) and end M epochs later (SeqMatch's segments lie in that range, at most
     T+ when it holds fewer epochs than K; its retrained stages match experts of their own,
-    trained in the trial)."""
+    trained in the trial), over the matching settings a phase may try (the T+ grid)."""
     distills = [config.distill]
     for kind in PHASES.values():  # a phase that varies a matching setting (T+) widens it
-        if (kind.sets or "").startswith("distill."):
-            distills += [
-                DistillConfig.from_dict(
-                    kind.applied({"distill": config.distill.to_dict()}, v)["distill"]
-                )
-                for v in kind.grid(config)
-            ]
+        group, _, name = (kind.sets or "").partition(".")
+        if group == "distill":
+            distills += [config.distill.replace(**{name: kind.cast(v)}) for v in kind.grid(config)]
     return (
         min(d.min_start_epoch for d in distills),
         max(d.max_start_epoch + d.expert_epochs for d in distills),
